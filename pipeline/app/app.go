@@ -1,0 +1,224 @@
+// Package app is the reference pipeline's collector: it consumes results,
+// applies each (stream, seq) exactly once through a replay.Tracker, keeps
+// per-stream state (count, sum, last value), recovers what it missed from the
+// sensors, logs a summary and serves its state over HTTP.
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/pipeline"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/metrics"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/service"
+	"github.com/urfave/cli/v2"
+)
+
+// Spec is the app service for service.Main.
+func Spec(version string) service.Spec {
+	return service.Spec{
+		Name:    "app",
+		Usage:   "collect results into per-stream state, recovering anything missed",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "topic", Value: pipeline.ResultsTopic, Usage: "topic of results", EnvVars: config.Env("topic")},
+			&cli.StringFlag{Name: "channel", Value: pipeline.AppChannel, Usage: "channel base name (the instance id is appended when --ephemeral)", EnvVars: config.Env("channel")},
+			&cli.BoolFlag{Name: "ephemeral", Value: true, Usage: "per-instance ephemeral channel (replay recovers what it misses while away)", EnvVars: config.Env("ephemeral")},
+			&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint file (default <data-dir>/checkpoint.json)", EnvVars: config.Env("checkpoint")},
+			&cli.DurationFlag{Name: "checkpoint-interval", Value: time.Second, Usage: "how often state and checkpoint are saved", EnvVars: config.Env("checkpoint-interval")},
+			&cli.StringFlag{Name: "replay-owner-service", Value: "sensor", Usage: "Consul service whose instances own the streams (tag stream=<id>)", EnvVars: config.Env("replay-owner-service")},
+			&cli.DurationFlag{Name: "replay-gap-grace", Value: 2 * time.Second, Usage: "a gap is requested once it stayed open this long", EnvVars: config.Env("replay-gap-grace")},
+			&cli.IntFlag{Name: "replay-max-batch", Value: 10000, Usage: "most sequences per replay request", EnvVars: config.Env("replay-max-batch")},
+			&cli.DurationFlag{Name: "replay-tail-interval", Value: 5 * time.Second, Usage: "how often owners are asked for their latest sequence", EnvVars: config.Env("replay-tail-interval")},
+			&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the owners' replay endpoints", EnvVars: config.Env("replay-secret")},
+			&cli.DurationFlag{Name: "summary-interval", Value: 10 * time.Second, Usage: "how often the state summary is logged (0 = never)", EnvVars: config.Env("summary-interval")},
+		},
+		Setup: setup,
+	}
+}
+
+func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+	if c.Int("replay-max-batch") < 1 {
+		return nil, service.UsageError{Err: fmt.Errorf("--replay-max-batch %d: must be at least 1", c.Int("replay-max-batch"))}
+	}
+	for _, f := range []string{"checkpoint-interval", "replay-gap-grace", "replay-tail-interval"} {
+		if c.Duration(f) <= 0 {
+			return nil, service.UsageError{Err: fmt.Errorf("--%s %s: must be positive", f, c.Duration(f))}
+		}
+	}
+	cp := c.String("checkpoint")
+	if cp == "" {
+		cp = filepath.Join(s.Config.DataDir, "checkpoint.json")
+	}
+	st := NewState(s.Metrics)
+	tr, err := replay.NewTracker(st, replay.TrackerOptions{
+		CheckpointPath: cp, CheckpointInterval: c.Duration("checkpoint-interval"),
+		Owners:   s.Discovery.Watch(c.String("replay-owner-service")),
+		GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
+		TailInterval: c.Duration("replay-tail-interval"), Secret: c.String("replay-secret"),
+		Transform: ReadingToResult, Logger: s.Log, Metrics: replay.NewMetrics(s.Metrics.Registry),
+	})
+	if err != nil {
+		return nil, err
+	}
+	channel := c.String("channel")
+	if c.Bool("ephemeral") {
+		channel = pubsub.InstanceChannel(channel, s.Config.InstanceID)
+	}
+	h := pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
+		if m.Envelope.ContentType != pipeline.ResultType {
+			return pubsub.Reject(fmt.Errorf("content type %q, want %q", m.Envelope.ContentType, pipeline.ResultType))
+		}
+		st.observeLatency(m.Envelope.Created)
+		_, err := tr.Deliver(m.Envelope)
+		return err
+	})
+	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("topic"), Channel: channel, Ephemeral: c.Bool("ephemeral")}, h); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
+	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
+	s.OnStop(func(context.Context) error { return tr.Save() })
+	every := c.Duration("summary-interval")
+	return func(ctx context.Context) error {
+		go tr.Run(ctx)
+		if every <= 0 {
+			<-ctx.Done()
+			return nil
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				logSummary(s.Log, st, tr)
+			}
+		}
+	}, nil
+}
+
+func logSummary(log *slog.Logger, st *State, tr *replay.Tracker) {
+	for _, x := range tr.Status() {
+		a := st.Get(x.Stream)
+		log.Info("summary", "stream", x.Stream, "count", a.Count, "sum", a.SumSq, "last", a.Last*a.Last,
+			"last_contiguous", x.LastContiguous, "duplicates", x.Duplicates, "gaps", len(x.Gaps))
+	}
+}
+
+// ReadingToResult turns a replayed reading (what the sensor retains) into the
+// result a worker would have published for it.
+func ReadingToResult(env envelope.Envelope) (envelope.Envelope, error) {
+	if env.ContentType == pipeline.ResultType {
+		return env, nil
+	}
+	r, err := pipeline.UnmarshalReading(env.Payload)
+	if err != nil {
+		return env, err
+	}
+	env.ContentType = pipeline.ResultType
+	env.Payload = pipeline.MarshalResult(pipeline.Compute(r))
+	return env, nil
+}
+
+// State is the app's per-stream state: a pipeline.Aggregate over results
+// (Count, Sum of values, SumSq = sum of the results, Last value). It is a
+// replay.Applier.
+type State struct {
+	mu      sync.RWMutex
+	streams map[string]*pipeline.Aggregate
+	latency prometheus.Histogram
+}
+
+// NewState registers the end-to-end latency histogram in m.
+func NewState(m *metrics.Metrics) *State {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: metrics.Namespace, Name: "pipeline_latency_seconds",
+		Help:    "From a reading's creation at the sensor to its result reaching the app.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	})
+	m.Registry.MustRegister(h)
+	return &State{streams: map[string]*pipeline.Aggregate{}, latency: h}
+}
+
+func (s *State) observeLatency(created time.Time) {
+	if !created.IsZero() {
+		s.latency.Observe(time.Since(created).Seconds())
+	}
+}
+
+// agg returns the stream's aggregate; call with s.mu held for writing.
+func (s *State) agg(stream string) *pipeline.Aggregate {
+	a := s.streams[stream]
+	if a == nil {
+		a = &pipeline.Aggregate{}
+		s.streams[stream] = a
+	}
+	return a
+}
+
+// Apply implements replay.Applier (called under the tracker's stream lock;
+// s.mu guards the map and values against concurrent readers of /state).
+func (s *State) Apply(stream string, env envelope.Envelope) error {
+	r, err := pipeline.UnmarshalResult(env.Payload)
+	if err != nil {
+		return pubsub.Reject(err)
+	}
+	s.mu.Lock()
+	s.agg(stream).AddResult(env.Seq, r)
+	s.mu.Unlock()
+	return nil
+}
+
+// ApplySnapshot implements replay.Applier: the sensor's fold over readings is
+// exactly the app's fold over their results.
+func (s *State) ApplySnapshot(stream string, _ uint64, state []byte) error {
+	a, err := pipeline.UnmarshalAggregate(state)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	*s.agg(stream) = a
+	s.mu.Unlock()
+	return nil
+}
+
+// ExportState implements replay.Applier.
+func (s *State) ExportState(stream string) ([]byte, error) { return s.Get(stream).Marshal(), nil }
+
+// ImportState implements replay.Applier.
+func (s *State) ImportState(stream string, b []byte) error { return s.ApplySnapshot(stream, 0, b) }
+
+// Get returns a copy of a stream's state.
+func (s *State) Get(stream string) pipeline.Aggregate {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if a := s.streams[stream]; a != nil {
+		return *a
+	}
+	return pipeline.Aggregate{}
+}
+
+// ServeState serves GET /state: stream → aggregate.
+func (s *State) ServeState(w http.ResponseWriter, _ *http.Request) {
+	s.mu.RLock()
+	out := make(map[string]pipeline.Aggregate, len(s.streams))
+	for k, v := range s.streams {
+		out[k] = *v
+	}
+	s.mu.RUnlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}

@@ -1,0 +1,186 @@
+// Package sensor is the reference pipeline's sensor: it publishes random
+// readings at a fixed rate through a replayable publisher (replay.Owner), so
+// every reading has a stream, a contiguous sequence number and a place in the
+// retained log.
+package sensor
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/svckit/svckit/pipeline"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/retainlog"
+	"github.com/svckit/svckit/svckit/service"
+	"github.com/urfave/cli/v2"
+)
+
+// Spec is the sensor service for service.Main.
+func Spec(version string) service.Spec {
+	return service.Spec{
+		Name:    "sensor",
+		Usage:   "publish random readings to NSQ as a replayable stream",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "stream-id", Usage: "stream id (default: kept in <data-dir>/stream.id, made on first start)", EnvVars: config.Env("stream-id")},
+			&cli.StringFlag{Name: "topic", Value: pipeline.ReadingsTopic, Usage: "NSQ topic of readings", EnvVars: config.Env("topic")},
+			&cli.Float64Flag{Name: "rate", Value: 10, Usage: "readings per second (0 = only publish --count as fast as possible)", EnvVars: config.Env("rate")},
+			&cli.Uint64Flag{Name: "count", Value: 0, Usage: "stop publishing after this many readings in this run (0 = never)", EnvVars: config.Env("count")},
+			&cli.Int64Flag{Name: "max-value", Value: 1000, Usage: "readings are uniform in [0, max-value)", EnvVars: config.Env("max-value")},
+			&cli.Uint64Flag{Name: "retain-messages", Value: 1_000_000, Usage: "retained log keeps at least this many messages (0 = no count limit)", EnvVars: config.Env("retain-messages")},
+			&cli.Int64Flag{Name: "retain-bytes", Value: 1 << 30, Usage: "retained log keeps at least this many bytes (0 = no byte limit)", EnvVars: config.Env("retain-bytes")},
+			&cli.DurationFlag{Name: "retain-age", Value: 0, Usage: "retained log drops segments older than this (0 = no age limit)", EnvVars: config.Env("retain-age")},
+			&cli.Int64Flag{Name: "log-segment-bytes", Value: 64 << 20, Usage: "retained log segment size (retention deletes whole segments)", EnvVars: config.Env("log-segment-bytes")},
+			&cli.StringFlag{Name: "log-fsync", Value: "interval", Usage: "retained log fsync policy: always, interval or never", EnvVars: config.Env("log-fsync")},
+			&cli.DurationFlag{Name: "log-fsync-interval", Value: 200 * time.Millisecond, Usage: "fsync period of the interval policy", EnvVars: config.Env("log-fsync-interval")},
+			&cli.StringFlag{Name: "replay-secret", Usage: "shared secret required by /replay, /snapshot and /streams", EnvVars: config.Env("replay-secret")},
+		},
+		Setup: setup,
+	}
+}
+
+func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+	rate := c.Float64("rate")
+	count := c.Uint64("count")
+	if rate < 0 {
+		return nil, service.UsageError{Err: fmt.Errorf("--rate %v: must not be negative", rate)}
+	}
+	if rate == 0 && count == 0 {
+		return nil, service.UsageError{Err: errors.New("--rate 0 needs --count (publish a fixed number as fast as possible)")}
+	}
+	maxValue := c.Int64("max-value")
+	if maxValue <= 0 || maxValue > 3_000_000_000 {
+		return nil, service.UsageError{Err: fmt.Errorf("--max-value %d: want 1..3e9 (squares must fit int64 sums)", maxValue)}
+	}
+	fsync, err := retainlog.ParseFsyncPolicy(c.String("log-fsync"))
+	if err != nil {
+		return nil, service.UsageError{Err: fmt.Errorf("--log-fsync: %w", err)}
+	}
+	if c.Int64("log-segment-bytes") < 4096 {
+		return nil, service.UsageError{Err: fmt.Errorf("--log-segment-bytes %d: at least 4096", c.Int64("log-segment-bytes"))}
+	}
+	dataDir := s.Config.DataDir
+	stream, err := streamID(c.String("stream-id"), dataDir)
+	if err != nil {
+		return nil, err
+	}
+	batcher, err := s.Batcher(c.String("topic"))
+	if err != nil {
+		return nil, err
+	}
+	rm := replay.NewMetrics(s.Metrics.Registry)
+	lo := retainlog.DefaultOptions("")
+	lo.SegmentBytes = c.Int64("log-segment-bytes")
+	lo.RetainMessages = c.Uint64("retain-messages")
+	lo.RetainBytes = c.Int64("retain-bytes")
+	lo.RetainAge = c.Duration("retain-age")
+	lo.Fsync = fsync
+	lo.FsyncInterval = c.Duration("log-fsync-interval")
+	owner, err := replay.OpenOwner(replay.OwnerOptions{
+		Stream: stream, Dir: filepath.Join(dataDir, "streams", stream), Log: lo,
+		ContentType: pipeline.ReadingType, Fold: &pipeline.ReadingFold{},
+		Logger: s.Log, Metrics: rm,
+	}, batcher)
+	if err != nil {
+		return nil, err
+	}
+	replay.NewServer(c.String("replay-secret"), rm, owner).Register(s.HTTP)
+	s.AddTags(replay.OwnerTag(stream))
+	s.SetMeta("stream", stream)
+	s.OnStop(owner.Close)
+	s.Log.Info("sensor stream", "stream", stream, "next_seq", owner.Status().LastSeq+1, "retained_first", owner.Status().RetainedFirst)
+
+	return func(ctx context.Context) error {
+		ownerCtx, stopOwner := context.WithCancel(context.WithoutCancel(ctx))
+		ownerDone := make(chan error, 1)
+		go func() { ownerDone <- owner.Run(ownerCtx) }()
+		defer func() { stopOwner(); <-ownerDone }()
+		return publishLoop(ctx, owner, rate, count, maxValue)
+	}, nil
+}
+
+// publishLoop publishes at rate (per second) until ctx ends or count readings
+// were published. It paces by elapsed time, so a slow tick catches up instead
+// of drifting, but never bursts more than 100 ms worth at once.
+func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count uint64, maxValue int64) error {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	var sent uint64
+	publish := func() error {
+		_, err := owner.Publish(pipeline.MarshalReading(pipeline.Reading{Value: rng.Int64N(maxValue)}), "")
+		sent++
+		return err
+	}
+	if rate == 0 {
+		for sent < count && ctx.Err() == nil {
+			if err := publish(); err != nil {
+				return err
+			}
+		}
+		<-ctx.Done()
+		return nil
+	}
+	period := max(time.Duration(float64(time.Second)/rate), time.Millisecond)
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	start := time.Now()
+	for {
+		due := uint64(time.Since(start).Seconds()*rate) + 1
+		if burst := uint64(rate/10) + 1; due > sent+burst {
+			sent = due - burst // fell behind (stalled): skip rather than flood
+		}
+		for sent < due && (count == 0 || sent < count) {
+			if err := publish(); err != nil {
+				return err
+			}
+		}
+		if count > 0 && sent >= count {
+			<-ctx.Done()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// streamID returns the configured id, or the one kept in dataDir/stream.id,
+// or makes and keeps a new one: a stream's id must survive restarts.
+func streamID(flag, dataDir string) (string, error) {
+	if flag != "" {
+		if !replay.ValidStreamID(flag) {
+			return "", service.UsageError{Err: fmt.Errorf("--stream-id %q: want 1-255 of [A-Za-z0-9._-]", flag)}
+		}
+		return flag, nil
+	}
+	path := filepath.Join(dataDir, "stream.id")
+	if b, err := os.ReadFile(path); err == nil {
+		id := strings.TrimSpace(string(b))
+		if !replay.ValidStreamID(id) {
+			return "", fmt.Errorf("%s holds an invalid stream id %q", path, id)
+		}
+		return id, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	var rnd [4]byte
+	_, _ = crand.Read(rnd[:])
+	id := "sensor-" + strings.ReplaceAll(service.Hostname(), ".", "-") + "-" + hex.EncodeToString(rnd[:])
+	if len(id) > 64 {
+		id = id[:64]
+	}
+	if err := replay.WriteFileAtomic(path, []byte(id+"\n")); err != nil {
+		return "", err
+	}
+	return id, nil
+}

@@ -1,0 +1,547 @@
+package envelope
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sample returns an envelope with every field set to a non-trivial value.
+func sample() Envelope {
+	return Envelope{
+		ID:            ID{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xff},
+		Stream:        "sensor-7",
+		Seq:           42,
+		Created:       time.Unix(1_700_000_000, 123456789),
+		ContentType:   "application/x-svckit-reading+json",
+		CorrelationID: "00112233445566778899aabbccddeeff",
+		Payload:       []byte(`{"value":21.5}`),
+	}
+}
+
+func mustMarshal(t testing.TB, e *Envelope) []byte {
+	t.Helper()
+	b, err := e.Marshal()
+	if err != nil {
+		t.Fatalf("Marshal: %v", err)
+	}
+	return b
+}
+
+// equalEnvelope compares two envelopes; times are compared with Equal (the
+// decoder returns local-time values) and a nil payload equals an empty one.
+func equalEnvelope(t *testing.T, got, want Envelope) {
+	t.Helper()
+	if got.ID != want.ID {
+		t.Errorf("ID = %s, want %s", got.ID, want.ID)
+	}
+	if got.Stream != want.Stream {
+		t.Errorf("Stream = %q, want %q", got.Stream, want.Stream)
+	}
+	if got.Seq != want.Seq {
+		t.Errorf("Seq = %d, want %d", got.Seq, want.Seq)
+	}
+	if !got.Created.Equal(want.Created) || got.Created.IsZero() != want.Created.IsZero() {
+		t.Errorf("Created = %v, want %v", got.Created, want.Created)
+	}
+	if got.ContentType != want.ContentType {
+		t.Errorf("ContentType = %q, want %q", got.ContentType, want.ContentType)
+	}
+	if got.CorrelationID != want.CorrelationID {
+		t.Errorf("CorrelationID = %q, want %q", got.CorrelationID, want.CorrelationID)
+	}
+	if !bytes.Equal(got.Payload, want.Payload) {
+		t.Errorf("Payload = %d bytes %.40q, want %d bytes %.40q", len(got.Payload), got.Payload, len(want.Payload), want.Payload)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	max := strings.Repeat("x", MaxFieldLen)
+	big := make([]byte, DefaultMaxPayload) // exactly the default limit: accepted
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	full := sample()
+
+	cases := map[string]Envelope{
+		"all fields":    full,
+		"zero value":    {},
+		"zero time":     func() Envelope { e := full; e.Created = time.Time{}; return e }(),
+		"empty fields":  {ID: full.ID, Seq: 1, Created: full.Created, Payload: []byte("p")},
+		"empty payload": func() Envelope { e := full; e.Payload = []byte{}; return e }(),
+		"nil payload":   func() Envelope { e := full; e.Payload = nil; return e }(),
+		"255-byte fields": func() Envelope {
+			e := full
+			e.Stream, e.ContentType, e.CorrelationID = max, max, max
+			return e
+		}(),
+		"1 MiB payload": func() Envelope { e := full; e.Payload = big; return e }(),
+		"max seq":       func() Envelope { e := full; e.Seq = ^uint64(0); return e }(),
+		"negative time": func() Envelope { e := full; e.Created = time.Unix(-1_000_000, 5); return e }(),
+		"UTC time":      func() Envelope { e := full; e.Created = time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC); return e }(),
+		"binary fields": func() Envelope {
+			e := full
+			e.Stream, e.ContentType, e.CorrelationID = "\x00\xff", "\n", "\x00"
+			e.Payload = []byte{0, 0, 0, 0}
+			return e
+		}(),
+	}
+	for name, want := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := mustMarshal(t, &want)
+			if len(b) != want.EncodedLen() {
+				t.Fatalf("len(Marshal) = %d, EncodedLen = %d", len(b), want.EncodedLen())
+			}
+			got, err := Decode(b)
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			equalEnvelope(t, got, want)
+			// Re-encoding the decoded value gives the same bytes.
+			again := mustMarshal(t, &got)
+			if !bytes.Equal(again, b) {
+				t.Fatalf("re-encoding differs")
+			}
+		})
+	}
+}
+
+func TestAppendAppends(t *testing.T) {
+	e := sample()
+	prefix := []byte("prefix")
+	b, err := e.Append(append([]byte(nil), prefix...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(b, prefix) {
+		t.Fatalf("Append lost dst contents")
+	}
+	got, err := Decode(b[len(prefix):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalEnvelope(t, got, e)
+}
+
+func TestLayout(t *testing.T) {
+	e := sample()
+	b := mustMarshal(t, &e)
+	if string(b[:2]) != "SK" || b[2] != Version || b[3] != 0 {
+		t.Fatalf("header = %x", b[:4])
+	}
+	if !bytes.Equal(b[4:20], e.ID[:]) {
+		t.Fatalf("id bytes = %x", b[4:20])
+	}
+	if got := binary.BigEndian.Uint64(b[20:28]); got != e.Seq {
+		t.Fatalf("seq = %d", got)
+	}
+	if got := int64(binary.BigEndian.Uint64(b[28:36])); got != e.Created.UnixNano() {
+		t.Fatalf("created = %d", got)
+	}
+	if int(b[36]) != len(e.Stream) || string(b[37:37+len(e.Stream)]) != e.Stream {
+		t.Fatalf("stream field = %q", b[36:37+len(e.Stream)])
+	}
+	if !bytes.HasSuffix(b, e.Payload) {
+		t.Fatalf("payload is not last")
+	}
+	n := binary.BigEndian.Uint32(b[len(b)-len(e.Payload)-4:])
+	if int(n) != len(e.Payload) {
+		t.Fatalf("payload length = %d", n)
+	}
+}
+
+func TestZeroTimeEncodesAsZero(t *testing.T) {
+	e := Envelope{}
+	b := mustMarshal(t, &e)
+	if got := binary.BigEndian.Uint64(b[28:36]); got != 0 {
+		t.Fatalf("zero time encoded as %d", got)
+	}
+	d, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Created.IsZero() {
+		t.Fatalf("decoded time %v, want zero", d.Created)
+	}
+}
+
+// The wire format cannot tell the Unix epoch from "no time": both are 0.
+// Documented here so that a change of that rule is deliberate.
+func TestUnixEpochDecodesAsZeroTime(t *testing.T) {
+	e := Envelope{Created: time.Unix(0, 0)}
+	d, err := Decode(mustMarshal(t, &e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Created.IsZero() {
+		t.Fatalf("epoch decoded as %v; the format maps 0 to the zero time", d.Created)
+	}
+}
+
+func TestDecodePayloadAliasesInput(t *testing.T) {
+	e := sample()
+	b := mustMarshal(t, &e)
+	d, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cap(d.Payload) != len(d.Payload) {
+		t.Fatalf("payload cap %d > len %d: an append could overwrite the caller's buffer", cap(d.Payload), len(d.Payload))
+	}
+	b[len(b)-1] ^= 0xff
+	if d.Payload[len(d.Payload)-1] != b[len(b)-1] {
+		t.Fatalf("payload does not alias the input (documented: no copy)")
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	e := sample()
+	good := mustMarshal(t, &e)
+
+	// Offsets of the variable fields in good.
+	streamOff := fixedLen
+	ctOff := streamOff + 1 + len(e.Stream)
+	corrOff := ctOff + 1 + len(e.ContentType)
+	payOff := corrOff + 1 + len(e.CorrelationID)
+
+	with := func(f func(b []byte) []byte) []byte {
+		return f(append([]byte(nil), good...))
+	}
+	cases := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"nil", nil, ErrTooShort},
+		{"empty", []byte{}, ErrTooShort},
+		{"one byte", []byte("S"), ErrTooShort},
+		{"three bytes", []byte("SK\x01"), ErrTooShort},
+		{"header only", good[:4], ErrTooShort},
+		{"fixed header minus one", good[:fixedLen-1], ErrTooShort},
+		{"bad magic first byte", with(func(b []byte) []byte { b[0] = 's'; return b }), ErrBadMagic},
+		{"bad magic second byte", with(func(b []byte) []byte { b[1] = 'X'; return b }), ErrBadMagic},
+		{"bad magic short input", []byte("XXXX"), ErrBadMagic},
+		{"json", []byte(`{"value":1}`), ErrBadMagic},
+		{"version 0", with(func(b []byte) []byte { b[2] = 0; return b }), ErrUnknownVersion},
+		{"version 2", with(func(b []byte) []byte { b[2] = 2; return b }), ErrUnknownVersion},
+		{"version 255 short", []byte("SK\xff\x00"), ErrUnknownVersion},
+		{"flags 1", with(func(b []byte) []byte { b[3] = 1; return b }), ErrBadFlags},
+		{"flags 0x80", with(func(b []byte) []byte { b[3] = 0x80; return b }), ErrBadFlags},
+		{"no stream length", good[:streamOff], ErrTruncated},
+		{"stream cut", good[:streamOff+2], ErrTruncated},
+		{"stream length beyond end", with(func(b []byte) []byte { b[streamOff] = 255; return b }), ErrTruncated},
+		{"no content type length", good[:ctOff], ErrTruncated},
+		{"content type cut", good[:ctOff+1], ErrTruncated},
+		{"no correlation id length", good[:corrOff], ErrTruncated},
+		{"correlation id cut", good[:corrOff+5], ErrTruncated},
+		{"no payload length", good[:payOff], ErrTruncated},
+		{"payload length cut", good[:payOff+3], ErrTruncated},
+		{"payload cut", good[:len(good)-1], ErrTruncated},
+		{"payload empty but announced", good[:payOff+4], ErrTruncated},
+		{"trailing byte", append(append([]byte(nil), good...), 0), ErrTrailing},
+		{"trailing envelope", append(append([]byte(nil), good...), good...), ErrTrailing},
+		{"payload length too small", with(func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[payOff:], uint32(len(e.Payload)-1))
+			return b
+		}), ErrTrailing},
+		{"payload length above default limit", with(func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[payOff:], DefaultMaxPayload+1)
+			return b
+		}), ErrOversized},
+		{"payload length max u32", with(func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[payOff:], 0xFFFFFFFF)
+			return b
+		}), ErrOversized},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := Decode(c.in)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("Decode error = %v, want %v", err, c.want)
+			}
+			if got.Stream != "" || got.Payload != nil || got.Seq != 0 || got.ID != (ID{}) {
+				t.Fatalf("Decode returned a partial envelope with an error: %+v", got)
+			}
+			// Exactly one class: the sentinels are distinct.
+			for _, other := range []error{ErrTooShort, ErrBadMagic, ErrUnknownVersion, ErrBadFlags, ErrTruncated, ErrTrailing, ErrOversized, ErrFieldTooLong} {
+				if other != c.want && errors.Is(err, other) {
+					t.Fatalf("error %v also matches %v", err, other)
+				}
+			}
+		})
+	}
+}
+
+// Every strict prefix of a valid envelope is rejected, never decoded.
+func TestEveryTruncationRejected(t *testing.T) {
+	e := sample()
+	good := mustMarshal(t, &e)
+	for i := 0; i < len(good); i++ {
+		_, err := Decode(good[:i])
+		if err == nil {
+			t.Fatalf("prefix of %d/%d bytes decoded without error", i, len(good))
+		}
+		if !errors.Is(err, ErrTooShort) && !errors.Is(err, ErrTruncated) {
+			t.Fatalf("prefix of %d bytes: error %v is neither ErrTooShort nor ErrTruncated", i, err)
+		}
+	}
+}
+
+func TestDecoderMaxPayload(t *testing.T) {
+	e := sample()
+	e.Payload = bytes.Repeat([]byte("a"), 100)
+	b := mustMarshal(t, &e)
+
+	for _, c := range []struct {
+		max  int
+		want error
+	}{
+		{99, ErrOversized},
+		{1, ErrOversized},
+		{100, nil},
+		{101, nil},
+		{0, nil},  // default limit
+		{-1, nil}, // non-positive means default
+	} {
+		_, err := Decoder{MaxPayload: c.max}.Decode(b)
+		if !errors.Is(err, c.want) {
+			t.Errorf("MaxPayload %d: error %v, want %v", c.max, err, c.want)
+		}
+	}
+
+	// The limit applies to the announced length, before the bytes are there,
+	// so a huge announced payload is rejected without waiting for it.
+	_, err := Decoder{MaxPayload: 10}.Decode(b[:len(b)-50])
+	if !errors.Is(err, ErrOversized) {
+		t.Fatalf("truncated oversized payload: error %v, want ErrOversized", err)
+	}
+
+	// A payload above the default limit decodes with a larger custom limit.
+	big := sample()
+	big.Payload = make([]byte, DefaultMaxPayload+1)
+	bb := mustMarshal(t, &big)
+	if _, err := Decode(bb); !errors.Is(err, ErrOversized) {
+		t.Fatalf("default decoder on %d-byte payload: %v, want ErrOversized", len(big.Payload), err)
+	}
+	got, err := Decoder{MaxPayload: 2 << 20}.Decode(bb)
+	if err != nil {
+		t.Fatalf("Decoder{2 MiB}: %v", err)
+	}
+	if len(got.Payload) != DefaultMaxPayload+1 {
+		t.Fatalf("payload %d bytes", len(got.Payload))
+	}
+}
+
+func TestEncodeFieldTooLong(t *testing.T) {
+	long := strings.Repeat("y", MaxFieldLen+1)
+	for name, mod := range map[string]func(*Envelope){
+		"stream":         func(e *Envelope) { e.Stream = long },
+		"content type":   func(e *Envelope) { e.ContentType = long },
+		"correlation id": func(e *Envelope) { e.CorrelationID = long },
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := sample()
+			mod(&e)
+			b, err := e.Marshal()
+			if !errors.Is(err, ErrFieldTooLong) {
+				t.Fatalf("Marshal error = %v, want ErrFieldTooLong", err)
+			}
+			if !strings.Contains(err.Error(), name) {
+				t.Errorf("error %q does not name the field %q", err, name)
+			}
+			if len(b) != 0 {
+				t.Errorf("Marshal returned %d bytes with the error", len(b))
+			}
+			dst := []byte("keep")
+			out, err := e.Append(dst)
+			if !errors.Is(err, ErrFieldTooLong) {
+				t.Fatalf("Append error = %v", err)
+			}
+			if string(out) != "keep" {
+				t.Fatalf("Append modified dst on error: %q", out)
+			}
+		})
+	}
+}
+
+func TestIDString(t *testing.T) {
+	id := ID{0xde, 0xad, 0xbe, 0xef}
+	if got, want := id.String(), "deadbeef000000000000000000000000"; got != want {
+		t.Fatalf("String = %q, want %q", got, want)
+	}
+}
+
+func TestIDSourceSequential(t *testing.T) {
+	s := NewIDSource()
+	a, b := s.Next(), s.Next()
+	if a == b {
+		t.Fatalf("two ids equal: %s", a)
+	}
+	if !bytes.Equal(a[:8], b[:8]) {
+		t.Fatalf("prefix changed between ids of one source: %s %s", a, b)
+	}
+	if binary.BigEndian.Uint64(b[8:]) != binary.BigEndian.Uint64(a[8:])+1 {
+		t.Fatalf("counter not incremented by one: %s %s", a, b)
+	}
+	if other := NewIDSource().Next(); bytes.Equal(other[:8], a[:8]) {
+		t.Fatalf("two sources share a random prefix %x", a[:8])
+	}
+}
+
+func TestIDSourceConcurrentUnique(t *testing.T) {
+	const goroutines, perG = 8, 5000
+	sources := []*IDSource{NewIDSource(), NewIDSource()}
+	var (
+		mu   sync.Mutex
+		seen = make(map[ID]struct{}, goroutines*perG)
+		wg   sync.WaitGroup
+	)
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(src *IDSource) {
+			defer wg.Done()
+			ids := make([]ID, perG)
+			for i := range ids {
+				ids[i] = src.Next()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range ids {
+				seen[id] = struct{}{}
+			}
+		}(sources[g%len(sources)])
+	}
+	wg.Wait()
+	if len(seen) != goroutines*perG {
+		t.Fatalf("%d unique ids out of %d", len(seen), goroutines*perG)
+	}
+}
+
+// FuzzDecode: Decode never panics, and anything it accepts re-encodes to
+// exactly the input (the format has one encoding per envelope).
+func FuzzDecode(f *testing.F) {
+	e := sample()
+	f.Add(mustMarshal(f, &e))
+	f.Add(mustMarshal(f, &Envelope{}))
+	f.Add([]byte("SK\x01\x00"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		env, err := Decoder{MaxPayload: 1 << 16}.Decode(in)
+		if err != nil {
+			if env.Payload != nil || env.Stream != "" {
+				t.Fatalf("error %v with a non-empty envelope", err)
+			}
+			return
+		}
+		out, err := env.Marshal()
+		if err != nil {
+			t.Fatalf("decoded envelope does not encode: %v", err)
+		}
+		if !bytes.Equal(out, in) {
+			t.Fatalf("re-encoding differs:\n in  %x\n out %x", in, out)
+		}
+		if env.EncodedLen() != len(in) {
+			t.Fatalf("EncodedLen %d, input %d bytes", env.EncodedLen(), len(in))
+		}
+	})
+}
+
+func benchEnvelope() Envelope {
+	payload := make([]byte, 200)
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
+	}
+	return Envelope{
+		ID:            NewIDSource().Next(),
+		Stream:        "sensor-a1b2c3", // 13 bytes
+		Seq:           1_234_567,
+		Created:       time.Unix(1_700_000_000, 42),
+		ContentType:   "application/json",                 // 16 bytes
+		CorrelationID: "0123456789abcdef0123456789abcdef", // a hex message id, 32 bytes
+		Payload:       payload,
+	}
+}
+
+func BenchmarkEncode(b *testing.B) {
+	e := benchEnvelope()
+	buf := make([]byte, 0, e.EncodedLen())
+	b.ReportAllocs()
+	b.SetBytes(int64(e.EncodedLen()))
+	for b.Loop() {
+		var err error
+		buf, err = e.Append(buf[:0])
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMarshal(b *testing.B) {
+	e := benchEnvelope()
+	b.ReportAllocs()
+	b.SetBytes(int64(e.EncodedLen()))
+	for b.Loop() {
+		if _, err := e.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	e := benchEnvelope()
+	in := mustMarshal(b, &e)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if _, err := Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkIDSourceNext(b *testing.B) {
+	s := NewIDSource()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = s.Next()
+	}
+}
+
+// TestSeedCorpus keeps the committed fuzz corpus honest: files named valid_*
+// decode, every other file is rejected.
+func TestSeedCorpus(t *testing.T) {
+	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) < 5 {
+		t.Fatalf("only %d seed files in %s", len(entries), dir)
+	}
+	for _, ent := range entries {
+		raw, err := os.ReadFile(filepath.Join(dir, ent.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+		if len(lines) != 2 || lines[0] != "go test fuzz v1" ||
+			!strings.HasPrefix(lines[1], "[]byte(") || !strings.HasSuffix(lines[1], ")") {
+			t.Fatalf("%s: not a one-value 'go test fuzz v1' file", ent.Name())
+		}
+		in, err := strconv.Unquote(strings.TrimSuffix(strings.TrimPrefix(lines[1], "[]byte("), ")"))
+		if err != nil {
+			t.Fatalf("%s: %v", ent.Name(), err)
+		}
+		_, err = Decode([]byte(in))
+		if valid := strings.HasPrefix(ent.Name(), "valid_"); valid != (err == nil) {
+			t.Errorf("%s: Decode error = %v", ent.Name(), err)
+		}
+	}
+}

@@ -1,0 +1,139 @@
+// Package health serves a service's operational HTTP endpoints on the port the
+// service registers in Consul: /health (liveness, what Consul's check calls),
+// /ready (readiness, JSON with the state of each dependency) and /metrics.
+// Services add their own routes (e.g. /streams, /replay) to the same server.
+package health
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Options configures a Server.
+type Options struct {
+	Addr     string // listen address; "127.0.0.1:0" picks a free port
+	Registry *prometheus.Registry
+	Logger   *slog.Logger
+}
+
+// CheckFunc reports a dependency's state: nil means OK.
+type CheckFunc func() error
+
+// Server is the HTTP server of one service.
+type Server struct {
+	opts   Options
+	mux    *http.ServeMux
+	srv    *http.Server
+	ln     net.Listener
+	mu     sync.RWMutex
+	checks map[string]CheckFunc
+}
+
+// New creates a server; call Listen then Serve.
+func New(o Options) *Server {
+	s := &Server{opts: o, mux: http.NewServeMux(), checks: map[string]CheckFunc{}}
+	s.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("OK\n"))
+	})
+	s.mux.HandleFunc("GET /ready", s.serveReady)
+	if o.Registry != nil {
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Registry: o.Registry}))
+	}
+	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	return s
+}
+
+// AddCheck adds (or replaces) a named readiness check.
+func (s *Server) AddCheck(name string, fn CheckFunc) {
+	s.mu.Lock()
+	s.checks[name] = fn
+	s.mu.Unlock()
+}
+
+// Handle adds a route (Go 1.22 pattern syntax, e.g. "GET /streams").
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Listen binds the listener now, so the actual port is known before the
+// service registers itself in Consul.
+func (s *Server) Listen() (*net.TCPAddr, error) {
+	ln, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listening for HTTP on %s: %w", s.opts.Addr, err)
+	}
+	s.ln = ln
+	return ln.Addr().(*net.TCPAddr), nil
+}
+
+// Serve serves until Shutdown; it returns nil after a clean shutdown.
+func (s *Server) Serve() error {
+	if s.ln == nil {
+		if _, err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving HTTP: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting requests and waits for active ones (bounded by ctx).
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// CheckState is one dependency's entry in the /ready answer.
+type CheckState struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// Readiness is the /ready answer.
+type Readiness struct {
+	Ready  bool                  `json:"ready"`
+	Checks map[string]CheckState `json:"checks"`
+}
+
+// Ready evaluates every check.
+func (s *Server) Ready() Readiness {
+	s.mu.RLock()
+	names := make([]string, 0, len(s.checks))
+	for n := range s.checks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fns := make([]CheckFunc, len(names))
+	for i, n := range names {
+		fns[i] = s.checks[n]
+	}
+	s.mu.RUnlock()
+	r := Readiness{Ready: true, Checks: make(map[string]CheckState, len(names))}
+	for i, n := range names {
+		st := CheckState{OK: true}
+		if err := fns[i](); err != nil {
+			st = CheckState{OK: false, Error: err.Error()}
+			r.Ready = false
+		}
+		r.Checks[n] = st
+	}
+	return r
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	r := s.Ready()
+	w.Header().Set("Content-Type", "application/json")
+	if !r.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(r)
+}

@@ -1,0 +1,237 @@
+package operator
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/urfave/cli/v2"
+)
+
+func replayCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "replay",
+		Usage: "request a replay of a stream from its owner, by hand",
+		Description: `Finds the stream's owner in Consul (a passing instance of --owner-service
+tagged stream=<id>) and replays [--from, --to] or everything --since a time.
+The messages are written as JSON lines to --out, or republished to NSQ with
+--publish TOPIC (svckit consumers skip what they already applied).`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "stream", Required: true, Usage: "stream id", EnvVars: config.Env("stream")},
+			&cli.Uint64Flag{Name: "from", Usage: "first sequence", EnvVars: config.Env("replay-from")},
+			&cli.Uint64Flag{Name: "to", Usage: "last sequence (default: the owner's last)", EnvVars: config.Env("replay-to")},
+			&cli.StringFlag{Name: "since", Usage: "replay everything since this time: RFC 3339 or a duration ago (e.g. 10m)", EnvVars: config.Env("replay-since")},
+			&cli.StringFlag{Name: "owner-service", Value: "sensor", Usage: "Consul service of the stream owners", EnvVars: config.Env("replay-owner-service")},
+			&cli.StringFlag{Name: "secret", Usage: "the owners' replay shared secret", EnvVars: config.Env("replay-secret")},
+			&cli.StringFlag{Name: "out", Value: "-", Usage: "write messages as JSON lines here (- = stdout)", EnvVars: config.Env("replay-out")},
+			&cli.StringFlag{Name: "publish", Usage: "republish the messages to this NSQ topic instead of writing them", EnvVars: config.Env("replay-publish")},
+			&cli.BoolFlag{Name: "quiet", Usage: "no progress output", EnvVars: config.Env("quiet")},
+		},
+		Action: runReplay,
+	}
+}
+
+func runReplay(c *cli.Context) error {
+	ctx := c.Context
+	req := replay.Request{Stream: c.String("stream"), From: c.Uint64("from"), To: c.Uint64("to")}
+	if !replay.ValidStreamID(req.Stream) {
+		return usagef("--stream %q: want 1-255 of [A-Za-z0-9._-]", req.Stream)
+	}
+	if s := c.String("since"); s != "" {
+		if c.IsSet("from") || c.IsSet("to") {
+			return usagef("--since excludes --from and --to")
+		}
+		t, err := parseSince(s, time.Now())
+		if err != nil {
+			return usagef("--since %q: %v", s, err)
+		}
+		req.Since = t
+	} else if req.From == 0 {
+		return usagef("give --from (>= 1) or --since")
+	}
+	if req.To != 0 && req.To < req.From {
+		return usagef("--to %d is below --from %d", req.To, req.From)
+	}
+	consul, err := consulClient(c)
+	if err != nil {
+		return err
+	}
+	owner, err := findOwner(ctx, consul, c.String("owner-service"), req.Stream)
+	if err != nil {
+		return err
+	}
+	client := replay.Client{Secret: c.String("secret")}
+	if req.Since.IsZero() && req.To == 0 {
+		var st []replay.Status
+		if err := getJSON(ctx, client, owner.Addr(), "/streams", &st); err != nil {
+			return fmt.Errorf("asking owner %s for its streams: %w", owner.ID, err)
+		}
+		for _, s := range st {
+			if s.Stream == req.Stream {
+				req.To = s.LastSeq
+			}
+		}
+		if req.To < req.From {
+			return fmt.Errorf("stream %s: owner %s has no sequence %d (last is %d)", req.Stream, owner.ID, req.From, req.To)
+		}
+	}
+
+	var sink func(envelope.Envelope) error
+	var closeSink func() error
+	if topic := c.String("publish"); topic != "" {
+		d := discovery.New(consul, discovery.Options{})
+		defer d.Stop()
+		w := d.Watch("nsqd")
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.WaitReady(wctx)
+		cancel()
+		if err != nil {
+			return err
+		}
+		p := pubsub.NewProducer(w, pubsub.ProducerOptions{})
+		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
+		errs := make(chan error, 1)
+		sink = func(env envelope.Envelope) error {
+			body, err := env.Marshal()
+			if err != nil {
+				return err
+			}
+			b.PublishAsync(body, func(err error) {
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			})
+			select {
+			case err := <-errs:
+				return fmt.Errorf("republishing to %s: %w", topic, err)
+			default:
+				return nil
+			}
+		}
+		closeSink = func() error {
+			defer p.Stop()
+			if err := b.Close(ctx); err != nil {
+				return err
+			}
+			select {
+			case err := <-errs:
+				return fmt.Errorf("republishing to %s: %w", topic, err)
+			default:
+				return nil
+			}
+		}
+	} else {
+		var w io.Writer = c.App.Writer
+		var f *os.File
+		if out := c.String("out"); out != "-" {
+			if f, err = os.Create(out); err != nil {
+				return fmt.Errorf("--out: %w", err)
+			}
+			w = f
+		}
+		bw := bufio.NewWriterSize(w, 256<<10)
+		enc := json.NewEncoder(bw)
+		sink = func(env envelope.Envelope) error {
+			return enc.Encode(jsonEnvelope{ID: env.ID.String(), Stream: env.Stream, Seq: env.Seq, Created: env.Created,
+				ContentType: env.ContentType, CorrelationID: env.CorrelationID, Payload: base64.StdEncoding.EncodeToString(env.Payload)})
+		}
+		closeSink = func() error {
+			err := bw.Flush()
+			if f != nil {
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+			return err
+		}
+	}
+
+	var total uint64
+	if req.Since.IsZero() {
+		total = req.To - req.From + 1
+	}
+	prog := newProgress(c.App.ErrWriter, total, c.Bool("quiet"))
+	n, err := client.Replay(ctx, owner.Addr(), req, func(env envelope.Envelope, size int) error {
+		prog.add(1, size)
+		return sink(env)
+	})
+	prog.done()
+	if cerr := closeSink(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("replaying %s from %s after %d messages: %w", req.Stream, owner.ID, n, err)
+	}
+	if total > 0 && n < total {
+		return fmt.Errorf("replaying %s: owner sent %d of %d messages", req.Stream, n, total)
+	}
+	return nil
+}
+
+type jsonEnvelope struct {
+	ID            string    `json:"id"`
+	Stream        string    `json:"stream"`
+	Seq           uint64    `json:"seq"`
+	Created       time.Time `json:"created"`
+	ContentType   string    `json:"content_type"`
+	CorrelationID string    `json:"correlation_id,omitempty"`
+	Payload       string    `json:"payload"` // base64
+}
+
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return time.Time{}, fmt.Errorf("duration must be positive")
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("want RFC 3339 (2026-01-02T15:04:05Z) or a duration (10m)")
+	}
+	return t, nil
+}
+
+func findOwner(ctx context.Context, consul *api.Client, service, stream string) (discovery.Instance, error) {
+	entries, _, err := consul.Health().Service(service, replay.OwnerTag(stream), true, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return discovery.Instance{}, fmt.Errorf("asking Consul for the owner of %s: %w", stream, err)
+	}
+	if len(entries) == 0 {
+		return discovery.Instance{}, fmt.Errorf("no passing instance of %q owns stream %q (tag %s)", service, stream, replay.OwnerTag(stream))
+	}
+	e := entries[0]
+	addr := e.Service.Address
+	if addr == "" {
+		addr = e.Node.Address
+	}
+	return discovery.Instance{ID: e.Service.ID, Address: addr, Port: e.Service.Port, Tags: e.Service.Tags}, nil
+}
+
+func getJSON(ctx context.Context, c replay.Client, addr, path string, v any) error {
+	resp, err := c.Get(ctx, addr, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}

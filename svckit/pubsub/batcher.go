@@ -1,0 +1,159 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// ErrBatcherClosed is returned by a publish after Close.
+var ErrBatcherClosed = errors.New("batching publisher closed")
+
+// BatcherOptions configures a Batcher.
+type BatcherOptions struct {
+	MaxBatch int           // largest MPUB; default 200
+	MaxDelay time.Duration // longest wait to fill a batch once one message is waiting; default 1ms
+	Queue    int           // messages buffered ahead of the publishing goroutine; default 4*MaxBatch
+}
+
+type batchItem struct {
+	body []byte
+	done func(error)
+}
+
+// Batcher turns many concurrent single publishes to one topic into MPUB
+// batches. Each publish learns the outcome of its own batch, so a caller can
+// acknowledge its input only after its output was accepted by nsqd.
+//
+// Batching costs no latency at low rates: a lone message is sent as soon as
+// the publishing goroutine is idle; MaxDelay only applies while a batch is
+// being filled behind one in flight.
+type Batcher struct {
+	p     *Producer
+	topic string
+	o     BatcherOptions
+	ctx   context.Context // bounds retries; cancelled by Close after the drain timeout
+	stop  context.CancelFunc
+
+	mu     sync.RWMutex
+	closed bool
+	in     chan batchItem
+	done   chan struct{}
+}
+
+// NewBatcher starts a batching publisher for topic.
+func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 200
+	}
+	if o.MaxDelay <= 0 {
+		o.MaxDelay = time.Millisecond
+	}
+	if o.Queue <= 0 {
+		o.Queue = 4 * o.MaxBatch
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	b := &Batcher{p: p, topic: topic, o: o, ctx: ctx, stop: stop, in: make(chan batchItem, o.Queue), done: make(chan struct{})}
+	go b.run()
+	return b
+}
+
+// PublishAsync queues body; done is called exactly once with the outcome, from
+// the publishing goroutine (keep it short). body must not change until then.
+func (b *Batcher) PublishAsync(body []byte, done func(error)) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		done(ErrBatcherClosed)
+		return
+	}
+	b.in <- batchItem{body: body, done: done}
+}
+
+// Publish queues body and waits until its batch was acknowledged or ctx ended.
+func (b *Batcher) Publish(ctx context.Context, body []byte) error {
+	ch := make(chan error, 1)
+	b.PublishAsync(body, func(err error) { ch <- err })
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (b *Batcher) run() {
+	defer close(b.done)
+	bodies := make([][]byte, 0, b.o.MaxBatch)
+	items := make([]batchItem, 0, b.o.MaxBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		it, ok := <-b.in
+		if !ok {
+			return
+		}
+		items = append(items[:0], it)
+		// Take what is already queued without waiting.
+	drain:
+		for len(items) < b.o.MaxBatch {
+			select {
+			case it, ok := <-b.in:
+				if !ok {
+					break drain
+				}
+				items = append(items, it)
+			default:
+				break drain
+			}
+		}
+		// A partial batch waits up to MaxDelay for more only when messages are
+		// arriving (more than one was queued): a lone message goes at once.
+		if len(items) > 1 && len(items) < b.o.MaxBatch {
+			timer.Reset(b.o.MaxDelay)
+		fill:
+			for len(items) < b.o.MaxBatch {
+				select {
+				case it, ok := <-b.in:
+					if !ok {
+						break fill
+					}
+					items = append(items, it)
+				case <-timer.C:
+					break fill
+				}
+			}
+			timer.Stop()
+		}
+		bodies = bodies[:0]
+		for _, it := range items {
+			bodies = append(bodies, it.body)
+		}
+		err := b.p.MultiPublish(b.ctx, b.topic, bodies)
+		for i := range items {
+			items[i].done(err)
+			items[i] = batchItem{}
+		}
+	}
+}
+
+// Close publishes what is queued (retrying until ctx ends, then failing the
+// rest) and stops the batcher.
+func (b *Batcher) Close(ctx context.Context) error {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.in)
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.done:
+		b.stop()
+		return nil
+	case <-ctx.Done():
+		b.stop() // fail the retries in progress
+		<-b.done
+		return context.Cause(ctx)
+	}
+}

@@ -1,0 +1,484 @@
+package pubsub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/logging"
+	"github.com/svckit/svckit/svckit/metrics"
+)
+
+// Message is one delivery handed to a Handler.
+type Message struct {
+	Envelope envelope.Envelope
+	NSQ      *nsq.Message
+
+	c     *Consumer
+	start time.Time
+	async atomic.Bool
+	once  sync.Once
+}
+
+// Attempts is the delivery attempt (1 on first delivery).
+func (m *Message) Attempts() uint16 { return m.NSQ.Attempts }
+
+// Touch resets nsqd's timeout for this message (long-running handlers).
+func (m *Message) Touch() { m.NSQ.Touch() }
+
+// LogAttrs are the attributes identifying the message in log records.
+func (m *Message) LogAttrs() []any {
+	return []any{"msg_id", m.Envelope.ID.String(), "correlation_id", m.Envelope.CorrelationID,
+		"stream", m.Envelope.Stream, "seq", m.Envelope.Seq, "nsq_id", string(m.NSQ.ID[:])}
+}
+
+// Async takes the response over from the handler: the consumer will not
+// respond when the handler returns, and the returned func must be called
+// exactly once, from any goroutine: nil finishes the message, an error
+// requeues it (or dead-letters it after MaxAttempts). The worker uses this to
+// finish a reading only when the result's batch was acknowledged, without
+// holding a handler goroutine per message.
+func (m *Message) Async() func(error) {
+	m.async.Store(true)
+	return m.complete
+}
+
+func (m *Message) complete(err error) {
+	m.once.Do(func() { m.c.respond(m, err) })
+}
+
+// Handler handles one message. Returning nil finishes it; an error requeues it
+// with backoff, and after MaxAttempts moves it to the dead-letter topic; a
+// PermanentError (see Reject) moves it there at once.
+type Handler interface {
+	HandleMessage(ctx context.Context, m *Message) error
+}
+
+// HandlerFunc adapts a func to Handler.
+type HandlerFunc func(ctx context.Context, m *Message) error
+
+// HandleMessage calls f.
+func (f HandlerFunc) HandleMessage(ctx context.Context, m *Message) error { return f(ctx, m) }
+
+// ConsumerOptions configures a Consumer.
+type ConsumerOptions struct {
+	Topic   string
+	Channel string
+	// Ephemeral makes the channel "<channel>#ephemeral": nsqd keeps nothing
+	// for it while no consumer is connected (replay recovers what was missed).
+	Ephemeral bool
+
+	NSQ             *nsq.Config // nil = nsq.NewConfig(); MaxInFlight, LookupdPollInterval, MsgTimeout are taken from it
+	Concurrency     int         // handler goroutines; default 4
+	MaxAttempts     uint16      // default 5
+	RequeueDelay    time.Duration
+	MaxRequeueDelay time.Duration
+	// AutoTouch touches messages whose handler runs longer than half of
+	// nsqd's message timeout, so long handlers do not get redelivered.
+	AutoTouch bool
+	MaxPayload int // envelope payload limit; 0 = envelope.DefaultMaxPayload
+
+	// DeadLetter publishes undecodable and exhausted messages to
+	// "<topic>.dead". nil = log and drop them (counted).
+	DeadLetter *Producer
+
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+}
+
+// Consumer consumes one topic/channel from the nsqds that the nsqlookupd
+// instances found in Consul know about, and follows lookupd changes.
+type Consumer struct {
+	o        ConsumerOptions
+	channel  string // full channel name (with #ephemeral)
+	h        Handler
+	lookupds *discovery.Watcher
+	nsqds    *discovery.Watcher
+	nsq      *nsq.Consumer
+	dec      envelope.Decoder
+	http     *http.Client
+
+	handlerCtx    context.Context
+	cancelHandler context.CancelFunc
+	followCancel  context.CancelFunc
+	followDone    chan struct{}
+
+	mu       sync.Mutex
+	lookupd  map[string]bool // connected lookupd HTTP addresses
+	prepared map[string]bool // nsqd HTTP addresses with the topic/channel created
+
+	consumed, failed, requeued prometheus.Counter
+	handlerSecs                prometheus.Observer
+}
+
+var channelUnsafe = regexp.MustCompile(`[^.a-zA-Z0-9_-]`)
+
+// InstanceChannel makes a per-instance channel name from a base and an
+// instance id, valid for NSQ (64 characters, [.a-zA-Z0-9_-]).
+func InstanceChannel(base, instance string) string {
+	c := base + "-" + channelUnsafe.ReplaceAllString(instance, "_")
+	if len(c) > 54 { // room for "#ephemeral"
+		c = c[:54]
+	}
+	return c
+}
+
+// NewConsumer validates the options and creates the consumer.
+func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOptions) (*Consumer, error) {
+	if !nsq.IsValidTopicName(o.Topic) {
+		return nil, fmt.Errorf("topic %q: invalid NSQ topic name (1-64 of [.a-zA-Z0-9_-])", o.Topic)
+	}
+	ch := o.Channel
+	if o.Ephemeral {
+		ch += "#ephemeral"
+	}
+	if !nsq.IsValidChannelName(ch) {
+		return nil, fmt.Errorf("channel %q: invalid NSQ channel name (1-64 of [.a-zA-Z0-9_-], optional #ephemeral)", ch)
+	}
+	if o.NSQ == nil {
+		o.NSQ = nsq.NewConfig()
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
+	}
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = 5
+	}
+	if o.RequeueDelay <= 0 {
+		o.RequeueDelay = time.Second
+	}
+	if o.MaxRequeueDelay <= 0 {
+		o.MaxRequeueDelay = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = logging.Discard()
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.Nop()
+	}
+	cfg := *o.NSQ // our copy: we change MaxAttempts
+	// svckit enforces MaxAttempts itself so that exhausted messages reach the
+	// dead-letter topic; go-nsq would only log and finish them.
+	cfg.MaxAttempts = 0
+	nc, err := nsq.NewConsumer(o.Topic, ch, &cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating consumer for %s/%s: %w", o.Topic, ch, err)
+	}
+	lg := o.Logger.With("topic", o.Topic, "channel", ch)
+	nc.SetLogger(logging.NSQLogger{L: lg}, logging.NSQLevel(lg))
+	c := &Consumer{
+		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc,
+		dec:      envelope.Decoder{MaxPayload: o.MaxPayload},
+		http:     &http.Client{Timeout: 5 * time.Second},
+		lookupd:  map[string]bool{},
+		prepared: map[string]bool{},
+	}
+	c.o.Logger = lg
+	c.consumed = o.Metrics.Consumed.WithLabelValues(o.Topic, ch)
+	c.failed = o.Metrics.Failed.WithLabelValues(o.Topic, ch)
+	c.requeued = o.Metrics.Requeued.WithLabelValues(o.Topic, ch)
+	c.handlerSecs = o.Metrics.HandlerSeconds.WithLabelValues(o.Topic, ch)
+	c.handlerCtx, c.cancelHandler = context.WithCancel(context.Background())
+	nc.AddConcurrentHandlers(c, o.Concurrency)
+	return c, nil
+}
+
+// Channel is the full channel name.
+func (c *Consumer) Channel() string { return c.channel }
+
+// Start prepares the topic and channel on every known nsqd (so a durable
+// channel collects messages from now on, and nsqlookupd knows the topic at
+// once), connects to the lookupds known now (waiting for the first discovery
+// answer within ctx), and follows changes until Stop.
+func (c *Consumer) Start(ctx context.Context) error {
+	if err := c.lookupds.WaitReady(ctx); err != nil {
+		return err
+	}
+	if c.nsqds != nil {
+		if err := c.nsqds.WaitReady(ctx); err != nil {
+			return err
+		}
+		c.prepare(ctx, c.nsqds.Instances())
+	}
+	c.updateLookupds(c.lookupds.Instances())
+	fctx, cancel := context.WithCancel(context.Background())
+	c.followCancel = cancel
+	c.followDone = make(chan struct{})
+	go c.follow(fctx)
+	return nil
+}
+
+func (c *Consumer) follow(ctx context.Context) {
+	defer close(c.followDone)
+	lch, lcancel := c.lookupds.Subscribe()
+	defer lcancel()
+	var nch <-chan []discovery.Instance
+	if c.nsqds != nil {
+		ch, ncancel := c.nsqds.Subscribe()
+		defer ncancel()
+		nch = ch
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case set := <-lch:
+			c.updateLookupds(set)
+		case set := <-nch:
+			c.prepare(ctx, set)
+		}
+	}
+}
+
+// updateLookupds connects to new lookupds and drops vanished ones. An empty
+// set (nsqlookupd down or Consul answering nothing) changes nothing: the
+// consumer keeps its nsqd connections and the lookupds it knows.
+func (c *Consumer) updateLookupds(set []discovery.Instance) {
+	want := map[string]bool{}
+	for _, in := range set {
+		if a, ok := in.MetaAddr("http_port"); ok {
+			want[a] = true
+		}
+	}
+	if len(want) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for a := range want {
+		if !c.lookupd[a] {
+			if err := c.nsq.ConnectToNSQLookupd(a); err != nil && !errors.Is(err, nsq.ErrAlreadyConnected) {
+				c.o.Logger.Warn("connecting to nsqlookupd", "lookupd", a, "err", err)
+				continue
+			}
+			c.lookupd[a] = true
+			c.o.Logger.Info("following nsqlookupd", "lookupd", a)
+		}
+	}
+	for a := range c.lookupd {
+		if !want[a] {
+			if err := c.nsq.DisconnectFromNSQLookupd(a); err != nil {
+				continue // go-nsq keeps the last one; so do we
+			}
+			delete(c.lookupd, a)
+			c.o.Logger.Info("dropped nsqlookupd", "lookupd", a)
+		}
+	}
+}
+
+// prepare creates the topic (and, for durable channels, the channel) on nsqds
+// not prepared yet, and connects to them at once: nsqlookupd would only report
+// them on its next poll (go-nsq polls every LookupdPollInterval), and a
+// consumer that started before the topic existed would idle until then.
+// Best effort: failures are retried on the next change.
+func (c *Consumer) prepare(ctx context.Context, set []discovery.Instance) {
+	for _, in := range set {
+		a, ok := in.MetaAddr("http_port")
+		if !ok {
+			continue
+		}
+		c.mu.Lock()
+		done := c.prepared[a]
+		c.mu.Unlock()
+		if done {
+			continue
+		}
+		if err := c.createOn(ctx, a); err != nil {
+			c.o.Logger.Warn("preparing topic/channel on nsqd", "nsqd_http", a, "err", err)
+			continue
+		}
+		c.mu.Lock()
+		c.prepared[a] = true
+		c.mu.Unlock()
+		if err := c.nsq.ConnectToNSQD(in.Addr()); err != nil && !errors.Is(err, nsq.ErrAlreadyConnected) {
+			c.o.Logger.Debug("connecting to nsqd directly; nsqlookupd will report it", "nsqd", in.Addr(), "err", err)
+		}
+	}
+}
+
+func (c *Consumer) createOn(ctx context.Context, httpAddr string) error {
+	q := url.Values{"topic": {c.o.Topic}}
+	path := "/topic/create"
+	if !c.o.Ephemeral {
+		q.Set("channel", c.channel)
+		path = "/channel/create"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d", path, resp.StatusCode)
+	}
+	return nil
+}
+
+// Ready is nil while the consumer has at least one nsqd connection.
+func (c *Consumer) Ready() error {
+	if c.nsq.Stats().Connections == 0 {
+		return fmt.Errorf("consumer %s/%s: no nsqd connection", c.o.Topic, c.channel)
+	}
+	return nil
+}
+
+// Stats are go-nsq's consumer statistics.
+func (c *Consumer) Stats() *nsq.ConsumerStats { return c.nsq.Stats() }
+
+// Stop stops taking messages and waits until every message in flight was
+// responded to, or ctx ends (then handlers see their context cancelled).
+func (c *Consumer) Stop(ctx context.Context) error {
+	if c.followCancel != nil {
+		c.followCancel()
+		<-c.followDone
+	}
+	c.nsq.Stop()
+	select {
+	case <-c.nsq.StopChan:
+		c.cancelHandler()
+		return nil
+	case <-ctx.Done():
+		c.cancelHandler()
+		return fmt.Errorf("stopping consumer %s/%s: in-flight messages did not finish: %w", c.o.Topic, c.channel, context.Cause(ctx))
+	}
+}
+
+// HandleMessage implements nsq.Handler.
+func (c *Consumer) HandleMessage(nm *nsq.Message) error {
+	nm.DisableAutoResponse()
+	m := &Message{NSQ: nm, c: c, start: time.Now()}
+	env, err := c.dec.Decode(nm.Body)
+	if err != nil {
+		c.deadLetterOrRequeue(nm, "decode: "+err.Error())
+		return nil
+	}
+	m.Envelope = env
+	var stopTouch func() bool
+	if c.o.AutoTouch {
+		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
+			t := time.AfterFunc(half, func() { nm.Touch() })
+			stopTouch = t.Stop
+		}
+	}
+	err = c.safeHandle(m)
+	if stopTouch != nil {
+		stopTouch()
+	}
+	if !m.async.Load() || err != nil {
+		m.complete(err)
+	}
+	return nil
+}
+
+func (c *Consumer) safeHandle(m *Message) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	return c.h.HandleMessage(c.handlerCtx, m)
+}
+
+func (c *Consumer) respond(m *Message, err error) {
+	c.handlerSecs.Observe(time.Since(m.start).Seconds())
+	nm := m.NSQ
+	if err == nil {
+		c.consumed.Inc()
+		nm.Finish()
+		return
+	}
+	c.failed.Inc()
+	var perm PermanentError
+	if errors.As(err, &perm) {
+		c.o.Logger.Error("message cannot be handled; dead-lettering", append(m.LogAttrs(), "err", err)...)
+		c.deadLetterOrRequeue(nm, "rejected: "+err.Error())
+		return
+	}
+	if nm.Attempts >= c.o.MaxAttempts {
+		c.o.Logger.Error("message failed its last attempt; dead-lettering", append(m.LogAttrs(), "attempts", nm.Attempts, "err", err)...)
+		c.deadLetterOrRequeue(nm, fmt.Sprintf("handler failed %d times: %v", nm.Attempts, err))
+		return
+	}
+	delay := c.o.RequeueDelay << min(nm.Attempts-1, 16)
+	delay = min(delay, c.o.MaxRequeueDelay)
+	c.o.Logger.Warn("handler failed; requeueing", append(m.LogAttrs(), "attempts", nm.Attempts, "delay", delay, "err", err)...)
+	c.requeued.Inc()
+	// Without backoff: one poison message must not throttle the whole
+	// consumer; the per-message delay grows with the attempt instead.
+	nm.RequeueWithoutBackoff(delay)
+}
+
+// DeadLetter is the body published to "<topic>.dead".
+type DeadLetter struct {
+	Topic    string    `json:"topic"`
+	Channel  string    `json:"channel"`
+	Reason   string    `json:"reason"`
+	Attempts uint16    `json:"attempts"`
+	Time     time.Time `json:"time"`
+	NSQID    string    `json:"nsq_id"`
+	Original []byte    `json:"original"` // base64 in JSON
+}
+
+// DeadLetterTopic is where a topic's dead letters go.
+func DeadLetterTopic(topic string) string { return topic + ".dead" }
+
+// deadLetterOrRequeue moves a message to the dead-letter topic and finishes
+// it; if the dead letter cannot be published it requeues the message instead,
+// so that nothing accepted is ever dropped silently.
+func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, reason string) {
+	if c.deadLetter(nm, reason) {
+		nm.Finish()
+		return
+	}
+	c.requeued.Inc()
+	nm.RequeueWithoutBackoff(c.o.MaxRequeueDelay)
+}
+
+func (c *Consumer) deadLetter(nm *nsq.Message, reason string) bool {
+	c.o.Metrics.DeadLettered.WithLabelValues(c.o.Topic, c.channel, reasonClass(reason)).Inc()
+	if c.o.DeadLetter == nil {
+		c.o.Logger.Error("dropping message (no dead-letter producer)", "nsq_id", string(nm.ID[:]), "reason", reason)
+		return true
+	}
+	body, _ := json.Marshal(DeadLetter{
+		Topic: c.o.Topic, Channel: c.channel, Reason: reason, Attempts: nm.Attempts,
+		Time: time.Now().UTC(), NSQID: string(nm.ID[:]), Original: nm.Body,
+	})
+	ctx, cancel := context.WithTimeout(c.handlerCtx, 30*time.Second)
+	defer cancel()
+	if err := c.o.DeadLetter.Publish(ctx, DeadLetterTopic(c.o.Topic), body); err != nil {
+		c.o.Logger.Error("publishing dead letter failed; requeueing the message", "nsq_id", string(nm.ID[:]), "reason", reason, "err", err)
+		return false
+	}
+	c.o.Logger.Warn("message dead-lettered", "nsq_id", string(nm.ID[:]), "dead_topic", DeadLetterTopic(c.o.Topic), "reason", reason)
+	return true
+}
+
+// Reject marks a handler error as permanent: the message is dead-lettered
+// without further attempts (input that can never be handled).
+func Reject(err error) error { return PermanentError{err} }
+
+func reasonClass(reason string) string {
+	for _, c := range []string{"decode", "rejected"} {
+		if len(reason) >= len(c) && reason[:len(c)] == c {
+			return c
+		}
+	}
+	return "handler"
+}

@@ -1,0 +1,135 @@
+package replay
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/svckit/svckit/svckit/envelope"
+)
+
+// Errors of a replay request, by the owner's answer.
+var (
+	ErrGone         = errors.New("range no longer retained by the owner (410): recover from a snapshot")
+	ErrNeverHad     = errors.New("the owner never had this sequence (416)")
+	ErrUnknown      = errors.New("the owner does not know this stream (404)")
+	ErrUnauthorized = errors.New("the owner refused the shared secret (401)")
+)
+
+// Request is one replay request: [From, To], or everything since Since.
+type Request struct {
+	Stream string
+	From   uint64
+	To     uint64
+	Since  time.Time // if set, From and To are ignored
+}
+
+// Client speaks the consumer side of the replay protocol.
+type Client struct {
+	HTTP   *http.Client // nil = http.DefaultClient
+	Secret string
+}
+
+// Replay streams the requested range from the owner at addr (host:port of
+// its HTTP server) and calls fn for each envelope with its frame size. The
+// envelope's payload is only valid during fn. It returns the number of frames.
+func (c Client) Replay(ctx context.Context, addr string, r Request, fn func(envelope.Envelope, int) error) (uint64, error) {
+	q := url.Values{"stream": {r.Stream}}
+	if !r.Since.IsZero() {
+		q.Set("since", r.Since.UTC().Format(time.RFC3339Nano))
+	} else {
+		q.Set("from", strconv.FormatUint(r.From, 10))
+		q.Set("to", strconv.FormatUint(r.To, 10))
+	}
+	resp, err := c.Get(ctx, addr, "/replay", q)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if err := statusError(resp); err != nil {
+		return 0, fmt.Errorf("replay of %s: %w", r.Stream, err)
+	}
+	br := bufio.NewReaderSize(resp.Body, 256<<10)
+	var hdr [4]byte
+	buf := make([]byte, 0, 4096)
+	var n uint64
+	dec := envelope.Decoder{}
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return n, nil
+			}
+			return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
+		}
+		size := binary.BigEndian.Uint32(hdr[:])
+		if size > 64<<20 {
+			return n, fmt.Errorf("replay of %s: frame of %d bytes", r.Stream, size)
+		}
+		if cap(buf) < int(size) {
+			buf = make([]byte, size)
+		}
+		buf = buf[:size]
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
+		}
+		env, err := dec.Decode(buf)
+		if err != nil {
+			return n, fmt.Errorf("replay of %s: %w", r.Stream, err)
+		}
+		if env.Stream != r.Stream || (r.Since.IsZero() && (env.Seq < r.From || env.Seq > r.To)) {
+			return n, fmt.Errorf("replay of %s: got (%s, %d) outside the request", r.Stream, env.Stream, env.Seq)
+		}
+		if err := fn(env, int(size)+4); err != nil {
+			return n, err
+		}
+		n++
+	}
+}
+
+// Get performs an authenticated GET on the owner.
+func (c Client) Get(ctx context.Context, addr, path string, q url.Values) (*http.Response, error) {
+	u := "http://" + addr + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.Secret != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Secret)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return hc.Do(req)
+}
+
+func statusError(resp *http.Response) error {
+	if resp.StatusCode == http.StatusOK {
+		return nil
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	var base error
+	switch resp.StatusCode {
+	case http.StatusGone:
+		base = ErrGone
+	case http.StatusRequestedRangeNotSatisfiable:
+		base = ErrNeverHad
+	case http.StatusNotFound:
+		base = ErrUnknown
+	case http.StatusUnauthorized:
+		base = ErrUnauthorized
+	default:
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, msg)
+	}
+	return fmt.Errorf("%w: %s", base, msg)
+}

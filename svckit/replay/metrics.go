@@ -1,0 +1,48 @@
+// Package replay makes NSQ streams recoverable: per-stream contiguous
+// sequence numbers and a retained log on the publisher (Owner, Server), and
+// exactly-once application with gap detection, replay requests and snapshot
+// recovery on the consumer (Tracker). docs/architecture.md describes the
+// protocol message by message.
+package replay
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/metrics"
+)
+
+// Metrics are the replay collectors.
+type Metrics struct {
+	GapsDetected       *prometheus.CounterVec // stream
+	Missing            *prometheus.GaugeVec   // stream
+	Requests           *prometheus.CounterVec // result
+	ReplayedMessages   prometheus.Counter
+	ReplayedBytes      prometheus.Counter
+	ReplaySeconds      prometheus.Histogram
+	Duplicates         *prometheus.CounterVec // stream
+	SnapshotRecoveries *prometheus.CounterVec // stream
+	ServedMessages     prometheus.Counter
+	ServedBytes        prometheus.Counter
+	LogTruncations     prometheus.Counter
+}
+
+// NewMetrics registers the replay collectors in r.
+func NewMetrics(r prometheus.Registerer) *Metrics {
+	ns := metrics.Namespace
+	m := &Metrics{
+		GapsDetected:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_gaps_detected_total", Help: "Missing sequence ranges detected."}, []string{"stream"}),
+		Missing:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_missing_messages", Help: "Sequences currently missing below the highest known."}, []string{"stream"}),
+		Requests:           prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_requests_total", Help: "Replay requests sent to stream owners, by result."}, []string{"result"}),
+		ReplayedMessages:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_messages_total", Help: "Messages received through replay."}),
+		ReplayedBytes:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_bytes_total", Help: "Bytes received through replay."}),
+		ReplaySeconds:      prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "replay_request_duration_seconds", Help: "Duration of replay requests.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10)}),
+		Duplicates:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "duplicates_skipped_total", Help: "Messages skipped because their (stream, seq) was already applied."}, []string{"stream"}),
+		SnapshotRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_recoveries_total", Help: "Streams recovered from the owner's snapshot."}, []string{"stream"}),
+		ServedMessages:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_messages_total", Help: "Messages served from the retained log."}),
+		ServedBytes:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_bytes_total", Help: "Bytes served from the retained log."}),
+		LogTruncations:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn or corrupt log tails truncated on open."}),
+	}
+	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations} {
+		r.MustRegister(c)
+	}
+	return m
+}

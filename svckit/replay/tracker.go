@@ -1,0 +1,524 @@
+package replay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/logging"
+)
+
+// Applier is the consumer's state, as the tracker drives it. Every method is
+// called with the stream's lock held, so per stream they never run
+// concurrently; different streams may run in parallel.
+type Applier interface {
+	// Apply applies one message. It is called at most once per (stream,
+	// seq) over the consumer's life (checkpoint included). env.Payload is
+	// only valid during the call.
+	Apply(stream string, env envelope.Envelope) error
+	// ApplySnapshot replaces the stream's state by the owner's fold over
+	// 1..seq.
+	ApplySnapshot(stream string, seq uint64, state []byte) error
+	// ExportState encodes the stream's state for the checkpoint.
+	ExportState(stream string) ([]byte, error)
+	// ImportState restores the stream's state from the checkpoint.
+	ImportState(stream string, state []byte) error
+}
+
+// TrackerOptions configures a Tracker.
+type TrackerOptions struct {
+	// CheckpointPath is where applied sets and state are saved together
+	// (atomically); "" keeps everything in memory.
+	CheckpointPath     string
+	CheckpointInterval time.Duration // default 1s
+	// Owners are the passing instances of the owner service; an owner of
+	// stream S carries the tag "stream=S" (see OwnerTag).
+	Owners *discovery.Watcher
+	// GapGrace is how long a gap must stay open before it is requested: NSQ
+	// does not order messages, so most gaps close by themselves. Default 2s.
+	GapGrace     time.Duration
+	MaxBatch     int           // most sequences per replay request; default 10000
+	TailInterval time.Duration // how often owners are asked for their last seq; default 5s
+	RetryMin     time.Duration // default 200ms
+	RetryMax     time.Duration // default 10s
+	Secret       string        // the owners' shared secret, if any
+	// Transform maps a replayed owner message onto what Apply expects, for
+	// consumers downstream of a stateless step (the app receives results,
+	// the sensor replays readings). nil = identity.
+	Transform func(envelope.Envelope) (envelope.Envelope, error)
+	HTTP      *http.Client
+	Logger    *slog.Logger
+	Metrics   *Metrics
+}
+
+// OwnerTag is the Consul tag an owner of stream carries.
+func OwnerTag(stream string) string { return "stream=" + stream }
+
+// Tracker applies every (stream, seq) exactly once and recovers what is missing.
+type Tracker struct {
+	a Applier
+	o TrackerOptions
+
+	mu      sync.RWMutex
+	streams map[string]*trackedStream
+}
+
+type trackedStream struct {
+	id         string
+	mu         sync.Mutex
+	applied    SeqSet
+	duplicates uint64
+	snapshots  uint64
+	ownerLast  uint64               // last_seq the owner reported
+	gapSeen    map[uint64]time.Time // gap start → when first seen open
+	fetching   bool
+	retryAt    time.Time
+	retryDelay time.Duration
+	counted    map[uint64]bool // gap starts already counted in GapsDetected
+	dups       prometheus.Counter
+}
+
+// StreamStatus is a stream's entry in the consumer's GET /streams.
+type StreamStatus struct {
+	Stream         string      `json:"stream"`
+	LastContiguous uint64      `json:"last_contiguous"`
+	Applied        uint64      `json:"applied"`
+	Duplicates     uint64      `json:"duplicates"`
+	Gaps           [][2]uint64 `json:"gaps"`
+}
+
+// NewTracker loads the checkpoint (if any) into a and returns the tracker.
+func NewTracker(a Applier, o TrackerOptions) (*Tracker, error) {
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = time.Second
+	}
+	if o.GapGrace <= 0 {
+		o.GapGrace = 2 * time.Second
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = 10000
+	}
+	if o.TailInterval <= 0 {
+		o.TailInterval = 5 * time.Second
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = 200 * time.Millisecond
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 10 * time.Second
+	}
+	if o.HTTP == nil {
+		o.HTTP = &http.Client{Timeout: 60 * time.Second}
+	}
+	if o.Logger == nil {
+		o.Logger = logging.Discard()
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(prometheus.NewRegistry())
+	}
+	t := &Tracker{a: a, o: o, streams: map[string]*trackedStream{}}
+	if err := t.load(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *Tracker) stream(id string) *trackedStream {
+	t.mu.RLock()
+	s := t.streams[id]
+	t.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s = t.streams[id]; s == nil {
+		s = &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{},
+			dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
+		t.streams[id] = s
+	}
+	return s
+}
+
+// Deliver applies env unless its (stream, seq) was applied before; it
+// reports whether it applied. Unsequenced envelopes (seq 0) are applied
+// without tracking. An Apply error leaves the sequence unapplied (the message
+// is requeued by the caller).
+func (t *Tracker) Deliver(env envelope.Envelope) (bool, error) {
+	if env.Seq == 0 || env.Stream == "" {
+		return true, t.a.Apply(env.Stream, env)
+	}
+	s := t.stream(env.Stream)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.applied.Contains(env.Seq) {
+		s.duplicates++
+		s.dups.Inc()
+		return false, nil
+	}
+	if err := t.a.Apply(env.Stream, env); err != nil {
+		return false, err
+	}
+	s.applied.Add(env.Seq)
+	return true, nil
+}
+
+// Status reports every stream (sorted by id).
+func (t *Tracker) Status() []StreamStatus {
+	t.mu.RLock()
+	ids := slices.Sorted(maps.Keys(t.streams))
+	ss := make([]*trackedStream, len(ids))
+	for i, id := range ids {
+		ss[i] = t.streams[id]
+	}
+	t.mu.RUnlock()
+	out := make([]StreamStatus, len(ss))
+	for i, s := range ss {
+		s.mu.Lock()
+		gaps := s.applied.Gaps()
+		if gaps == nil {
+			gaps = [][2]uint64{}
+		}
+		out[i] = StreamStatus{Stream: s.id, LastContiguous: s.applied.Contiguous(), Applied: s.applied.Count(),
+			Duplicates: s.duplicates, Gaps: gaps}
+		s.mu.Unlock()
+	}
+	return out
+}
+
+// ServeStreams is the consumer's GET /streams handler.
+func (t *Tracker) ServeStreams(w http.ResponseWriter, _ *http.Request) { writeJSON(w, t.Status()) }
+
+// Run detects gaps, asks owners for what is missing and checkpoints, until
+// ctx ends. Call Save after the consumer drained for the final checkpoint.
+func (t *Tracker) Run(ctx context.Context) {
+	scan := time.NewTicker(max(min(t.o.GapGrace/4, 250*time.Millisecond), 10*time.Millisecond))
+	defer scan.Stop()
+	save := time.NewTicker(t.o.CheckpointInterval)
+	defer save.Stop()
+	tailDue := time.Now() // at once: what was published while we were away
+	for {
+		if !time.Now().Before(tailDue) && t.o.Owners != nil {
+			t.checkTails(ctx)
+			tailDue = time.Now().Add(t.o.TailInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-save.C:
+			if err := t.Save(); err != nil {
+				t.o.Logger.Error("saving checkpoint", "err", err)
+			}
+		case <-scan.C:
+			t.scan(ctx)
+		}
+	}
+}
+
+// checkTails asks each owner for its streams' last sequence numbers.
+func (t *Tracker) checkTails(ctx context.Context) {
+	for _, in := range t.o.Owners.Instances() {
+		var st []Status
+		if err := t.getJSON(ctx, in.Addr(), "/streams", nil, &st); err != nil {
+			t.o.Logger.Debug("asking owner for its streams", "owner", in.ID, "err", err)
+			continue
+		}
+		for _, x := range st {
+			if x.LastSeq == 0 {
+				continue
+			}
+			s := t.stream(x.Stream)
+			s.mu.Lock()
+			s.ownerLast = max(s.ownerLast, x.LastSeq)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// missing lists the stream's missing ranges, the tail up to what the owner
+// reported included. Called with s.mu held.
+func missing(s *trackedStream) [][2]uint64 {
+	gaps := s.applied.Gaps()
+	if top := s.applied.Max(); s.ownerLast > top {
+		gaps = append(gaps, [2]uint64{top + 1, s.ownerLast})
+	}
+	return gaps
+}
+
+func (t *Tracker) scan(ctx context.Context) {
+	now := time.Now()
+	t.mu.RLock()
+	ss := slices.Collect(maps.Values(t.streams))
+	t.mu.RUnlock()
+	for _, s := range ss {
+		s.mu.Lock()
+		gaps := missing(s)
+		var n uint64
+		due := false
+		open := make(map[uint64]bool, len(gaps))
+		for _, g := range gaps {
+			n += g[1] - g[0] + 1
+			open[g[0]] = true
+			seen, ok := s.gapSeen[g[0]]
+			if !ok {
+				s.gapSeen[g[0]] = now
+				continue
+			}
+			if now.Sub(seen) >= t.o.GapGrace {
+				due = true
+				if !s.counted[g[0]] {
+					s.counted[g[0]] = true
+					t.o.Metrics.GapsDetected.WithLabelValues(s.id).Inc()
+					t.o.Logger.Info("gap detected; requesting replay", "stream", s.id, "from", g[0], "to", g[1])
+				}
+			}
+		}
+		for k := range s.gapSeen {
+			if !open[k] {
+				delete(s.gapSeen, k)
+				delete(s.counted, k)
+			}
+		}
+		t.o.Metrics.Missing.WithLabelValues(s.id).Set(float64(n))
+		start := due && !s.fetching && !now.Before(s.retryAt)
+		if start {
+			s.fetching = true
+		}
+		s.mu.Unlock()
+		if start {
+			go t.recover(ctx, s)
+		}
+	}
+}
+
+// recover fetches every missing range of s that has been open past the grace.
+func (t *Tracker) recover(ctx context.Context, s *trackedStream) {
+	err := t.recoverOnce(ctx, s)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fetching = false
+	if err == nil {
+		s.retryDelay = 0
+		return
+	}
+	if s.retryDelay == 0 {
+		s.retryDelay = t.o.RetryMin
+	} else {
+		s.retryDelay = min(s.retryDelay*2, t.o.RetryMax)
+	}
+	s.retryAt = time.Now().Add(s.retryDelay/2 + rand.N(s.retryDelay/2+1))
+	if ctx.Err() == nil {
+		t.o.Logger.Warn("replay failed; retrying with backoff", "stream", s.id, "retry_in", time.Until(s.retryAt).Round(time.Millisecond), "err", err)
+	}
+}
+
+func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
+	now := time.Now()
+	s.mu.Lock()
+	var due [][2]uint64
+	for _, g := range missing(s) {
+		if seen, ok := s.gapSeen[g[0]]; ok && now.Sub(seen) >= t.o.GapGrace {
+			due = append(due, g)
+		}
+	}
+	s.mu.Unlock()
+	for _, g := range due {
+		for from := g[0]; from <= g[1]; {
+			to := min(g[1], from+uint64(t.o.MaxBatch)-1)
+			got, err := t.fetch(ctx, s.id, from, to)
+			if errors.Is(err, ErrGone) {
+				return t.recoverSnapshot(ctx, s)
+			}
+			if err != nil {
+				return err
+			}
+			if got == 0 {
+				break // the owner has nothing more in this range now
+			}
+			from += got
+		}
+	}
+	return nil
+}
+
+// owner finds the passing instance that owns stream.
+func (t *Tracker) owner(stream string) (discovery.Instance, error) {
+	if t.o.Owners == nil {
+		return discovery.Instance{}, errors.New("no owner service configured")
+	}
+	tag := OwnerTag(stream)
+	for _, in := range t.o.Owners.Instances() {
+		if in.HasTag(tag) {
+			return in, nil
+		}
+	}
+	return discovery.Instance{}, fmt.Errorf("no passing instance of %q carries tag %q", t.o.Owners.Service(), tag)
+}
+
+// fetch replays [from, to] of stream from its owner through Deliver and
+// returns how many sequences the response carried.
+func (t *Tracker) fetch(ctx context.Context, stream string, from, to uint64) (uint64, error) {
+	res, n, err := t.Fetch(ctx, stream, from, to, func(env envelope.Envelope) error {
+		_, err := t.Deliver(env)
+		return err
+	})
+	t.o.Metrics.Requests.WithLabelValues(res).Inc()
+	return n, err
+}
+
+// Fetch asks stream's owner for [from, to] and calls fn for every envelope
+// (after Transform). It returns a result class for metrics, the number of
+// frames received, and an error (errGone-wrapped when trimmed).
+func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn func(envelope.Envelope) error) (string, uint64, error) {
+	in, err := t.owner(stream)
+	if err != nil {
+		return "no_owner", 0, err
+	}
+	start := time.Now()
+	c := Client{HTTP: t.o.HTTP, Secret: t.o.Secret}
+	var bytes uint64
+	n, err := c.Replay(ctx, in.Addr(), Request{Stream: stream, From: from, To: to}, func(env envelope.Envelope, size int) error {
+		if t.o.Transform != nil {
+			var err error
+			if env, err = t.o.Transform(env); err != nil {
+				return fmt.Errorf("replay %s seq %d: transform: %w", stream, env.Seq, err)
+			}
+		}
+		bytes += uint64(size)
+		return fn(env)
+	})
+	t.o.Metrics.ReplayedMessages.Add(float64(n))
+	t.o.Metrics.ReplayedBytes.Add(float64(bytes))
+	t.o.Metrics.ReplaySeconds.Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		return "ok", n, nil
+	case errors.Is(err, ErrGone):
+		return "gone", n, err
+	default:
+		return "error", n, fmt.Errorf("from %s: %w", in.ID, err)
+	}
+}
+
+// recoverSnapshot replaces the stream's state by the owner's snapshot.
+func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
+	in, err := t.owner(s.id)
+	if err != nil {
+		return err
+	}
+	var snap snapshotFile
+	if err := t.getJSON(ctx, in.Addr(), "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
+		t.o.Metrics.Requests.WithLabelValues("error").Inc()
+		return fmt.Errorf("fetching snapshot of %s: %w", s.id, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if snap.Seq <= s.applied.Contiguous() {
+		return nil // we are already past it: nothing to gain
+	}
+	if err := t.a.ApplySnapshot(s.id, snap.Seq, snap.State); err != nil {
+		return fmt.Errorf("applying snapshot of %s at %d: %w", s.id, snap.Seq, err)
+	}
+	// Sequences above the snapshot that were applied are no longer in the
+	// state: forget them too, so they are replayed (they are recent, so
+	// retained) instead of counted twice or lost.
+	s.applied.Reset(snap.Seq)
+	s.snapshots++
+	t.o.Metrics.SnapshotRecoveries.WithLabelValues(s.id).Inc()
+	t.o.Logger.Info("recovered stream from the owner's snapshot", "stream", s.id, "seq", snap.Seq)
+	return nil
+}
+
+func (t *Tracker) getJSON(ctx context.Context, addr, path string, q url.Values, v any) error {
+	resp, err := Client{HTTP: t.o.HTTP, Secret: t.o.Secret}.Get(ctx, addr, path, q)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := statusError(resp); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// checkpoint is the file format of the consumer's checkpoint.
+type checkpoint struct {
+	Version int                         `json:"version"`
+	Streams map[string]streamCheckpoint `json:"streams"`
+}
+
+type streamCheckpoint struct {
+	Applied    [][2]uint64     `json:"applied"`
+	Duplicates uint64          `json:"duplicates"`
+	State      json.RawMessage `json:"state"`
+}
+
+// Save writes the checkpoint: per stream, the applied set and the state,
+// taken together under the stream's lock.
+func (t *Tracker) Save() error {
+	if t.o.CheckpointPath == "" {
+		return nil
+	}
+	t.mu.RLock()
+	ss := slices.Collect(maps.Values(t.streams))
+	t.mu.RUnlock()
+	cp := checkpoint{Version: 1, Streams: make(map[string]streamCheckpoint, len(ss))}
+	for _, s := range ss {
+		s.mu.Lock()
+		state, err := t.a.ExportState(s.id)
+		sc := streamCheckpoint{Applied: s.applied.Intervals(), Duplicates: s.duplicates, State: state}
+		s.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("exporting state of stream %s: %w", s.id, err)
+		}
+		cp.Streams[s.id] = sc
+	}
+	b, err := json.Marshal(cp)
+	if err != nil {
+		return fmt.Errorf("encoding checkpoint: %w", err)
+	}
+	return WriteFileAtomic(t.o.CheckpointPath, b)
+}
+
+func (t *Tracker) load() error {
+	if t.o.CheckpointPath == "" {
+		return nil
+	}
+	b, err := os.ReadFile(t.o.CheckpointPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading checkpoint %s: %w", t.o.CheckpointPath, err)
+	}
+	var cp checkpoint
+	if err := json.Unmarshal(b, &cp); err != nil {
+		return fmt.Errorf("decoding checkpoint %s: %w", t.o.CheckpointPath, err)
+	}
+	if cp.Version != 1 {
+		return fmt.Errorf("checkpoint %s: unknown version %d", t.o.CheckpointPath, cp.Version)
+	}
+	for id, sc := range cp.Streams {
+		s := t.stream(id)
+		s.applied.SetIntervals(sc.Applied)
+		s.duplicates = sc.Duplicates
+		if err := t.a.ImportState(id, sc.State); err != nil {
+			return fmt.Errorf("restoring stream %s from checkpoint %s: %w", id, t.o.CheckpointPath, err)
+		}
+	}
+	t.o.Logger.Info("checkpoint loaded", "path", t.o.CheckpointPath, "streams", len(cp.Streams))
+	return nil
+}

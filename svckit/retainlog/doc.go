@@ -1,0 +1,77 @@
+// Package retainlog is the retained log of a replayable publisher: a durable,
+// segmented, CRC-checked, append-only on-disk log of sequenced records.
+//
+// The publisher appends every message (with its contiguous sequence number)
+// before handing it to NSQ, so that anything a consumer may later miss can be
+// replayed from here. That ordering is what makes the log the source of truth:
+// a message NSQ saw is always in the log, hence Append must be durable against
+// a crash at any instant and Read must never serve a record it cannot vouch for.
+//
+// # Files
+//
+// Records live in segment files <dir>/<first seq, 20 zero-padded digits>.log.
+// The name carries the first sequence number so that Open learns the extent of
+// every sealed segment from a directory listing alone, without reading it;
+// only the last (active) segment is scanned. A record is
+//
+//	u32 BE body length ‖ u32 BE CRC-32C(body) ‖ body
+//	body = u64 BE seq ‖ i64 BE unix nanos ‖ data
+//
+// A new segment is started when a batch would push the active one beyond
+// Options.SegmentBytes (a single batch larger than that still goes into one
+// segment), so a batch is never split across files.
+//
+// # Crash safety
+//
+// Append writes a whole batch with one write(2) at the committed end of the
+// active segment and only then advances the committed size that readers see. A
+// crash can therefore leave at most a torn or garbage tail after the last
+// complete record. Open scans the active segment, validating every CRC and that
+// sequence numbers go up by exactly one, truncates the file at the last good
+// record (and fsyncs it), logs a warning and reports it through Recovery. A
+// truncated tail is never served. Sealed segments are trusted at Open (they
+// were complete, and fsynced unless the policy is never, before the next
+// segment was created), but Read still checks every CRC and sequence number and
+// returns an error wrapping ErrCorrupt instead of serving a bad record.
+//
+// # Fsync policy
+//
+//   - FsyncAlways: Append fsyncs before it returns. Nothing acknowledged is
+//     lost even on power loss; each Append costs a disk flush.
+//   - FsyncInterval (default): Append returns once write(2) has handed the
+//     batch to the kernel, and a background goroutine fsyncs every
+//     Options.FsyncInterval if there were appends. A process crash (SIGKILL,
+//     panic, OOM kill) loses nothing, because the data is already in the page
+//     cache; a power loss or kernel crash may lose up to the last interval.
+//   - FsyncNever: flushing is left to the OS. Same process-crash guarantee as
+//     interval; on power loss, whatever the kernel had not written back.
+//
+// With always and interval, the outgoing segment is fsynced before a new one is
+// created and the directory is fsynced after creating it, so a sealed segment
+// is durable before any record is written after it. A failed fsync is sticky:
+// the kernel may have dropped the dirty pages, so further Appends fail rather
+// than pretend the log is intact.
+//
+// # Retention
+//
+// Retention deletes whole segments, oldest first, and never the active one. A
+// sealed segment is deleted when the segments newer than it still satisfy a
+// configured limit on their own: they hold at least RetainMessages records, or
+// at least RetainBytes bytes, or the segment's newest record is older than
+// RetainAge. Each limit is thus kept, with at most one extra segment. It runs
+// after every append (so on every segment roll) and from the background
+// goroutine, which age limits need when no appends arrive.
+//
+// # Concurrency
+//
+// All methods are safe for concurrent use. Appends are serialised; a Read
+// snapshots the committed size of the segments it needs under the lock and
+// then reads them with its own file descriptors and no lock held, so readers
+// never see a partially written batch and never block appends for long. Each
+// Read holds a reference on the segments it uses; retention removes a segment
+// from the log at once but unlinks its file only when the last reader has
+// released it, which keeps concurrent deletion safe on every OS (not only on
+// those where an open file survives unlink).
+//
+// A directory must be used by one Log (one process) at a time.
+package retainlog

@@ -1,0 +1,894 @@
+package retainlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// FsyncPolicy says when appended records are flushed to stable storage. See
+// the package documentation for what each policy guarantees.
+type FsyncPolicy int
+
+const (
+	// FsyncInterval fsyncs from the background every Options.FsyncInterval.
+	FsyncInterval FsyncPolicy = iota
+	// FsyncAlways fsyncs before Append returns.
+	FsyncAlways
+	// FsyncNever leaves flushing to the OS.
+	FsyncNever
+)
+
+// ParseFsyncPolicy parses "interval", "always" or "never" (the --log-fsync
+// flag values).
+func ParseFsyncPolicy(s string) (FsyncPolicy, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "interval":
+		return FsyncInterval, nil
+	case "always":
+		return FsyncAlways, nil
+	case "never":
+		return FsyncNever, nil
+	}
+	return 0, fmt.Errorf("retainlog: unknown fsync policy %q (want interval, always or never)", s)
+}
+
+// String returns the flag spelling of p.
+func (p FsyncPolicy) String() string {
+	switch p {
+	case FsyncInterval:
+		return "interval"
+	case FsyncAlways:
+		return "always"
+	case FsyncNever:
+		return "never"
+	}
+	return fmt.Sprintf("FsyncPolicy(%d)", int(p))
+}
+
+const (
+	// DefaultSegmentBytes keeps segments large enough that rolls (an fsync and a
+	// directory fsync) are rare, and small enough that retention, which deletes
+	// whole segments, stays close to its limits.
+	DefaultSegmentBytes = 64 << 20
+	// DefaultFsyncInterval bounds what a power loss can take under
+	// FsyncInterval.
+	DefaultFsyncInterval = 200 * time.Millisecond
+	// maxRetentionTick is how often retention runs at the least, so that age
+	// retention happens even without appends.
+	maxRetentionTick = time.Second
+	// maxKeptWriteBuf is the largest encode buffer kept between appends; one
+	// huge batch should not pin its buffer forever.
+	maxKeptWriteBuf = 4 << 20
+)
+
+// Options configure a Log. Start from DefaultOptions.
+type Options struct {
+	Dir            string        // segment files live here (created if missing)
+	SegmentBytes   int64         // roll to a new segment beyond this size; default 64 MiB
+	RetainMessages uint64        // 0 = no count limit
+	RetainBytes    int64         // 0 = no byte limit
+	RetainAge      time.Duration // 0 = no age limit
+	Fsync          FsyncPolicy
+	FsyncInterval  time.Duration    // default 200ms
+	Logger         *slog.Logger     // nil = discard
+	Now            func() time.Time // nil = time.Now (tests inject a clock for age retention)
+}
+
+// DefaultOptions returns the defaults for a log in dir: 64 MiB segments, fsync
+// every 200ms, no retention limits.
+func DefaultOptions(dir string) Options {
+	return Options{
+		Dir:           dir,
+		SegmentBytes:  DefaultSegmentBytes,
+		Fsync:         FsyncInterval,
+		FsyncInterval: DefaultFsyncInterval,
+	}
+}
+
+func (o Options) normalize() (Options, error) {
+	if o.Dir == "" {
+		return o, errors.New("retainlog: Options.Dir is empty")
+	}
+	if o.SegmentBytes <= 0 {
+		o.SegmentBytes = DefaultSegmentBytes
+	}
+	if o.FsyncInterval <= 0 {
+		o.FsyncInterval = DefaultFsyncInterval
+	}
+	if o.Fsync < FsyncInterval || o.Fsync > FsyncNever {
+		return o, fmt.Errorf("retainlog: invalid fsync policy %d", int(o.Fsync))
+	}
+	if o.RetainBytes < 0 {
+		return o, fmt.Errorf("retainlog: negative RetainBytes %d", o.RetainBytes)
+	}
+	if o.RetainAge < 0 {
+		return o, fmt.Errorf("retainlog: negative RetainAge %s", o.RetainAge)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o, nil
+}
+
+// Record is one retained message.
+type Record struct {
+	Seq  uint64
+	Time time.Time // Append uses Options.Now() when zero
+	Data []byte
+}
+
+// Recovery describes what Open had to cut off the active segment. The zero
+// value means the log was opened cleanly.
+type Recovery struct {
+	Segment        string // path of the segment that was truncated
+	TruncatedBytes int64  // bytes removed from its end
+	Reason         string // what was found at the cut, e.g. "crc mismatch at offset 4096"
+}
+
+// Stats is a snapshot of the log for metrics.
+type Stats struct {
+	FirstSeq, LastSeq uint64 // 0 when empty
+	Bytes             int64  // total size of the segment files
+	Segments          int
+	Appended          uint64 // records appended since Open
+	Fsyncs            uint64 // successful fsyncs of segment files since Open
+}
+
+// Errors returned by Append and Read; they are wrapped with the sequence
+// numbers involved, so test with errors.Is.
+var (
+	// ErrTrimmed: the requested seq is below FirstSeq, retention removed it.
+	ErrTrimmed = errors.New("retainlog: sequence trimmed by retention")
+	// ErrBeyondEnd: the requested seq is above LastSeq, it was never written.
+	ErrBeyondEnd = errors.New("retainlog: sequence beyond end of log")
+	// ErrNotContiguous: an append does not continue the log at LastSeq()+1, or
+	// the seqs within a batch do not go up by one.
+	ErrNotContiguous = errors.New("retainlog: sequence not contiguous")
+	// ErrClosed: the Log has been closed.
+	ErrClosed = errors.New("retainlog: log closed")
+)
+
+// Log is an open retained log. Create it with Open; it is safe for concurrent
+// use.
+type Log struct {
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	segs     []*segment // oldest first; the last one is the active segment
+	count    uint64     // records in segs
+	bytes    int64      // committed bytes in segs
+	closed   bool
+	err      error // sticky: a failed fsync or an unrepairable failed write
+	dirty    bool  // appended since the last fsync (FsyncInterval)
+	wbuf     []byte
+	pending  []indexEntry
+	recovery Recovery
+
+	// Mirrors of the bounds and counters, readable without the lock because
+	// FirstSeq/LastSeq sit on the publisher's and the replay server's hot paths.
+	first, last      atomic.Uint64
+	appended, fsyncs atomic.Uint64
+
+	bufPool sync.Pool // *[]byte read buffers, so a Read allocates nothing per record
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// Open opens (or creates) the log in opts.Dir, repairing a torn tail of the
+// active segment (see Recovery), applies retention and starts the background
+// goroutine that fsyncs (FsyncInterval) and enforces retention. Close stops it.
+func Open(opts Options) (*Log, error) {
+	opts, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("retainlog: %w", err)
+	}
+	segs, err := listSegments(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("retainlog: list segments: %w", err)
+	}
+	l := &Log{
+		opts: opts,
+		log:  opts.Logger,
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	l.bufPool.New = func() any {
+		b := make([]byte, readBufSize)
+		return &b
+	}
+	if len(segs) > 0 {
+		// Sealed segments are trusted: their extent follows from the names.
+		for i, s := range segs[:len(segs)-1] {
+			fi, err := os.Stat(s.path)
+			if err != nil {
+				return nil, fmt.Errorf("retainlog: %w", err)
+			}
+			s.size = fi.Size()
+			s.count = segs[i+1].base - s.base
+		}
+		if err := l.openActive(segs[len(segs)-1]); err != nil {
+			return nil, err
+		}
+		l.segs = segs
+		for _, s := range segs {
+			l.count += s.count
+			l.bytes += s.size
+		}
+	}
+	l.mu.Lock()
+	l.updateBounds()
+	l.enforceRetentionLocked()
+	l.mu.Unlock()
+
+	tick := maxRetentionTick
+	if opts.Fsync == FsyncInterval {
+		tick = min(tick, opts.FsyncInterval)
+	}
+	go l.run(tick)
+	return l, nil
+}
+
+// openActive scans the last segment, truncates a bad tail and keeps the file
+// open for appending.
+func (l *Log) openActive(s *segment) error {
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("retainlog: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("retainlog: %w", err)
+	}
+	size := fi.Size()
+	bufp := l.getBuf()
+	defer l.putBuf(bufp)
+	s.idxMu.Lock()
+	res, err := scan(newSegReader(f, 0, size, *bufp), s.base, s)
+	s.indexed = true
+	s.idxMu.Unlock()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("retainlog: scan %s: %w", s.path, err)
+	}
+	if res.good < size {
+		reason := res.fault
+		if reason == "" {
+			reason = fmt.Sprintf("file shrank to %d bytes during scan", res.good)
+		}
+		if err := f.Truncate(res.good); err != nil {
+			f.Close()
+			return fmt.Errorf("retainlog: truncate %s: %w", s.path, err)
+		}
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("retainlog: fsync %s: %w", s.path, err)
+		}
+		l.recovery = Recovery{Segment: s.path, TruncatedBytes: size - res.good, Reason: reason}
+		l.log.Warn("retainlog: truncated torn or corrupt tail",
+			"segment", s.path, "offset", res.good, "truncated_bytes", size-res.good,
+			"records_kept", res.count, "reason", reason)
+	}
+	s.f = f
+	s.size = res.good
+	s.count = res.count
+	s.lastNanos = res.lastNanos
+	s.lastKnown = res.count > 0
+	return nil
+}
+
+// Recovery reports what Open truncated; the zero value means a clean open.
+func (l *Log) Recovery() Recovery {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.recovery
+}
+
+// FirstSeq is the oldest retained sequence number, 0 if the log is empty.
+func (l *Log) FirstSeq() uint64 { return l.first.Load() }
+
+// LastSeq is the newest sequence number, 0 if the log is empty.
+func (l *Log) LastSeq() uint64 { return l.last.Load() }
+
+// Stats returns a consistent snapshot of the log's extent and counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Stats{
+		FirstSeq: l.first.Load(),
+		LastSeq:  l.last.Load(),
+		Bytes:    l.bytes,
+		Segments: len(l.segs),
+		Appended: l.appended.Load(),
+		Fsyncs:   l.fsyncs.Load(),
+	}
+}
+
+// Append appends recs as one batch. Their seqs must go up by one; on a
+// non-empty log the first must be LastSeq()+1, on an empty log it may be any
+// seq >= 1 (a publisher restarting from a snapshot). The batch is encoded into
+// a reused buffer and written with a single write(2), so it lands whole or (on
+// a crash mid-write) is cut off as a torn tail at the next Open. Under
+// FsyncAlways Append returns only after fsync.
+//
+// Records with a zero Time are stamped with Options.Now().
+func (l *Log) Append(recs ...Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	first := recs[0].Seq
+	if first == 0 {
+		return fmt.Errorf("%w: seq 0 is not a valid sequence number", ErrNotContiguous)
+	}
+	if first+uint64(len(recs)-1) < first {
+		return fmt.Errorf("%w: batch overflows uint64 sequence numbers", ErrNotContiguous)
+	}
+	size := 0
+	for i := range recs {
+		if want := first + uint64(i); recs[i].Seq != want {
+			return fmt.Errorf("%w: batch record %d has seq %d, want %d", ErrNotContiguous, i, recs[i].Seq, want)
+		}
+		if len(recs[i].Data) > MaxDataLen {
+			return fmt.Errorf("retainlog: record seq %d: data of %d bytes exceeds %d", recs[i].Seq, len(recs[i].Data), MaxDataLen)
+		}
+		size += EncodedLen(len(recs[i].Data))
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.err != nil {
+		return l.err
+	}
+	if l.count > 0 && first != l.last.Load()+1 {
+		return fmt.Errorf("%w: append seq %d, log ends at %d", ErrNotContiguous, first, l.last.Load())
+	}
+	act := l.active()
+	if act == nil || (act.count == 0 && act.base != first) ||
+		(act.size > 0 && act.size+int64(size) > l.opts.SegmentBytes) {
+		if err := l.roll(first); err != nil {
+			return err
+		}
+		act = l.active()
+	}
+
+	var now, lastNanos int64
+	buf := l.wbuf[:0]
+	pend := l.pending[:0]
+	for i := range recs {
+		r := &recs[i]
+		if (act.count+uint64(i))%indexEvery == 0 {
+			pend = append(pend, indexEntry{r.Seq, act.size + int64(len(buf))})
+		}
+		nanos := r.Time.UnixNano()
+		if r.Time.IsZero() {
+			if now == 0 {
+				now = l.opts.Now().UnixNano()
+			}
+			nanos = now
+		}
+		buf = encodeRecord(buf, r.Seq, nanos, r.Data)
+		lastNanos = nanos
+	}
+	if cap(buf) <= maxKeptWriteBuf {
+		l.wbuf = buf
+	} else {
+		l.wbuf = nil
+	}
+	l.pending = pend
+
+	if _, err := act.f.WriteAt(buf, act.size); err != nil {
+		// Cut off whatever part of the batch reached the file so the next
+		// append starts at a record boundary; if even that fails the file
+		// state is unknown and the log refuses further appends.
+		if terr := act.f.Truncate(act.size); terr != nil {
+			l.err = fmt.Errorf("retainlog: %s is unusable after a failed write (%v) and truncate: %w", act.path, err, terr)
+			l.log.Error("retainlog: failed write could not be undone", "segment", act.path, "error", l.err)
+		}
+		return fmt.Errorf("retainlog: write %s: %w", act.path, err)
+	}
+	act.idxMu.Lock()
+	act.index = append(act.index, pend...)
+	act.idxMu.Unlock()
+
+	n := uint64(len(recs))
+	act.size += int64(len(buf))
+	act.count += n
+	act.lastNanos = lastNanos
+	act.lastKnown = true
+	l.count += n
+	l.bytes += int64(len(buf))
+	l.updateBounds()
+	l.appended.Add(n)
+	// Checking retention after every append (not only on roll) keeps the
+	// bound tight: at most the limit plus one segment. It is O(1) unless a
+	// segment goes.
+	l.enforceRetentionLocked()
+
+	switch l.opts.Fsync {
+	case FsyncAlways:
+		if err := act.f.Sync(); err != nil {
+			return l.failSync(act, err)
+		}
+		l.fsyncs.Add(1)
+	case FsyncInterval:
+		l.dirty = true
+	}
+	return nil
+}
+
+// active is the segment appends go to, nil before the first append to a new
+// log. Caller holds mu.
+func (l *Log) active() *segment {
+	if len(l.segs) == 0 {
+		return nil
+	}
+	return l.segs[len(l.segs)-1]
+}
+
+// failSync makes a failed fsync sticky: after a failed fsync Linux may have
+// dropped the dirty pages, so later fsyncs can succeed over lost data.
+// Refusing further appends surfaces a failing disk instead of hiding it.
+// Caller holds mu.
+func (l *Log) failSync(s *segment, err error) error {
+	l.err = fmt.Errorf("retainlog: fsync %s: %w", s.path, err)
+	l.log.Error("retainlog: fsync failed; refusing further appends", "segment", s.path, "error", err)
+	return l.err
+}
+
+// updateBounds republishes FirstSeq/LastSeq. Segment names carry their first
+// seq and segments are contiguous, so the bounds follow from the oldest base
+// and the record count. Caller holds mu.
+func (l *Log) updateBounds() {
+	if l.count == 0 {
+		l.first.Store(0)
+		l.last.Store(0)
+		return
+	}
+	base := l.segs[0].base
+	l.first.Store(base)
+	l.last.Store(base + l.count - 1)
+}
+
+// roll seals the active segment and starts a new one whose first record will
+// be first. Caller holds mu.
+func (l *Log) roll(first uint64) error {
+	if act := l.active(); act != nil {
+		if act.count == 0 {
+			// An empty active segment (Open truncated all of it, or a crash
+			// came right after it was created) named for a seq other than the
+			// one now being appended: replace it so the name stays the truth.
+			if err := act.f.Close(); err != nil {
+				l.log.Warn("retainlog: close empty segment", "segment", act.path, "error", err)
+			}
+			act.f = nil
+			l.segs = l.segs[:len(l.segs)-1]
+			l.dropSegment(act)
+		} else {
+			// The sealed segment must be durable before anything is written
+			// after it: Open trusts sealed segments without scanning them.
+			if l.opts.Fsync != FsyncNever {
+				if err := act.f.Sync(); err != nil {
+					return l.failSync(act, err)
+				}
+				l.fsyncs.Add(1)
+				l.dirty = false
+			}
+			if err := act.f.Close(); err != nil {
+				l.log.Warn("retainlog: close sealed segment", "segment", act.path, "error", err)
+			}
+			act.f = nil
+		}
+	}
+	path := filepath.Join(l.opts.Dir, segmentName(first))
+	// O_EXCL: a file with this name would be another segment with the same
+	// first seq; overwriting it could destroy data, so fail loudly instead.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("retainlog: create segment: %w", err)
+	}
+	if l.opts.Fsync != FsyncNever {
+		if err := syncDir(l.opts.Dir); err != nil {
+			f.Close()
+			os.Remove(path)
+			return fmt.Errorf("retainlog: fsync dir %s: %w", l.opts.Dir, err)
+		}
+	}
+	l.segs = append(l.segs, &segment{base: first, path: path, f: f, indexed: true})
+	l.log.Debug("retainlog: new segment", "segment", path)
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// EnforceRetention applies the retention limits now. It runs by itself on
+// every segment roll and from the background goroutine; calling it is only
+// useful to make the effect of a clock change visible at once (tests).
+func (l *Log) EnforceRetention() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	l.enforceRetentionLocked()
+	return nil
+}
+
+// enforceRetentionLocked deletes sealed segments, oldest first, while the
+// segments newer than the oldest one satisfy a limit on their own. Caller
+// holds mu.
+func (l *Log) enforceRetentionLocked() {
+	o := l.opts
+	if o.RetainMessages == 0 && o.RetainBytes == 0 && o.RetainAge == 0 {
+		return
+	}
+	var now int64
+	if o.RetainAge > 0 {
+		now = o.Now().UnixNano()
+	}
+	removed := 0
+	for len(l.segs) > 1 {
+		s := l.segs[0]
+		var why string
+		switch {
+		case o.RetainMessages > 0 && l.count-s.count >= o.RetainMessages:
+			why = "messages"
+		case o.RetainBytes > 0 && l.bytes-s.size >= o.RetainBytes:
+			why = "bytes"
+		case o.RetainAge > 0:
+			if newest, ok := l.newestNanos(0); ok && now-newest > int64(o.RetainAge) {
+				why = "age"
+			}
+		}
+		if why == "" {
+			break
+		}
+		l.segs[0] = nil
+		l.segs = l.segs[1:]
+		l.count -= s.count
+		l.bytes -= s.size
+		l.dropSegment(s)
+		removed++
+		l.log.Debug("retainlog: retention removed segment", "segment", s.path, "limit", why,
+			"records", s.count, "bytes", s.size)
+	}
+	if removed > 0 {
+		// Re-slice into a fresh array now and then so the dropped prefix of
+		// the backing array does not grow without bound.
+		if cap(l.segs) > 2*len(l.segs)+16 {
+			l.segs = append([]*segment(nil), l.segs...)
+		}
+		l.updateBounds()
+	}
+}
+
+// newestNanos returns the time of the newest record of sealed segment i. For
+// segments written since Open it is exact. For segments found at Open it is
+// the time of the first record of the next segment, an upper bound (records
+// are appended in time order) that costs one small read instead of a scan of
+// the whole segment; it errs towards keeping data. Caller holds mu.
+func (l *Log) newestNanos(i int) (int64, bool) {
+	s := l.segs[i]
+	if s.lastKnown {
+		return s.lastNanos, true
+	}
+	if i+1 >= len(l.segs) {
+		return 0, false
+	}
+	next := l.segs[i+1]
+	if next.count == 0 || next.size == 0 {
+		return 0, false
+	}
+	f, err := os.Open(next.path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	r := newSegReader(f, 0, next.size, make([]byte, 4096))
+	rec, _, fault, err := r.next()
+	if err != nil || fault != faultNone || rec.Seq != next.base {
+		return 0, false
+	}
+	s.lastNanos, s.lastKnown = rec.Time.UnixNano(), true
+	return s.lastNanos, true
+}
+
+// dropSegment unlinks a segment that is no longer part of the log, or leaves
+// that to the last reader still holding it. Caller holds mu.
+func (l *Log) dropSegment(s *segment) {
+	s.removed = true
+	if s.refs == 0 {
+		l.unlink(s)
+	}
+}
+
+func (l *Log) unlink(s *segment) {
+	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		l.log.Warn("retainlog: remove segment", "segment", s.path, "error", err)
+	}
+}
+
+// release drops a reader's reference. Caller must not hold mu.
+func (l *Log) release(s *segment) {
+	l.mu.Lock()
+	s.refs--
+	if s.refs == 0 && s.removed {
+		l.unlink(s)
+	}
+	l.mu.Unlock()
+}
+
+func (l *Log) getBuf() *[]byte  { return l.bufPool.Get().(*[]byte) }
+func (l *Log) putBuf(b *[]byte) { l.bufPool.Put(b) }
+
+// segRef is a reader's view of one segment: its extent when the Read started.
+type segRef struct {
+	s     *segment
+	limit int64
+	count uint64
+}
+
+// Read calls fn for every record from..to inclusive, in order; to is clamped
+// to LastSeq. It returns an error wrapping ErrTrimmed if from is below
+// FirstSeq, ErrBeyondEnd if from is above LastSeq (or the log is empty), and
+// ErrCorrupt if a record fails its CRC or sequence check (records before it
+// have been delivered). It stops with fn's error, unwrapped, or ctx.Err().
+//
+// Read sees the log as it was when it started: records appended meanwhile are
+// not delivered, and segments removed by retention meanwhile stay readable
+// until it returns. Record.Data aliases a reused buffer and is only valid
+// during fn.
+func (l *Log) Read(ctx context.Context, from, to uint64, fn func(Record) error) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	first, last := l.first.Load(), l.last.Load()
+	switch {
+	case l.count == 0:
+		l.mu.Unlock()
+		return fmt.Errorf("%w: read from %d, log is empty", ErrBeyondEnd, from)
+	case from < first:
+		l.mu.Unlock()
+		return fmt.Errorf("%w: read from %d, first retained is %d", ErrTrimmed, from, first)
+	case from > last:
+		l.mu.Unlock()
+		return fmt.Errorf("%w: read from %d, last is %d", ErrBeyondEnd, from, last)
+	}
+	to = min(to, last)
+	if to < from {
+		l.mu.Unlock()
+		return nil
+	}
+	i := sort.Search(len(l.segs), func(k int) bool { return l.segs[k].base > from }) - 1
+	j := sort.Search(len(l.segs), func(k int) bool { return l.segs[k].base > to }) - 1
+	var small [4]segRef
+	refs := small[:0]
+	for k := max(i, 0); k <= j; k++ {
+		s := l.segs[k]
+		s.refs++
+		refs = append(refs, segRef{s: s, limit: s.size, count: s.count})
+	}
+	l.mu.Unlock()
+
+	done := 0
+	defer func() {
+		for _, r := range refs[done:] {
+			l.release(r.s)
+		}
+	}()
+	bufp := l.getBuf()
+	defer l.putBuf(bufp)
+	for _, r := range refs {
+		if r.count > 0 {
+			segFrom := max(from, r.s.base)
+			segTo := min(to, r.s.base+r.count-1)
+			if segFrom <= segTo {
+				if err := l.readSegment(ctx, r, segFrom, segTo, *bufp, fn); err != nil {
+					return err
+				}
+			}
+		}
+		done++
+		l.release(r.s)
+	}
+	return nil
+}
+
+// readSegment delivers from..to (all within r) to fn.
+func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []byte, fn func(Record) error) error {
+	s := r.s
+	f, err := os.Open(s.path)
+	if err != nil {
+		return fmt.Errorf("retainlog: %w", err)
+	}
+	defer f.Close()
+
+	s.idxMu.Lock()
+	if !s.indexed {
+		// First read of a segment found at Open: build its sparse index with
+		// one sequential scan so that this and later reads can seek.
+		res, err := scan(newSegReader(f, 0, r.limit, buf), s.base, s)
+		if err != nil {
+			s.index = s.index[:0]
+			s.idxMu.Unlock()
+			return fmt.Errorf("retainlog: index %s: %w", s.path, err)
+		}
+		s.indexed = true
+		if res.fault != "" || res.count != r.count {
+			l.log.Warn("retainlog: sealed segment is damaged; records after the damage cannot be read",
+				"segment", s.path, "good_records", res.count, "expected_records", r.count, "fault", res.fault)
+		}
+	}
+	seq, off := s.lookup(from)
+	s.idxMu.Unlock()
+
+	rd := newSegReader(f, off, r.limit, buf)
+	var n uint
+	for want := seq; want <= to; want++ {
+		rec, roff, fault, err := rd.next()
+		switch {
+		case err == io.EOF:
+			return fmt.Errorf("%w: %s ends at offset %d, before seq %d", ErrCorrupt, s.path, roff, want)
+		case err != nil:
+			return fmt.Errorf("retainlog: read %s: %w", s.path, err)
+		case fault != faultNone:
+			return fmt.Errorf("%w: %s: %s at offset %d (seq %d)", ErrCorrupt, s.path, fault, roff, want)
+		case rec.Seq != want:
+			return fmt.Errorf("%w: %s: seq %d at offset %d, want %d", ErrCorrupt, s.path, rec.Seq, roff, want)
+		}
+		if want < from {
+			continue
+		}
+		// ctx.Err takes a lock; checking every 256 records keeps it off the
+		// per-record cost while still stopping promptly.
+		if n%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		n++
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Sync fsyncs the active segment now, whatever the policy.
+func (l *Log) Sync() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.err != nil {
+		return l.err
+	}
+	act := l.active()
+	if act == nil || act.f == nil {
+		return nil
+	}
+	if err := act.f.Sync(); err != nil {
+		return l.failSync(act, err)
+	}
+	l.fsyncs.Add(1)
+	l.dirty = false
+	return nil
+}
+
+// Close stops the background goroutine, fsyncs and closes the active segment.
+// Reads already running finish normally; later calls return ErrClosed.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	l.mu.Unlock()
+
+	// The goroutine takes mu, so wait for it without holding mu.
+	close(l.stop)
+	<-l.done
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	act := l.active()
+	if act == nil || act.f == nil {
+		return nil
+	}
+	var err error
+	if l.err == nil {
+		if err = act.f.Sync(); err == nil {
+			l.fsyncs.Add(1)
+		} else {
+			err = fmt.Errorf("retainlog: fsync %s: %w", act.path, err)
+		}
+	}
+	if cerr := act.f.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("retainlog: close %s: %w", act.path, cerr)
+	}
+	act.f = nil
+	return err
+}
+
+// run is the background goroutine: interval fsync and retention (age limits
+// need it; count and byte limits also run on every roll).
+func (l *Log) run(every time.Duration) {
+	defer close(l.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.tick()
+		}
+	}
+}
+
+func (l *Log) tick() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.enforceRetentionLocked()
+	var f *os.File
+	var act *segment
+	if l.opts.Fsync == FsyncInterval && l.dirty && l.err == nil {
+		if act = l.active(); act != nil && act.f != nil {
+			f = act.f
+			l.dirty = false
+		}
+	}
+	l.mu.Unlock()
+	if f == nil {
+		return
+	}
+	// fsync without mu so appends continue meanwhile. If a roll or Close
+	// closes f first, they fsynced it themselves (os.File keeps the fd alive
+	// until this call returns, so there is no fd reuse race).
+	err := f.Sync()
+	switch {
+	case err == nil:
+		l.fsyncs.Add(1)
+	case errors.Is(err, os.ErrClosed):
+	default:
+		l.mu.Lock()
+		l.failSync(act, err)
+		l.mu.Unlock()
+	}
+}

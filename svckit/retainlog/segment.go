@@ -1,0 +1,248 @@
+package retainlog
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+const (
+	// indexEvery is the sparse index stride. 128 records of 200 bytes is
+	// ~28 KiB, so a seek lands within one read-buffer of the wanted record while
+	// the index of a 64 MiB segment stays around 40 KiB.
+	indexEvery = 128
+	// readBufSize is the chunk a reader pulls from the file with one pread.
+	// Large chunks amortise the syscall over hundreds of records.
+	readBufSize = 256 << 10
+	segSuffix   = ".log"
+	segNameLen  = 20
+)
+
+// indexEntry maps a sequence number to the file offset of its record.
+type indexEntry struct {
+	seq uint64
+	off int64
+}
+
+// segment is one <first-seq>.log file.
+type segment struct {
+	base uint64 // first sequence number, from the file name
+	path string
+
+	// Guarded by Log.mu.
+	f         *os.File // writer fd, non-nil only while this is the active segment
+	count     uint64   // records in the segment (last seq = base+count-1)
+	size      int64    // committed bytes: only records that write(2) completed
+	lastNanos int64    // time of the newest record (an upper bound, see Log.newestNanos)
+	lastKnown bool
+	refs      int  // readers currently using the file
+	removed   bool // dropped by retention; the last reader to leave unlinks it
+
+	// idxMu guards the sparse index. It is separate from Log.mu so that building
+	// the index of a sealed segment (a full scan) does not stall appends.
+	idxMu   sync.Mutex
+	index   []indexEntry
+	indexed bool // index covers the segment (built on append, at Open, or lazily)
+}
+
+func segmentName(base uint64) string {
+	return fmt.Sprintf("%0*d%s", segNameLen, base, segSuffix)
+}
+
+// parseSegmentName returns the first seq encoded in a segment file name. Any
+// other file in the directory (editor backups, temp files) is ignored rather
+// than treated as corruption.
+func parseSegmentName(name string) (uint64, bool) {
+	digits, ok := strings.CutSuffix(name, segSuffix)
+	if !ok || len(digits) != segNameLen {
+		return 0, false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	base, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil || base == 0 {
+		return 0, false
+	}
+	return base, true
+}
+
+// addIndex records seq at off. Caller holds idxMu.
+func (s *segment) addIndex(seq uint64, off int64) {
+	s.index = append(s.index, indexEntry{seq, off})
+}
+
+// lookup returns the indexed record at or before seq. Caller holds idxMu.
+func (s *segment) lookup(seq uint64) (uint64, int64) {
+	i := sort.Search(len(s.index), func(i int) bool { return s.index[i].seq > seq }) - 1
+	if i < 0 {
+		return s.base, 0
+	}
+	return s.index[i].seq, s.index[i].off
+}
+
+// segReader reads records from a segment file up to limit with large preads
+// into one reusable buffer. Records it returns alias that buffer and are valid
+// until the next call to next.
+type segReader struct {
+	f     *os.File
+	pos   int64 // file offset of buf[0]
+	limit int64 // never read at or beyond this offset (the committed size)
+	buf   []byte
+	start int // next unread byte
+	end   int // end of valid data in buf
+}
+
+func newSegReader(f *os.File, off, limit int64, buf []byte) *segReader {
+	return &segReader{f: f, pos: off, limit: limit, buf: buf[:cap(buf)]}
+}
+
+// offset is the file offset of the next record.
+func (r *segReader) offset() int64 { return r.pos + int64(r.start) }
+
+// next returns the next record and its offset. At the limit it returns io.EOF;
+// a record that is torn or invalid is reported as a fault (with a nil error)
+// so that callers can decide between truncating and failing. Other errors are
+// I/O errors.
+func (r *segReader) next() (Record, int64, decodeFault, error) {
+	off := r.offset()
+	if off >= r.limit {
+		return Record{}, off, faultNone, io.EOF
+	}
+	if r.end-r.start < headerLen {
+		if err := r.fill(headerLen); err != nil {
+			return Record{}, off, faultNone, err
+		}
+		if r.end-r.start < headerLen {
+			return Record{}, off, faultShortHeader, nil
+		}
+	}
+	n, ok := peekBodyLen(r.buf[r.start:])
+	if !ok {
+		return Record{}, off, faultBadLength, nil
+	}
+	total := headerLen + n
+	// Check against the limit before reading so that a garbage length never
+	// makes us grow the buffer for bytes that are not there.
+	if off+int64(total) > r.limit {
+		return Record{}, off, faultShortBody, nil
+	}
+	if r.end-r.start < total {
+		if err := r.fill(total); err != nil {
+			return Record{}, off, faultNone, err
+		}
+		if r.end-r.start < total {
+			return Record{}, off, faultShortBody, nil
+		}
+	}
+	rec, used, fault := decodeRecord(r.buf[r.start : r.start+total])
+	if fault != faultNone {
+		return Record{}, off, fault, nil
+	}
+	r.start += used
+	return rec, off, faultNone, nil
+}
+
+// fill makes at least need bytes available from start, reading as much as the
+// buffer holds in each pread. It stops early only at the limit or the end of
+// the file, leaving fewer than need bytes; next turns that into a fault.
+func (r *segReader) fill(need int) error {
+	if need > len(r.buf) {
+		nb := make([]byte, max(need, 2*len(r.buf)))
+		r.end = copy(nb, r.buf[r.start:r.end])
+		r.pos += int64(r.start)
+		r.start = 0
+		r.buf = nb
+	} else if r.start+need > len(r.buf) {
+		r.end = copy(r.buf, r.buf[r.start:r.end])
+		r.pos += int64(r.start)
+		r.start = 0
+	}
+	for r.end-r.start < need {
+		fileOff := r.pos + int64(r.end)
+		avail := r.limit - fileOff
+		if avail <= 0 {
+			return nil
+		}
+		n := int(min(int64(len(r.buf)-r.end), avail))
+		m, err := r.f.ReadAt(r.buf[r.end:r.end+n], fileOff)
+		r.end += m
+		if err == io.EOF {
+			// The file is shorter than we were told (a sealed segment cut
+			// short behind our back); treat the end of file as the limit.
+			r.limit = fileOff + int64(m)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scanResult is what scanning a segment from its start found.
+type scanResult struct {
+	good      int64  // offset just past the last good record
+	count     uint64 // good records
+	lastNanos int64  // time of the last good record
+	fault     string // why the scan stopped before the limit; "" = clean
+}
+
+// scan reads every record from the reader's position, checking CRCs and that
+// sequence numbers run from want upwards by one, and feeds the index. It stops
+// at the limit or at the first bad record.
+func scan(r *segReader, want uint64, s *segment) (scanResult, error) {
+	res := scanResult{good: r.offset()}
+	for {
+		rec, off, fault, err := r.next()
+		if err == io.EOF {
+			return res, nil
+		}
+		if err != nil {
+			return res, err
+		}
+		if fault != faultNone {
+			res.fault = fmt.Sprintf("%s at offset %d", fault, off)
+			return res, nil
+		}
+		if rec.Seq != want {
+			res.fault = fmt.Sprintf("seq %d at offset %d, want %d", rec.Seq, off, want)
+			return res, nil
+		}
+		if res.count%indexEvery == 0 {
+			s.addIndex(rec.Seq, off)
+		}
+		res.count++
+		want++
+		res.good = r.offset()
+		res.lastNanos = rec.Time.UnixNano()
+	}
+}
+
+// listSegments returns the segment files in dir sorted by first seq.
+func listSegments(dir string) ([]*segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var segs []*segment
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		base, ok := parseSegmentName(e.Name())
+		if !ok {
+			continue
+		}
+		segs = append(segs, &segment{base: base, path: filepath.Join(dir, e.Name())})
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].base < segs[j].base })
+	return segs, nil
+}

@@ -1,0 +1,383 @@
+// Package service wires svckit's components for one service and runs it until
+// its context ends: the one entry point every svckit main uses.
+//
+// Shutdown order (SIGINT/SIGTERM): stop taking messages and finish in-flight
+// ones (bounded by --shutdown-timeout), let the service's own loop return, run
+// stop hooks (state saves), flush batching publishers and close the producer,
+// deregister from Consul, stop the HTTP server. Draining before closing the
+// publisher matters: Watermill's router closed its publisher first (#446) and
+// lost the results of handlers still running.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/nsqio/go-nsq"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/health"
+	"github.com/svckit/svckit/svckit/logging"
+	"github.com/svckit/svckit/svckit/metrics"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/registry"
+)
+
+// Service names in Consul under which the NSQ programs are registered.
+const (
+	NSQDService       = "nsqd"
+	NSQLookupdService = "nsqlookupd"
+)
+
+// ErrConsulUnreachable is returned by New when the agent did not answer
+// within --consul-start-timeout.
+var ErrConsulUnreachable = errors.New("consul agent unreachable")
+
+// Service is one running svckit service instance.
+type Service struct {
+	Config    config.Config
+	Log       *slog.Logger
+	Metrics   *metrics.Metrics
+	Consul    *api.Client
+	Discovery *discovery.Discovery
+	HTTP      *health.Server
+	Registrar *registry.Registrar
+	Node      string // the local Consul agent's node name
+	Advertise string // address registered in Consul
+	Port      int    // HTTP port registered in Consul
+
+	tags []string
+	meta map[string]string
+
+	mu        sync.Mutex
+	producer  *pubsub.Producer
+	batchers  []*pubsub.Batcher
+	consumers []*pubsub.Consumer
+	stopHooks []func(context.Context) error
+}
+
+// New builds the service: logger, metrics, Consul client (waiting for the
+// agent, with backoff, up to --consul-start-timeout), HTTP listener (so the
+// port is known), discovery and the registrar (started by Run).
+func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, error) {
+	if log == nil {
+		log = logging.Discard()
+	}
+	s := &Service{Config: cfg, Log: log, meta: map[string]string{"version": cfg.Version}}
+	s.Metrics = metrics.New(cfg.Name, cfg.Version)
+	client, err := api.NewClient(cfg.ConsulAPI())
+	if err != nil {
+		return nil, fmt.Errorf("creating Consul client for %s: %w", cfg.Consul.Addr, err)
+	}
+	s.Consul = client
+	if s.Node, err = waitForAgent(ctx, client, cfg.Consul.StartTimeout, log); err != nil {
+		return nil, err
+	}
+	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log})
+	addr, err := s.HTTP.Listen()
+	if err != nil {
+		return nil, err
+	}
+	s.Port = addr.Port
+	s.Advertise = cfg.AdvertiseAddr
+	if s.Advertise == "" {
+		s.Advertise = advertiseFor(addr, cfg.ConsulAPI().Address)
+	}
+	if s.Config.InstanceID == "" {
+		s.Config.InstanceID = config.DefaultInstanceID(cfg.Name, s.Advertise, s.Port)
+	}
+	s.Log = log.With("service", cfg.Name, "instance", s.Config.InstanceID)
+	s.Discovery = discovery.New(client, discovery.Options{Logger: s.Log, Metrics: s.Metrics})
+	s.HTTP.AddCheck("discovery", s.Discovery.Healthy)
+	return s, nil
+}
+
+// waitForAgent asks the agent for its node name until it answers, backing off;
+// it logs one line per distinct error, not one per attempt.
+func waitForAgent(ctx context.Context, c *api.Client, timeout time.Duration, log *slog.Logger) (string, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	delay := 200 * time.Millisecond
+	last := ""
+	for {
+		node, err := c.Agent().NodeName()
+		if err == nil {
+			return node, nil
+		}
+		if msg := err.Error(); msg != last {
+			log.Warn("waiting for the Consul agent", "err", err)
+			last = msg
+		}
+		t := time.NewTimer(delay/2 + rand.N(delay/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", fmt.Errorf("%w: %v", ErrConsulUnreachable, err)
+		case <-t.C:
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// advertiseFor picks the address to register: the listener's own IP if it is
+// bound to one, else the local address the kernel uses to reach the Consul
+// agent (the address at which the agent, and so its datacenter, sees us).
+func advertiseFor(l *net.TCPAddr, consulAddr string) string {
+	if l.IP != nil && !l.IP.IsUnspecified() {
+		return l.IP.String()
+	}
+	conn, err := net.Dial("udp", consulAddr) // no packet is sent: UDP "connect" only routes
+	if err == nil {
+		defer conn.Close()
+		return conn.LocalAddr().(*net.UDPAddr).IP.String()
+	}
+	return "127.0.0.1"
+}
+
+// AddTags adds Consul tags (before Run).
+func (s *Service) AddTags(tags ...string) { s.tags = append(s.tags, tags...) }
+
+// SetMeta adds a Consul meta key (before Run).
+func (s *Service) SetMeta(k, v string) { s.meta[k] = v }
+
+// OnStop registers a hook run after consumers drained and the service loop
+// returned, before publishers flush (e.g. a final state save).
+func (s *Service) OnStop(fn func(context.Context) error) {
+	s.mu.Lock()
+	s.stopHooks = append(s.stopHooks, fn)
+	s.mu.Unlock()
+}
+
+// NSQConfig is go-nsq's configuration from the service's flags.
+func (s *Service) NSQConfig() (*nsq.Config, error) {
+	n := s.Config.NSQ
+	c := nsq.NewConfig()
+	c.MaxInFlight = n.MaxInFlight
+	c.LookupdPollInterval = n.LookupdPollInterval
+	c.MsgTimeout = n.MsgTimeout
+	c.DefaultRequeueDelay = n.RequeueDelay
+	c.MaxRequeueDelay = n.MaxRequeueDelay
+	c.UserAgent = fmt.Sprintf("svckit-%s/%s", s.Config.Name, s.Config.Version)
+	if n.AuthSecret != "" {
+		c.AuthSecret = n.AuthSecret
+	}
+	if n.TLS {
+		if err := c.Set("tls_v1", true); err != nil {
+			return nil, fmt.Errorf("--nsq-tls: %w", err)
+		}
+		if n.TLSCACert != "" {
+			if err := c.Set("tls_root_ca_file", n.TLSCACert); err != nil {
+				return nil, fmt.Errorf("--nsq-tls-cacert %q: %w", n.TLSCACert, err)
+			}
+		}
+		if n.TLSInsecure {
+			if err := c.Set("tls_insecure_skip_verify", true); err != nil {
+				return nil, fmt.Errorf("--nsq-tls-insecure-skip-verify: %w", err)
+			}
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("nsq configuration: %w", err)
+	}
+	return c, nil
+}
+
+// Producer returns the service's producer (one per service, created on first use).
+func (s *Service) Producer() (*pubsub.Producer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.producer != nil {
+		return s.producer, nil
+	}
+	cfg, err := s.NSQConfig()
+	if err != nil {
+		return nil, err
+	}
+	s.producer = pubsub.NewProducer(s.Discovery.Watch(NSQDService), pubsub.ProducerOptions{
+		NSQ: cfg, PreferNode: s.Node, Logger: s.Log, Metrics: s.Metrics,
+	})
+	s.HTTP.AddCheck("nsqd", s.producer.Ready)
+	return s.producer, nil
+}
+
+// Batcher returns a new batching publisher for topic, flushed at shutdown.
+func (s *Service) Batcher(topic string) (*pubsub.Batcher, error) {
+	p, err := s.Producer()
+	if err != nil {
+		return nil, err
+	}
+	b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: s.Config.NSQ.BatchSize, MaxDelay: s.Config.NSQ.BatchDelay})
+	s.mu.Lock()
+	s.batchers = append(s.batchers, b)
+	s.mu.Unlock()
+	return b, nil
+}
+
+// Consumer creates a consumer with the service's NSQ settings; o only needs
+// Topic, Channel, Ephemeral (and optionally AutoTouch). Dead letters go through
+// the service's producer. It starts in Run.
+func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.Consumer, error) {
+	cfg, err := s.NSQConfig()
+	if err != nil {
+		return nil, err
+	}
+	dl, err := s.Producer()
+	if err != nil {
+		return nil, err
+	}
+	n := s.Config.NSQ
+	o.NSQ = cfg
+	o.Concurrency = n.Concurrency
+	o.MaxAttempts = uint16(n.MaxAttempts)
+	o.RequeueDelay, o.MaxRequeueDelay = n.RequeueDelay, n.MaxRequeueDelay
+	o.DeadLetter = dl
+	o.Logger, o.Metrics = s.Log, s.Metrics
+	c, err := pubsub.NewConsumer(s.Discovery.Watch(NSQLookupdService), s.Discovery.Watch(NSQDService), h, o)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.consumers = append(s.consumers, c)
+	s.mu.Unlock()
+	s.HTTP.AddCheck("consumer "+o.Topic+"/"+c.Channel(), c.Ready)
+	return c, nil
+}
+
+// Run registers the service, starts its consumers, runs loop (nil = just
+// serve) until ctx ends, and then shuts down in order. It returns nil after a
+// clean shutdown.
+func (s *Service) Run(ctx context.Context, loop func(context.Context) error) error {
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- s.HTTP.Serve() }()
+
+	s.Registrar = registry.New(s.Consul, registry.Registration{
+		ID: s.Config.InstanceID, Name: s.Config.Name, Address: s.Advertise, Port: s.Port,
+		Tags: s.tags, Meta: s.meta,
+		CheckHTTP:       "http://" + net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port)) + "/health",
+		CheckInterval:   s.Config.CheckInterval,
+		DeregisterAfter: s.Config.DeregisterAfter,
+	}, registry.Options{Logger: s.Log, Metrics: s.Metrics})
+	s.HTTP.AddCheck("consul_registration", s.Registrar.Registered)
+	regCtx, stopReg := context.WithCancel(context.Background())
+	regDone := make(chan struct{})
+	go func() { defer close(regDone); s.Registrar.Run(regCtx) }()
+
+	for _, c := range s.consumers {
+		if err := c.Start(ctx); err != nil {
+			if ctx.Err() == nil {
+				stopReg()
+				<-regDone
+				return fmt.Errorf("starting consumer: %w", err)
+			}
+		}
+	}
+	s.Log.Info("service running", "http", net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port)), "version", s.Config.Version)
+
+	loopErr := make(chan error, 1)
+	go func() {
+		if loop == nil {
+			<-ctx.Done()
+			loopErr <- nil
+			return
+		}
+		loopErr <- loop(ctx)
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		s.Log.Info("shutting down", "cause", context.Cause(ctx))
+	case err := <-httpErr:
+		runErr = err
+		httpErr <- nil // Serve already returned; keep the shutdown path uniform
+	case err := <-loopErr:
+		loopErr <- err
+	}
+	return errors.Join(runErr, s.shutdown(ctx, loopErr, stopReg, regDone, httpErr))
+}
+
+func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopReg context.CancelFunc, regDone chan struct{}, httpErr chan error) error {
+	sctx, cancel := context.WithTimeout(context.Background(), s.Config.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	// 1. Stop taking messages; finish those in flight.
+	var wg sync.WaitGroup
+	var emu sync.Mutex
+	for _, c := range s.consumers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Stop(sctx); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	// 2. The service's own loop (it saw ctx end, or returned by itself).
+	if runCtx.Err() == nil {
+		s.Log.Info("service loop ended; shutting down")
+	}
+	select {
+	case err := <-loopErr:
+		if err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, err)
+		}
+	case <-sctx.Done():
+		errs = append(errs, errors.New("service loop did not return within --shutdown-timeout"))
+	}
+	// 3. Hooks (state saves).
+	for _, h := range s.stopHooks {
+		if err := h(sctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// 4. Flush publishers.
+	for _, b := range s.batchers {
+		if err := b.Close(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("flushing publisher: %w", err))
+		}
+	}
+	if s.producer != nil {
+		s.producer.Stop()
+	}
+	// 5. Deregister.
+	stopReg()
+	<-regDone
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	if err := s.Registrar.Deregister(dctx); err != nil {
+		errs = append(errs, err)
+	} else {
+		s.Log.Info("deregistered from consul")
+	}
+	// 6. HTTP and discovery.
+	_ = s.HTTP.Shutdown(dctx)
+	if err := <-httpErr; err != nil {
+		errs = append(errs, err)
+	}
+	s.Discovery.Stop()
+	return errors.Join(errs...)
+}
+
+// Hostname is os.Hostname with a fallback, for default ids.
+func Hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "localhost"
+	}
+	return h
+}
