@@ -87,7 +87,7 @@ type ConsumerOptions struct {
 	MaxRequeueDelay time.Duration
 	// AutoTouch touches messages whose handler runs longer than half of
 	// nsqd's message timeout, so long handlers do not get redelivered.
-	AutoTouch bool
+	AutoTouch  bool
 	MaxPayload int // envelope payload limit; 0 = envelope.DefaultMaxPayload
 
 	// DeadLetter publishes undecodable and exhausted messages to
