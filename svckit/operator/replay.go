@@ -29,7 +29,7 @@ tagged stream=<id>) and replays [--from, --to] or everything --since a time.
 The messages are written as JSON lines to --out, or republished to NSQ with
 --publish TOPIC (svckit consumers skip what they already applied).`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "stream", Required: true, Usage: "stream id", EnvVars: config.Env("stream")},
+			&cli.StringFlag{Name: "stream", Usage: "stream id", EnvVars: config.Env("stream")},
 			&cli.Uint64Flag{Name: "from", Usage: "first sequence", EnvVars: config.Env("replay-from")},
 			&cli.Uint64Flag{Name: "to", Usage: "last sequence (default: the owner's last)", EnvVars: config.Env("replay-to")},
 			&cli.StringFlag{Name: "since", Usage: "replay everything since this time: RFC 3339 or a duration ago (e.g. 10m)", EnvVars: config.Env("replay-since")},
@@ -46,6 +46,9 @@ The messages are written as JSON lines to --out, or republished to NSQ with
 func runReplay(c *cli.Context) error {
 	ctx := c.Context
 	req := replay.Request{Stream: c.String("stream"), From: c.Uint64("from"), To: c.Uint64("to")}
+	if req.Stream == "" {
+		return usagef("--stream is required")
+	}
 	if !replay.ValidStreamID(req.Stream) {
 		return usagef("--stream %q: want 1-255 of [A-Za-z0-9._-]", req.Stream)
 	}
