@@ -44,9 +44,10 @@ type TrackerOptions struct {
 	// (atomically); "" keeps everything in memory.
 	CheckpointPath     string
 	CheckpointInterval time.Duration // default 1s
-	// Owners are the passing instances of the owner service; an owner of
-	// stream S carries the tag "stream=S" (see OwnerTag).
-	Owners *discovery.Watcher
+	// Owners are the passing instances of the owner service (a
+	// *discovery.Watcher); an owner of stream S carries the tag "stream=S"
+	// (see OwnerTag).
+	Owners Instances
 	// GapGrace is how long a gap must stay open before it is requested: NSQ
 	// does not order messages, so most gaps close by themselves. Default 2s.
 	GapGrace     time.Duration
@@ -62,6 +63,12 @@ type TrackerOptions struct {
 	HTTP      *http.Client
 	Logger    *slog.Logger
 	Metrics   *Metrics
+}
+
+// Instances is the live set of owner instances; *discovery.Watcher is one.
+type Instances interface {
+	Instances() []discovery.Instance
+	Service() string
 }
 
 // OwnerTag is the Consul tag an owner of stream carries.

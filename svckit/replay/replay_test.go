@@ -1,0 +1,308 @@
+package replay
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/svckit/svckit/pipeline"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/retainlog"
+)
+
+// ackAll is an AsyncPublisher that acknowledges at once. These tests are about
+// the replay protocol between an owner and a tracker; delivery through real
+// nsqd is covered by the e2e tests.
+type ackAll struct{}
+
+func (ackAll) PublishAsync(_ []byte, done func(error)) { done(nil) }
+
+// staticOwners is a fixed owner set standing in for the Consul watcher.
+type staticOwners []discovery.Instance
+
+func (s staticOwners) Instances() []discovery.Instance { return s }
+func (s staticOwners) Service() string                 { return "sensor" }
+
+// appState is a minimal Applier: the reference pipeline's aggregate over
+// readings, so snapshots map onto it directly.
+type appState struct {
+	mu sync.Mutex
+	m  map[string]*pipeline.Aggregate
+}
+
+func newAppState() *appState { return &appState{m: map[string]*pipeline.Aggregate{}} }
+
+func (a *appState) get(s string) *pipeline.Aggregate {
+	if a.m[s] == nil {
+		a.m[s] = &pipeline.Aggregate{}
+	}
+	return a.m[s]
+}
+func (a *appState) Apply(stream string, env envelope.Envelope) error {
+	r, err := pipeline.UnmarshalReading(env.Payload)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.get(stream).Add(env.Seq, r)
+	a.mu.Unlock()
+	return nil
+}
+func (a *appState) ApplySnapshot(stream string, _ uint64, st []byte) error {
+	agg, err := pipeline.UnmarshalAggregate(st)
+	a.mu.Lock()
+	*a.get(stream) = agg
+	a.mu.Unlock()
+	return err
+}
+func (a *appState) ExportState(stream string) ([]byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.get(stream).Marshal(), nil
+}
+func (a *appState) ImportState(stream string, b []byte) error { return a.ApplySnapshot(stream, 0, b) }
+
+type fixture struct {
+	owner *Owner
+	fold  *pipeline.ReadingFold
+	srv   *httptest.Server
+	inst  discovery.Instance
+}
+
+func newOwner(t testing.TB, stream string, lo retainlog.Options, secret string) *fixture {
+	return newOwnerFold(t, stream, lo, secret, &pipeline.ReadingFold{})
+}
+
+func newOwnerFold(t testing.TB, stream string, lo retainlog.Options, secret string, fold *pipeline.ReadingFold) *fixture {
+	t.Helper()
+	f := &fixture{fold: fold}
+	var of Fold
+	if fold != nil {
+		of = fold
+	}
+	o, err := OpenOwner(OwnerOptions{Stream: stream, Dir: t.TempDir(), Log: lo, ContentType: pipeline.ReadingType, Fold: of}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close(context.Background()) })
+	f.owner = o
+	mux := http.NewServeMux()
+	NewServer(secret, o.o.Metrics, o).Register(mux)
+	f.srv = httptest.NewServer(mux)
+	t.Cleanup(f.srv.Close)
+	host, port, _ := net.SplitHostPort(f.srv.Listener.Addr().String())
+	p, _ := strconv.Atoi(port)
+	f.inst = discovery.Instance{ID: "sensor-1", Address: host, Port: p, Tags: []string{OwnerTag(stream)}}
+	return f
+}
+
+func (f *fixture) publish(t testing.TB, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := f.owner.Publish(pipeline.MarshalReading(pipeline.Reading{Value: int64(i%1000 + 1)}), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+func TestTrackerRecoversGapAndTail(t *testing.T) {
+	f := newOwner(t, "s1", retainlog.DefaultOptions(""), "")
+	f.publish(t, 500)
+	st := newAppState()
+	tr, err := NewTracker(st, TrackerOptions{Owners: staticOwners{f.inst}, GapGrace: 50 * time.Millisecond, TailInterval: 100 * time.Millisecond, MaxBatch: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Live delivery of a few messages only: 10 and 20..30.
+	deliver := func(seq uint64) {
+		var env envelope.Envelope
+		f.owner.Log().Read(context.Background(), seq, seq, func(r retainlog.Record) error {
+			env, err = envelope.Decode(append([]byte(nil), r.Data...))
+			return err
+		})
+		if _, err := tr.Deliver(env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver(10)
+	for s := uint64(20); s <= 30; s++ {
+		deliver(s)
+	}
+	deliver(25) // a duplicate
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tr.Run(ctx)
+	waitFor(t, "all 500 applied", func() bool {
+		s := tr.Status()
+		return len(s) == 1 && s[0].Applied == 500 && s[0].LastContiguous == 500
+	})
+	s := tr.Status()[0]
+	if s.Duplicates < 1 || len(s.Gaps) != 0 {
+		t.Fatalf("status %+v", s)
+	}
+	if got, want := st.m["s1"].Marshal(), f.fold.A.Marshal(); string(got) != string(want) {
+		t.Fatalf("state %s, owner fold %s", got, want)
+	}
+}
+
+func TestTrackerSnapshotWhenTrimmed(t *testing.T) {
+	lo := retainlog.DefaultOptions("")
+	lo.SegmentBytes = 4096
+	lo.RetainMessages = 50
+	f := newOwner(t, "s2", lo, "")
+	f.publish(t, 2000)
+	if f.owner.Log().FirstSeq() <= 1 {
+		t.Fatalf("retention did not trim: first %d", f.owner.Log().FirstSeq())
+	}
+	st := newAppState()
+	tr, _ := NewTracker(st, TrackerOptions{Owners: staticOwners{f.inst}, GapGrace: 20 * time.Millisecond, TailInterval: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tr.Run(ctx)
+	waitFor(t, "recovered to 2000", func() bool {
+		s := tr.Status()
+		return len(s) == 1 && s[0].LastContiguous == 2000
+	})
+	f.publish(t, 100) // more after the snapshot arrive by replay of the tail
+	waitFor(t, "2100 applied", func() bool { return tr.Status()[0].Applied == 2100 })
+	if got, want := st.m["s2"].Marshal(), f.fold.A.Marshal(); string(got) != string(want) {
+		t.Fatalf("state %s, owner fold %s", got, want)
+	}
+}
+
+func TestServerErrors(t *testing.T) {
+	f := newOwner(t, "s3", retainlog.DefaultOptions(""), "sesame")
+	f.publish(t, 10)
+	c := Client{Secret: "sesame"}
+	addr := f.inst.Addr()
+	nop := func(envelope.Envelope, int) error { return nil }
+	if _, err := c.Replay(context.Background(), addr, Request{Stream: "s3", From: 11, To: 20}, nop); !errors.Is(err, ErrNeverHad) {
+		t.Fatalf("beyond last: %v", err)
+	}
+	if _, err := c.Replay(context.Background(), addr, Request{Stream: "nope", From: 1, To: 2}, nop); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("unknown stream: %v", err)
+	}
+	if _, err := (Client{Secret: "wrong"}).Replay(context.Background(), addr, Request{Stream: "s3", From: 1, To: 2}, nop); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if _, err := (Client{}).Replay(context.Background(), addr, Request{Stream: "s3", From: 1, To: 2}, nop); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("no secret: %v", err)
+	}
+	n, err := c.Replay(context.Background(), addr, Request{Stream: "s3", From: 3, To: 7}, nop)
+	if err != nil || n != 5 {
+		t.Fatalf("range: %d %v", n, err)
+	}
+	n, err = c.Replay(context.Background(), addr, Request{Stream: "s3", Since: time.Now().Add(-time.Hour)}, nop)
+	if err != nil || n != 10 {
+		t.Fatalf("since: %d %v", n, err)
+	}
+}
+
+func TestOwnerRestartContinuesSequenceAndFold(t *testing.T) {
+	dir := t.TempDir()
+	open := func() (*Owner, *pipeline.ReadingFold) {
+		fold := &pipeline.ReadingFold{}
+		o, err := OpenOwner(OwnerOptions{Stream: "s4", Dir: dir, Log: retainlog.DefaultOptions(""), Fold: fold}, ackAll{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o, fold
+	}
+	o, fold := open()
+	for i := 1; i <= 100; i++ {
+		o.Publish(pipeline.MarshalReading(pipeline.Reading{Value: int64(i)}), "")
+	}
+	want := fold.A
+	// No Close: as after SIGKILL, only the log (written through) survives;
+	// the fold must be rebuilt from it.
+	o.log.Close()
+	o2, fold2 := open()
+	defer o2.Close(context.Background())
+	if fold2.A != want {
+		t.Fatalf("fold after restart %+v, want %+v", fold2.A, want)
+	}
+	seq, err := o2.Publish(pipeline.MarshalReading(pipeline.Reading{Value: 7}), "")
+	if err != nil || seq != 101 {
+		t.Fatalf("next seq %d %v, want 101", seq, err)
+	}
+}
+
+// BenchmarkReplay measures replay throughput from the retained log to a
+// consumer's tracker over real HTTP on loopback (200-byte payloads).
+func BenchmarkReplay(b *testing.B) {
+	const total = 100_000
+	f := newOwnerFold(b, "bench", retainlog.DefaultOptions(""), "", nil)
+	payload := make([]byte, 200)
+	for i := 0; i < total; i++ {
+		if _, err := f.owner.Publish(payload, ""); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c := Client{}
+	b.ResetTimer()
+	start := time.Now()
+	var n uint64
+	for i := 0; i < b.N; i++ {
+		tr, _ := NewTracker(nopApplier{}, TrackerOptions{Owners: staticOwners{f.inst}})
+		got, err := c.Replay(context.Background(), f.inst.Addr(), Request{Stream: "bench", From: 1, To: total}, func(env envelope.Envelope, _ int) error {
+			_, err := tr.Deliver(env)
+			return err
+		})
+		if err != nil || got != total {
+			b.Fatalf("replayed %d: %v", got, err)
+		}
+		n += got
+	}
+	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkOwnerPublish measures sequencing + log append + fold per message
+// under the default (interval) fsync policy.
+func BenchmarkOwnerPublish(b *testing.B) {
+	for _, policy := range []string{"interval", "always"} {
+		b.Run(policy, func(b *testing.B) {
+			lo := retainlog.DefaultOptions("")
+			lo.Fsync, _ = retainlog.ParseFsyncPolicy(policy)
+			o, err := OpenOwner(OwnerOptions{Stream: "bench", Dir: b.TempDir(), Log: lo}, ackAll{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer o.Close(context.Background())
+			payload := make([]byte, 200)
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				if _, err := o.Publish(payload, ""); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+		})
+	}
+}
+
+type nopApplier struct{}
+
+func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
+func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
+func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
+func (nopApplier) ImportState(string, []byte) error           { return nil }
+
