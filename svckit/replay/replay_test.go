@@ -305,4 +305,3 @@ func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
 func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
 func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
 func (nopApplier) ImportState(string, []byte) error           { return nil }
-
