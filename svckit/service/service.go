@@ -169,6 +169,8 @@ func (s *Service) NSQConfig() (*nsq.Config, error) {
 	c.MsgTimeout = n.MsgTimeout
 	c.DefaultRequeueDelay = n.RequeueDelay
 	c.MaxRequeueDelay = n.MaxRequeueDelay
+	c.OutputBufferSize = n.OutputBufferSize
+	c.OutputBufferTimeout = n.OutputBufferTimeout
 	c.UserAgent = fmt.Sprintf("svckit-%s/%s", s.Config.Name, s.Config.Version)
 	if n.AuthSecret != "" {
 		c.AuthSecret = n.AuthSecret

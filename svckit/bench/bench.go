@@ -1,0 +1,602 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/nsqio/go-nsq"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/logging"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/testenv"
+)
+
+// Options configures a run.
+type Options struct {
+	Quick  bool      // about a minute instead of several
+	BinDir string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
+	Log    io.Writer // progress lines (nil = discard)
+}
+
+// Results are the headline figures (the issue's JSON keys) and every raw
+// figure behind them.
+type Results struct {
+	Quick              bool               `json:"quick"`
+	HopRatio           float64            `json:"hop_ratio"`
+	PipelineMsgsPerSec float64            `json:"pipeline_msgs_per_sec"`
+	P99MsAt1k          float64            `json:"p99_ms_at_1k"`
+	ReplayMsgsPerSec   float64            `json:"replay_msgs_per_sec"`
+	DiscoveryMs        float64            `json:"discovery_ms"`
+	IdleRSSMB          float64            `json:"idle_rss_mb"`
+	Figures            map[string]float64 `json:"figures"`
+	Machine            map[string]string  `json:"machine"`
+}
+
+const payloadSize = 200
+
+type runner struct {
+	o     Options
+	env   *runEnv
+	st    *testenv.Stack
+	disco *discovery.Discovery
+	res   *Results
+	bins  string
+}
+
+// Run performs every measurement and returns the results.
+func Run(ctx context.Context, o Options) (*Results, error) {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	abs, err := filepath.Abs(o.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range []string{"consul", "nsqd", "nsqlookupd", "sensor", "worker", "app"} {
+		if _, err := os.Stat(filepath.Join(abs, b)); err != nil {
+			return nil, fmt.Errorf("--bin %s: %s is missing (run ./build.sh)", abs, b)
+		}
+	}
+	os.Setenv("SVCKIT_BIN", abs)
+	r := &runner{o: o, env: &runEnv{log: io.Discard}, bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
+	defer r.env.close()
+	err = r.env.run(func() {
+		r.step("starting consul, nsqlookupd, nsqd on free loopback ports")
+		r.st = testenv.StartStack(r.env)
+		r.disco = discovery.New(r.st.Consul.Client, discovery.Options{})
+		r.env.Cleanup(r.disco.Stop)
+		r.ceilingAndHop(ctx)
+		r.discovery(ctx)
+		r.pipeline(ctx)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r.res, nil
+}
+
+func (r *runner) step(f string, a ...any) {
+	fmt.Fprintf(r.o.Log, "bench: "+f+"\n", a...)
+}
+
+func (r *runner) fig(k string, v float64) { r.res.Figures[k] = v }
+
+func (r *runner) fail(f string, a ...any) { r.env.Fatalf(f, a...) }
+
+func pick(quick bool, q, full int) int {
+	if quick {
+		return q
+	}
+	return full
+}
+
+// ---- 1 & 2: the nsqd ceiling and one hop through svckit, alternately ----
+
+func (r *runner) ceilingAndHop(ctx context.Context) {
+	addr := r.st.NSQD.TCPAddr
+	body := make([]byte, payloadSize)
+	nPub := pick(r.o.Quick, 20_000, 100_000)
+	r.step("raw go-nsq PUB ×%d", nPub)
+	r.fig("raw_pub_msgs_per_sec", r.rawPublish(addr, "ceiling-pub", body, nPub, 1))
+	nMPub := pick(r.o.Quick, 200_000, 1_000_000)
+	r.step("raw go-nsq MPUB×100 ×%d", nMPub)
+	r.fig("raw_mpub_msgs_per_sec", r.rawPublish(addr, "ceiling-mpub", body, nMPub, 100))
+
+	rounds, n := pick(r.o.Quick, 2, 3), pick(r.o.Quick, 100_000, 300_000)
+	var raw, svc []float64
+	for i := 0; i < rounds; i++ {
+		r.step("hop round %d/%d: raw go-nsq then svckit, %d messages each", i+1, rounds, n)
+		raw = append(raw, r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n))
+		svc = append(svc, r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n))
+	}
+	mr, ms := median(raw), median(svc)
+	r.fig("raw_hop_msgs_per_sec", mr)
+	r.fig("svckit_hop_msgs_per_sec", ms)
+	r.res.HopRatio = ms / mr
+}
+
+func hopConfig() *nsq.Config {
+	c := nsq.NewConfig()
+	c.MaxInFlight = 2500
+	c.LookupdPollInterval = time.Second
+	return c
+}
+
+func (r *runner) rawPublish(addr, topic string, body []byte, n, batch int) float64 {
+	p, err := nsq.NewProducer(addr, nsq.NewConfig())
+	if err != nil {
+		r.fail("raw producer: %v", err)
+	}
+	p.SetLogger(nil, nsq.LogLevelError)
+	defer p.Stop()
+	bodies := make([][]byte, batch)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	start := time.Now()
+	for sent := 0; sent < n; sent += batch {
+		if batch == 1 {
+			err = p.Publish(topic, body)
+		} else {
+			err = p.MultiPublish(topic, bodies)
+		}
+		if err != nil {
+			r.fail("raw publish: %v", err)
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// rawHop: MPUB×100 into a topic consumed by one go-nsq consumer (4 handlers).
+func (r *runner) rawHop(ctx context.Context, topic string, n int) float64 {
+	var got atomic.Int64
+	done := make(chan struct{})
+	c, err := nsq.NewConsumer(topic, "bench", hopConfig())
+	if err != nil {
+		r.fail("raw consumer: %v", err)
+	}
+	c.SetLogger(nil, nsq.LogLevelError)
+	c.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
+		if got.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	}), 4)
+	if err := c.ConnectToNSQD(r.st.NSQD.TCPAddr); err != nil {
+		r.fail("raw consumer connect: %v", err)
+	}
+	defer func() { c.Stop(); <-c.StopChan }()
+	body := make([]byte, payloadSize)
+	return r.timeHop(ctx, done, n, func(p *nsq.Producer, bodies [][]byte) error {
+		for i := range bodies {
+			bodies[i] = body
+		}
+		return p.MultiPublish(topic, bodies)
+	})
+}
+
+// svckitHop: the same load with envelopes carrying stream and sequence,
+// published through the svckit Batcher, consumed by the svckit Consumer
+// with metrics, and deduplicated by a replay.Tracker.
+func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
+	var got atomic.Int64
+	done := make(chan struct{})
+	tr, err := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+	if err != nil {
+		r.fail("tracker: %v", err)
+	}
+	h := pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
+		if _, err := tr.Deliver(m.Envelope); err != nil {
+			return err
+		}
+		if got.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	})
+	c, err := pubsub.NewConsumer(r.disco.Watch("nsqlookupd"), r.disco.Watch("nsqd"), h, pubsub.ConsumerOptions{
+		Topic: topic, Channel: "bench", NSQ: hopConfig(), Concurrency: 4, Logger: logging.Discard(),
+	})
+	if err != nil {
+		r.fail("svckit consumer: %v", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		r.fail("svckit consumer start: %v", err)
+	}
+	defer c.Stop(context.Background())
+	prod := pubsub.NewProducer(r.disco.Watch("nsqd"), pubsub.ProducerOptions{Logger: logging.Discard()})
+	defer prod.Stop()
+	b := prod.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 100})
+	ids := envelope.NewIDSource()
+	payload := make([]byte, payloadSize)
+	var failed atomic.Value
+	start := time.Now()
+	for i := 1; i <= n; i++ {
+		env := envelope.Envelope{ID: ids.Next(), Stream: "bench-hop", Seq: uint64(i), Created: time.Now(), ContentType: "application/octet-stream", Payload: payload}
+		body, _ := env.Marshal()
+		b.PublishAsync(body, func(err error) {
+			if err != nil {
+				failed.Store(err)
+			}
+		})
+	}
+	if err := b.Close(ctx); err != nil {
+		r.fail("svckit batcher: %v", err)
+	}
+	if err, _ := failed.Load().(error); err != nil {
+		r.fail("svckit publish: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		r.fail("svckit hop: %d of %d consumed", got.Load(), n)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func (r *runner) timeHop(ctx context.Context, done chan struct{}, n int, mpub func(*nsq.Producer, [][]byte) error) float64 {
+	p, err := nsq.NewProducer(r.st.NSQD.TCPAddr, nsq.NewConfig())
+	if err != nil {
+		r.fail("raw producer: %v", err)
+	}
+	p.SetLogger(nil, nsq.LogLevelError)
+	defer p.Stop()
+	bodies := make([][]byte, 100)
+	start := time.Now()
+	for sent := 0; sent < n; sent += 100 {
+		if err := mpub(p, bodies); err != nil {
+			r.fail("raw publish: %v", err)
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		r.fail("interrupted")
+	case <-time.After(5 * time.Minute):
+		r.fail("raw hop did not finish")
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+type nopApplier struct{}
+
+func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
+func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
+func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
+func (nopApplier) ImportState(string, []byte) error           { return nil }
+
+// ---- 5: discovery ----
+
+func (r *runner) discovery(ctx context.Context) {
+	n := pick(r.o.Quick, 5, 20)
+	r.step("discovery: %d register / critical / deregister cycles", n)
+	w := r.disco.Watch("bench-disco")
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := w.WaitReady(wctx); err != nil {
+		r.fail("%v", err)
+	}
+	agent := r.st.Consul.Client.Agent()
+	var reg, crit, dereg []float64
+	has := func(id string) func([]discovery.Instance) bool {
+		return func(set []discovery.Instance) bool {
+			return slices.ContainsFunc(set, func(i discovery.Instance) bool { return i.ID == id })
+		}
+	}
+	not := func(f func([]discovery.Instance) bool) func([]discovery.Instance) bool {
+		return func(s []discovery.Instance) bool { return !f(s) }
+	}
+	timeTo := func(what string, act func() error, cond func([]discovery.Instance) bool) float64 {
+		start := time.Now()
+		if err := act(); err != nil {
+			r.fail("%s: %v", what, err)
+		}
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if _, err := w.WaitFor(c, cond); err != nil {
+			r.fail("%s: %v", what, err)
+		}
+		return float64(time.Since(start).Microseconds()) / 1000
+	}
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("bench-disco-%d", i)
+		reg = append(reg, timeTo("register", func() error {
+			return agent.ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: "bench-disco", Address: "127.0.0.1", Port: 1000 + i,
+				Check: &api.AgentServiceCheck{CheckID: id + ":ttl", TTL: "1m", Status: api.HealthPassing}})
+		}, has(id)))
+		crit = append(crit, timeTo("check critical", func() error {
+			return agent.UpdateTTL(id+":ttl", "bench", api.HealthCritical)
+		}, not(has(id))))
+		agent.UpdateTTL(id+":ttl", "bench", api.HealthPassing)
+		if _, err := w.WaitFor(ctx, has(id)); err != nil {
+			r.fail("%v", err)
+		}
+		dereg = append(dereg, timeTo("deregister", func() error { return agent.ServiceDeregister(id) }, not(has(id))))
+	}
+	all := append(append(append([]float64{}, reg...), crit...), dereg...)
+	r.fig("discovery_register_ms_p50", median(reg))
+	r.fig("discovery_critical_ms_p50", median(crit))
+	r.fig("discovery_deregister_ms_p50", median(dereg))
+	r.fig("discovery_ms_max", slices.Max(all))
+	r.res.DiscoveryMs = median(all)
+}
+
+// ---- 3, 4, 6: the reference pipeline, replay, footprint ----
+
+func (r *runner) service(name, bin string, args ...string) *testenv.Process {
+	base := []string{"--consul-addr=" + r.st.Consul.HTTPAddr, "--http-addr=127.0.0.1:0", "--data-dir=" + r.env.TempDir(),
+		"--check-interval=1s", "--nsq-lookupd-poll-interval=1s", "--log-level=warn"}
+	return testenv.StartProcess(r.env, name, filepath.Join(r.bins, bin), append(base, args...), nil)
+}
+
+func (r *runner) passing(service string) []*api.ServiceEntry {
+	e, _, err := r.st.Consul.Client.Health().Service(service, "", true, nil)
+	if err != nil {
+		return nil
+	}
+	return e
+}
+
+func (r *runner) waitPassing(service string, n int) []*api.ServiceEntry {
+	var e []*api.ServiceEntry
+	testenv.WaitFor(r.env, 60*time.Second, fmt.Sprintf("%d passing %s", n, service), func() bool {
+		e = r.passing(service)
+		return len(e) >= n
+	})
+	return e
+}
+
+func addrOf(e *api.ServiceEntry) string {
+	return e.Service.Address + ":" + strconv.Itoa(e.Service.Port)
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+type appStream struct {
+	Stream         string `json:"stream"`
+	LastContiguous uint64 `json:"last_contiguous"`
+	Applied        uint64 `json:"applied"`
+}
+
+func appStatus(addr, stream string) appStream {
+	var ss []appStream
+	_ = getJSON("http://"+addr+"/streams", &ss)
+	for _, s := range ss {
+		if s.Stream == stream {
+			return s
+		}
+	}
+	return appStream{}
+}
+
+func (r *runner) pipeline(ctx context.Context) {
+	r.step("pipeline: app, two workers, sensor as processes")
+	app := r.service("app", "app", "--instance-id=bench-app", "--summary-interval=0", "--replay-tail-interval=1s")
+	w1 := r.service("worker1", "worker", "--instance-id=bench-worker-1")
+	w2 := r.service("worker2", "worker", "--instance-id=bench-worker-2")
+	appAddr := addrOf(r.waitPassing("app", 1)[0])
+	r.waitPassing("worker", 2)
+	// An idle sensor: one reading every 100 s.
+	idleSensor := r.service("sensor-idle", "sensor", "--instance-id=bench-sensor-idle", "--stream-id=bench-idle", "--rate=0.01")
+	r.waitPassing("sensor", 1)
+	time.Sleep(2 * time.Second) // a measurement window: idle RSS after start-up settles
+	idle := map[string]float64{"sensor": rssMB(idleSensor.Pid()), "worker": rssMB(w1.Pid()), "app": rssMB(app.Pid())}
+	for k, v := range idle {
+		r.fig("idle_rss_mb_"+k, v)
+	}
+	r.res.IdleRSSMB = max(idle["sensor"], idle["worker"], idle["app"])
+	idleSensor.Stop()
+
+	// Throughput: a burst of N readings as fast as the sensor publishes.
+	n := pick(r.o.Quick, 100_000, 500_000)
+	r.step("pipeline throughput: %d readings", n)
+	sensorDir := r.env.TempDir()
+	sensorArgs := []string{"--instance-id=bench-sensor", "--stream-id=bench-tp", "--data-dir=" + sensorDir}
+	sensor := r.service("sensor", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(n))...)
+	var t0 time.Time
+	var a0 uint64
+	testenv.WaitFor(r.env, 10*time.Minute, "the app to apply every reading", func() bool {
+		s := appStatus(appAddr, "bench-tp")
+		if t0.IsZero() && s.Applied > 0 {
+			t0, a0 = time.Now(), s.Applied
+		}
+		return s.Applied == uint64(n) && s.LastContiguous == uint64(n)
+	})
+	r.res.PipelineMsgsPerSec = float64(uint64(n)-a0) / time.Since(t0).Seconds()
+
+	// Replay throughput: the whole stream from the sensor's retained log.
+	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
+	r.step("replay throughput: %d messages from the sensor's log", n)
+	tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+	start := time.Now()
+	got, err := replay.Client{}.Replay(ctx, sensorAddr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
+		_, err := tr.Deliver(env)
+		return err
+	})
+	if err != nil || got != uint64(n) {
+		r.fail("replay: %d of %d: %v", got, n, err)
+	}
+	r.res.ReplayMsgsPerSec = float64(n) / time.Since(start).Seconds()
+
+	// Gap close: the app away while the sensor publishes G more.
+	g := pick(r.o.Quick, 20_000, 100_000)
+	r.step("time to close a %d-message gap", g)
+	if err := app.Stop(); err != nil {
+		r.fail("stopping app: %v", err)
+	}
+	sensor.Stop()
+	sensor = r.service("sensor2", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(g))...)
+	total := uint64(n + g)
+	testenv.WaitFor(r.env, 5*time.Minute, "the sensor to publish the gap", func() bool {
+		var st []replay.Status
+		_ = getJSON("http://"+addrOf(r.waitPassing("sensor", 1)[0])+"/streams", &st)
+		return len(st) == 1 && st[0].LastSeq == total
+	})
+	start = time.Now()
+	app.Restart(r.env)
+	testenv.WaitFor(r.env, 5*time.Minute, "the app to close the gap", func() bool {
+		e := r.passing("app")
+		return len(e) == 1 && appStatus(addrOf(e[0]), "bench-tp").LastContiguous == total
+	})
+	r.fig("gap_messages", float64(g))
+	r.fig("gap_close_seconds", time.Since(start).Seconds())
+	appAddr = addrOf(r.waitPassing("app", 1)[0])
+	sensor.Stop()
+
+	// Latency at fixed rates, seen by a consumer of results like the app.
+	secs := pick(r.o.Quick, 5, 15)
+	for _, rate := range []int{1000, 10000} {
+		r.step("end-to-end latency at %d/s for %d s", rate, secs)
+		stream := fmt.Sprintf("bench-lat-%d", rate)
+		lat := r.latency(stream, func() *testenv.Process {
+			return r.service("sensor-"+stream, "sensor", "--instance-id=bench-"+stream, "--stream-id="+stream, "--rate="+strconv.Itoa(rate))
+		}, time.Duration(secs)*time.Second, func(p *testenv.Process) {
+			if rate == 10000 {
+				r.fig("loaded_rss_mb_sensor", rssMB(p.Pid()))
+				r.fig("loaded_rss_mb_worker", rssMB(w1.Pid()))
+				r.fig("loaded_rss_mb_app", rssMB(app.Pid()))
+			}
+		})
+		k := strconv.Itoa(rate / 1000)
+		r.fig("p50_ms_at_"+k+"k", lat[0])
+		r.fig("p99_ms_at_"+k+"k", lat[1])
+		r.fig("p999_ms_at_"+k+"k", lat[2])
+		if rate == 1000 {
+			r.res.P99MsAt1k = lat[1]
+		}
+	}
+
+	// Discovery: SIGKILL of a worker to its leaving the passing set.
+	r.step("worker SIGKILL → out of the passing set")
+	ww := r.disco.Watch("worker")
+	start = time.Now()
+	w2.Kill()
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if _, err := ww.WaitFor(wctx, func(s []discovery.Instance) bool {
+		return !slices.ContainsFunc(s, func(i discovery.Instance) bool { return i.ID == "bench-worker-2" })
+	}); err != nil {
+		r.fail("%v", err)
+	}
+	r.fig("worker_kill_to_critical_ms", float64(time.Since(start).Milliseconds()))
+}
+
+// latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the
+// time from a reading's creation to its result reaching a consumer of
+// "results" (the first second is warm-up and not counted).
+func (r *runner) latency(stream string, start func() *testenv.Process, d time.Duration, during func(*testenv.Process)) [3]float64 {
+	var mu sync.Mutex
+	var samples []float64
+	warm := time.Now().Add(time.Hour)
+	cfg := nsq.NewConfig()
+	cfg.MaxInFlight = 2500
+	cfg.OutputBufferSize = -1
+	c, err := nsq.NewConsumer("results", "bench-latency#ephemeral", cfg)
+	if err != nil {
+		r.fail("latency consumer: %v", err)
+	}
+	c.SetLogger(nil, nsq.LogLevelError)
+	c.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
+		now := time.Now()
+		env, err := envelope.Decode(m.Body)
+		if err != nil || env.Stream != stream || now.Before(warm) {
+			return nil
+		}
+		mu.Lock()
+		samples = append(samples, float64(now.Sub(env.Created).Microseconds())/1000)
+		mu.Unlock()
+		return nil
+	}), 2)
+	if err := c.ConnectToNSQD(r.st.NSQD.TCPAddr); err != nil {
+		r.fail("latency consumer: %v", err)
+	}
+	defer func() { c.Stop(); <-c.StopChan }()
+	p := start()
+	r.waitPassing("sensor", 1)
+	warm = time.Now().Add(time.Second)
+	end := warm.Add(d)
+	mid := warm.Add(d / 2)
+	measured := false
+	for time.Now().Before(end) {
+		if !measured && time.Now().After(mid) {
+			during(p)
+			measured = true
+		}
+		time.Sleep(100 * time.Millisecond) // the measurement window, not synchronisation
+	}
+	p.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(samples) == 0 {
+		r.fail("no latency samples for %s", stream)
+	}
+	sort.Float64s(samples)
+	q := func(p float64) float64 { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }
+	r.fig("latency_samples_"+stream, float64(len(samples)))
+	return [3]float64{q(0.5), q(0.99), q(0.999)}
+}
+
+func rssMB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			if len(f) >= 2 {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				return kb / 1024
+			}
+		}
+	}
+	return 0
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func machine() map[string]string {
+	m := map[string]string{"goos": runtime.GOOS, "goarch": runtime.GOARCH, "cpus": strconv.Itoa(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				m["cpu"] = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		m["mem"] = strings.TrimSpace(strings.TrimPrefix(strings.Split(string(b), "\n")[0], "MemTotal:"))
+	}
+	return m
+}

@@ -1,0 +1,77 @@
+package operator
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/svckit/svckit/svckit/bench"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/urfave/cli/v2"
+)
+
+func benchCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure svckit against raw go-nsq and the nsqd ceiling on real consul/nsqd/nsqlookupd",
+		Description: `Starts its own consul, nsqlookupd and nsqd on free loopback ports, then the
+reference pipeline's binaries, and measures: the raw go-nsq ceiling, one hop
+through svckit against raw go-nsq (hop_ratio), the pipeline's throughput and
+end-to-end latency, replay throughput and gap-close time, discovery latency,
+and resident memory.`,
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
+			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
+			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
+		},
+		Action: func(c *cli.Context) error {
+			bin := c.String("bin")
+			if bin == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("locating the svckit executable: %w", err)
+				}
+				bin = filepath.Dir(exe)
+			}
+			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), BinDir: bin, Log: c.App.ErrWriter})
+			if err != nil {
+				return fmt.Errorf("bench: %w", err)
+			}
+			printBench(c.App.Writer, res)
+			if path := c.String("json"); path != "" {
+				b, _ := json.MarshalIndent(res, "", "  ")
+				if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+					return fmt.Errorf("--json: %w", err)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func printBench(w io.Writer, r *bench.Results) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FIGURE\tVALUE\tTARGET")
+	row := func(name string, v float64, unit, target string) {
+		fmt.Fprintf(tw, "%s\t%.2f %s\t%s\n", name, v, unit, target)
+	}
+	row("hop_ratio (svckit / raw go-nsq)", r.HopRatio, "", ">= 0.9")
+	row("pipeline_msgs_per_sec", r.PipelineMsgsPerSec, "msg/s", ">= 50000")
+	row("p99_ms_at_1k", r.P99MsAt1k, "ms", "<= 5")
+	row("replay_msgs_per_sec", r.ReplayMsgsPerSec, "msg/s", ">= 100000")
+	row("discovery_ms (median)", r.DiscoveryMs, "ms", "<= 200")
+	row("idle_rss_mb (largest service)", r.IdleRSSMB, "MB", "<= 20")
+	keys := make([]string, 0, len(r.Figures))
+	for k := range r.Figures {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "  %s\t%.2f\t\n", k, r.Figures[k])
+	}
+	tw.Flush()
+}
