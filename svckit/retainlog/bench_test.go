@@ -78,3 +78,30 @@ func BenchmarkRead(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+// BenchmarkReadOne is the gap-fill case: one record at a random position.
+func BenchmarkReadOne(b *testing.B) {
+	const n = 100_000
+	o := DefaultOptions(b.TempDir())
+	o.Fsync = FsyncNever
+	l, err := Open(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	for seq := uint64(1); seq <= n; seq += 1000 {
+		if err := l.Append(mkRecs(seq, 1000, 200)...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	seq := uint64(1)
+	for range b.N {
+		seq = (seq*7919)%n + 1
+		if err := l.Read(ctx, seq, seq, func(r Record) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -54,7 +54,8 @@
 //
 // # Retention
 //
-// Retention deletes whole segments, oldest first, and never the active one. A
+// Retention deletes whole segments, oldest first, never the active one and
+// never the last records (so LastSeq survives any retention setting). A
 // sealed segment is deleted when the segments newer than it still satisfy a
 // configured limit on their own: they hold at least RetainMessages records, or
 // at least RetainBytes bytes, or the segment's newest record is older than

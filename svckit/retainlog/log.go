@@ -558,6 +558,12 @@ func (l *Log) enforceRetentionLocked() {
 	removed := 0
 	for len(l.segs) > 1 {
 		s := l.segs[0]
+		if s.count == l.count {
+			// Everything newer is empty (Open cut the active segment back to
+			// nothing). Keep the last records so LastSeq survives: a publisher
+			// resumes its sequence from it.
+			break
+		}
 		var why string
 		switch {
 		case o.RetainMessages > 0 && l.count-s.count >= o.RetainMessages:

@@ -209,7 +209,7 @@ func TestActiveSegmentNeverDeleted(t *testing.T) {
 func TestRetentionDuringRead(t *testing.T) {
 	dir := t.TempDir()
 	o := testOptions(t, dir)
-	o.RetainMessages = 20
+	o.RetainMessages = 30
 	l := mustOpen(t, o)
 	appendN(t, l, 1, 40, 200, 1) // segments 1, 19, 37
 	first := filepath.Join(dir, segmentName(1))
@@ -230,7 +230,11 @@ func TestRetentionDuringRead(t *testing.T) {
 			return nil
 		})
 	}()
-	<-paused
+	select {
+	case <-paused:
+	case err := <-errc:
+		t.Fatalf("Read ended before pausing: %v", err)
+	}
 	appendN(t, l, 41, 100, 200, 10)
 	if l.FirstSeq() <= 19 {
 		t.Fatalf("FirstSeq %d: retention did not run", l.FirstSeq())
@@ -339,4 +343,24 @@ func TestConcurrentAppendRead(t *testing.T) {
 	}
 	checkDiskMatches(t, l, dir)
 	checkRange(t, l, l.FirstSeq(), total, total, size)
+}
+
+// With the active segment cut back to nothing at Open, retention must still
+// keep the newest records: LastSeq is where the publisher resumes.
+func TestRetentionKeepsLastRecords(t *testing.T) {
+	dir, o := tornLog(t, 37) // segments 1, 19, 37 (one record)
+	os.Truncate(lastSegment(t, dir), 100)
+	o.RetainAge = time.Nanosecond
+	o.RetainMessages = 1
+	o.Now = func() time.Time { return t0.Add(1000 * time.Hour) }
+	l := mustOpen(t, o)
+	if l.FirstSeq() != 19 || l.LastSeq() != 36 {
+		t.Fatalf("first %d last %d, want 19 36", l.FirstSeq(), l.LastSeq())
+	}
+	checkRange(t, l, 19, 36, 36, 200)
+	appendN(t, l, 37, 1, 200, 1)
+	if l.FirstSeq() != 37 || l.LastSeq() != 37 {
+		t.Fatalf("first %d last %d, want 37 37", l.FirstSeq(), l.LastSeq())
+	}
+	checkDiskMatches(t, l, dir)
 }

@@ -98,10 +98,17 @@ type segReader struct {
 	buf   []byte
 	start int // next unread byte
 	end   int // end of valid data in buf
+	chunk int // size of the next pread; grows to len(buf)
 }
 
+// firstChunk is the first pread of a reader. Replay often asks for a handful
+// of records (a gap); starting small and doubling up to the buffer size keeps
+// those reads cheap while long scans still reach full-size reads at once.
+const firstChunk = 16 << 10
+
 func newSegReader(f *os.File, off, limit int64, buf []byte) *segReader {
-	return &segReader{f: f, pos: off, limit: limit, buf: buf[:cap(buf)]}
+	buf = buf[:cap(buf)]
+	return &segReader{f: f, pos: off, limit: limit, buf: buf, chunk: min(firstChunk, len(buf))}
 }
 
 // offset is the file offset of the next record.
@@ -160,7 +167,9 @@ func (r *segReader) fill(need int) error {
 		r.pos += int64(r.start)
 		r.start = 0
 		r.buf = nb
-	} else if r.start+need > len(r.buf) {
+	} else if r.start > 0 {
+		// What is left unread is less than one record: moving it to the
+		// front is cheap and lets every pread use the whole free buffer.
 		r.end = copy(r.buf, r.buf[r.start:r.end])
 		r.pos += int64(r.start)
 		r.start = 0
@@ -171,7 +180,9 @@ func (r *segReader) fill(need int) error {
 		if avail <= 0 {
 			return nil
 		}
-		n := int(min(int64(len(r.buf)-r.end), avail))
+		want := max(r.chunk, need-(r.end-r.start))
+		r.chunk = min(2*r.chunk, len(r.buf))
+		n := int(min(int64(len(r.buf)-r.end), avail, int64(want)))
 		m, err := r.f.ReadAt(r.buf[r.end:r.end+n], fileOff)
 		r.end += m
 		if err == io.EOF {
