@@ -16,8 +16,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -115,6 +117,12 @@ func waitForAgent(ctx context.Context, c *api.Client, timeout time.Duration, log
 		node, err := c.Agent().NodeName()
 		if err == nil {
 			return node, nil
+		}
+		var se api.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusForbidden {
+			// Not an outage: the token is wrong or lacks agent:read. Waiting
+			// would only hide a configuration error.
+			return "", UsageError{fmt.Errorf("the Consul agent refused the ACL token (CONSUL_HTTP_TOKEN / --consul-token): %s", strings.TrimSpace(se.Body))}
 		}
 		if msg := err.Error(); msg != last {
 			log.Warn("waiting for the Consul agent", "err", err)

@@ -28,6 +28,27 @@ type Consul struct {
 	// Ports, kept so that Start and Restart reuse them. Serf WAN, DNS, gRPC
 	// and gRPC-TLS are disabled.
 	HTTPPort, SerfLANPort, ServerPort int
+
+	opts ConsulOptions
+}
+
+// ConsulOptions adds configuration to a test agent.
+type ConsulOptions struct {
+	// HCL snippets passed as -hcl (e.g. an acl block).
+	HCL []string
+	// Token is used by Client (the management token when ACLs are on).
+	Token string
+}
+
+// StartConsulWith starts an agent with extra configuration (ACLs, …).
+func StartConsulWith(t testing.TB, o ConsulOptions) *Consul {
+	t.Helper()
+	c := &Consul{opts: o}
+	c.pickPorts(t)
+	c.Proc = StartProcess(t, "consul", Bin(t, "consul"), c.args(), nil)
+	c.Client = newConsulClient(t, c.HTTPAddr, o.Token)
+	c.awaitStart(t)
+	return c
 }
 
 // StartConsul starts a dev agent on free loopback ports and waits (up to
@@ -47,7 +68,7 @@ func launchConsul(t testing.TB) *Consul {
 	c := &Consul{}
 	c.pickPorts(t)
 	c.Proc = StartProcess(t, "consul", Bin(t, "consul"), c.args(), nil)
-	c.Client = newConsulClient(t, c.HTTPAddr)
+	c.Client = newConsulClient(t, c.HTTPAddr, c.opts.Token)
 	return c
 }
 
@@ -58,7 +79,7 @@ func (c *Consul) pickPorts(t testing.TB) {
 }
 
 func (c *Consul) args() []string {
-	return []string{
+	args := []string{
 		"agent", "-dev",
 		"-node", c.NodeName,
 		"-bind", "127.0.0.1",
@@ -76,16 +97,20 @@ func (c *Consul) args() []string {
 		"-log-level", "warn",
 		"-hcl", "disable_update_check = true",
 	}
+	for _, h := range c.opts.HCL {
+		args = append(args, "-hcl", h)
+	}
+	return args
 }
 
 // newConsulClient makes an api.Client for addr that ignores the CONSUL_*
 // environment of the test process (address, token, TLS).
-func newConsulClient(t testing.TB, addr string) *api.Client {
+func newConsulClient(t testing.TB, addr, token string) *api.Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
 	cfg.Scheme = "http"
-	cfg.Token, cfg.TokenFile = "", ""
+	cfg.Token, cfg.TokenFile = token, ""
 	cfg.HttpAuth = nil
 	cfg.TLSConfig = api.TLSConfig{}
 	cfg.Datacenter, cfg.Namespace, cfg.Partition = "", "", ""
@@ -105,7 +130,7 @@ func (c *Consul) awaitStart(t testing.TB) {
 			if attempt > 0 {
 				c.pickPorts(t)
 				c.Proc = StartProcess(t, "consul", Bin(t, "consul"), c.args(), nil)
-				c.Client = newConsulClient(t, c.HTTPAddr)
+				c.Client = newConsulClient(t, c.HTTPAddr, c.opts.Token)
 			}
 			return c.Proc, nil
 		},

@@ -68,7 +68,7 @@ func TestConsulPortInUse(t *testing.T) {
 	c.pickPorts(t)
 	c.ServerPort = l.Addr().(*net.TCPAddr).Port
 	c.Proc = StartProcess(t, "consul", Bin(t, "consul"), c.args(), nil)
-	c.Client = newConsulClient(t, c.HTTPAddr)
+	c.Client = newConsulClient(t, c.HTTPAddr, "")
 	err = c.Proc.awaitReady(ConsulReadyTimeout, c.Ready)
 	if !errors.Is(err, errExited) || !c.Proc.portInUse() {
 		t.Fatalf("awaitReady = %v, port in use recognised: %v\n%s", err, c.Proc.portInUse(), c.Proc.Log())

@@ -1,0 +1,140 @@
+package securitytest
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/svckit/testenv"
+)
+
+const managementToken = "3f1d8a2e-0000-4000-8000-5ec0e7000001"
+
+// TestConsulACL: with default-deny ACLs, a service with a token that may
+// register runs and is found; one without a token refuses to start with one
+// line naming the token, and exit code 2.
+func TestConsulACL(t *testing.T) {
+	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
+		HCL: []string{fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+enable_token_persistence = false
+tokens { initial_management = %q
+agent = %q } }`, managementToken, managementToken)},
+		Token: managementToken,
+	})
+	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "svckit-service", Rules: `
+service_prefix "" { policy = "write" }
+node_prefix "" { policy = "read" }
+agent_prefix "" { policy = "read" }`}, nil)
+	if err != nil {
+		t.Fatalf("creating ACL policy: %v", err)
+	}
+	tok, _, err := c.Client.ACL().TokenCreate(&api.ACLToken{Description: "svckit services", Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}, nil)
+	if err != nil {
+		t.Fatalf("creating ACL token: %v", err)
+	}
+	l := testenv.StartNSQLookupd(t)
+	n := testenv.StartNSQD(t, testenv.NSQDOptions{LookupdTCPAddrs: []string{l.TCPAddr}})
+	testenv.RegisterNSQLookupd(t, c, l)
+	testenv.RegisterNSQD(t, c, n)
+
+	service(t, c, "worker-acl", "worker", []string{"CONSUL_HTTP_TOKEN=" + tok.SecretID})
+	addrOf(t, c, "worker") // registered and passing, seen with the management token
+
+	// The catalog is invisible without a token.
+	anon, _ := api.NewClient(&api.Config{Address: c.HTTPAddr})
+	if e, _, err := anon.Health().Service("worker", "", true, nil); err == nil && len(e) > 0 {
+		t.Fatalf("anonymous read of the catalog saw %d workers", len(e))
+	}
+
+	p := service(t, c, "worker-notoken", "worker", []string{"CONSUL_HTTP_TOKEN="})
+	select {
+	case <-p.Exited():
+	case <-time.After(60 * time.Second):
+		t.Fatal("a service without a token kept running instead of failing on the ACL error")
+	}
+	if p.ExitCode() != 2 {
+		t.Fatalf("exit code %d, want 2", p.ExitCode())
+	}
+	if log := p.Log(); !strings.Contains(log, "refused the ACL token") {
+		t.Fatalf("log does not name the token problem:\n%s", log)
+	}
+}
+
+// TestNSQTLS: nsqd requires TLS on TCP; the pipeline runs over TLS end to
+// end, and a consumer without TLS gets nothing.
+func TestNSQTLS(t *testing.T) {
+	ca, cert, key := certs(t, t.TempDir())
+	c := testenv.StartConsul(t)
+	l := testenv.StartNSQLookupd(t)
+	n := testenv.StartNSQD(t, testenv.NSQDOptions{LookupdTCPAddrs: []string{l.TCPAddr},
+		ExtraArgs: []string{"--tls-cert=" + cert, "--tls-key=" + key, "--tls-required=tcp-https"}})
+	testenv.RegisterNSQLookupd(t, c, l)
+	testenv.RegisterNSQD(t, c, n)
+	tls := []string{"--nsq-tls", "--nsq-tls-cacert=" + ca}
+
+	service(t, c, "app-tls", "app", nil, append(tls, "--replay-gap-grace=30s")...)
+	service(t, c, "worker-tls", "worker", nil, tls...)
+	addrOf(t, c, "app")
+	addrOf(t, c, "worker")
+	service(t, c, "sensor-tls", "sensor", nil, append(tls, "--stream-id=tls", "--rate=0", "--count=500")...)
+	// A generous gap grace keeps replay (which does not go through nsqd) out
+	// of it: every reading must have crossed nsqd over TLS twice.
+	waitAppExact(t, c, "tls", 500)
+
+	plain := service(t, c, "worker-plain", "worker", nil)
+	testenv.WaitFor(t, 30*time.Second, "the plain worker to report no nsqd connection", func() bool {
+		return strings.Contains(plain.Log(), "E_INVALID")
+	})
+	t.Logf("plain worker rejected: %s", firstLine(plain.Log(), "E_INVALID"))
+}
+
+// TestReplaySecret: owners refuse replay without the shared secret; an app
+// with the secret recovers the whole stream. No worker runs, so replay is the
+// only way readings can reach the app.
+func TestReplaySecret(t *testing.T) {
+	st := testenv.StartStack(t)
+	c := st.Consul
+	service(t, c, "sensor-secret", "sensor", nil, "--stream-id=secret", "--rate=0", "--count=300", "--replay-secret=sesame")
+	sensorAddr := addrOf(t, c, "sensor")
+	for _, path := range []string{"/replay?stream=secret&from=1&to=10", "/streams", "/snapshot?stream=secret"} {
+		resp, err := http.Get("http://" + sensorAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("%s without the secret: HTTP %d, want 401", path, resp.StatusCode)
+		}
+	}
+	cli := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		cmd := exec.Command(testenv.Bin(t, "svckit"), append([]string{"--consul-addr=" + c.HTTPAddr, "replay", "--stream=secret", "--from=1", "--to=300", "--quiet"}, args...)...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		return out.String(), err
+	}
+	if out, err := cli(); err == nil || !strings.Contains(out, "401") {
+		t.Fatalf("svckit replay without the secret: err %v, output %q", err, out)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the sensor to publish 300", func() bool {
+		out, err := cli("--secret=sesame")
+		return err == nil && strings.Count(out, "\n") == 300
+	})
+	service(t, c, "app-secret", "app", nil, "--replay-secret=sesame", "--replay-gap-grace=200ms", "--replay-tail-interval=500ms")
+	waitAppExact(t, c, "secret", 300)
+}
+
+func firstLine(log, substr string) string {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	return ""
+}
