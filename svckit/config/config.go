@@ -42,6 +42,7 @@ type Config struct {
 
 	LogFormat string
 	LogLevel  string
+	Pprof     bool
 
 	CheckInterval   time.Duration
 	DeregisterAfter time.Duration
@@ -95,6 +96,7 @@ func Flags() []cli.Flag {
 		&cli.DurationFlag{Name: "consul-start-timeout", Value: 0, Usage: "give up starting if the Consul agent has not answered within this time (0 = keep trying)", EnvVars: Env("consul-start-timeout")},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: Env("log-format")},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error", EnvVars: Env("log-level")},
+		&cli.BoolFlag{Name: "pprof", Usage: "serve net/http/pprof under /debug/pprof/ on the HTTP port", EnvVars: Env("pprof")},
 		&cli.DurationFlag{Name: "check-interval", Value: 2 * time.Second, Usage: "interval of the Consul HTTP check on /health", EnvVars: Env("check-interval")},
 		&cli.DurationFlag{Name: "deregister-after", Value: time.Minute, Usage: "Consul removes the instance after its check was critical this long", EnvVars: Env("deregister-after")},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 15 * time.Second, Usage: "on SIGTERM, how long in-flight messages may take to finish", EnvVars: Env("shutdown-timeout")},
@@ -135,6 +137,7 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 		},
 		LogFormat:       c.String("log-format"),
 		LogLevel:        c.String("log-level"),
+		Pprof:           c.Bool("pprof"),
 		CheckInterval:   c.Duration("check-interval"),
 		DeregisterAfter: c.Duration("deregister-after"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),

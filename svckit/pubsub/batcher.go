@@ -15,6 +15,10 @@ type BatcherOptions struct {
 	MaxBatch int           // largest MPUB; default 200
 	MaxDelay time.Duration // longest wait to fill a batch once one message is waiting; default 1ms
 	Queue    int           // messages buffered ahead of the publishing goroutine; default 4*MaxBatch
+	// InFlight is how many batches may await nsqd's acknowledgement at
+	// once; default 4. go-nsq pipelines them over one connection, so a
+	// publisher is not limited to one batch per round trip.
+	InFlight int
 }
 
 type batchItem struct {
@@ -53,6 +57,9 @@ func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
 	if o.Queue <= 0 {
 		o.Queue = 4 * o.MaxBatch
 	}
+	if o.InFlight <= 0 {
+		o.InFlight = 4
+	}
 	ctx, stop := context.WithCancel(context.Background())
 	b := &Batcher{p: p, topic: topic, o: o, ctx: ctx, stop: stop, in: make(chan batchItem, o.Queue), done: make(chan struct{})}
 	go b.run()
@@ -84,9 +91,12 @@ func (b *Batcher) Publish(ctx context.Context, body []byte) error {
 }
 
 func (b *Batcher) run() {
-	defer close(b.done)
-	bodies := make([][]byte, 0, b.o.MaxBatch)
-	items := make([]batchItem, 0, b.o.MaxBatch)
+	var wg sync.WaitGroup
+	defer func() {
+		wg.Wait()
+		close(b.done)
+	}()
+	slots := make(chan struct{}, b.o.InFlight)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -94,7 +104,8 @@ func (b *Batcher) run() {
 		if !ok {
 			return
 		}
-		items = append(items[:0], it)
+		items := make([]batchItem, 0, b.o.MaxBatch)
+		items = append(items, it)
 		// Take what is already queued without waiting.
 	drain:
 		for len(items) < b.o.MaxBatch {
@@ -126,15 +137,19 @@ func (b *Batcher) run() {
 			}
 			timer.Stop()
 		}
-		bodies = bodies[:0]
-		for _, it := range items {
-			bodies = append(bodies, it.body)
-		}
-		err := b.p.MultiPublish(b.ctx, b.topic, bodies)
-		for i := range items {
-			items[i].done(err)
-			items[i] = batchItem{}
-		}
+		slots <- struct{}{} // at most InFlight batches awaiting nsqd
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			bodies := make([][]byte, len(items))
+			for i, it := range items {
+				bodies[i] = it.body
+			}
+			err := b.p.MultiPublish(b.ctx, b.topic, bodies)
+			for _, it := range items {
+				it.done(err)
+			}
+		}()
 	}
 }
 

@@ -84,7 +84,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 	if s.Node, err = waitForAgent(ctx, client, cfg.Consul.StartTimeout, log); err != nil {
 		return nil, err
 	}
-	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log})
+	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof})
 	addr, err := s.HTTP.Listen()
 	if err != nil {
 		return nil, err
