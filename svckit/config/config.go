@@ -174,6 +174,16 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("--consul-addr (CONSUL_HTTP_ADDR) %q: want host:port", c.Consul.Addr)
 	}
+	switch strings.ToLower(c.LogFormat) {
+	case "text", "json":
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", c.LogLevel)
+	}
 	if c.DataDir == "" {
 		return fmt.Errorf("--data-dir: must not be empty")
 	}

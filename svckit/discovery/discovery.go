@@ -233,6 +233,9 @@ func (w *Watcher) run(ctx context.Context) {
 				return
 			}
 			w.fail(err)
+			// The agent may come back restarted, with lower indexes: a stale
+			// index would make Consul hold the next query for WaitTime.
+			index = 0
 			// Full jitter so that many watchers do not retry in lockstep.
 			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 			select {

@@ -1,10 +1,12 @@
 package pubsub
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -230,6 +232,10 @@ func (c *Consumer) follow(ctx context.Context) {
 		defer ncancel()
 		nch = ch
 	}
+	// nsqds whose preparation failed are retried on a timer, not only when
+	// the set changes.
+	retry := time.NewTicker(5 * time.Second)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -238,6 +244,10 @@ func (c *Consumer) follow(ctx context.Context) {
 			c.updateLookupds(set)
 		case set := <-nch:
 			c.prepare(ctx, set)
+		case <-retry.C:
+			if c.nsqds != nil {
+				c.prepare(ctx, c.nsqds.Instances())
+			}
 		}
 	}
 }
@@ -308,13 +318,19 @@ func (c *Consumer) prepare(ctx context.Context, set []discovery.Instance) {
 	}
 }
 
+// createOn creates the topic, then (for a durable channel) the channel: nsqd
+// answers /channel/create with 404 TOPIC_NOT_FOUND for a topic it lacks.
 func (c *Consumer) createOn(ctx context.Context, httpAddr string) error {
-	q := url.Values{"topic": {c.o.Topic}}
-	path := "/topic/create"
-	if !c.o.Ephemeral {
-		q.Set("channel", c.channel)
-		path = "/channel/create"
+	if err := c.post(ctx, httpAddr, "/topic/create", url.Values{"topic": {c.o.Topic}}); err != nil {
+		return err
 	}
+	if c.o.Ephemeral {
+		return nil
+	}
+	return c.post(ctx, httpAddr, "/channel/create", url.Values{"topic": {c.o.Topic}, "channel": {c.channel}})
+}
+
+func (c *Consumer) post(ctx context.Context, httpAddr, path string, q url.Values) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+path+"?"+q.Encode(), nil)
 	if err != nil {
 		return err
@@ -325,7 +341,8 @@ func (c *Consumer) createOn(ctx context.Context, httpAddr string) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", path, resp.StatusCode)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	return nil
 }
@@ -369,16 +386,28 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 		return nil
 	}
 	m.Envelope = env
-	var stopTouch func() bool
+	var stopTouch chan struct{}
 	if c.o.AutoTouch {
 		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
-			t := time.AfterFunc(half, func() { nm.Touch() })
-			stopTouch = t.Stop
+			// Touch every half timeout for as long as the handler runs.
+			stopTouch = make(chan struct{})
+			go func() {
+				t := time.NewTicker(half)
+				defer t.Stop()
+				for {
+					select {
+					case <-stopTouch:
+						return
+					case <-t.C:
+						nm.Touch()
+					}
+				}
+			}()
 		}
 	}
 	err = c.safeHandle(m)
 	if stopTouch != nil {
-		stopTouch()
+		close(stopTouch)
 	}
 	if !m.async.Load() || err != nil {
 		m.complete(err)
@@ -451,8 +480,9 @@ func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, reason string) {
 }
 
 func (c *Consumer) deadLetter(nm *nsq.Message, reason string) bool {
-	c.o.Metrics.DeadLettered.WithLabelValues(c.o.Topic, c.channel, reasonClass(reason)).Inc()
+	counter := c.o.Metrics.DeadLettered.WithLabelValues(c.o.Topic, c.channel, reasonClass(reason))
 	if c.o.DeadLetter == nil {
+		counter.Inc()
 		c.o.Logger.Error("dropping message (no dead-letter producer)", "nsq_id", string(nm.ID[:]), "reason", reason)
 		return true
 	}
@@ -466,6 +496,7 @@ func (c *Consumer) deadLetter(nm *nsq.Message, reason string) bool {
 		c.o.Logger.Error("publishing dead letter failed; requeueing the message", "nsq_id", string(nm.ID[:]), "reason", reason, "err", err)
 		return false
 	}
+	counter.Inc()
 	c.o.Logger.Warn("message dead-lettered", "nsq_id", string(nm.ID[:]), "dead_topic", DeadLetterTopic(c.o.Topic), "reason", reason)
 	return true
 }

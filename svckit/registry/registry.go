@@ -189,7 +189,8 @@ func (r *Registrar) ensure(ctx context.Context) error {
 	return err
 }
 
-// Deregister removes the instance from the agent.
+// Deregister removes the instance from the agent. Call it after Run
+// returned: a running Run would register the instance again.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	err := r.client.Agent().ServiceDeregisterOpts(r.reg.ID, (&api.QueryOptions{}).WithContext(ctx))
 	r.set(false, errors.New("deregistered"))
