@@ -6,6 +6,15 @@
 #   ./build.sh start    build, then run the Procfile under goreman
 #   ./build.sh test     build, then run every test
 #   ./build.sh bench    build, then run the go benchmarks
+#   ./build.sh images   build, then docker build every images/<name>/Dockerfile
+#                       as svckit/<name>:<version> and svckit/<name>:latest
+#   ./build.sh up DC/HOST [docker-compose up options]
+#                       run datacenters/DC/HOST/docker-compose.yml on the Docker
+#                       engine (DOCKER_HOST) as project DC-HOST, creating the
+#                       datacenter's shared network (svckit-DC) when it uses one
+#   ./build.sh down DC/HOST [--volumes]
+#                       stop and remove that host's containers; volumes are kept
+#                       unless --volumes
 #
 # Third-party programs come from tools/go.mod (pinned versions, Go module
 # proxy only) and are rebuilt only when their pinned version changes: Consul
@@ -71,6 +80,101 @@ build_project() {
 
 build() { build_tools; build_project; }
 
+need_docker() {
+  command -v docker >/dev/null || die "docker is not on PATH"
+  docker info >/dev/null 2>&1 \
+    || die "no Docker engine answers (docker info failed; DOCKER_HOST=${DOCKER_HOST:-unset})"
+}
+
+# images: every images/<name>/Dockerfile, FROM scratch with binaries from bin/.
+# Paths in the Dockerfiles are relative to the repository root, so
+# `docker build -f images/<name>/Dockerfile .` works by hand (.dockerignore
+# keeps that context to bin/ and images/); here each build gets only
+# images/ and the binaries its Dockerfile names, which is much faster.
+images() {
+  need_docker
+  build
+  local tag=${VERSION//[^A-Za-z0-9_.-]/-} df name out try
+  ctx=$(mktemp "${TMPDIR:-/tmp}/svckit-image.XXXXXX") # global: the trap runs after return
+  trap 'rm -f "$ctx" "$ctx.err"' EXIT
+  for df in images/*/Dockerfile; do
+    name=$(basename "$(dirname "$df")")
+    local bins=()
+    for b in $(grep -oE 'bin/[A-Za-z0-9_-]+' "$df" | sort -u); do
+      [ -f "$b" ] && bins+=("$b")
+    done
+    step "image svckit/$name:$tag (${bins[*]:-no binaries})"
+    # Another build writing bin/ meanwhile makes tar fail ("file changed as
+    # we read it"): take the context again rather than build a torn binary.
+    for try in 1 2 3 4 5; do
+      tar -cf "$ctx" --exclude=.keep images ${bins[@]+"${bins[@]}"} 2>"$ctx.err" && break
+      grep -q 'changed as we read it' "$ctx.err" && [ "$try" -lt 5 ] \
+        || { cat "$ctx.err" >&2; die "packing the build context of $df failed"; }
+      sleep 2
+    done
+    out=$(docker build -f "$df" -t "svckit/$name:$tag" -t "svckit/$name:latest" \
+          --label "org.opencontainers.image.version=$VERSION" - <"$ctx" 2>&1) \
+      || { echo "$out" >&2; die "docker build of $df failed"; }
+  done
+  # Images that lost their last tag to this build (ours only).
+  docker image prune -f --filter label=org.opencontainers.image.vendor=svckit >/dev/null
+  docker images --filter 'reference=svckit/*:latest' --format '    {{.Repository}}:{{.Tag}}\t{{.Size}}'
+}
+
+# host_file DC/HOST: the host's compose file; sets dc, host, project, network.
+host_file() {
+  local target=${1:-}
+  if ! [[ $target =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
+    die "want DC/HOST, one of: $(cd datacenters 2>/dev/null && ls -d -- */*/ | sed 's|/$||' | tr '\n' ' ')"
+  fi
+  dc=${target%%/*} host=${target#*/} project="${target%%/*}-${target#*/}"
+  file=datacenters/$target/docker-compose.yml
+  [ -f "$file" ] || die "no $file"
+  command -v docker-compose >/dev/null || die "docker-compose is not on PATH"
+  # The hosts of a datacenter share one external network (see the files).
+  network=""
+  if grep -qE '^[[:space:]]+external:[[:space:]]*true' "$file"; then
+    network=${DC_NETWORK:-svckit-$dc}
+    export DC_NETWORK=$network
+  fi
+}
+
+up() {
+  host_file "${1:-}"
+  shift || true
+  need_docker
+  local img
+  for img in $(docker-compose -p "$project" -f "$file" config | awk '$1 == "image:" {print $2}' | sort -u); do
+    docker image inspect "$img" >/dev/null 2>&1 \
+      || die "image $img is not on this engine (nothing can be pulled): run ./build.sh images first, with the same DOCKER_HOST"
+  done
+  if [ -n "$network" ] && ! docker network inspect "$network" >/dev/null 2>&1; then
+    # One engine: a bridge network. A swarm manager: an attachable overlay,
+    # so that hosts on different machines (DOCKER_HOST) share it.
+    local opts=(--driver bridge)
+    if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ]; then
+      opts=(--driver overlay --attachable)
+    fi
+    step "creating network $network (${opts[*]}) for the hosts of datacenter $dc"
+    docker network create "${opts[@]}" "$network" >/dev/null
+  fi
+  step "starting $dc/$host (docker-compose project $project)"
+  docker-compose -p "$project" -f "$file" up -d "$@"
+  docker-compose -p "$project" -f "$file" ps
+}
+
+down() {
+  host_file "${1:-}"
+  shift || true
+  need_docker
+  step "stopping $dc/$host (docker-compose project $project)"
+  docker-compose -p "$project" -f "$file" down "$@"
+  # The shared network goes with the datacenter's last host.
+  if [ -n "$network" ] && [ "$(docker network inspect -f '{{len .Containers}}' "$network" 2>/dev/null)" = 0 ]; then
+    docker network rm "$network" >/dev/null && step "removed network $network (no host of $dc uses it)"
+  fi
+}
+
 cmd=${1:-build}
 shift || true
 case "$cmd" in
@@ -95,6 +199,9 @@ case "$cmd" in
     export SVCKIT_BIN="$BIN"
     go test -run '^$' -bench . -benchmem "$@" ./... || die "benchmarks failed"
     ;;
-  -h|--help|help) sed -n '2,12p' "$0" ;;
-  *) die "unknown command '$cmd' (want: build, start, test, bench)" ;;
+  images) images ;;
+  up) up "$@" ;;
+  down) down "$@" ;;
+  -h|--help|help) sed -n '2,/^[^#]/p' "$0" | sed '$d' ;;
+  *) die "unknown command '$cmd' (want: build, start, test, bench, images, up, down)" ;;
 esac

@@ -1,0 +1,238 @@
+package dockertest
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dev/host1 as a new user runs it: every container healthy, sensor, two
+// workers and app passing in its Consul, the Consul UI and nsqadmin
+// reachable from the host, and the app's state growing.
+func TestDevHost1(t *testing.T) {
+	needDocker(t)
+	t.Parallel()
+	tag := images(t)
+	project := "svckit-t-" + runID + "-dev-host1"
+	t.Cleanup(func() {
+		if left := leftovers(t, project); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	})
+	h := newCompose(t, "dev/host1", project,
+		"DC_IMAGE_TAG="+tag,
+		// Any free host ports: 8500 and 4171 may be taken on this machine.
+		"DC_CONSUL_PUBLISH=127.0.0.1:0",
+		"DC_NSQADMIN_PUBLISH=127.0.0.1:0",
+	)
+	start := time.Now()
+	up(t, h)
+	consul := h.consulURL()
+	took := waitPassing(t, consul, 3*time.Minute, map[string]int{
+		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1,
+	})
+	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd passing in Consul %s after up", took.Round(time.Second))
+
+	// The UIs, from the host.
+	for name, url := range map[string]string{
+		"Consul UI": consul + "/ui/",
+		"nsqadmin":  "http://" + h.published("nsqadmin", "4171") + "/",
+	} {
+		resp, err := httpClient.Get(url)
+		if err != nil {
+			t.Fatalf("%s at %s: %v", name, url, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s at %s: HTTP %d", name, url, resp.StatusCode)
+		}
+	}
+
+	// The app's state grows, read at the address it registered in Consul
+	// (the container's own on the compose network: the default advertise
+	// address works) from another container.
+	apps, err := passing(consul, "app")
+	if err != nil || len(apps) != 1 {
+		t.Fatalf("app in Consul: %v %v", apps, err)
+	}
+	a := apps[0].Service
+	if ip := net.ParseIP(a.Address); ip == nil || ip.IsLoopback() || a.Port != 8080 {
+		t.Fatalf("app registered %s:%d: want the container's address and port 8080", a.Address, a.Port)
+	}
+	stateURL := "http://" + net.JoinHostPort(a.Address, strconv.Itoa(a.Port)) + "/state"
+	count := func() uint64 {
+		var st map[string]aggregate
+		if err := h.getJSON("worker1", stateURL, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st["sensor-dev-host1"].Count
+	}
+	first := count()
+	waitFor(t, time.Minute, func() (bool, string) {
+		n := count()
+		return n > first && n > 0, fmt.Sprintf("app state count %d (was %d)", n, first)
+	})
+	var streams map[string]appStream
+	waitFor(t, time.Minute, func() (bool, string) {
+		s, err := appStreams(h, "app")
+		if err != nil {
+			return false, err.Error()
+		}
+		streams = s
+		x := s["sensor-dev-host1"]
+		return x.Applied > 0 && x.Applied == x.LastContiguous && x.noGaps(), fmt.Sprintf("app streams %v", s)
+	})
+	t.Logf("dev/host1: app state grows (count %d → %d), streams %v; %s from up to here",
+		first, count(), streams["sensor-dev-host1"], time.Since(start).Round(time.Second))
+}
+
+// The multi-host datacenter aws, all three hosts on one engine: node1 (a
+// Consul server, an nsqlookupd, an nsqd, a sensor and a worker) is lost and
+// comes back; the pipeline recovers with nothing lost: every app has every
+// sequence of every stream exactly once, up to what the sensors published.
+func TestAWSNodeLoss(t *testing.T) {
+	needDocker(t)
+	t.Parallel()
+	tag := images(t)
+	prefix := "svckit-t-" + runID + "-aws"
+	network := prefix + "-net"
+	t.Cleanup(func() {
+		if out, err := execDocker("network", "rm", network); err != nil && !strings.Contains(out, "No such network") {
+			t.Errorf("removing network %s: %v: %s", network, err, out)
+		}
+		if left := leftovers(t, prefix); len(left) > 0 {
+			t.Errorf("left behind: %v", left)
+		}
+	})
+	dockerMust(t, "network", "create", "--driver", "bridge", "--label", "svckit.dockertest="+runID, network)
+	env := []string{
+		"DC_IMAGE_TAG=" + tag, "DC_NETWORK=" + network,
+		"DC_CONSUL_PUBLISH=127.0.0.1:0", "DC_NSQADMIN_PUBLISH=127.0.0.1:0",
+	}
+	nodes := map[string]*compose{}
+	var hosts []*compose
+	for _, n := range []string{"node1", "node2", "node3"} {
+		nodes[n] = newCompose(t, "aws/"+n, prefix+"-"+n, env...)
+		hosts = append(hosts, nodes[n])
+	}
+	start := time.Now()
+	up(t, hosts...)
+	consul2 := nodes["node2"].consulURL()
+	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2}
+	took := waitPassing(t, consul2, 3*time.Minute, all)
+	t.Logf("aws: all three hosts up, everything passing in Consul %s after up", took.Round(time.Second))
+	var peers []string
+	if err := getJSON(consul2+"/v1/status/peers", &peers); err != nil || len(peers) != 3 {
+		t.Fatalf("raft peers %v (%v): want the three servers", peers, err)
+	}
+
+	streams := []struct{ node, stream string }{{"node1", "sensor-aws-node1"}, {"node3", "sensor-aws-node3"}}
+	apps := []string{"node2", "node3"}
+	// Both apps see both streams grow.
+	waitFor(t, 2*time.Minute, func() (bool, string) {
+		for _, a := range apps {
+			s, err := appStreams(nodes[a], "app")
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, st := range streams {
+				if s[st.stream].Applied == 0 {
+					return false, fmt.Sprintf("app on %s: %v", a, s)
+				}
+			}
+		}
+		return true, ""
+	})
+	before, err := sensorLastSeq(nodes["node1"], "sensor", "sensor-aws-node1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Node loss: every container of node1 stops.
+	lost := time.Now()
+	nodes["node1"].must(2*time.Minute, "stop")
+	t.Logf("aws: node1 stopped in %s (sensor-aws-node1 at seq %d)", time.Since(lost).Round(time.Second), before)
+	// The datacenter keeps a leader and the rest of the pipeline flows, for
+	// at least 15 s without node1.
+	s3, err := appStreams(nodes["node2"], "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, func() (bool, string) {
+		var leader string
+		if err := getJSON(consul2+"/v1/status/leader", &leader); err != nil || leader == "" {
+			return false, fmt.Sprintf("no Consul leader without node1 (%q, %v)", leader, err)
+		}
+		s, err := appStreams(nodes["node2"], "app")
+		if err != nil {
+			return false, err.Error()
+		}
+		x, was := s["sensor-aws-node3"], s3["sensor-aws-node3"]
+		return x.LastContiguous > was.LastContiguous+20 && time.Since(lost) > 15*time.Second,
+			fmt.Sprintf("sensor-aws-node3 on node2's app: %d, was %d", x.LastContiguous, was.LastContiguous)
+	})
+	down := time.Since(lost)
+
+	// node1 comes back.
+	back := time.Now()
+	nodes["node1"].must(2*time.Minute, "start")
+	consul1 := nodes["node1"].consulURL() // its published port may have changed
+	took = waitPassing(t, consul2, 3*time.Minute, all)
+	t.Logf("aws: node1 was away %s; everything passing again %s after it started", down.Round(time.Second), took.Round(time.Second))
+	var peers1 []string
+	if err := getJSON(consul1+"/v1/status/peers", &peers1); err != nil || len(peers1) != 3 {
+		t.Errorf("node1's Consul: raft peers %v (%v), want three", peers1, err)
+	}
+
+	// Nothing lost: for every stream, read the owner's last_seq, then every
+	// app must reach at least it with no gap and each sequence applied once
+	// (state count = applied), and never beyond what the owner has.
+	for _, st := range streams {
+		owner, err := sensorLastSeq(nodes[st.node], "sensor", st.stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.stream == "sensor-aws-node1" && owner < before {
+			t.Fatalf("%s: the sensor's last_seq went back from %d to %d across the node loss", st.stream, before, owner)
+		}
+		for _, a := range apps {
+			var got appStream
+			waitFor(t, 3*time.Minute, func() (bool, string) {
+				s, err := appStreams(nodes[a], "app")
+				if err != nil {
+					return false, err.Error()
+				}
+				got = s[st.stream]
+				return got.LastContiguous >= owner && got.Applied == got.LastContiguous && got.noGaps(),
+					fmt.Sprintf("app on %s, %s: %v; the sensor had last_seq %d", a, st.stream, got, owner)
+			})
+			after, err := sensorLastSeq(nodes[st.node], "sensor", st.stream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.LastContiguous > after {
+				t.Errorf("app on %s, %s: last_contiguous %d beyond the sensor's last_seq %d", a, st.stream, got.LastContiguous, after)
+			}
+			// Exactly once: the state's count, read between two reads of
+			// applied, lies between them (a sequence applied twice would
+			// count twice).
+			var state map[string]aggregate
+			if err := nodes[a].getJSON("app", local+"/state", &state); err != nil {
+				t.Fatal(err)
+			}
+			s, err := appStreams(nodes[a], "app")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c, a2 := state[st.stream].Count, s[st.stream].Applied; c < got.Applied || c > a2 {
+				t.Errorf("app on %s, %s: state count %d outside applied %d..%d", a, st.stream, c, got.Applied, a2)
+			}
+			t.Logf("aws: app on %s, %s: applied %d = last_contiguous %d, duplicates %d, gaps none; sensor last_seq %d..%d",
+				a, st.stream, got.Applied, got.LastContiguous, got.Duplicates, owner, after)
+		}
+	}
+	t.Logf("aws: recovered %s after node1 started; %s from up to here", time.Since(back).Round(time.Second), time.Since(start).Round(time.Second))
+}
