@@ -113,7 +113,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 func logSummary(log *slog.Logger, st *State, tr *replay.Tracker) {
 	for _, x := range tr.Status() {
 		a := st.Get(x.Stream)
-		log.Info("summary", "stream", x.Stream, "count", a.Count, "sum", a.SumSq, "last", a.Last*a.Last,
+		log.Info("summary", "stream", x.Stream, "count", a.Count, "sum", a.Sum, "last", a.Last, "sum_sq", a.SumSq,
 			"last_contiguous", x.LastContiguous, "duplicates", x.Duplicates, "gaps", len(x.Gaps))
 	}
 }

@@ -132,10 +132,14 @@ func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count u
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	start := time.Now()
+	var skipped uint64 // readings skipped after a stall: pacing only, not counted
 	for {
-		due := uint64(time.Since(start).Seconds()*rate) + 1
+		due := uint64(time.Since(start).Seconds()*rate) + 1 - skipped
 		if burst := uint64(rate/10) + 1; due > sent+burst {
-			sent = due - burst // fell behind (stalled): skip rather than flood
+			// Fell behind (stalled): skip rather than flood. --count still
+			// counts only readings actually published.
+			skipped += due - sent - burst
+			due = sent + burst
 		}
 		for sent < due && (count == 0 || sent < count) {
 			if err := publish(); err != nil {

@@ -69,6 +69,11 @@ func (n NSQLogger) Output(_ int, s string) error {
 	if len(s) > 4 {
 		s = strings.TrimSpace(s[3:])
 	}
+	if lvl > slog.LevelDebug && strings.Contains(s, "TOPIC_NOT_FOUND") {
+		// nsqlookupd does not know the topic until a producer created it:
+		// normal for a consumer that starts first, not an error.
+		lvl = slog.LevelDebug
+	}
 	n.L.Log(context.Background(), lvl, s, "component", "go-nsq")
 	return nil
 }

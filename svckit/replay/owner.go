@@ -62,6 +62,7 @@ type Owner struct {
 	buf       []byte
 	acked     SeqSet // sequences nsqd acknowledged (starts as [1, watermark])
 	savedMark uint64
+	resumeTo  uint64 // last seq at open: Run republishes (watermark, resumeTo] only
 	closed    bool
 	wg        sync.WaitGroup
 	stop      chan struct{}
@@ -133,6 +134,7 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 	mark = min(mark, w.seq)
 	w.acked.Reset(mark)
 	w.savedMark = mark
+	w.resumeTo = w.seq
 	return w, nil
 }
 
@@ -155,9 +157,27 @@ func (w *Owner) restoreFold() error {
 		}
 	}
 	w.foldSeq = snap.Seq
+	if last := w.log.LastSeq(); snap.Seq > last && last > 0 {
+		// The log lost records the snapshot already covers (a power loss
+		// within the fsync interval). It cannot continue past a hole, and a
+		// sequence number must never be reused (consumers may have applied
+		// it): start a new, empty log after the snapshot. Older ranges are
+		// answered 410, so consumers that miss them use the snapshot.
+		w.o.Logger.Warn("retained log ends before the snapshot; starting a new log after it", "log_last", last, "snapshot_seq", snap.Seq)
+		if err := w.log.Close(); err != nil {
+			return fmt.Errorf("closing retained log: %w", err)
+		}
+		if err := os.RemoveAll(w.o.Log.Dir); err != nil {
+			return fmt.Errorf("removing retained log %s: %w", w.o.Log.Dir, err)
+		}
+		l, err := retainlog.Open(w.o.Log)
+		if err != nil {
+			return fmt.Errorf("reopening retained log of stream %s: %w", w.o.Stream, err)
+		}
+		w.log = l
+	}
 	if snap.Seq > w.seq {
-		// The log lost its tail beyond the snapshot (retention removed every
-		// segment, or a lost disk): never reuse a sequence number.
+		// Never reuse a sequence number.
 		w.seq = snap.Seq
 	}
 	if w.log.LastSeq() > snap.Seq {
@@ -254,10 +274,12 @@ func (w *Owner) publish(seq uint64, body []byte) {
 // Run republishes what was not acknowledged before the last stop, then saves
 // the snapshot and the published watermark periodically until ctx ends.
 func (w *Owner) Run(ctx context.Context) error {
+	// Only what existed at open: messages published since are on their way.
 	w.mu.Lock()
-	from, to := w.acked.Contiguous()+1, w.seq
+	from, to := w.acked.Contiguous()+1, w.resumeTo
 	w.mu.Unlock()
-	if from <= to && from >= w.log.FirstSeq() {
+	from = max(from, w.log.FirstSeq()) // older ones are gone; consumers recover them from a snapshot
+	if from <= to && to > 0 {
 		w.o.Logger.Info("republishing messages not acknowledged before the last stop", "from", from, "to", to)
 		err := w.log.Read(ctx, from, to, func(r retainlog.Record) error {
 			w.publish(r.Seq, append([]byte(nil), r.Data...))
