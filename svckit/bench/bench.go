@@ -29,9 +29,10 @@ import (
 
 // Options configures a run.
 type Options struct {
-	Quick  bool      // about a minute instead of several
-	BinDir string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
-	Log    io.Writer // progress lines (nil = discard)
+	Quick   bool      // about a minute instead of several
+	HopOnly bool      // only the ceiling and the hop ratio (for profiling)
+	BinDir  string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
+	Log     io.Writer // progress lines (nil = discard)
 }
 
 // Results are the headline figures (the JSON keys) and every raw
@@ -82,6 +83,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		r.disco = discovery.New(r.st.Consul.Client, discovery.Options{})
 		r.env.Cleanup(r.disco.Stop)
 		r.ceilingAndHop(ctx)
+		if o.HopOnly {
+			return
+		}
 		r.discovery(ctx)
 		r.pipeline(ctx)
 	})

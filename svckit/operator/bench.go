@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"text/tabwriter"
 
@@ -26,6 +27,8 @@ and resident memory.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
+			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
+			&cli.BoolFlag{Name: "hop-only", Usage: "measure only the ceiling and the hop ratio", EnvVars: config.Env("bench-hop-only")},
 			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
 		Action: func(c *cli.Context) error {
@@ -37,7 +40,18 @@ and resident memory.`,
 				}
 				bin = filepath.Dir(exe)
 			}
-			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), BinDir: bin, Log: c.App.ErrWriter})
+			if path := c.String("cpuprofile"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
+			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), HopOnly: c.Bool("hop-only"), BinDir: bin, Log: c.App.ErrWriter})
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}
