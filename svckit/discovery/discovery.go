@@ -226,8 +226,13 @@ func (w *Watcher) run(ctx context.Context) {
 	var index uint64
 	backoff := o.MinBackoff
 	for ctx.Err() == nil {
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: o.WaitTime}).WithContext(ctx)
+		// Consul answers a blocking query within WaitTime plus up to
+		// WaitTime/16 of jitter; past that (and a margin) the agent is hung
+		// or the network drops packets: fail and back off instead of blocking.
+		qctx, cancel := context.WithTimeout(ctx, o.WaitTime+o.WaitTime/16+5*time.Second)
+		q := (&api.QueryOptions{WaitIndex: index, WaitTime: o.WaitTime}).WithContext(qctx)
 		entries, meta, err := w.d.client.Health().Service(w.service, "", true, q)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return

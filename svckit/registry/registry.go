@@ -163,8 +163,15 @@ func (r *Registrar) Run(ctx context.Context) {
 	}
 }
 
+// callTimeout bounds each call to the agent: a hung agent or a silently
+// dropping network must turn into an error (and not-ready), not a call that
+// blocks forever while readiness still says "registered".
+const callTimeout = 5 * time.Second
+
 // ensure checks the agent knows the instance and registers it if not.
 func (r *Registrar) ensure(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	r.mu.RLock()
 	was := r.registered
 	r.mu.RUnlock()

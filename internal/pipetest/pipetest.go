@@ -1,0 +1,263 @@
+// Package pipetest starts svckit's own services (bin/sensor, bin/worker,
+// bin/app) as real processes against a testenv Consul agent and reads their
+// HTTP endpoints. It is the shared helper of the process-level test suites
+// (faulttest, …); like svckit/testenv it is a normal package that takes
+// testing.TB, for tests only.
+//
+// Everything that waits polls with a deadline (testenv.WaitFor); nothing
+// sleeps.
+package pipetest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/svckit/svckit/svckit/testenv"
+)
+
+// Deadlines: generous, because the machine may be small and other suites run
+// their own stacks meanwhile.
+const (
+	// PassingTimeout bounds AddrOf: a started service registered, passing
+	// and answering /health.
+	PassingTimeout = 90 * time.Second
+	// ExactTimeout bounds WaitAppExact.
+	ExactTimeout = 120 * time.Second
+)
+
+// CommonArgs returns the flags StartService gives every service: Consul's
+// address, an HTTP port chosen by the kernel on loopback, the data dir,
+// quick health checks and lookupd polls, and name as the instance id (so
+// the instance is easy to find in Consul). Flags given later on the same
+// command line win, so callers may override any of them.
+func CommonArgs(consul *testenv.Consul, name, dataDir string) []string {
+	return []string{
+		"--consul-addr=" + consul.HTTPAddr,
+		"--http-addr=127.0.0.1:0",
+		"--data-dir=" + dataDir,
+		"--check-interval=1s",
+		"--nsq-lookupd-poll-interval=1s",
+		"--instance-id=" + name,
+	}
+}
+
+// StartService starts bin/<bin> (sensor, worker, app) as the instance name,
+// with CommonArgs (a new t.TempDir() as data dir), then args, and the test's
+// environment plus env. The process is killed in t.Cleanup; its log is
+// printed if the test failed.
+func StartService(t testing.TB, consul *testenv.Consul, name, bin string, env []string, args ...string) *testenv.Process {
+	t.Helper()
+	return testenv.StartProcess(t, name, testenv.Bin(t, bin), append(CommonArgs(consul, name, t.TempDir()), args...), env)
+}
+
+// AddrOf waits until an instance of service (the one with Consul service id
+// instanceID, or any if instanceID is "") is passing in Consul and answers
+// GET /health at the address registered there, and returns that address
+// (host:port). Checking /health skips an entry a killed process left behind.
+func AddrOf(t testing.TB, consul *testenv.Consul, service, instanceID string) string {
+	t.Helper()
+	var got string
+	what := service + " passing in consul"
+	if instanceID != "" {
+		what = fmt.Sprintf("%s (%s) passing in consul", instanceID, service)
+	}
+	testenv.WaitFor(t, PassingTimeout, what, func() bool {
+		got = PassingAddr(consul, service, instanceID)
+		return got != ""
+	})
+	return got
+}
+
+// PassingAddr is AddrOf without waiting: the address of a passing instance
+// that answers /health, or "".
+func PassingAddr(consul *testenv.Consul, service, instanceID string) string {
+	entries, err := testenv.Passing(consul, service)
+	if err != nil {
+		return ""
+	}
+	for _, e := range entries {
+		if instanceID != "" && e.Service.ID != instanceID {
+			continue
+		}
+		addr := e.Service.Address
+		if addr == "" {
+			addr = e.Node.Address
+		}
+		a := net.JoinHostPort(addr, strconv.Itoa(e.Service.Port))
+		if code, _, err := testenv.HTTPGet("http://" + a + "/health"); err == nil && code == http.StatusOK {
+			return a
+		}
+	}
+	return ""
+}
+
+// GetJSON GETs http://addr<path> and decodes the JSON answer into v. A status
+// other than 200 is an error, except 503 for /ready (which answers 503 with
+// the same JSON while not ready).
+func GetJSON(addr, path string, v any) error {
+	code, body, err := testenv.HTTPGet("http://" + addr + path)
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK && !(code == http.StatusServiceUnavailable && strings.HasPrefix(path, "/ready")) {
+		return fmt.Errorf("GET %s%s: HTTP %d: %s", addr, path, code, strings.TrimSpace(body))
+	}
+	if err := json.Unmarshal([]byte(body), v); err != nil {
+		return fmt.Errorf("GET %s%s: %w", addr, path, err)
+	}
+	return nil
+}
+
+// SensorStream is an entry of an owner's (the sensor's) GET /streams.
+type SensorStream struct {
+	Stream        string `json:"stream"`
+	LastSeq       uint64 `json:"last_seq"`
+	RetainedFirst uint64 `json:"retained_first"`
+	RetainedLast  uint64 `json:"retained_last"`
+}
+
+// AppStream is an entry of a tracking consumer's (the app's) GET /streams.
+type AppStream struct {
+	Stream         string      `json:"stream"`
+	LastContiguous uint64      `json:"last_contiguous"`
+	Applied        uint64      `json:"applied"`
+	Duplicates     uint64      `json:"duplicates"`
+	Gaps           [][2]uint64 `json:"gaps"`
+}
+
+// Exact reports whether the app applied exactly 1..n.
+func (a AppStream) Exact(n uint64) bool {
+	return a.Applied == n && a.LastContiguous == n && len(a.Gaps) == 0
+}
+
+func (a AppStream) String() string {
+	return fmt.Sprintf("last_contiguous %d, applied %d, duplicates %d, gaps %v", a.LastContiguous, a.Applied, a.Duplicates, a.Gaps)
+}
+
+// SensorStreams returns the sensor's GET /streams.
+func SensorStreams(addr string) ([]SensorStream, error) {
+	var ss []SensorStream
+	return ss, GetJSON(addr, "/streams", &ss)
+}
+
+// AppStreams returns the app's GET /streams.
+func AppStreams(addr string) ([]AppStream, error) {
+	var ss []AppStream
+	return ss, GetJSON(addr, "/streams", &ss)
+}
+
+// AppStreamOf returns the app's entry for stream; a stream the app has not
+// seen yet is a zero entry, not an error.
+func AppStreamOf(addr, stream string) (AppStream, error) {
+	ss, err := AppStreams(addr)
+	if err != nil {
+		return AppStream{}, err
+	}
+	for _, s := range ss {
+		if s.Stream == stream {
+			return s, nil
+		}
+	}
+	return AppStream{Stream: stream}, nil
+}
+
+// SensorStreamOf returns the sensor's entry for stream.
+func SensorStreamOf(addr, stream string) (SensorStream, error) {
+	ss, err := SensorStreams(addr)
+	if err != nil {
+		return SensorStream{}, err
+	}
+	for _, s := range ss {
+		if s.Stream == stream {
+			return s, nil
+		}
+	}
+	return SensorStream{}, fmt.Errorf("sensor %s does not list stream %q", addr, stream)
+}
+
+// SensorLastSeq returns the sensor's last_seq of stream, failing the test if
+// the sensor does not answer or does not own the stream.
+func SensorLastSeq(t testing.TB, addr, stream string) uint64 {
+	t.Helper()
+	s, err := SensorStreamOf(addr, stream)
+	if err != nil {
+		t.Fatalf("pipetest: %v", err)
+	}
+	return s.LastSeq
+}
+
+// Readiness is a service's GET /ready: overall and per check (e.g.
+// "consul_registration", "discovery", "nsqd", "consumer results/…").
+type Readiness struct {
+	Ready  bool `json:"ready"`
+	Checks map[string]struct {
+		OK    bool   `json:"ok"`
+		Error string `json:"error,omitempty"`
+	} `json:"checks"`
+}
+
+// CheckOK reports whether the named check is present and ok.
+func (r Readiness) CheckOK(name string) bool {
+	c, ok := r.Checks[name]
+	return ok && c.OK
+}
+
+// Ready returns the service's GET /ready (200 or 503).
+func Ready(addr string) (Readiness, error) {
+	var r Readiness
+	return r, GetJSON(addr, "/ready", &r)
+}
+
+// WaitAppExact waits (up to ExactTimeout) until the app passing in Consul
+// has applied every sequence 1..n of stream exactly once (applied ==
+// last_contiguous == n, no gaps), and returns its entry.
+func WaitAppExact(t testing.TB, consul *testenv.Consul, stream string, n uint64) AppStream {
+	t.Helper()
+	var st AppStream
+	var err error
+	ok := testenv.Eventually(ExactTimeout, func() bool {
+		addr := PassingAddr(consul, "app", "")
+		if addr == "" {
+			err = fmt.Errorf("no passing app in consul")
+			return false
+		}
+		st, err = AppStreamOf(addr, stream)
+		return err == nil && st.Exact(n)
+	})
+	if !ok {
+		t.Fatalf("pipetest: the app did not apply 1..%d of %s exactly once within %s: %v (last error: %v)", n, stream, ExactTimeout, st, err)
+	}
+	return st
+}
+
+// Metric returns the sum of every sample of the metric name (all label
+// values) in the Prometheus text served at addr/metrics; 0 if absent.
+func Metric(addr, name string) (float64, error) {
+	code, body, err := testenv.HTTPGet("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	if code != http.StatusOK {
+		return 0, fmt.Errorf("GET %s/metrics: HTTP %d", addr, code)
+	}
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, nil
+}
