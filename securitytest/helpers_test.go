@@ -9,19 +9,13 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/consul/api"
-	"github.com/svckit/svckit/svckit/testenv"
 )
 
 // certs writes a CA and a server certificate for 127.0.0.1 into dir.
@@ -58,59 +52,4 @@ func certs(t *testing.T, dir string) (ca, cert, key string) {
 		return p
 	}
 	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server-key.pem", "EC PRIVATE KEY", keyDER)
-}
-
-// service starts one of our binaries against consul.
-func service(t *testing.T, c *testenv.Consul, name, bin string, env []string, args ...string) *testenv.Process {
-	t.Helper()
-	base := []string{"--consul-addr=" + c.HTTPAddr, "--http-addr=127.0.0.1:0", "--data-dir=" + t.TempDir(),
-		"--check-interval=1s", "--nsq-lookupd-poll-interval=1s", "--instance-id=" + name}
-	return testenv.StartProcess(t, name, testenv.Bin(t, bin), append(base, args...), env)
-}
-
-func addrOf(t *testing.T, c *testenv.Consul, service string) string {
-	t.Helper()
-	var e []*api.ServiceEntry
-	testenv.WaitFor(t, 60*time.Second, service+" passing in consul", func() bool {
-		e, _, _ = c.Client.Health().Service(service, "", true, nil)
-		return len(e) > 0
-	})
-	return net.JoinHostPort(e[0].Service.Address, strconv.Itoa(e[0].Service.Port))
-}
-
-func getJSON(url string, v any) (int, error) {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	return resp.StatusCode, json.NewDecoder(resp.Body).Decode(v)
-}
-
-type appStream struct {
-	Stream         string      `json:"stream"`
-	LastContiguous uint64      `json:"last_contiguous"`
-	Applied        uint64      `json:"applied"`
-	Gaps           [][2]uint64 `json:"gaps"`
-}
-
-// waitAppExact waits until the app applied 1..n of stream exactly once.
-func waitAppExact(t *testing.T, c *testenv.Consul, stream string, n uint64) {
-	t.Helper()
-	testenv.WaitFor(t, 90*time.Second, "the app to apply every reading exactly once", func() bool {
-		e, _, _ := c.Client.Health().Service("app", "", true, nil)
-		if len(e) == 0 {
-			return false
-		}
-		var ss []appStream
-		if _, err := getJSON("http://"+net.JoinHostPort(e[0].Service.Address, strconv.Itoa(e[0].Service.Port))+"/streams", &ss); err != nil {
-			return false
-		}
-		for _, s := range ss {
-			if s.Stream == stream {
-				return s.Applied == n && s.LastContiguous == n && len(s.Gaps) == 0
-			}
-		}
-		return false
-	})
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -43,8 +44,8 @@ agent_prefix "" { policy = "read" }`}, nil)
 	testenv.RegisterNSQLookupd(t, c, l)
 	testenv.RegisterNSQD(t, c, n)
 
-	service(t, c, "worker-acl", "worker", []string{"CONSUL_HTTP_TOKEN=" + tok.SecretID})
-	addrOf(t, c, "worker") // registered and passing, seen with the management token
+	pipetest.StartService(t, c, "worker-acl", "worker", []string{"CONSUL_HTTP_TOKEN=" + tok.SecretID})
+	pipetest.AddrOf(t, c, "worker", "") // registered and passing, seen with the management token
 
 	// The catalog is invisible without a token.
 	anon, _ := api.NewClient(&api.Config{Address: c.HTTPAddr})
@@ -52,7 +53,7 @@ agent_prefix "" { policy = "read" }`}, nil)
 		t.Fatalf("anonymous read of the catalog saw %d workers", len(e))
 	}
 
-	p := service(t, c, "worker-notoken", "worker", []string{"CONSUL_HTTP_TOKEN="})
+	p := pipetest.StartService(t, c, "worker-notoken", "worker", []string{"CONSUL_HTTP_TOKEN="})
 	select {
 	case <-p.Exited():
 	case <-time.After(60 * time.Second):
@@ -78,16 +79,16 @@ func TestNSQTLS(t *testing.T) {
 	testenv.RegisterNSQD(t, c, n)
 	tls := []string{"--nsq-tls", "--nsq-tls-cacert=" + ca}
 
-	service(t, c, "app-tls", "app", nil, append(tls, "--replay-gap-grace=30s")...)
-	service(t, c, "worker-tls", "worker", nil, tls...)
-	addrOf(t, c, "app")
-	addrOf(t, c, "worker")
-	service(t, c, "sensor-tls", "sensor", nil, append(tls, "--stream-id=tls", "--rate=0", "--count=500")...)
+	pipetest.StartService(t, c, "app-tls", "app", nil, append(tls, "--replay-gap-grace=30s")...)
+	pipetest.StartService(t, c, "worker-tls", "worker", nil, tls...)
+	pipetest.AddrOf(t, c, "app", "")
+	pipetest.AddrOf(t, c, "worker", "")
+	pipetest.StartService(t, c, "sensor-tls", "sensor", nil, append(tls, "--stream-id=tls", "--rate=0", "--count=500")...)
 	// A generous gap grace keeps replay (which does not go through nsqd) out
 	// of it: every reading must have crossed nsqd over TLS twice.
-	waitAppExact(t, c, "tls", 500)
+	pipetest.WaitAppExact(t, c, "tls", 500)
 
-	plain := service(t, c, "worker-plain", "worker", nil)
+	plain := pipetest.StartService(t, c, "worker-plain", "worker", nil)
 	testenv.WaitFor(t, 30*time.Second, "the plain worker to report no nsqd connection", func() bool {
 		return strings.Contains(plain.Log(), "E_INVALID")
 	})
@@ -100,8 +101,8 @@ func TestNSQTLS(t *testing.T) {
 func TestReplaySecret(t *testing.T) {
 	st := testenv.StartStack(t)
 	c := st.Consul
-	service(t, c, "sensor-secret", "sensor", nil, "--stream-id=secret", "--rate=0", "--count=300", "--replay-secret=sesame")
-	sensorAddr := addrOf(t, c, "sensor")
+	pipetest.StartService(t, c, "sensor-secret", "sensor", nil, "--stream-id=secret", "--rate=0", "--count=300", "--replay-secret=sesame")
+	sensorAddr := pipetest.AddrOf(t, c, "sensor", "")
 	for _, path := range []string{"/replay?stream=secret&from=1&to=10", "/streams", "/snapshot?stream=secret"} {
 		resp, err := http.Get("http://" + sensorAddr + path)
 		if err != nil {
@@ -126,8 +127,8 @@ func TestReplaySecret(t *testing.T) {
 		out, err := cli("--secret=sesame")
 		return err == nil && strings.Count(out, "\n") == 300
 	})
-	service(t, c, "app-secret", "app", nil, "--replay-secret=sesame", "--replay-gap-grace=200ms", "--replay-tail-interval=500ms")
-	waitAppExact(t, c, "secret", 300)
+	pipetest.StartService(t, c, "app-secret", "app", nil, "--replay-secret=sesame", "--replay-gap-grace=200ms", "--replay-tail-interval=500ms")
+	pipetest.WaitAppExact(t, c, "secret", 300)
 }
 
 func firstLine(log, substr string) string {

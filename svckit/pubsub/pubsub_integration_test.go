@@ -28,39 +28,8 @@ const waitLong = 60 * time.Second
 
 // ---------------------------------------------------------------- helpers
 
-// syncBuffer collects log output; it is printed when the test failed.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// testLogger logs at info level into a buffer printed (tail) if t failed.
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	buf := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			out := buf.String()
-			if len(out) > 16<<10 {
-				out = "…" + out[len(out)-16<<10:]
-			}
-			t.Logf("svckit log:\n%s", out)
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
+// testLogger logs into a buffer printed if the test failed.
+func testLogger(t *testing.T) *slog.Logger { return testenv.Logger(t) }
 
 // env is discovery over a stack's consul plus the two NSQ watchers.
 type env struct {

@@ -32,38 +32,8 @@ import (
 // Generous: consul, NSQ and other test packages share a small, busy machine.
 const waitLong = 60 * time.Second
 
-// syncBuffer collects log output; it is printed when the test failed.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	t.Helper()
-	buf := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			out := buf.String()
-			if len(out) > 16<<10 {
-				out = "…" + out[len(out)-16<<10:]
-			}
-			t.Logf("service log:\n%s", out)
-		}
-	})
-	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
+// testLogger logs into a buffer printed if the test failed.
+func testLogger(t *testing.T) *slog.Logger { return testenv.Logger(t) }
 
 // flagDefaults is the Config that config.Flags() gives with no arguments,
 // ignoring the environment (each flag's EnvVars is cleared on a private
@@ -450,7 +420,7 @@ func TestMainBadFlagExitsUsage(t *testing.T) {
 func TestMainConsulUnreachableExits3(t *testing.T) {
 	clearEnv(t)
 	closed := testenv.Addr(testenv.FreePort(t)) // free a moment ago: nothing listens
-	var stdout, stderr syncBuffer
+	var stdout, stderr testenv.SyncBuffer
 	var setup atomic.Bool
 	start := time.Now()
 	code := service.Main([]string{"svcmain",
