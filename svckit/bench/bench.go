@@ -29,10 +29,13 @@ import (
 
 // Options configures a run.
 type Options struct {
-	Quick   bool      // about a minute instead of several
-	HopOnly bool      // only the ceiling and the hop ratio (for profiling)
-	BinDir  string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
-	Log     io.Writer // progress lines (nil = discard)
+	Quick bool // about a minute instead of several
+	// Only limits the run to one part, for profiling: "hop" (the ceiling
+	// and the hop ratio) or "pipeline" (the pipeline's throughput burst,
+	// with per-process CPU and queue depths). "" runs everything.
+	Only   string
+	BinDir string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
+	Log    io.Writer // progress lines (nil = discard)
 }
 
 // Results are the headline figures (the JSON keys) and every raw
@@ -58,12 +61,18 @@ type runner struct {
 	disco *discovery.Discovery
 	res   *Results
 	bins  string
+	mu    sync.Mutex // guards res.Figures against the usage sampler
 }
 
 // Run performs every measurement and returns the results.
 func Run(ctx context.Context, o Options) (*Results, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
+	}
+	switch o.Only {
+	case "", "hop", "pipeline":
+	default:
+		return nil, fmt.Errorf("--only %q: want hop or pipeline", o.Only)
 	}
 	abs, err := filepath.Abs(o.BinDir)
 	if err != nil {
@@ -79,15 +88,22 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	defer r.env.close()
 	err = r.env.run(func() {
 		r.step("starting consul, nsqlookupd, nsqd on free loopback ports")
-		r.st = testenv.StartStack(r.env)
+		// nsqd keeps the whole burst in memory, as the datacenters' nsqd
+		// keeps 100k per channel: with nsqd's default (10k) a burst spills
+		// to its disk queue, which fsyncs every 2500 messages, and the bench
+		// would measure the disk.
+		r.st = testenv.StartStackWith(r.env, testenv.NSQDOptions{MemQueueSize: 1_000_000})
 		r.disco = discovery.New(r.st.Consul.Client, discovery.Options{})
 		r.env.Cleanup(r.disco.Stop)
-		r.ceilingAndHop(ctx)
-		if o.HopOnly {
-			return
+		if o.Only == "" || o.Only == "hop" {
+			r.ceilingAndHop(ctx)
 		}
-		r.discovery(ctx)
-		r.pipeline(ctx)
+		if o.Only == "" {
+			r.discovery(ctx)
+		}
+		if o.Only == "" || o.Only == "pipeline" {
+			r.pipeline(ctx)
+		}
 	})
 	if err != nil {
 		return nil, err
@@ -99,7 +115,11 @@ func (r *runner) step(f string, a ...any) {
 	fmt.Fprintf(r.o.Log, "bench: "+f+"\n", a...)
 }
 
-func (r *runner) fig(k string, v float64) { r.res.Figures[k] = v }
+func (r *runner) fig(k string, v float64) {
+	r.mu.Lock()
+	r.res.Figures[k] = v
+	r.mu.Unlock()
+}
 
 func (r *runner) fail(f string, a ...any) { r.env.Fatalf(f, a...) }
 
@@ -422,52 +442,20 @@ func (r *runner) pipeline(ctx context.Context) {
 	sensor := r.service("sensor", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(n))...)
 	var t0 time.Time
 	var a0 uint64
+	var use *usage
 	testenv.WaitFor(r.env, 10*time.Minute, "the app to apply every reading", func() bool {
 		s := appStatus(appAddr, "bench-tp")
 		if t0.IsZero() && s.Applied > 0 {
 			t0, a0 = time.Now(), s.Applied
+			use = r.startUsage(map[string]int{"sensor": sensor.Pid(), "worker1": w1.Pid(), "worker2": w2.Pid(), "app": app.Pid(), "nsqd": r.st.NSQD.Proc.Pid()})
 		}
 		return s.Applied == uint64(n) && s.LastContiguous == uint64(n)
 	})
 	r.res.PipelineMsgsPerSec = float64(uint64(n)-a0) / time.Since(t0).Seconds()
-
-	// Replay throughput: the whole stream from the sensor's retained log.
-	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
-	r.step("replay throughput: %d messages from the sensor's log", n)
-	tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
-	start := time.Now()
-	got, err := replay.Client{}.Replay(ctx, sensorAddr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
-		_, err := tr.Deliver(env)
-		return err
-	})
-	if err != nil || got != uint64(n) {
-		r.fail("replay: %d of %d: %v", got, n, err)
+	use.stop()
+	if r.o.Only == "" {
+		r.replayAndGap(ctx, app, sensor, sensorArgs, n)
 	}
-	r.res.ReplayMsgsPerSec = float64(n) / time.Since(start).Seconds()
-
-	// Gap close: the app away while the sensor publishes G more.
-	g := pick(r.o.Quick, 20_000, 100_000)
-	r.step("time to close a %d-message gap", g)
-	if err := app.Stop(); err != nil {
-		r.fail("stopping app: %v", err)
-	}
-	sensor.Stop()
-	sensor = r.service("sensor2", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(g))...)
-	total := uint64(n + g)
-	testenv.WaitFor(r.env, 5*time.Minute, "the sensor to publish the gap", func() bool {
-		var st []replay.Status
-		_ = getJSON("http://"+addrOf(r.waitPassing("sensor", 1)[0])+"/streams", &st)
-		return len(st) == 1 && st[0].LastSeq == total
-	})
-	start = time.Now()
-	app.Restart(r.env)
-	testenv.WaitFor(r.env, 5*time.Minute, "the app to close the gap", func() bool {
-		e := r.passing("app")
-		return len(e) == 1 && appStatus(addrOf(e[0]), "bench-tp").LastContiguous == total
-	})
-	r.fig("gap_messages", float64(g))
-	r.fig("gap_close_seconds", time.Since(start).Seconds())
-	appAddr = addrOf(r.waitPassing("app", 1)[0])
 	sensor.Stop()
 
 	// The gap's readings reached the app by replay, but NSQ still holds them
@@ -514,7 +502,7 @@ func (r *runner) pipeline(ctx context.Context) {
 	// Discovery: SIGKILL of a worker to its leaving the passing set.
 	r.step("worker SIGKILL → out of the passing set")
 	ww := r.disco.Watch("worker")
-	start = time.Now()
+	start := time.Now()
 	w2.Kill()
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -526,6 +514,49 @@ func (r *runner) pipeline(ctx context.Context) {
 	r.fig("worker_kill_to_critical_ms", float64(time.Since(start).Milliseconds()))
 }
 
+// replayAndGap measures replay throughput from the burst's sensor log, then
+// the time for the app to close a gap left while it was stopped.
+func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process, sensorArgs []string, n int) {
+	// Replay throughput: the whole stream from the sensor's retained log.
+	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
+	r.step("replay throughput: %d messages from the sensor's log", n)
+	tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+	start := time.Now()
+	got, err := replay.Client{}.Replay(ctx, sensorAddr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
+		_, err := tr.Deliver(env)
+		return err
+	})
+	if err != nil || got != uint64(n) {
+		r.fail("replay: %d of %d: %v", got, n, err)
+	}
+	r.res.ReplayMsgsPerSec = float64(n) / time.Since(start).Seconds()
+
+	// Gap close: the app away while the sensor publishes G more.
+	g := pick(r.o.Quick, 20_000, 100_000)
+	r.step("time to close a %d-message gap", g)
+	if err := app.Stop(); err != nil {
+		r.fail("stopping app: %v", err)
+	}
+	sensor.Stop()
+	sensor = r.service("sensor2", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(g))...)
+	total := uint64(n + g)
+	testenv.WaitFor(r.env, 5*time.Minute, "the sensor to publish the gap", func() bool {
+		var st []replay.Status
+		_ = getJSON("http://"+addrOf(r.waitPassing("sensor", 1)[0])+"/streams", &st)
+		return len(st) == 1 && st[0].LastSeq == total
+	})
+	start = time.Now()
+	app.Restart(r.env)
+	testenv.WaitFor(r.env, 5*time.Minute, "the app to close the gap", func() bool {
+		e := r.passing("app")
+		return len(e) == 1 && appStatus(addrOf(e[0]), "bench-tp").LastContiguous == total
+	})
+	r.fig("gap_messages", float64(g))
+	r.fig("gap_close_seconds", time.Since(start).Seconds())
+	sensor.Stop()
+
+}
+
 // latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the
 // time from a reading's creation to its result reaching a consumer of
 // "results" (the first second is warm-up and not counted).
@@ -535,7 +566,9 @@ func (r *runner) latency(stream string, start func() *testenv.Process, d time.Du
 	warm := time.Now().Add(time.Hour)
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = 2500
-	cfg.OutputBufferSize = -1
+	// As a svckit consumer asks by default (--nsq-output-buffer-*).
+	cfg.OutputBufferSize = 16384
+	cfg.OutputBufferTimeout = time.Millisecond
 	c, err := nsq.NewConsumer("results", "bench-latency#ephemeral", cfg)
 	if err != nil {
 		r.fail("latency consumer: %v", err)
@@ -579,6 +612,85 @@ func (r *runner) latency(stream string, start func() *testenv.Process, d time.Du
 	q := func(p float64) float64 { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }
 	r.fig("latency_samples_"+stream, float64(len(samples)))
 	return [3]float64{q(0.5), q(0.99), q(0.999)}
+}
+
+// usage samples, during a burst, each process's CPU time and the largest
+// depth of every channel in nsqd: where a pipeline is bounded shows there (a
+// saturated process, or a queue growing in front of a stage).
+type usage struct {
+	r     *runner
+	pids  map[string]int
+	start map[string]float64
+	t0    time.Time
+	quit  chan struct{}
+	done  chan struct{}
+}
+
+func (r *runner) startUsage(pids map[string]int) *usage {
+	u := &usage{r: r, pids: pids, start: map[string]float64{}, t0: time.Now(), quit: make(chan struct{}), done: make(chan struct{})}
+	for k, pid := range pids {
+		u.start[k] = cpuSeconds(pid)
+	}
+	go func() {
+		defer close(u.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-u.quit:
+				return
+			case <-t.C:
+			}
+			st, err := r.st.NSQD.Stats()
+			if err != nil {
+				continue
+			}
+			for _, tp := range st.Topics {
+				for _, c := range tp.Channels {
+					k := "max_depth_" + tp.TopicName + "/" + strings.TrimSuffix(c.ChannelName, "#ephemeral")
+					d := float64(c.Depth + int64(c.InFlightCount))
+					r.mu.Lock()
+					if d > r.res.Figures[k] {
+						r.res.Figures[k] = d
+					}
+					r.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return u
+}
+
+func (u *usage) stop() {
+	if u == nil {
+		return
+	}
+	close(u.quit)
+	<-u.done
+	secs := time.Since(u.t0).Seconds()
+	for k, pid := range u.pids {
+		u.r.fig("cpu_pct_"+k, 100*(cpuSeconds(pid)-u.start[k])/secs)
+	}
+}
+
+// cpuSeconds is a process's user+system CPU time from /proc/<pid>/stat.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) start after ") ".
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ is 100 on Linux
 }
 
 func rssMB(pid int) float64 {

@@ -109,8 +109,8 @@ func Flags() []cli.Flag {
 		&cli.DurationFlag{Name: "nsq-msg-timeout", Value: time.Minute, Usage: "nsqd's per-message timeout requested by consumers; long handlers are touched", EnvVars: Env("nsq-msg-timeout")},
 		&cli.IntFlag{Name: "nsq-batch-size", Value: 200, Usage: "largest MPUB batch of the batching publisher", EnvVars: Env("nsq-batch-size")},
 		&cli.DurationFlag{Name: "nsq-batch-delay", Value: time.Millisecond, Usage: "how long the batching publisher waits to fill a batch", EnvVars: Env("nsq-batch-delay")},
-		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: -1, Usage: "bytes nsqd buffers before writing to this consumer; -1 = write each message at once (lowest latency; nsqd otherwise holds a lone message up to the buffer timeout)", EnvVars: Env("nsq-output-buffer-size")},
-		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: 250 * time.Millisecond, Usage: "longest time nsqd buffers for this consumer when --nsq-output-buffer-size is not -1 (nsqd's minimum is its --min-output-buffer-timeout, 25ms by default)", EnvVars: Env("nsq-output-buffer-timeout")},
+		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: 16384, Usage: "bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message", EnvVars: Env("nsq-output-buffer-size")},
+		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: time.Millisecond, Usage: "longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this", EnvVars: Env("nsq-output-buffer-timeout")},
 		&cli.StringFlag{Name: "nsq-auth-secret", Usage: "secret sent to nsqd's auth server (AUTH)", EnvVars: Env("nsq-auth-secret")},
 		&cli.BoolFlag{Name: "nsq-tls", Usage: "use TLS to nsqd", EnvVars: Env("nsq-tls")},
 		&cli.StringFlag{Name: "nsq-tls-cacert", Usage: "CA certificate file for TLS to nsqd", EnvVars: Env("nsq-tls-cacert")},
@@ -224,8 +224,10 @@ func (c Config) Validate() error {
 	if b := c.NSQ.OutputBufferSize; b != -1 && b < 64 {
 		return fmt.Errorf("--nsq-output-buffer-size %d: want -1 (unbuffered) or at least 64", b)
 	}
-	if c.NSQ.OutputBufferTimeout <= 0 {
-		return fmt.Errorf("--nsq-output-buffer-timeout %s: must be positive", c.NSQ.OutputBufferTimeout)
+	// go-nsq sends the timeout to nsqd in whole milliseconds, and 0 would
+	// mean nsqd's default (250ms).
+	if t := c.NSQ.OutputBufferTimeout; t < time.Millisecond || t%time.Millisecond != 0 {
+		return fmt.Errorf("--nsq-output-buffer-timeout %s: want a whole number of milliseconds, at least 1ms", t)
 	}
 	if c.NSQ.BatchSize > 10000 {
 		return fmt.Errorf("--nsq-batch-size %d: at most 10000", c.NSQ.BatchSize)

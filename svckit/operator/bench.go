@@ -28,7 +28,7 @@ and resident memory.`,
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
-			&cli.BoolFlag{Name: "hop-only", Usage: "measure only the ceiling and the hop ratio", EnvVars: config.Env("bench-hop-only")},
+			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling and the hop ratio) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths)", EnvVars: config.Env("bench-only")},
 			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,7 +51,7 @@ and resident memory.`,
 				}
 				defer pprof.StopCPUProfile()
 			}
-			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), HopOnly: c.Bool("hop-only"), BinDir: bin, Log: c.App.ErrWriter})
+			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), Only: c.String("only"), BinDir: bin, Log: c.App.ErrWriter})
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}

@@ -118,8 +118,9 @@ type Consumer struct {
 	followDone    chan struct{}
 
 	mu       sync.Mutex
-	lookupd  map[string]bool // connected lookupd HTTP addresses
-	prepared map[string]bool // nsqd HTTP addresses with the topic/channel created
+	lookupd  map[string]bool   // connected lookupd HTTP addresses
+	prepared map[string]bool   // nsqd HTTP addresses with the topic/channel created
+	refusing map[string]string // nsqd TCP address → why it will refuse our IDENTIFY
 
 	consumed, failed, requeued prometheus.Counter
 	handlerSecs                prometheus.Observer
@@ -186,6 +187,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 		http:     &http.Client{Timeout: 5 * time.Second},
 		lookupd:  map[string]bool{},
 		prepared: map[string]bool{},
+		refusing: map[string]string{},
 	}
 	c.o.Logger = lg
 	c.consumed = o.Metrics.Consumed.WithLabelValues(o.Topic, ch)
@@ -312,10 +314,51 @@ func (c *Consumer) prepare(ctx context.Context, set []discovery.Instance) {
 		c.mu.Lock()
 		c.prepared[a] = true
 		c.mu.Unlock()
+		c.checkOutputBuffer(ctx, a, in.Addr())
 		if err := c.nsq.ConnectToNSQD(in.Addr()); err != nil && !errors.Is(err, nsq.ErrAlreadyConnected) {
 			c.o.Logger.Debug("connecting to nsqd directly; nsqlookupd will report it", "nsqd", in.Addr(), "err", err)
 		}
 	}
+}
+
+// checkOutputBuffer asks nsqd for its --min-output-buffer-timeout: nsqd
+// refuses an IDENTIFY asking for less, and go-nsq then only logs a failed
+// connection and retries forever. Saying which flag to change, once, and in
+// Ready, saves an operator the search.
+func (c *Consumer) checkOutputBuffer(ctx context.Context, httpAddr, tcpAddr string) {
+	want := c.o.NSQ.OutputBufferTimeout
+	if c.o.NSQ.OutputBufferSize == -1 || want <= 0 {
+		return
+	}
+	var floor time.Duration
+	if err := c.get(ctx, httpAddr, "/config/min_output_buffer_timeout", &floor); err != nil {
+		return // an nsqd without /config: the connection will tell
+	}
+	if want >= floor {
+		return
+	}
+	why := fmt.Sprintf("nsqd %s refuses an output buffer timeout of %s (its --min-output-buffer-timeout is %s): start nsqd with --min-output-buffer-timeout=%s, or set --nsq-output-buffer-timeout=%s or --nsq-output-buffer-size=-1",
+		tcpAddr, want, floor, want, floor)
+	c.mu.Lock()
+	c.refusing[tcpAddr] = why
+	c.mu.Unlock()
+	c.o.Logger.Error("consumer cannot connect to nsqd", "nsqd", tcpAddr, "err", why)
+}
+
+func (c *Consumer) get(ctx context.Context, httpAddr, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d", path, resp.StatusCode)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(v)
 }
 
 // createOn creates the topic, then (for a durable channel) the channel: nsqd
@@ -350,6 +393,11 @@ func (c *Consumer) post(ctx context.Context, httpAddr, path string, q url.Values
 // Ready is nil while the consumer has at least one nsqd connection.
 func (c *Consumer) Ready() error {
 	if c.nsq.Stats().Connections == 0 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, why := range c.refusing {
+			return fmt.Errorf("consumer %s/%s: no nsqd connection: %s", c.o.Topic, c.channel, why)
+		}
 		return fmt.Errorf("consumer %s/%s: no nsqd connection", c.o.Topic, c.channel)
 	}
 	return nil

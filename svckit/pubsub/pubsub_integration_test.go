@@ -1013,3 +1013,29 @@ func TestConsumerStartCreatesTopicAndChannel(t *testing.T) {
 		t.Fatalf("Ready: %v", err)
 	}
 }
+
+// TestConsumerNamesNSQDOutputBufferFloor: a stock nsqd refuses output buffer
+// timeouts below its --min-output-buffer-timeout (25ms); a consumer asking
+// for 1ms must say which flag to change instead of only failing to connect.
+func TestConsumerNamesNSQDOutputBufferFloor(t *testing.T) {
+	t.Parallel()
+	stack := testenv.StartStackWith(t, testenv.NSQDOptions{ExtraArgs: []string{"--min-output-buffer-timeout=25ms"}})
+	e := newEnv(t, stack, 1)
+	cfg := nsqConfig(10)
+	cfg.OutputBufferSize = 16384
+	cfg.OutputBufferTimeout = time.Millisecond
+	c := e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
+		pubsub.ConsumerOptions{Topic: "floor", Channel: "c", NSQ: cfg})
+	var err error
+	testenv.WaitFor(t, 20*time.Second, "Ready to name nsqd's --min-output-buffer-timeout", func() bool {
+		err = c.Ready()
+		return err != nil && strings.Contains(err.Error(), "--min-output-buffer-timeout is 25ms")
+	})
+	t.Logf("Ready: %v", err)
+
+	// At nsqd's floor the same consumer connects.
+	cfg.OutputBufferTimeout = 25 * time.Millisecond
+	ok := e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
+		pubsub.ConsumerOptions{Topic: "floor", Channel: "c", NSQ: cfg})
+	testenv.WaitFor(t, 20*time.Second, "a consumer at nsqd's floor to connect", func() bool { return ok.Ready() == nil })
+}

@@ -157,6 +157,9 @@ func StartNSQD(t testing.TB, o NSQDOptions) *NSQD {
 				// Differs between the nsqds of a test (nsqd derives its default
 				// from the hostname), stable across restarts.
 				"--node-id=" + strconv.Itoa(n.TCPPort%1024),
+				// svckit consumers ask for a 1ms output buffer timeout (see
+				// --nsq-output-buffer-timeout); stock nsqd allows 25ms at least.
+				"--min-output-buffer-timeout=1ms",
 			}
 			for _, a := range o.LookupdTCPAddrs {
 				args = append(args, "--lookupd-tcp-address="+a)

@@ -16,9 +16,17 @@ type Stack struct {
 // programs start.
 func StartStack(t testing.TB) *Stack {
 	t.Helper()
+	return StartStackWith(t, NSQDOptions{})
+}
+
+// StartStackWith is StartStack with nsqd's options (its lookupd address is
+// added to o.LookupdTCPAddrs).
+func StartStackWith(t testing.TB, o NSQDOptions) *Stack {
+	t.Helper()
 	s := &Stack{Consul: launchConsul(t)}
 	s.Lookupd = StartNSQLookupd(t)
-	s.NSQD = StartNSQD(t, NSQDOptions{LookupdTCPAddrs: []string{s.Lookupd.TCPAddr}})
+	o.LookupdTCPAddrs = append(o.LookupdTCPAddrs, s.Lookupd.TCPAddr)
+	s.NSQD = StartNSQD(t, o)
 	s.Consul.awaitStart(t)
 	s.Register(t)
 	s.Lookupd.WaitProducer(t, s.NSQD.TCPAddr)
