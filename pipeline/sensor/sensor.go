@@ -108,20 +108,36 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}, nil
 }
 
+// publishBatchMax bounds one PublishBatch: what is due is published with
+// one log write per batch instead of one per reading.
+const publishBatchMax = 100
+
 // publishLoop publishes at rate (per second) until ctx ends or count readings
 // were published. It paces by elapsed time, so a slow tick catches up instead
 // of drifting, but never bursts more than 100 ms worth at once.
 func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count uint64, maxValue int64) error {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	var sent uint64
-	publish := func() error {
-		_, err := owner.Publish(pipeline.MarshalReading(pipeline.Reading{Value: rng.Int64N(maxValue)}), "")
-		sent++
-		return err
+	batch := make([][]byte, 0, publishBatchMax)
+	// publish publishes n readings (n >= 1) in batches.
+	publish := func(n uint64) error {
+		for n > 0 {
+			k := min(n, publishBatchMax)
+			batch = batch[:0]
+			for range k {
+				batch = append(batch, pipeline.MarshalReading(pipeline.Reading{Value: rng.Int64N(maxValue)}))
+			}
+			if _, err := owner.PublishBatch(batch); err != nil {
+				return err
+			}
+			sent += k
+			n -= k
+		}
+		return nil
 	}
 	if rate == 0 {
 		for sent < count && ctx.Err() == nil {
-			if err := publish(); err != nil {
+			if err := publish(min(count-sent, publishBatchMax)); err != nil {
 				return err
 			}
 		}
@@ -141,8 +157,11 @@ func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count u
 			skipped += due - sent - burst
 			due = sent + burst
 		}
-		for sent < due && (count == 0 || sent < count) {
-			if err := publish(); err != nil {
+		if count > 0 {
+			due = min(due, count)
+		}
+		if due > sent {
+			if err := publish(due - sent); err != nil {
 				return err
 			}
 		}
