@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1038,4 +1040,59 @@ func TestConsumerNamesNSQDOutputBufferFloor(t *testing.T) {
 	ok := e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
 		pubsub.ConsumerOptions{Topic: "floor", Channel: "c", NSQ: cfg})
 	testenv.WaitFor(t, 20*time.Second, "a consumer at nsqd's floor to connect", func() bool { return ok.Ready() == nil })
+}
+
+// TestConsumerCoalescesFINs checks the go-nsq patch in third_party/go-nsq: a
+// consumer finishing a backlog writes many FINs per write(2), not one each.
+// The process's write system calls (/proc/self/io syscw) are counted while
+// it drains; not parallel, so no other test's writes are counted.
+func TestConsumerCoalescesFINs(t *testing.T) {
+	stack := testenv.StartStack(t)
+	e := newEnv(t, stack, 1)
+	const topic, channel, stream, n = "fins", "c", "stream-fins", 20000
+	p := e.producer(t, nil)
+	bodies := make([][]byte, 0, 500)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	for seq := uint64(1); seq <= n; seq++ {
+		bodies = append(bodies, envBody(t, stream, seq))
+		if len(bodies) == cap(bodies) {
+			if err := p.MultiPublish(ctx, topic, bodies); err != nil {
+				t.Fatal(err)
+			}
+			bodies = bodies[:0]
+		}
+	}
+	got := newSeqSet()
+	before := writeSyscalls(t)
+	e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
+		got.add(msg.Envelope.Seq)
+		return nil
+	}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(2500), Concurrency: 4})
+	got.waitAll(t, n, "consumer")
+	waitDrained(t, stack.NSQD, topic, channel) // every FIN reached nsqd
+	writes := writeSyscalls(t) - before
+	t.Logf("%d write(2) calls for %d FINs", writes, n)
+	if writes > n/2 {
+		t.Errorf("%d write(2) calls while finishing %d messages: FINs are not coalesced (is the go-nsq replace in go.mod?)", writes, n)
+	}
+}
+
+func writeSyscalls(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Skipf("no /proc/self/io: %v", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatalf("parsing /proc/self/io %q: %v", l, err)
+			}
+			return n
+		}
+	}
+	t.Skip("/proc/self/io has no syscw")
+	return 0
 }

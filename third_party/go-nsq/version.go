@@ -1,0 +1,4 @@
+package nsq
+
+// VERSION
+const VERSION = "1.1.0"
