@@ -53,9 +53,17 @@ type Producer struct {
 
 // NewProducer returns a producer over the nsqd watcher.
 func NewProducer(nsqds *discovery.Watcher, o ProducerOptions) *Producer {
+	def := nsq.NewConfig()
 	if o.NSQ == nil {
-		o.NSQ = nsq.NewConfig()
+		o.NSQ = def
 	}
+	// Output buffering is about messages nsqd sends to a consumer; a
+	// producer receives none. Asking for a consumer's 1ms flush here would
+	// only let an nsqd with a higher --min-output-buffer-timeout refuse the
+	// connection, so a producer asks for go-nsq's defaults.
+	cfg := *o.NSQ
+	cfg.OutputBufferSize, cfg.OutputBufferTimeout = def.OutputBufferSize, def.OutputBufferTimeout
+	o.NSQ = &cfg
 	if o.RetryMin <= 0 {
 		o.RetryMin = 50 * time.Millisecond
 	}

@@ -1035,6 +1035,16 @@ func TestConsumerNamesNSQDOutputBufferFloor(t *testing.T) {
 	})
 	t.Logf("Ready: %v", err)
 
+	// A producer given the same configuration is not refused: output
+	// buffering concerns consumers only.
+	p := pubsub.NewProducer(e.nsqds, pubsub.ProducerOptions{NSQ: cfg, Logger: testLogger(t)})
+	t.Cleanup(p.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := p.Publish(ctx, "floor", envBody(t, "floor", 1)); err != nil {
+		t.Fatalf("producer with a 1ms output buffer timeout against nsqd's 25ms floor: %v", err)
+	}
+
 	// At nsqd's floor the same consumer connects.
 	cfg.OutputBufferTimeout = 25 * time.Millisecond
 	ok := e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
