@@ -11,23 +11,21 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/retainlog"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
-// Deadlines. Generous: the machine is small and other test packages run
-// their own stacks meanwhile.
-const (
-	startTimeout = 90 * time.Second  // a service registered, passing and answering
-	exactTimeout = 120 * time.Second // the app applied everything
-	stepTimeout  = 60 * time.Second  // anything else
-)
+// stepTimeout bounds every wait that is not a service starting
+// (pipetest.PassingTimeout) or the app becoming exact (pipetest.ExactTimeout).
+// Generous: the machine is small and other test packages run their own stacks
+// meanwhile.
+const stepTimeout = 60 * time.Second
 
 // env is one test's infrastructure: consul, nsqlookupd and nsqd.
 type env struct {
@@ -52,20 +50,14 @@ type svc struct {
 	addr    string // last address found in consul
 }
 
-// start starts bin/<name> with the common flags and extra ones. The data dir
-// is <env dir>/<id> unless extra sets --data-dir.
+// start starts bin/<name> with pipetest.CommonArgs and extra ones. The data
+// dir is <env dir>/<id> unless extra sets --data-dir, not the fresh one
+// pipetest.StartService would make: a new process of the same instance must
+// find what the last one left there.
 func (e *env) start(name, id string, extra ...string) *svc {
 	e.t.Helper()
 	s := &svc{e: e, name: name, id: id, dataDir: filepath.Join(e.dir, id)}
-	args := []string{
-		"--consul-addr", e.st.Consul.HTTPAddr,
-		"--http-addr", "127.0.0.1:0",
-		"--data-dir", s.dataDir,
-		"--instance-id", id,
-		"--check-interval", "1s",
-		"--nsq-lookupd-poll-interval", "1s",
-	}
-	args = append(args, extra...)
+	args := append(pipetest.CommonArgs(e.st.Consul, id, s.dataDir), extra...)
 	// A new process of the same instance (same data dir) gets its own log.
 	e.starts[id]++
 	pname := id
@@ -115,40 +107,12 @@ func (e *env) app(id string, extra ...string) *svc {
 
 // Addr waits until the instance is passing in consul and answers /health on
 // the address registered there, and returns that address. An address in
-// notAddr (a previous run's) is not taken.
+// notAddr (a previous run's) is not taken. The test fails at once if the
+// process exits first.
 func (s *svc) Addr(notAddr ...string) string {
 	s.e.t.Helper()
-	var got string
-	testenv.WaitFor(s.e.t, startTimeout, fmt.Sprintf("%s (%s) passing in consul", s.id, s.name), func() bool {
-		if !s.proc.Running() {
-			return true // reported below
-		}
-		entries, err := testenv.Passing(s.e.st.Consul, s.name)
-		if err != nil {
-			return false
-		}
-		for _, en := range entries {
-			if en.Service.ID != s.id {
-				continue
-			}
-			a := fmt.Sprintf("%s:%d", en.Service.Address, en.Service.Port)
-			for _, n := range notAddr {
-				if a == n {
-					return false
-				}
-			}
-			if code, _, err := testenv.HTTPGet("http://" + a + "/health"); err == nil && code == http.StatusOK {
-				got = a
-				return true
-			}
-		}
-		return false
-	})
-	if !s.proc.Running() {
-		s.e.t.Fatalf("%s exited (code %d) before it was passing in consul", s.id, s.proc.ExitCode())
-	}
-	s.addr = got
-	return got
+	s.addr = pipetest.AddrOfProcess(s.e.t, s.e.st.Consul, s.proc, s.name, s.id, notAddr...)
+	return s.addr
 }
 
 // Restart starts the stopped service again (same flags, same data dir) and
@@ -168,78 +132,14 @@ func (s *svc) Stop() {
 	}
 }
 
-// getJSON GETs http://addr/path and decodes the JSON answer into v.
-func getJSON(addr, path string, v any) error {
-	code, body, err := testenv.HTTPGet("http://" + addr + path)
-	if err != nil {
-		return err
-	}
-	if code != http.StatusOK {
-		return fmt.Errorf("GET %s%s: %d %s", addr, path, code, strings.TrimSpace(body))
-	}
-	if err := json.Unmarshal([]byte(body), v); err != nil {
-		return fmt.Errorf("GET %s%s: %w", addr, path, err)
-	}
-	return nil
-}
-
-// ownerStatus is an entry of the sensor's GET /streams.
-type ownerStatus struct {
-	Stream        string `json:"stream"`
-	LastSeq       uint64 `json:"last_seq"`
-	RetainedFirst uint64 `json:"retained_first"`
-	RetainedLast  uint64 `json:"retained_last"`
-}
-
-// appStatus is an entry of the app's GET /streams.
-type appStatus struct {
-	Stream         string      `json:"stream"`
-	LastContiguous uint64      `json:"last_contiguous"`
-	Applied        uint64      `json:"applied"`
-	Duplicates     uint64      `json:"duplicates"`
-	Gaps           [][2]uint64 `json:"gaps"`
-}
-
-func (a appStatus) String() string {
-	return fmt.Sprintf("last_contiguous %d, applied %d, duplicates %d, gaps %v", a.LastContiguous, a.Applied, a.Duplicates, a.Gaps)
-}
-
-// sensorStatus returns the sensor's entry for stream.
-func sensorStatus(addr, stream string) (ownerStatus, error) {
-	var all []ownerStatus
-	if err := getJSON(addr, "/streams", &all); err != nil {
-		return ownerStatus{}, err
-	}
-	for _, s := range all {
-		if s.Stream == stream {
-			return s, nil
-		}
-	}
-	return ownerStatus{}, fmt.Errorf("sensor %s does not list stream %s: %+v", addr, stream, all)
-}
-
-// appStreamStatus returns the app's entry for stream (zero if it has none yet).
-func appStreamStatus(addr, stream string) (appStatus, error) {
-	var all []appStatus
-	if err := getJSON(addr, "/streams", &all); err != nil {
-		return appStatus{}, err
-	}
-	for _, s := range all {
-		if s.Stream == stream {
-			return s, nil
-		}
-	}
-	return appStatus{Stream: stream}, nil
-}
-
 // waitSensorLast waits until the sensor's last_seq of stream is at least n
 // and returns its status.
-func waitSensorLast(t *testing.T, addr, stream string, n uint64) ownerStatus {
+func waitSensorLast(t *testing.T, addr, stream string, n uint64) pipetest.SensorStream {
 	t.Helper()
-	var st ownerStatus
+	var st pipetest.SensorStream
 	var err error
 	testenv.WaitFor(t, stepTimeout, fmt.Sprintf("sensor %s: last_seq of %s >= %d", addr, stream, n), func() bool {
-		st, err = sensorStatus(addr, stream)
+		st, err = pipetest.SensorStreamOf(addr, stream)
 		return err == nil && st.LastSeq >= n
 	})
 	return st
@@ -254,8 +154,8 @@ func sensorFinal(t *testing.T, addr, stream string, want uint64) uint64 {
 	t.Helper()
 	var last uint64
 	var since time.Time
-	testenv.WaitFor(t, exactTimeout, fmt.Sprintf("sensor %s: last_seq of %s to reach %d or stop moving", addr, stream, want), func() bool {
-		st, err := sensorStatus(addr, stream)
+	testenv.WaitFor(t, pipetest.ExactTimeout, fmt.Sprintf("sensor %s: last_seq of %s to reach %d or stop moving", addr, stream, want), func() bool {
+		st, err := pipetest.SensorStreamOf(addr, stream)
 		if err != nil {
 			return false
 		}
@@ -276,30 +176,15 @@ func sensorFinal(t *testing.T, addr, stream string, want uint64) uint64 {
 }
 
 // waitApplied waits until the app applied at least n sequences of stream.
-func waitApplied(t *testing.T, addr, stream string, n uint64) appStatus {
+func waitApplied(t *testing.T, addr, stream string, n uint64) pipetest.AppStream {
 	t.Helper()
-	var st appStatus
+	var st pipetest.AppStream
 	var err error
 	if !testenv.Eventually(stepTimeout, func() bool {
-		st, err = appStreamStatus(addr, stream)
+		st, err = pipetest.AppStreamOf(addr, stream)
 		return err == nil && st.Applied >= n
 	}) {
 		t.Fatalf("app %s: applied of %s did not reach %d: %v (err %v)", addr, stream, n, st, err)
-	}
-	return st
-}
-
-// waitExact waits until the app has applied exactly 1..n of stream (no gaps)
-// and returns its status.
-func waitExact(t *testing.T, addr, stream string, n uint64) appStatus {
-	t.Helper()
-	var st appStatus
-	var err error
-	if !testenv.Eventually(exactTimeout, func() bool {
-		st, err = appStreamStatus(addr, stream)
-		return err == nil && st.LastContiguous == n && st.Applied == n && len(st.Gaps) == 0
-	}) {
-		t.Fatalf("app %s: stream %s not exact at %d after %s: %v (err %v)", addr, stream, n, exactTimeout, st, err)
 	}
 	return st
 }
@@ -314,7 +199,7 @@ type snapshot struct {
 // appState returns the app's state of stream.
 func appState(addr, stream string) (pipeline.Aggregate, error) {
 	var all map[string]pipeline.Aggregate
-	if err := getJSON(addr, "/state", &all); err != nil {
+	if err := pipetest.GetJSON(addr, "/state", &all); err != nil {
 		return pipeline.Aggregate{}, err
 	}
 	return all[stream], nil
@@ -325,7 +210,7 @@ func appState(addr, stream string) (pipeline.Aggregate, error) {
 func checkState(t *testing.T, appAddr, sensorAddr, stream string, n uint64) {
 	t.Helper()
 	var snap snapshot
-	if err := getJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
+	if err := pipetest.GetJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
 		t.Fatalf("sensor snapshot: %v", err)
 	}
 	if snap.Seq != n || snap.State.Count != n || snap.State.Seq != n {
@@ -342,39 +227,12 @@ func checkState(t *testing.T, appAddr, sensorAddr, stream string, n uint64) {
 
 // finish waits until the sensor published n readings of stream and the app
 // applied each of them exactly once, with the sensor's fold as state.
-func finish(t *testing.T, appAddr, sensorAddr, stream string, n uint64) appStatus {
+func finish(t *testing.T, appAddr, sensorAddr, stream string, n uint64) pipetest.AppStream {
 	t.Helper()
 	waitSensorLast(t, sensorAddr, stream, n)
-	st := waitExact(t, appAddr, stream, n)
+	st := pipetest.WaitAppExactAt(t, appAddr, stream, n)
 	checkState(t, appAddr, sensorAddr, stream, n)
 	return st
-}
-
-// metric returns the sum of every sample of the metric name (all label
-// values) in the Prometheus text served at addr/metrics; 0 if absent.
-func metric(t *testing.T, addr, name string) float64 {
-	t.Helper()
-	code, body, err := testenv.HTTPGet("http://" + addr + "/metrics")
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("GET %s/metrics: %d %v", addr, code, err)
-	}
-	var sum float64
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		sum += v
-	}
-	return sum
 }
 
 // channelStats describes a channel in nsqd's /stats.
@@ -407,7 +265,7 @@ func (e *env) nsqChannels(topic string) ([]channelStats, error) {
 // name ending in "*" matches by prefix.
 func (e *env) waitClients(topic, channel string, n int) {
 	e.t.Helper()
-	testenv.WaitFor(e.t, startTimeout, fmt.Sprintf("%d client(s) on %s/%s", n, topic, channel), func() bool {
+	testenv.WaitFor(e.t, pipetest.PassingTimeout, fmt.Sprintf("%d client(s) on %s/%s", n, topic, channel), func() bool {
 		cs, err := e.nsqChannels(topic)
 		if err != nil {
 			return false

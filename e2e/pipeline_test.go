@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/testenv"
 )
@@ -43,14 +44,14 @@ func TestPipelineNoneLost(t *testing.T) {
 	if workers.Clients != 2 || workers.MessageCount < n {
 		t.Errorf("readings/workers: %+v; want 2 clients and at least %d messages", workers, n)
 	}
-	c1 := metric(t, w1Addr, "svckit_messages_consumed_total")
-	c2 := metric(t, w2Addr, "svckit_messages_consumed_total")
+	c1 := pipetest.ReadMetric(t, w1Addr, "svckit_messages_consumed_total")
+	c2 := pipetest.ReadMetric(t, w2Addr, "svckit_messages_consumed_total")
 	t.Logf("worker-1 consumed %.0f, worker-2 consumed %.0f, channel had %d", c1, c2, workers.MessageCount)
 	if c1 <= 0 || c2 <= 0 {
 		t.Errorf("workers consumed %.0f and %.0f readings; want both > 0", c1, c2)
 	}
 	testenv.WaitFor(t, stepTimeout, "the workers to finish every reading of the channel", func() bool {
-		return metric(t, w1Addr, "svckit_messages_consumed_total")+metric(t, w2Addr, "svckit_messages_consumed_total") == float64(workers.MessageCount)
+		return pipetest.ReadMetric(t, w1Addr, "svckit_messages_consumed_total")+pipetest.ReadMetric(t, w2Addr, "svckit_messages_consumed_total") == float64(workers.MessageCount)
 	})
 	// One result per reading delivered.
 	if got, want := e.topicMessages(pipeline.ResultsTopic), e.topicMessages(pipeline.ReadingsTopic); got != want {
@@ -67,7 +68,7 @@ func TestSensorPublishesEachReadingOnce(t *testing.T) {
 	addr := sensor.Addr()
 	waitSensorLast(t, addr, "s1", n)
 	testenv.WaitFor(t, stepTimeout, "every reading acknowledged by nsqd", func() bool {
-		return metric(t, addr, "svckit_messages_published_total") >= n
+		return pipetest.ReadMetric(t, addr, "svckit_messages_published_total") >= n
 	})
 	got := e.topicMessages(pipeline.ReadingsTopic)
 	if got != n {

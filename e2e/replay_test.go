@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/replay"
@@ -47,15 +48,15 @@ func TestReplayAppRestartUnderLoad(t *testing.T) {
 		t.Fatalf("the sensor finished while the app was away: nothing left to test under load")
 	}
 	appAddr := app.Restart()
-	st, err := appStreamStatus(appAddr, "s1")
+	st, err := pipetest.AppStreamOf(appAddr, "s1")
 	if err != nil || st.Applied < cp {
 		t.Fatalf("restarted app did not load its checkpoint (%d applied): %v %v", cp, st, err)
 	}
-	if last, err := sensorStatus(sensorAddr, "s1"); err != nil || last.LastSeq >= n {
+	if last, err := pipetest.SensorStreamOf(sensorAddr, "s1"); err != nil || last.LastSeq >= n {
 		t.Fatalf("the sensor finished before the app was back (%+v, %v)", last, err)
 	}
 	finish(t, appAddr, sensorAddr, "s1", sensorFinal(t, sensorAddr, "s1", n))
-	replayed := metric(t, appAddr, "svckit_replay_received_messages_total")
+	replayed := pipetest.ReadMetric(t, appAddr, "svckit_replay_received_messages_total")
 	t.Logf("checkpoint had %d applied; sensor was at %d when the app came back; app replayed %.0f", cp, away.LastSeq, replayed)
 	// Everything up to the first result the restarted app got live came by
 	// replay; allow for results of the last second before its return still
@@ -94,14 +95,14 @@ func TestReplayNSQDKilled(t *testing.T) {
 	e.st.NSQD.Kill()
 	e.st.NSQD.Start(t)
 	testenv.WaitPassing(t, e.st.Consul, "nsqd", 1)
-	if st, err := sensorStatus(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
+	if st, err := pipetest.SensorStreamOf(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
 		t.Fatalf("the sensor finished before nsqd came back (%+v, %v)", st, err)
 	}
 	w1.Restart()
 	w2.Restart()
 
 	finish(t, app.addr, sensorAddr, "s1", sensorFinal(t, sensorAddr, "s1", n))
-	replayed := metric(t, app.addr, "svckit_replay_received_messages_total")
+	replayed := pipetest.ReadMetric(t, app.addr, "svckit_replay_received_messages_total")
 	t.Logf("%d readings were in nsqd's memory when it was killed; the app replayed %.0f", depth, replayed)
 	if replayed < float64(depth) {
 		t.Errorf("app replayed %.0f messages, fewer than the %d lost with nsqd", replayed, depth)
@@ -119,7 +120,7 @@ func TestReplaySnapshotRecovery(t *testing.T) {
 		"--log-segment-bytes", "4096", "--retain-messages", "100")
 	sensorAddr := sensor.Addr()
 	finish(t, app.addr, sensorAddr, "s1", n)
-	st, err := sensorStatus(sensorAddr, "s1")
+	st, err := pipetest.SensorStreamOf(sensorAddr, "s1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestReplaySnapshotRecovery(t *testing.T) {
 	}
 	appAddr := app.Restart()
 	finish(t, appAddr, sensorAddr, "s1", n)
-	if got := metric(t, appAddr, "svckit_snapshot_recoveries_total"); got < 1 {
+	if got := pipetest.ReadMetric(t, appAddr, "svckit_snapshot_recoveries_total"); got < 1 {
 		t.Errorf("svckit_snapshot_recoveries_total = %v, want >= 1", got)
 	}
 	t.Logf("sensor retained %d..%d; app recovered from a snapshot", st.RetainedFirst, st.RetainedLast)
@@ -221,7 +222,7 @@ func checkTornTailRecovered(t *testing.T, app, sensor *svc, old *svc, next uint6
 	if !strings.Contains(l, "truncated") {
 		t.Errorf("sensor log does not report the truncated tail:\n%s", l)
 	}
-	if got := metric(t, addr, "svckit_retainlog_truncations_total"); got != 1 {
+	if got := pipetest.ReadMetric(t, addr, "svckit_retainlog_truncations_total"); got != 1 {
 		t.Errorf("svckit_retainlog_truncations_total = %v, want 1", got)
 	}
 	if !strings.Contains(l, fmt.Sprintf("next_seq=%d ", next)) {
@@ -305,8 +306,8 @@ func TestReplayTwoAppsAtOnce(t *testing.T) {
 		addr string
 		cp   uint64
 	}{{"app-a", aAddr, cpA}, {"app-b", bAddr, cpB}} {
-		replayed := metric(t, x.addr, "svckit_replay_received_messages_total")
-		dups := metric(t, x.addr, "svckit_duplicates_skipped_total")
+		replayed := pipetest.ReadMetric(t, x.addr, "svckit_replay_received_messages_total")
+		dups := pipetest.ReadMetric(t, x.addr, "svckit_duplicates_skipped_total")
 		t.Logf("%s: checkpoint %d applied, replayed %.0f, duplicates since restart %.0f", x.name, x.cp, replayed, dups)
 		if replayed < float64(last-x.cp) {
 			t.Errorf("%s replayed %.0f messages, but missed %d", x.name, replayed, last-x.cp)
@@ -320,7 +321,7 @@ func TestReplayTwoAppsAtOnce(t *testing.T) {
 	if got := e.topicMessages(pipeline.ResultsTopic); got != results {
 		t.Errorf("topic results went from %d to %d messages during the replays", results, got)
 	}
-	pub := metric(t, w1.addr, "svckit_messages_published_total") + metric(t, w2.addr, "svckit_messages_published_total")
+	pub := pipetest.ReadMetric(t, w1.addr, "svckit_messages_published_total") + pipetest.ReadMetric(t, w2.addr, "svckit_messages_published_total")
 	if pub != float64(results) {
 		t.Errorf("workers published %.0f results, topic results received %d", pub, results)
 	}

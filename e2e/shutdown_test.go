@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/testenv"
 )
@@ -25,9 +26,9 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	sensorAddr := sensor.Addr()
 	waitApplied(t, appAddr, "s1", 600)
 	testenv.WaitFor(t, stepTimeout, "worker-1 to have consumed readings", func() bool {
-		return metric(t, w1Addr, "svckit_messages_consumed_total") > 0
+		return pipetest.ReadMetric(t, w1Addr, "svckit_messages_consumed_total") > 0
 	})
-	if st, err := sensorStatus(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
+	if st, err := pipetest.SensorStreamOf(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
 		t.Fatalf("the sensor is not mid-stream any more (%+v, %v): nothing to test", st, err)
 	}
 
@@ -39,7 +40,7 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 	if l := logSince(w1.proc, logAt); !strings.Contains(l, "deregistered") {
 		t.Fatalf("worker-1 log after SIGTERM does not say it deregistered:\n%s", l)
 	}
-	if st, err := sensorStatus(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
+	if st, err := pipetest.SensorStreamOf(sensorAddr, "s1"); err != nil || st.LastSeq >= n {
 		t.Fatalf("the sensor finished before worker-1 was down (%+v, %v): nothing was mid-stream", st, err)
 	}
 	testenv.WaitFor(t, stepTimeout, "worker-1 gone from consul's catalog", func() bool {

@@ -1,8 +1,8 @@
 // Package pipetest starts svckit's own services (bin/sensor, bin/worker,
 // bin/app) as real processes against a testenv Consul agent and reads their
 // HTTP endpoints. It is the shared helper of the process-level test suites
-// (faulttest, …); like svckit/testenv it is a normal package that takes
-// testing.TB, for tests only.
+// (e2e, faulttest, securitytest); like svckit/testenv it is a normal package
+// that takes testing.TB, for tests only.
 //
 // Everything that waits polls with a deadline (testenv.WaitFor); nothing
 // sleeps.
@@ -10,9 +10,11 @@ package pipetest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,10 +26,10 @@ import (
 // Deadlines: generous, because the machine may be small and other suites run
 // their own stacks meanwhile.
 const (
-	// PassingTimeout bounds AddrOf: a started service registered, passing
-	// and answering /health.
+	// PassingTimeout bounds AddrOf and AddrOfProcess: a started service
+	// registered, passing and answering /health.
 	PassingTimeout = 90 * time.Second
-	// ExactTimeout bounds WaitAppExact.
+	// ExactTimeout bounds WaitAppExact and WaitAppExactAt.
 	ExactTimeout = 120 * time.Second
 )
 
@@ -63,20 +65,46 @@ func StartService(t testing.TB, consul *testenv.Consul, name, bin string, env []
 func AddrOf(t testing.TB, consul *testenv.Consul, service, instanceID string) string {
 	t.Helper()
 	var got string
-	what := service + " passing in consul"
-	if instanceID != "" {
-		what = fmt.Sprintf("%s (%s) passing in consul", instanceID, service)
-	}
-	testenv.WaitFor(t, PassingTimeout, what, func() bool {
+	testenv.WaitFor(t, PassingTimeout, instanceName(service, instanceID)+" passing in consul", func() bool {
 		got = PassingAddr(consul, service, instanceID)
 		return got != ""
 	})
 	return got
 }
 
+// AddrOfProcess is AddrOf for the instance that p runs. It stops waiting, and
+// fails the test, as soon as p has exited: a service that crashed at start
+// would otherwise cost the whole PassingTimeout and then report only a
+// timeout. It does not take an address in notAddrs, so a test restarting a
+// service can pass the previous run's address and get the new run's.
+func AddrOfProcess(t testing.TB, consul *testenv.Consul, p *testenv.Process, service, instanceID string, notAddrs ...string) string {
+	t.Helper()
+	var got string
+	testenv.WaitFor(t, PassingTimeout, instanceName(service, instanceID)+" passing in consul", func() bool {
+		if !p.Running() {
+			return true // reported below, with the exit code
+		}
+		got = PassingAddr(consul, service, instanceID, notAddrs...)
+		return got != ""
+	})
+	if !p.Running() {
+		t.Fatalf("pipetest: %s exited (code %d) before it was passing in consul", instanceName(service, instanceID), p.ExitCode())
+	}
+	return got
+}
+
+// instanceName names an instance in messages: "id (service)", or the
+// service alone when any instance will do.
+func instanceName(service, instanceID string) string {
+	if instanceID == "" {
+		return service
+	}
+	return fmt.Sprintf("%s (%s)", instanceID, service)
+}
+
 // PassingAddr is AddrOf without waiting: the address of a passing instance
-// that answers /health, or "".
-func PassingAddr(consul *testenv.Consul, service, instanceID string) string {
+// that answers /health and is not one of notAddrs, or "".
+func PassingAddr(consul *testenv.Consul, service, instanceID string, notAddrs ...string) string {
 	entries, err := testenv.Passing(consul, service)
 	if err != nil {
 		return ""
@@ -90,6 +118,9 @@ func PassingAddr(consul *testenv.Consul, service, instanceID string) string {
 			addr = e.Node.Address
 		}
 		a := net.JoinHostPort(addr, strconv.Itoa(e.Service.Port))
+		if slices.Contains(notAddrs, a) {
+			continue
+		}
 		if code, _, err := testenv.HTTPGet("http://" + a + "/health"); err == nil && code == http.StatusOK {
 			return a
 		}
@@ -173,12 +204,15 @@ func SensorStreamOf(addr, stream string) (SensorStream, error) {
 	if err != nil {
 		return SensorStream{}, err
 	}
+	listed := make([]string, 0, len(ss))
 	for _, s := range ss {
 		if s.Stream == stream {
 			return s, nil
 		}
+		listed = append(listed, s.Stream)
 	}
-	return SensorStream{}, fmt.Errorf("sensor %s does not list stream %q", addr, stream)
+	// What it does list tells a wrong stream id from a sensor not started yet.
+	return SensorStream{}, fmt.Errorf("sensor %s does not list stream %q (it lists %q)", addr, stream, listed)
 }
 
 // SensorLastSeq returns the sensor's last_seq of stream, failing the test if
@@ -219,19 +253,39 @@ func Ready(addr string) (Readiness, error) {
 // last_contiguous == n, no gaps), and returns its entry.
 func WaitAppExact(t testing.TB, consul *testenv.Consul, stream string, n uint64) AppStream {
 	t.Helper()
+	return waitExact(t, "the app", stream, n, func() (string, error) {
+		if addr := PassingAddr(consul, "app", ""); addr != "" {
+			return addr, nil
+		}
+		return "", errors.New("no passing app in consul")
+	})
+}
+
+// WaitAppExactAt is WaitAppExact for the app at addr: for a test that runs
+// more than one app (each must be exact on its own, and Consul would give
+// any of them) or already holds the app's address.
+func WaitAppExactAt(t testing.TB, addr, stream string, n uint64) AppStream {
+	t.Helper()
+	return waitExact(t, "the app at "+addr, stream, n, func() (string, error) { return addr, nil })
+}
+
+// waitExact polls the app that appAddr finds (again on every poll, so an app
+// that moved is followed) until it is exact at n of stream, failing the test
+// after ExactTimeout with what the app said last.
+func waitExact(t testing.TB, app, stream string, n uint64, appAddr func() (string, error)) AppStream {
+	t.Helper()
 	var st AppStream
 	var err error
 	ok := testenv.Eventually(ExactTimeout, func() bool {
-		addr := PassingAddr(consul, "app", "")
-		if addr == "" {
-			err = fmt.Errorf("no passing app in consul")
+		var addr string
+		if addr, err = appAddr(); err != nil {
 			return false
 		}
 		st, err = AppStreamOf(addr, stream)
 		return err == nil && st.Exact(n)
 	})
 	if !ok {
-		t.Fatalf("pipetest: the app did not apply 1..%d of %s exactly once within %s: %v (last error: %v)", n, stream, ExactTimeout, st, err)
+		t.Fatalf("pipetest: %s did not apply 1..%d of %s exactly once within %s: %v (last error: %v)", app, n, stream, ExactTimeout, st, err)
 	}
 	return st
 }
@@ -248,6 +302,9 @@ func Metric(addr, name string) (float64, error) {
 	}
 	var sum float64
 	for _, line := range strings.Split(body, "\n") {
+		// A sample line starts with the name, then labels or the value;
+		// comments ("# HELP name …") and longer names sharing the prefix
+		// do not pass this test.
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
 			continue
@@ -260,4 +317,15 @@ func Metric(addr, name string) (float64, error) {
 		sum += v
 	}
 	return sum, nil
+}
+
+// ReadMetric is Metric for a service that must answer now: it fails the test
+// at once, without trying again, if the metrics cannot be read.
+func ReadMetric(t testing.TB, addr, name string) float64 {
+	t.Helper()
+	v, err := Metric(addr, name)
+	if err != nil {
+		t.Fatalf("pipetest: reading metric %s of %s: %v", name, addr, err)
+	}
+	return v
 }
