@@ -100,7 +100,10 @@ func NewConn(addr string, config *Config, delegate ConnDelegate) *Conn {
 		lastMsgTimestamp: time.Now().UnixNano(),
 
 		cmdChan:         make(chan *Command),
-		msgResponseChan: make(chan *msgResponse),
+		// svckit patch: buffered, so handlers finishing messages queue
+		// their FINs for writeLoop's next batch instead of each waiting
+		// for writeLoop in turn (cleanup still drains and counts them).
+		msgResponseChan: make(chan *msgResponse, maxResponseBatch),
 		exitChan:        make(chan int),
 		drainReady:      make(chan int),
 
@@ -312,11 +315,14 @@ exit:
 // patch; WriteCommand flushes every command).
 func (c *Conn) writeCommands(resps []*msgResponse) error {
 	c.mtx.Lock()
+	// One write deadline for the batch (Conn.Write sets one per piece of
+	// every command), then straight into the buffered writer.
+	c.conn.SetWriteDeadline(time.Now().Add(c.config.WriteTimeout))
 	var err error
 	var cmd *Command
 	for _, resp := range resps {
 		cmd = resp.cmd
-		if _, err = cmd.WriteTo(c); err != nil {
+		if _, err = cmd.WriteTo(c.w); err != nil {
 			break
 		}
 	}
