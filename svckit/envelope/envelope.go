@@ -25,6 +25,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -120,6 +121,39 @@ func appendShort(dst []byte, s string) []byte {
 type Decoder struct {
 	// MaxPayload is the largest payload accepted; 0 means DefaultMaxPayload.
 	MaxPayload int
+	// Strings, if set, interns stream ids and content types: a consumer
+	// sees the same few over and over, and a string per message for each
+	// is garbage.
+	Strings *StringCache
+}
+
+// StringCache interns short strings, up to a bound. Safe for concurrent use.
+type StringCache struct {
+	mu sync.RWMutex
+	m  map[string]string
+}
+
+// stringCacheMax bounds a StringCache: past it, strings are allocated as
+// if there were no cache (a consumer of many streams gains little anyway).
+const stringCacheMax = 4096
+
+func (c *StringCache) get(b []byte) string {
+	c.mu.RLock()
+	s, ok := c.m[string(b)] // no allocation: the compiler looks up b in place
+	c.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]string{}
+	}
+	if len(c.m) < stringCacheMax {
+		c.m[s] = s
+	}
+	c.mu.Unlock()
+	return s
 }
 
 // Decode decodes b with the default payload limit. See Decoder.Decode.
@@ -151,15 +185,19 @@ func (d Decoder) Decode(b []byte) (Envelope, error) {
 	}
 	rest := b[fixedLen:]
 	var err error
-	if e.Stream, rest, err = readShort(rest, "stream id"); err != nil {
+	var raw []byte
+	if raw, rest, err = readShort(rest, "stream id"); err != nil {
 		return Envelope{}, err
 	}
-	if e.ContentType, rest, err = readShort(rest, "content type"); err != nil {
+	e.Stream = d.str(raw)
+	if raw, rest, err = readShort(rest, "content type"); err != nil {
 		return Envelope{}, err
 	}
-	if e.CorrelationID, rest, err = readShort(rest, "correlation id"); err != nil {
+	e.ContentType = d.str(raw)
+	if raw, rest, err = readShort(rest, "correlation id"); err != nil {
 		return Envelope{}, err
 	}
+	e.CorrelationID = string(raw)
 	if len(rest) < 4 {
 		return Envelope{}, fmt.Errorf("payload length: %w", ErrTruncated)
 	}
@@ -182,13 +220,20 @@ func (d Decoder) Decode(b []byte) (Envelope, error) {
 	return e, nil
 }
 
-func readShort(b []byte, what string) (string, []byte, error) {
+func (d Decoder) str(b []byte) string {
+	if d.Strings == nil || len(b) == 0 {
+		return string(b)
+	}
+	return d.Strings.get(b)
+}
+
+func readShort(b []byte, what string) ([]byte, []byte, error) {
 	if len(b) < 1 {
-		return "", nil, fmt.Errorf("%s length: %w", what, ErrTruncated)
+		return nil, nil, fmt.Errorf("%s length: %w", what, ErrTruncated)
 	}
 	n := int(b[0])
 	if len(b) < 1+n {
-		return "", nil, fmt.Errorf("%s: %w", what, ErrTruncated)
+		return nil, nil, fmt.Errorf("%s: %w", what, ErrTruncated)
 	}
-	return string(b[1 : 1+n]), b[1+n:], nil
+	return b[1 : 1+n], b[1+n:], nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // sample returns an envelope with every field set to a non-trivial value.
@@ -543,5 +545,31 @@ func TestSeedCorpus(t *testing.T) {
 		if valid := strings.HasPrefix(ent.Name(), "valid_"); valid != (err == nil) {
 			t.Errorf("%s: Decode error = %v", ent.Name(), err)
 		}
+	}
+}
+
+// TestDecoderInternsStrings: with a StringCache, repeated stream ids and
+// content types come back as the same string (one allocation, not one per
+// message), and the envelope is otherwise decoded as without it.
+func TestDecoderInternsStrings(t *testing.T) {
+	d := Decoder{Strings: &StringCache{}}
+	var streams []string
+	for seq := uint64(1); seq <= 3; seq++ {
+		in := Envelope{Stream: "s-1", Seq: seq, ContentType: "text/plain", CorrelationID: fmt.Sprint("c", seq), Payload: []byte("p")}
+		b, err := in.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := d.Decode(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Stream != in.Stream || out.ContentType != in.ContentType || out.CorrelationID != in.CorrelationID || out.Seq != seq {
+			t.Fatalf("decoded %+v, want %+v", out, in)
+		}
+		streams = append(streams, out.Stream)
+	}
+	if unsafe.StringData(streams[0]) != unsafe.StringData(streams[2]) {
+		t.Errorf("stream ids of three messages are separate strings; want one interned string")
 	}
 }

@@ -28,10 +28,10 @@ type Message struct {
 	Envelope envelope.Envelope
 	NSQ      *nsq.Message
 
-	c     *Consumer
-	start time.Time
-	async atomic.Bool
-	once  sync.Once
+	c         *Consumer
+	start     time.Time
+	async     atomic.Bool
+	responded atomic.Bool
 }
 
 // Attempts is the delivery attempt (1 on first delivery).
@@ -58,7 +58,10 @@ func (m *Message) Async() func(error) {
 }
 
 func (m *Message) complete(err error) {
-	m.once.Do(func() { m.c.respond(m, err) })
+	// A CAS, not a sync.Once: this runs for every message.
+	if m.responded.CompareAndSwap(false, true) {
+		m.c.respond(m, err)
+	}
 }
 
 // Handler handles one message. Returning nil finishes it; an error requeues it
@@ -183,7 +186,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	nc.SetLogger(logging.NSQLogger{L: lg}, logging.NSQLevel(lg))
 	c := &Consumer{
 		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc,
-		dec:      envelope.Decoder{MaxPayload: o.MaxPayload},
+		dec:      envelope.Decoder{MaxPayload: o.MaxPayload, Strings: &envelope.StringCache{}},
 		http:     &http.Client{Timeout: 5 * time.Second},
 		lookupd:  map[string]bool{},
 		prepared: map[string]bool{},
