@@ -213,6 +213,16 @@ func (n *NSQD) Publish(t testing.TB, topic string, body []byte) {
 	}
 }
 
+// DeleteTopic deletes topic (its channels and messages) through nsqd's HTTP
+// /topic/delete.
+func (n *NSQD) DeleteTopic(t testing.TB, topic string) {
+	t.Helper()
+	code, resp, err := HTTPPost("http://"+n.HTTPAddr+"/topic/delete?topic="+topic, "", nil)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("testenv: nsqd %s /topic/delete?topic=%s: %d %q %v", n.HTTPAddr, topic, code, resp, err)
+	}
+}
+
 // NSQDStats is the part of nsqd's /stats svckit tests look at.
 type NSQDStats struct {
 	Health string `json:"health"`
