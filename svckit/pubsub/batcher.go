@@ -26,6 +26,11 @@ type batchItem struct {
 	done func(error)
 }
 
+type batchBufs struct {
+	items  []batchItem
+	bodies [][]byte
+}
+
 // Batcher turns many concurrent single publishes to one topic into MPUB
 // batches. Each publish learns the outcome of its own batch, so a caller can
 // acknowledge its input only after its output was accepted by nsqd.
@@ -97,6 +102,9 @@ func (b *Batcher) run() {
 		close(b.done)
 	}()
 	slots := make(chan struct{}, b.o.InFlight)
+	// Batches' slices are reused: at most InFlight+1 exist at once, and a
+	// fresh pair per batch was most of the batcher's garbage.
+	free := make(chan *batchBufs, b.o.InFlight+1)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -104,8 +112,13 @@ func (b *Batcher) run() {
 		if !ok {
 			return
 		}
-		items := make([]batchItem, 0, b.o.MaxBatch)
-		items = b.take(append(items, it))
+		var bufs *batchBufs
+		select {
+		case bufs = <-free:
+		default:
+			bufs = &batchBufs{items: make([]batchItem, 0, b.o.MaxBatch), bodies: make([][]byte, 0, b.o.MaxBatch)}
+		}
+		items := b.take(append(bufs.items[:0], it))
 		// Linger to fill a partial batch only when it would take the last
 		// free slot: the publisher is then saturated anyway, and fewer,
 		// larger MPUBs cost nsqd and this process fewer system calls.
@@ -133,13 +146,22 @@ func (b *Batcher) run() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			bodies := make([][]byte, len(items))
-			for i, it := range items {
-				bodies[i] = it.body
+			bodies := bufs.bodies[:0]
+			for _, it := range items {
+				bodies = append(bodies, it.body)
 			}
 			err := b.p.MultiPublish(b.ctx, b.topic, bodies)
 			for _, it := range items {
 				it.done(err)
+			}
+			// Drop the references so the bodies can be collected while
+			// the slices wait for reuse.
+			clear(items)
+			clear(bodies)
+			bufs.items, bufs.bodies = items[:0], bodies[:0]
+			select {
+			case free <- bufs:
+			default:
 			}
 		}()
 	}
