@@ -48,7 +48,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 // dies mid-way causes redelivery, never loss.
 type Handler struct {
 	Out interface {
-		PublishAsync(body []byte, done func(error))
+		PublishEnvelopeAsync(env envelope.Envelope, done func(error))
 	}
 	IDs *envelope.IDSource
 }
@@ -63,22 +63,20 @@ func (h *Handler) HandleMessage(_ context.Context, m *pubsub.Message) error {
 	if err != nil {
 		return pubsub.Reject(err)
 	}
-	body, err := ResultEnvelope(h.IDs.Next(), in, pipeline.Compute(r))
-	if err != nil {
-		return pubsub.Reject(err)
-	}
-	h.Out.PublishAsync(body, m.Async())
+	// The batcher encodes the result into its reused buffer; an envelope it
+	// cannot encode comes back through done as an error (requeue, then the
+	// dead-letter topic).
+	h.Out.PublishEnvelopeAsync(ResultEnvelope(h.IDs.Next(), in, pipeline.Compute(r)), m.Async())
 	return nil
 }
 
-// ResultEnvelope encodes a result derived from the reading envelope in: same
+// ResultEnvelope is the result derived from the reading envelope in: same
 // stream, sequence and creation time (so end-to-end latency is measurable),
 // the reading's id as correlation id.
-func ResultEnvelope(id envelope.ID, in envelope.Envelope, res pipeline.Result) ([]byte, error) {
-	out := envelope.Envelope{
+func ResultEnvelope(id envelope.ID, in envelope.Envelope, res pipeline.Result) envelope.Envelope {
+	return envelope.Envelope{
 		ID: id, Stream: in.Stream, Seq: in.Seq, Created: in.Created,
 		ContentType: pipeline.ResultType, CorrelationID: in.ID.String(),
 		Payload: pipeline.MarshalResult(res),
 	}
-	return out.Marshal()
 }

@@ -313,9 +313,8 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
 	}
 	start := time.Now()
 	for i := 1; i <= n; i++ {
-		env := envelope.Envelope{ID: ids.Next(), Stream: "bench-hop", Seq: uint64(i), Created: time.Now(), ContentType: "application/octet-stream", Payload: payload}
-		body, _ := env.Marshal()
-		b.PublishAsync(body, onDone)
+		b.PublishEnvelopeAsync(envelope.Envelope{ID: ids.Next(), Stream: "bench-hop", Seq: uint64(i), Created: time.Now(),
+			ContentType: "application/octet-stream", Payload: payload}, onDone)
 	}
 	if err := b.Close(ctx); err != nil {
 		r.fail("svckit batcher: %v", err)

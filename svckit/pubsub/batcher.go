@@ -3,8 +3,11 @@ package pubsub
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/svckit/svckit/svckit/envelope"
 )
 
 // ErrBatcherClosed is returned by a publish after Close.
@@ -22,14 +25,24 @@ type BatcherOptions struct {
 }
 
 type batchItem struct {
-	body []byte
-	done func(error)
+	body  []byte
+	env   envelope.Envelope // with isEnv: encoded into the batch's arena
+	isEnv bool
+	done  func(error)
 }
 
 type batchBufs struct {
 	items  []batchItem
 	bodies [][]byte
+	arena  []byte // the batch's encoded envelopes, back to back
+	spans  []span // items[i]'s body is arena[spans[i].from:spans[i].to]
 }
+
+type span struct{ from, to int }
+
+// maxKeptArena bounds the encoding buffer a batch keeps for reuse: a batch
+// of huge envelopes should not pin their memory.
+const maxKeptArena = 1 << 20
 
 // Batcher turns many concurrent single publishes to one topic into MPUB
 // batches. Each publish learns the outcome of its own batch, so a caller can
@@ -81,6 +94,21 @@ func (b *Batcher) PublishAsync(body []byte, done func(error)) {
 		return
 	}
 	b.in <- batchItem{body: body, done: done}
+}
+
+// PublishEnvelopeAsync is PublishAsync for an envelope: the batcher encodes
+// it into a buffer it reuses for every batch, where PublishAsync needs a
+// body allocated per message. done is called exactly once, with the
+// encoding error if the envelope cannot be encoded. env's Payload must not
+// change until then.
+func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		done(ErrBatcherClosed)
+		return
+	}
+	b.in <- batchItem{env: env, isEnv: true, done: done}
 }
 
 // Publish queues body and waits until its batch was acknowledged or ctx ended.
@@ -146,19 +174,50 @@ func (b *Batcher) run() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			bodies := bufs.bodies[:0]
-			for _, it := range items {
-				bodies = append(bodies, it.body)
+			bodies, arena, spans := bufs.bodies[:0], bufs.arena[:0], bufs.spans[:0]
+			// Encode the envelopes into the arena first, and cut their bodies
+			// out of it only when it has stopped growing (append may move it).
+			for i := range items {
+				it := &items[i]
+				if !it.isEnv {
+					spans = append(spans, span{})
+					continue
+				}
+				from := len(arena)
+				var err error
+				if arena, err = it.env.Append(arena); err != nil {
+					arena = arena[:from]
+					it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
+					it.done = nil // answered: not part of the batch
+				}
+				spans = append(spans, span{from, len(arena)})
 			}
-			err := b.p.MultiPublish(b.ctx, b.topic, bodies)
+			for i, it := range items {
+				switch {
+				case it.done == nil:
+				case it.isEnv:
+					bodies = append(bodies, arena[spans[i].from:spans[i].to:spans[i].to])
+				default:
+					bodies = append(bodies, it.body)
+				}
+			}
+			var err error
+			if len(bodies) > 0 {
+				err = b.p.MultiPublish(b.ctx, b.topic, bodies)
+			}
 			for _, it := range items {
-				it.done(err)
+				if it.done != nil {
+					it.done(err)
+				}
 			}
 			// Drop the references so the bodies can be collected while
 			// the slices wait for reuse.
 			clear(items)
 			clear(bodies)
-			bufs.items, bufs.bodies = items[:0], bodies[:0]
+			bufs.items, bufs.bodies, bufs.spans = items[:0], bodies[:0], spans[:0]
+			if cap(arena) <= maxKeptArena {
+				bufs.arena = arena[:0]
+			}
 			select {
 			case free <- bufs:
 			default:

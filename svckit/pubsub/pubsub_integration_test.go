@@ -473,6 +473,56 @@ func TestPubSub(t *testing.T) {
 		}
 	})
 
+	t.Run("BatcherPublishEnvelopeAsync", func(t *testing.T) {
+		// Envelopes encoded into the batcher's reused buffer arrive intact
+		// and in their own bodies; one that cannot be encoded fails alone.
+		const topic, channel, stream, n = "ps-batch-env", "all", "stream-batch-env", 5000
+		p := e.producer(t, nil)
+		got := newSeqSet()
+		var bad errList
+		createTopic(t, nsqd, topic)
+		e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
+			if err := checkEnvelope(msg, stream); err != nil {
+				bad.add(err)
+			}
+			got.add(msg.Envelope.Seq)
+			return nil
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(500)})
+		b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 50})
+		results := make(chan error, n+1)
+		for seq := uint64(1); seq <= n; seq++ {
+			b.PublishEnvelopeAsync(envelope.Envelope{ID: ids.Next(), Stream: stream, Seq: seq, Created: time.Now(),
+				ContentType: "text/plain", CorrelationID: fmt.Sprint("corr-", seq), Payload: payloadOf(seq)}, func(err error) { results <- err })
+			if seq == n/2 {
+				b.PublishEnvelopeAsync(envelope.Envelope{Stream: strings.Repeat("s", 300), Seq: 1}, func(err error) {
+					if err == nil {
+						err = errors.New("an envelope with a 300-byte stream id was published")
+					} else {
+						err = nil
+					}
+					results <- err
+				})
+			}
+		}
+		for i := 0; i <= n; i++ {
+			select {
+			case err := <-results:
+				if err != nil {
+					t.Fatalf("done callback: %v", err)
+				}
+			case <-time.After(waitLong):
+				t.Fatalf("only %d of %d done callbacks", i, n+1)
+			}
+		}
+		got.waitAll(t, n, "consumer")
+		bad.check(t)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	})
+
 	t.Run("SharedChannelSplits", func(t *testing.T) {
 		const topic, channel, stream, n = "ps-shared", "workers", "stream-shared", 1000
 		p := e.producer(t, nil)
