@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Roles of the containers the checks know about.
@@ -34,6 +35,7 @@ func Check(t *Tree) []Problem {
 		probs = append(probs, p)
 	}
 	for _, dc := range t.Datacenters {
+		checkNSQDFlush(dc, add)
 		type owner struct {
 			host, service string
 		}
@@ -96,6 +98,66 @@ func Check(t *Tree) []Problem {
 }
 
 type addFunc func(h *Host, c *Container, line int, format string, a ...any)
+
+// nsqdMinFlush is nsqd's default --min-output-buffer-timeout; svckit's
+// consumers ask for svckitFlush unless SVCKIT_NSQ_OUTPUT_BUFFER_TIMEOUT says
+// otherwise (or SVCKIT_NSQ_OUTPUT_BUFFER_SIZE=-1 turns buffering off).
+const (
+	nsqdMinFlush = 25 * time.Millisecond
+	svckitFlush  = time.Millisecond
+)
+
+// checkNSQDFlush: nsqd refuses a consumer's IDENTIFY asking for an output
+// buffer timeout below its --min-output-buffer-timeout, and the consumer then
+// never connects. Every nsqd of a datacenter must accept the smallest flush
+// timeout that the datacenter's svckit services ask for.
+func checkNSQDFlush(dc *Datacenter, add addFunc) {
+	want := time.Duration(0)
+	var who string
+	for _, h := range dc.Hosts {
+		for i := range h.Containers {
+			c := &h.Containers[i]
+			if !ours[c.Role] || c.Env["SVCKIT_NSQ_OUTPUT_BUFFER_SIZE"] == "-1" {
+				continue
+			}
+			d := svckitFlush
+			if v, ok := c.Env["SVCKIT_NSQ_OUTPUT_BUFFER_TIMEOUT"]; ok {
+				var err error
+				if d, err = time.ParseDuration(v); err != nil {
+					continue // interpolated or invalid: the service itself will say
+				}
+			}
+			if want == 0 || d < want {
+				want, who = d, fmt.Sprintf("%s on host %s", c.Name, h.Name)
+			}
+		}
+	}
+	if want == 0 {
+		return
+	}
+	for _, h := range dc.Hosts {
+		for i := range h.Containers {
+			c := &h.Containers[i]
+			if c.Role != "nsqd" {
+				continue
+			}
+			args := append(append([]string(nil), c.Entrypoint...), c.Command...)
+			floor, what := nsqdMinFlush, "nsqd's default"
+			if v := flagValue(args, "min-output-buffer-timeout"); v != "" {
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					add(h, c, 0, "--min-output-buffer-timeout %q is not a duration", v)
+					continue
+				}
+				floor, what = d, "set here"
+			}
+			if floor > want {
+				add(h, c, 0, "--min-output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): nsqd would refuse them; set --min-output-buffer-timeout=%s",
+					floor, what, want, who, want)
+			}
+		}
+	}
+}
 
 // sameHostIP reports whether two host addresses of published ports clash:
 // the same address, or either is every address.

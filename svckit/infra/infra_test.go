@@ -204,6 +204,7 @@ func TestBrokenFixtures(t *testing.T) {
 		{"no restart", "bad/norestart", "worker", "no restart policy"},
 		{"no restart", "bad/norestart", "consul", "restart: no"},
 		{"no compose file", "empty/nofile", "", "host directory without its compose file"},
+		{"flush floor", "flush/a", "nsqd", "--min-output-buffer-timeout is 25ms (set here), above the 1ms flush timeout svckit consumers ask for (worker on host b)"},
 	}
 	found := make([]bool, len(probs))
 	for _, w := range want {
