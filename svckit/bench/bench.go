@@ -160,24 +160,25 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	var rawCPU, svcCPU, rawNSQD, svcNSQD []float64
 	cpu := func() (float64, float64) { return cpuSeconds(os.Getpid()), cpuSeconds(r.st.NSQD.Proc.Pid()) }
 	perMsg := func(s float64) float64 { return s / float64(n) * 1e6 }
+	// measure runs one hop under a pprof label (a --cpuprofile splits with
+	// -tagfocus=hop=raw|svckit) and returns its rate and CPU per message.
+	measure := func(label string, hop func(context.Context) float64) (rate, client, nsqd float64) {
+		b0, n0 := cpu()
+		pprof.Do(ctx, pprof.Labels("hop", label), func(ctx context.Context) { rate = hop(ctx) })
+		b1, n1 := cpu()
+		return rate, perMsg(b1 - b0), perMsg(n1 - n0)
+	}
 	for i := 0; i < rounds; i++ {
 		var rr, sr float64
 		runRaw := func() {
-			b0, n0 := cpu()
-			// Labelled so that a --cpuprofile splits with -tagfocus=hop=raw.
-			pprof.Do(ctx, pprof.Labels("hop", "raw"), func(ctx context.Context) {
-				rr = r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n)
-			})
-			b1, n1 := cpu()
-			rawCPU, rawNSQD = append(rawCPU, perMsg(b1-b0)), append(rawNSQD, perMsg(n1-n0))
+			var c, d float64
+			rr, c, d = measure("raw", func(ctx context.Context) float64 { return r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n) })
+			rawCPU, rawNSQD = append(rawCPU, c), append(rawNSQD, d)
 		}
 		runSvc := func() {
-			b0, n0 := cpu()
-			pprof.Do(ctx, pprof.Labels("hop", "svckit"), func(ctx context.Context) {
-				sr = r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n)
-			})
-			b1, n1 := cpu()
-			svcCPU, svcNSQD = append(svcCPU, perMsg(b1-b0)), append(svcNSQD, perMsg(n1-n0))
+			var c, d float64
+			sr, c, d = measure("svckit", func(ctx context.Context) float64 { return r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n) })
+			svcCPU, svcNSQD = append(svcCPU, c), append(svcNSQD, d)
 		}
 		if i%2 == 0 {
 			r.step("hop round %d/%d: raw go-nsq then svckit, %d messages each", i+1, rounds, n)

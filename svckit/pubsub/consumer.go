@@ -349,7 +349,15 @@ func (c *Consumer) checkOutputBuffer(ctx context.Context, httpAddr, tcpAddr stri
 }
 
 func (c *Consumer) get(ctx context.Context, httpAddr, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+path, nil)
+	return c.call(ctx, http.MethodGet, "http://"+httpAddr+path, func(body io.Reader) error {
+		return json.NewDecoder(io.LimitReader(body, 4096)).Decode(v)
+	})
+}
+
+// call sends a request to nsqd's HTTP API and hands a 200 answer's body to
+// read (nil: ignore it); any other status is an error quoting nsqd's answer.
+func (c *Consumer) call(ctx context.Context, method, url string, read func(io.Reader) error) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return err
 	}
@@ -359,9 +367,13 @@ func (c *Consumer) get(ctx context.Context, httpAddr, path string, v any) error 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", path, resp.StatusCode)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return fmt.Errorf("%s %s: HTTP %d: %s", method, req.URL.Path, resp.StatusCode, bytes.TrimSpace(msg))
 	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(v)
+	if read == nil {
+		return nil
+	}
+	return read(resp.Body)
 }
 
 // createOn creates the topic, then (for a durable channel) the channel: nsqd
@@ -377,20 +389,7 @@ func (c *Consumer) createOn(ctx context.Context, httpAddr string) error {
 }
 
 func (c *Consumer) post(ctx context.Context, httpAddr, path string, q url.Values) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+path+"?"+q.Encode(), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-		return fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, bytes.TrimSpace(msg))
-	}
-	return nil
+	return c.call(ctx, http.MethodPost, "http://"+httpAddr+path+"?"+q.Encode(), nil)
 }
 
 // Ready is nil while the consumer has at least one nsqd connection.
