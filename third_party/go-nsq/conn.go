@@ -99,7 +99,7 @@ func NewConn(addr string, config *Config, delegate ConnDelegate) *Conn {
 		maxRdyCount:      2500,
 		lastMsgTimestamp: time.Now().UnixNano(),
 
-		cmdChan:         make(chan *Command),
+		cmdChan: make(chan *Command),
 		// svckit patch: buffered, so handlers finishing messages queue
 		// their FINs for writeLoop's next batch instead of each waiting
 		// for writeLoop in turn (cleanup still drains and counts them).
@@ -122,8 +122,7 @@ func NewConn(addr string, config *Config, delegate ConnDelegate) *Conn {
 // The logger parameter is an interface that requires the following
 // method to be implemented (such as the the stdlib log.Logger):
 //
-//    Output(calldepth int, s string)
-//
+//	Output(calldepth int, s string)
 func (c *Conn) SetLogger(l logger, lvl LogLevel, format string) {
 	c.logGuard.Lock()
 	defer c.logGuard.Unlock()
