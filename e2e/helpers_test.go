@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -384,45 +383,6 @@ func appendBytes(t *testing.T, path string, b []byte) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// checkpointApplied returns how many sequences of stream the app's checkpoint
-// file records as applied.
-func checkpointApplied(t *testing.T, appDataDir, stream string) uint64 {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(appDataDir, "checkpoint.json"))
-	if err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
-	var cp struct {
-		Streams map[string]struct {
-			Applied [][2]uint64 `json:"applied"`
-		} `json:"streams"`
-	}
-	if err := json.Unmarshal(b, &cp); err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
-	var n uint64
-	for _, iv := range cp.Streams[stream].Applied {
-		n += iv[1] - iv[0] + 1
-	}
-	return n
-}
-
-// savedSnapshotSeq returns the seq of the sensor's saved snapshot.json (0 if
-// none yet).
-func savedSnapshotSeq(sensorDataDir, stream string) uint64 {
-	b, err := os.ReadFile(filepath.Join(sensorDataDir, "streams", stream, "snapshot.json"))
-	if err != nil {
-		return 0
-	}
-	var s struct {
-		Seq uint64 `json:"seq"`
-	}
-	if json.Unmarshal(b, &s) != nil {
-		return 0
-	}
-	return s.Seq
 }
 
 // logSince returns the part of the process's log written since offset.

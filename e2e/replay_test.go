@@ -42,7 +42,7 @@ func TestReplayAppRestartUnderLoad(t *testing.T) {
 	waitApplied(t, app.addr, "s1", 400)
 
 	app.Stop()
-	cp := checkpointApplied(t, app.dataDir, "s1")
+	cp := pipetest.CheckpointApplied(t, app.dataDir, "s1")
 	away := waitSensorLast(t, sensorAddr, "s1", cp+600)
 	if away.LastSeq >= n {
 		t.Fatalf("the sensor finished while the app was away: nothing left to test under load")
@@ -203,7 +203,8 @@ func tornTail(t *testing.T, midStream bool, damage func(seg segment)) (app, firs
 		last := sensorFinal(t, addr, "s1", 600)
 		finish(t, app.addr, addr, "s1", last)
 		testenv.WaitFor(t, stepTimeout, "the sensor's saved snapshot to cover all its readings", func() bool {
-			return savedSnapshotSeq(first.dataDir, "s1") == last
+			seq, _ := pipetest.SavedSnapshotSeq(first.dataDir, "s1")
+			return seq == last
 		})
 	}
 	first.proc.Kill()
@@ -293,7 +294,7 @@ func TestReplayTwoAppsAtOnce(t *testing.T) {
 		results = e.topicMessages(pipeline.ResultsTopic)
 		return results >= last && results == e.topicMessages(pipeline.ReadingsTopic)
 	})
-	cpA, cpB := checkpointApplied(t, a.dataDir, "s1"), checkpointApplied(t, b.dataDir, "s1")
+	cpA, cpB := pipetest.CheckpointApplied(t, a.dataDir, "s1"), pipetest.CheckpointApplied(t, b.dataDir, "s1")
 
 	a.proc.Restart(t)
 	b.proc.Restart(t)

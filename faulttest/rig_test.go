@@ -18,7 +18,6 @@
 package faulttest
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -391,18 +390,11 @@ func (r *rig) finish(res result, notes string) result {
 // a graceful stop: the stream's last sequence.
 func savedSnapshotSeq(t *testing.T, dataDir, stream string) uint64 {
 	t.Helper()
-	path := filepath.Join(dataDir, "streams", stream, "snapshot.json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("sensor snapshot: %v", err)
+	seq, err := pipetest.SavedSnapshotSeq(dataDir, stream)
+	if err != nil || seq == 0 {
+		t.Fatalf("sensor snapshot of %s: seq %d, %v", stream, seq, err)
 	}
-	var s struct {
-		Seq uint64 `json:"seq"`
-	}
-	if err := json.Unmarshal(b, &s); err != nil || s.Seq == 0 {
-		t.Fatalf("sensor snapshot %s: seq %d, %v", path, s.Seq, err)
-	}
-	return s.Seq
+	return seq
 }
 
 // checkState checks that the app's state of stream is the sensor's fold over

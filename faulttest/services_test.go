@@ -1,10 +1,7 @@
 package faulttest
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"syscall"
 	"testing"
@@ -97,7 +94,7 @@ func TestAppKilled(t *testing.T) {
 	a0 := r.appStream().Applied
 	r.app.proc.Kill()
 	killed := time.Now()
-	cp := checkpointApplied(t, r.app.dataDir, r.stream)
+	cp := pipetest.CheckpointApplied(t, r.app.dataDir, r.stream)
 	r.app.restart()
 	back := time.Now()
 	exact := r.watchExact(back)
@@ -133,27 +130,4 @@ func TestAppAway30s(t *testing.T) {
 	}
 	r.finish(res, fmt.Sprintf("app away %s (SIGTERM, exit 0); %d readings published meanwhile",
 		back.Sub(stopped).Round(100*time.Millisecond), l1-l0))
-}
-
-// checkpointApplied returns how many sequences of stream the app's checkpoint
-// file records as applied.
-func checkpointApplied(t *testing.T, appDataDir, stream string) uint64 {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(appDataDir, "checkpoint.json"))
-	if err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
-	var cp struct {
-		Streams map[string]struct {
-			Applied [][2]uint64 `json:"applied"`
-		} `json:"streams"`
-	}
-	if err := json.Unmarshal(b, &cp); err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
-	var n uint64
-	for _, iv := range cp.Streams[stream].Applied {
-		n += iv[1] - iv[0] + 1
-	}
-	return n
 }

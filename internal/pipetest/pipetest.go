@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -328,4 +330,46 @@ func ReadMetric(t testing.TB, addr, name string) float64 {
 		t.Fatalf("pipetest: reading metric %s of %s: %v", name, addr, err)
 	}
 	return v
+}
+
+// CheckpointApplied returns how many sequences of stream the app's checkpoint
+// file (<data dir>/checkpoint.json) records as applied, failing the test if
+// the file cannot be read.
+func CheckpointApplied(t testing.TB, appDataDir, stream string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(appDataDir, "checkpoint.json"))
+	if err != nil {
+		t.Fatalf("pipetest: app checkpoint: %v", err)
+	}
+	var cp struct {
+		Streams map[string]struct {
+			Applied [][2]uint64 `json:"applied"`
+		} `json:"streams"`
+	}
+	if err := json.Unmarshal(b, &cp); err != nil {
+		t.Fatalf("pipetest: app checkpoint: %v", err)
+	}
+	var n uint64
+	for _, iv := range cp.Streams[stream].Applied {
+		n += iv[1] - iv[0] + 1
+	}
+	return n
+}
+
+// SavedSnapshotSeq returns the seq of the sensor's saved snapshot of stream
+// (<data dir>/streams/<stream>/snapshot.json); an error if there is none yet
+// or it does not parse.
+func SavedSnapshotSeq(sensorDataDir, stream string) (uint64, error) {
+	path := filepath.Join(sensorDataDir, "streams", stream, "snapshot.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var s struct {
+		Seq uint64 `json:"seq"`
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return s.Seq, nil
 }
