@@ -33,7 +33,8 @@ type Options struct {
 	Quick bool // about a minute instead of several
 	// Only limits the run to one part, for profiling: "hop" (the ceiling
 	// and the hop ratio) or "pipeline" (the pipeline's throughput burst,
-	// with per-process CPU and queue depths). "" runs everything.
+	// with per-process CPU and queue depths, then the latency rates). ""
+	// runs everything.
 	Only   string
 	BinDir string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
 	Log    io.Writer // progress lines (nil = discard)

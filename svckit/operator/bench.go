@@ -28,7 +28,7 @@ and resident memory.`,
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
-			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling and the hop ratio) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths)", EnvVars: config.Env("bench-only")},
+			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling and the hop ratio) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates)", EnvVars: config.Env("bench-only")},
 			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
 		Action: func(c *cli.Context) error {
