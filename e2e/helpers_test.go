@@ -68,20 +68,8 @@ func (e *env) start(name, id string, extra ...string) *svc {
 	return s
 }
 
-// keepLog copies the process's log to $E2E_LOG_DIR/<test>/ at the end of the
-// test, when that variable is set (for debugging: t.TempDir is removed).
-func keepLog(t *testing.T, p *testenv.Process) {
-	dir := os.Getenv("E2E_LOG_DIR")
-	if dir == "" {
-		return
-	}
-	t.Cleanup(func() {
-		d := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
-		if err := os.MkdirAll(d, 0o755); err == nil {
-			_ = os.WriteFile(filepath.Join(d, p.Name()+".log"), []byte(p.Log()), 0o644)
-		}
-	})
-}
+// keepLog keeps p's log under $E2E_LOG_DIR (see pipetest.KeepLog).
+func keepLog(t *testing.T, p *testenv.Process) { pipetest.KeepLog(t, p, "E2E_LOG_DIR") }
 
 // sensor starts a sensor of stream.
 func (e *env) sensor(id, stream string, extra ...string) *svc {

@@ -98,21 +98,8 @@ func (s *svc) start(more ...string) {
 	keepLog(t, s.proc)
 }
 
-// keepLog copies the process's log to $FAULTTEST_LOG_DIR/<test>/ at the end
-// of the test when that variable is set (t.TempDir is removed; testenv only
-// prints the tails of the logs of a failed test).
-func keepLog(t *testing.T, p *testenv.Process) {
-	dir := os.Getenv("FAULTTEST_LOG_DIR")
-	if dir == "" {
-		return
-	}
-	t.Cleanup(func() {
-		d := filepath.Join(dir, t.Name())
-		if err := os.MkdirAll(d, 0o755); err == nil {
-			_ = os.WriteFile(filepath.Join(d, p.Name()+".log"), []byte(p.Log()), 0o644)
-		}
-	})
-}
+// keepLog keeps p's log under $FAULTTEST_LOG_DIR (see pipetest.KeepLog).
+func keepLog(t *testing.T, p *testenv.Process) { pipetest.KeepLog(t, p, "FAULTTEST_LOG_DIR") }
 
 // addr waits until this instance is passing in Consul and answers /health.
 func (s *svc) addr() string {

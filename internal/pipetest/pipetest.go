@@ -373,3 +373,20 @@ func SavedSnapshotSeq(sensorDataDir, stream string) (uint64, error) {
 	}
 	return s.Seq, nil
 }
+
+// KeepLog copies p's log, when the test ends, to <$envVar>/<test name>/<process
+// name>.log if the environment variable envVar names a directory (each suite
+// has its own: E2E_LOG_DIR, FAULTTEST_LOG_DIR); testenv keeps logs only in the
+// test's temporary directory, which is removed.
+func KeepLog(t testing.TB, p *testenv.Process, envVar string) {
+	dir := os.Getenv(envVar)
+	if dir == "" {
+		return
+	}
+	t.Cleanup(func() {
+		d := filepath.Join(dir, t.Name())
+		if err := os.MkdirAll(d, 0o755); err == nil {
+			_ = os.WriteFile(filepath.Join(d, p.Name()+".log"), []byte(p.Log()), 0o644)
+		}
+	})
+}
