@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -32,13 +33,9 @@ type batchItem struct {
 }
 
 type batchBufs struct {
-	items  []batchItem
-	bodies [][]byte
-	arena  []byte // the batch's encoded envelopes, back to back
-	spans  []span // items[i]'s body is arena[spans[i].from:spans[i].to]
+	items []batchItem
+	arena []byte // the batch's MPUB body
 }
-
-type span struct{ from, to int }
 
 // maxKeptArena bounds the encoding buffer a batch keeps for reuse: a batch
 // of huge envelopes should not pin their memory.
@@ -144,7 +141,7 @@ func (b *Batcher) run() {
 		select {
 		case bufs = <-free:
 		default:
-			bufs = &batchBufs{items: make([]batchItem, 0, b.o.MaxBatch), bodies: make([][]byte, 0, b.o.MaxBatch)}
+			bufs = &batchBufs{items: make([]batchItem, 0, b.o.MaxBatch)}
 		}
 		items := b.take(append(bufs.items[:0], it))
 		// Linger to fill a partial batch only when it would take the last
@@ -174,36 +171,10 @@ func (b *Batcher) run() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			bodies, arena, spans := bufs.bodies[:0], bufs.arena[:0], bufs.spans[:0]
-			// Encode the envelopes into the arena first, and cut their bodies
-			// out of it only when it has stopped growing (append may move it).
-			for i := range items {
-				it := &items[i]
-				if !it.isEnv {
-					spans = append(spans, span{})
-					continue
-				}
-				from := len(arena)
-				var err error
-				if arena, err = it.env.Append(arena); err != nil {
-					arena = arena[:from]
-					it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
-					it.done = nil // answered: not part of the batch
-				}
-				spans = append(spans, span{from, len(arena)})
-			}
-			for i, it := range items {
-				switch {
-				case it.done == nil:
-				case it.isEnv:
-					bodies = append(bodies, arena[spans[i].from:spans[i].to:spans[i].to])
-				default:
-					bodies = append(bodies, it.body)
-				}
-			}
+			arena, n := b.encode(bufs.arena[:0], items)
 			var err error
-			if len(bodies) > 0 {
-				err = b.p.MultiPublish(b.ctx, b.topic, bodies)
+			if n > 0 {
+				err = b.p.multiPublishEncoded(b.ctx, b.topic, n, arena)
 			}
 			for _, it := range items {
 				if it.done != nil {
@@ -211,10 +182,9 @@ func (b *Batcher) run() {
 				}
 			}
 			// Drop the references so the bodies can be collected while
-			// the slices wait for reuse.
+			// the slice waits for reuse.
 			clear(items)
-			clear(bodies)
-			bufs.items, bufs.bodies, bufs.spans = items[:0], bodies[:0], spans[:0]
+			bufs.items = items[:0]
 			if cap(arena) <= maxKeptArena {
 				bufs.arena = arena[:0]
 			}
@@ -224,6 +194,35 @@ func (b *Batcher) run() {
 			}
 		}()
 	}
+}
+
+// encode appends the items to arena as an MPUB body (a big-endian u32
+// count, then each message as a u32 length and its bytes) and returns it
+// with the count. An envelope that cannot be encoded is answered at once
+// and left out (its done set to nil).
+func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int) {
+	arena = append(arena, 0, 0, 0, 0)
+	n := 0
+	for i := range items {
+		it := &items[i]
+		at := len(arena)
+		arena = append(arena, 0, 0, 0, 0)
+		if it.isEnv {
+			var err error
+			if arena, err = it.env.Append(arena); err != nil {
+				arena = arena[:at]
+				it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
+				it.done = nil // answered: not part of the batch
+				continue
+			}
+		} else {
+			arena = append(arena, it.body...)
+		}
+		binary.BigEndian.PutUint32(arena[at:], uint32(len(arena)-at-4))
+		n++
+	}
+	binary.BigEndian.PutUint32(arena, uint32(n))
+	return arena, n
 }
 
 // take appends what is already queued, without waiting, up to MaxBatch.

@@ -43,8 +43,7 @@ type Producer struct {
 	o     ProducerOptions
 
 	mu      sync.Mutex
-	cur     *nsq.Producer
-	curAddr string
+	cur     *nsqdConn
 	bad     map[string]time.Time
 	stopped bool
 
@@ -111,6 +110,26 @@ func (p *Producer) MultiPublish(ctx context.Context, topic string, bodies [][]by
 	if len(bodies) == 0 {
 		return nil
 	}
+	if len(bodies) == 1 {
+		return p.publish(ctx, topic, 1, nsq.Publish(topic, bodies[0]))
+	}
+	cmd, err := nsq.MultiPublish(topic, bodies)
+	if err != nil {
+		return fmt.Errorf("publishing %d messages to %q: %w", len(bodies), topic, err)
+	}
+	return p.publish(ctx, topic, len(bodies), cmd)
+}
+
+// multiPublishEncoded is MultiPublish for a body already in MPUB's layout
+// (a big-endian u32 count, then each message as a u32 length and its
+// bytes): the Batcher encodes batches that way into a buffer it reuses, and
+// nothing is copied on the way to the socket.
+func (p *Producer) multiPublishEncoded(ctx context.Context, topic string, n int, body []byte) error {
+	return p.publish(ctx, topic, n, &nsq.Command{Name: []byte("MPUB"), Params: [][]byte{[]byte(topic)}, Body: body})
+}
+
+// publish sends cmd (n messages) until an nsqd acknowledges it or ctx ends.
+func (p *Producer) publish(ctx context.Context, topic string, n int, cmd *nsq.Command) error {
 	if !nsq.IsValidTopicName(topic) {
 		return PermanentError{fmt.Errorf("publishing to topic %q: invalid NSQ topic name", topic)}
 	}
@@ -121,24 +140,22 @@ func (p *Producer) MultiPublish(ctx context.Context, topic string, bodies [][]by
 			if lastErr == nil {
 				lastErr = err
 			}
-			return fmt.Errorf("publishing %d message(s) to %q: %w (last error: %v)", len(bodies), topic, context.Cause(ctx), lastErr)
+			return fmt.Errorf("publishing %d message(s) to %q: %w (last error: %v)", n, topic, context.Cause(ctx), lastErr)
 		}
-		prod, addr, err := p.conn()
+		conn, err := p.conn()
 		if err == nil {
-			if len(bodies) == 1 {
-				err = prod.Publish(topic, bodies[0])
-			} else {
-				err = prod.MultiPublish(topic, bodies)
-			}
-			if err == nil {
-				p.published(topic).Add(float64(len(bodies)))
+			if err = conn.do(ctx, cmd); err == nil {
+				p.published(topic).Add(float64(n))
 				return nil
+			}
+			if ctx.Err() != nil {
+				continue // the loop reports it
 			}
 			p.o.Metrics.PublishErrors.WithLabelValues(topic).Inc()
 			if isPermanent(err) {
-				return PermanentError{fmt.Errorf("publishing to %q on nsqd %s: %w", topic, addr, err)}
+				return PermanentError{fmt.Errorf("publishing to %q on nsqd %s: %w", topic, conn.addr, err)}
 			}
-			p.markBad(addr, prod, err)
+			p.markBad(conn, err)
 		}
 		lastErr = err
 		t := time.NewTimer(delay/2 + rand.N(delay/2+1))
@@ -164,7 +181,10 @@ func (p *Producer) published(topic string) prometheus.Counter {
 func (p *Producer) Addr() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.curAddr
+	if p.cur == nil {
+		return ""
+	}
+	return p.cur.addr
 }
 
 // Ready is nil when a passing nsqd is known.
@@ -181,35 +201,53 @@ func (p *Producer) Ready() error {
 	return nil
 }
 
-// conn returns the current go-nsq producer, choosing a new nsqd when there is
-// none or the current one left the passing set.
-func (p *Producer) conn() (*nsq.Producer, string, error) {
+// conn returns the connection to the current nsqd, choosing a new nsqd when
+// there is none, it closed, or it left the passing set.
+func (p *Producer) conn() (*nsqdConn, error) {
 	set := p.nsqds.Instances()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.stopped {
-		return nil, "", errors.New("producer stopped")
+		p.mu.Unlock()
+		return nil, errors.New("producer stopped")
 	}
 	if p.cur != nil {
-		if len(set) == 0 || containsAddr(set, p.curAddr) {
-			return p.cur, p.curAddr, nil
+		if !p.cur.isClosed() && (len(set) == 0 || containsAddr(set, p.cur.addr)) {
+			c := p.cur
+			p.mu.Unlock()
+			return c, nil
 		}
-		p.o.Logger.Info("nsqd left the passing set; moving", "nsqd", p.curAddr)
-		p.cur.Stop()
-		p.cur, p.curAddr = nil, ""
+		if !p.cur.isClosed() {
+			p.o.Logger.Info("nsqd left the passing set; moving", "nsqd", p.cur.addr)
+		}
+		p.cur.Close()
+		p.cur = nil
 	}
 	addr := p.choose(set)
+	p.mu.Unlock()
 	if addr == "" {
-		return nil, "", ErrNoNSQD
+		return nil, ErrNoNSQD
 	}
-	prod, err := nsq.NewProducer(addr, p.o.NSQ)
+	// Dialled without the lock: a slow nsqd must not hold up Addr or Stop.
+	c, err := dialNSQD(addr, p.o.NSQ, p.o.Logger.With("nsqd", addr))
 	if err != nil {
-		return nil, "", fmt.Errorf("creating nsq producer for %s: %w", addr, err)
+		p.mu.Lock()
+		p.bad[addr] = time.Now().Add(p.o.BadFor)
+		p.mu.Unlock()
+		return nil, err
 	}
-	prod.SetLogger(logging.NSQLogger{L: p.o.Logger.With("nsqd", addr)}, logging.NSQLevel(p.o.Logger))
-	p.cur, p.curAddr = prod, addr
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.stopped:
+		c.Close()
+		return nil, errors.New("producer stopped")
+	case p.cur != nil && !p.cur.isClosed(): // another publish connected meanwhile
+		c.Close()
+		return p.cur, nil
+	}
+	p.cur = c
 	p.o.Logger.Debug("publishing to nsqd", "nsqd", addr)
-	return prod, addr, nil
+	return c, nil
 }
 
 // choose prefers the local node's nsqd, then any not recently failed, then
@@ -245,14 +283,14 @@ func containsAddr(set []discovery.Instance, addr string) bool {
 	return false
 }
 
-func (p *Producer) markBad(addr string, prod *nsq.Producer, err error) {
+func (p *Producer) markBad(c *nsqdConn, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.bad[addr] = time.Now().Add(p.o.BadFor)
-	if p.cur == prod {
-		p.o.Logger.Warn("publish failed; moving to another nsqd", "nsqd", addr, "err", err)
-		p.cur.Stop()
-		p.cur, p.curAddr = nil, ""
+	p.bad[c.addr] = time.Now().Add(p.o.BadFor)
+	if p.cur == c {
+		p.o.Logger.Warn("publish failed; moving to another nsqd", "nsqd", c.addr, "err", err)
+		p.cur.Close()
+		p.cur = nil
 	}
 }
 
@@ -262,7 +300,7 @@ func (p *Producer) Stop() {
 	defer p.mu.Unlock()
 	p.stopped = true
 	if p.cur != nil {
-		p.cur.Stop()
-		p.cur, p.curAddr = nil, ""
+		p.cur.Close()
+		p.cur = nil
 	}
 }
