@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"sort"
@@ -159,27 +160,36 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	// CPU time per message hopped, of this process (publisher and
 	// consumer) and of nsqd: tells a per-message cost from a stall.
 	var rawCPU, svcCPU, rawNSQD, svcNSQD []float64
+	// The Go runtime's view of this process during each side's rounds:
+	// garbage per message, collections, and the CPU they took.
+	var rawGC, svcGC []gcDelta
 	cpu := func() (float64, float64) { return cpuSeconds(os.Getpid()), cpuSeconds(r.st.NSQD.Proc.Pid()) }
 	perMsg := func(s float64) float64 { return s / float64(n) * 1e6 }
 	// measure runs one hop under a pprof label (a --cpuprofile splits with
 	// -tagfocus=hop=raw|svckit) and returns its rate and CPU per message.
-	measure := func(label string, hop func(context.Context) float64) (rate, client, nsqd float64) {
+	measure := func(label string, hop func(context.Context) float64) (rate, client, nsqd float64, gc gcDelta) {
 		b0, n0 := cpu()
+		g0 := readGC()
+		live := sampleLiveHeap()
 		pprof.Do(ctx, pprof.Labels("hop", label), func(ctx context.Context) { rate = hop(ctx) })
 		b1, n1 := cpu()
-		return rate, perMsg(b1 - b0), perMsg(n1 - n0)
+		gc = readGC().since(g0, n)
+		gc.liveHeapMB = live()
+		return rate, perMsg(b1 - b0), perMsg(n1 - n0), gc
 	}
 	for i := 0; i < rounds; i++ {
 		var rr, sr float64
 		runRaw := func() {
 			var c, d float64
-			rr, c, d = measure("raw", func(ctx context.Context) float64 { return r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n) })
-			rawCPU, rawNSQD = append(rawCPU, c), append(rawNSQD, d)
+			var g gcDelta
+			rr, c, d, g = measure("raw", func(ctx context.Context) float64 { return r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n) })
+			rawCPU, rawNSQD, rawGC = append(rawCPU, c), append(rawNSQD, d), append(rawGC, g)
 		}
 		runSvc := func() {
 			var c, d float64
-			sr, c, d = measure("svckit", func(ctx context.Context) float64 { return r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n) })
-			svcCPU, svcNSQD = append(svcCPU, c), append(svcNSQD, d)
+			var g gcDelta
+			sr, c, d, g = measure("svckit", func(ctx context.Context) float64 { return r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n) })
+			svcCPU, svcNSQD, svcGC = append(svcCPU, c), append(svcNSQD, d), append(svcGC, g)
 		}
 		if i%2 == 0 {
 			r.step("hop round %d/%d: raw go-nsq then svckit, %d messages each", i+1, rounds, n)
@@ -205,6 +215,77 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	r.fig("svckit_hop_cpu_us_per_msg_client", median(svcCPU))
 	r.fig("raw_hop_cpu_us_per_msg_nsqd", median(rawNSQD))
 	r.fig("svckit_hop_cpu_us_per_msg_nsqd", median(svcNSQD))
+	for side, gs := range map[string][]gcDelta{"raw": rawGC, "svckit": svcGC} {
+		r.fig(side+"_hop_alloc_bytes_per_msg", median(field(gs, func(g gcDelta) float64 { return g.allocBytesPerMsg })))
+		r.fig(side+"_hop_gc_cycles", median(field(gs, func(g gcDelta) float64 { return g.cycles })))
+		r.fig(side+"_hop_gc_cpu_us_per_msg", median(field(gs, func(g gcDelta) float64 { return g.cpuUsPerMsg })))
+		r.fig(side+"_hop_live_heap_mb", median(field(gs, func(g gcDelta) float64 { return g.liveHeapMB })))
+	}
+}
+
+// gcDelta is what the Go runtime did in this process during one hop.
+type gcDelta struct{ allocBytesPerMsg, cycles, cpuUsPerMsg, liveHeapMB float64 }
+
+// sampleLiveHeap samples the heap that the last collection found live,
+// every 10 ms, until the returned func is called; that returns the median
+// in MB. The headroom between it and the heap goal (4 MB at least) is
+// what each collection cycle buys.
+func sampleLiveHeap() func() float64 {
+	stop, done := make(chan struct{}), make(chan []float64)
+	go func() {
+		var v []float64
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		for {
+			select {
+			case <-stop:
+				done <- v
+				return
+			case <-t.C:
+				metrics.Read(s)
+				v = append(v, float64(s[0].Value.Uint64())/1e6)
+			}
+		}
+	}()
+	return func() float64 {
+		close(stop)
+		v := <-done
+		if len(v) == 0 {
+			return 0
+		}
+		return median(v)
+	}
+}
+
+type gcSample struct{ allocBytes, cycles, cpuSeconds float64 }
+
+func readGC() gcSample {
+	s := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}, {Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(s)
+	num := func(v metrics.Value) float64 {
+		switch v.Kind() {
+		case metrics.KindUint64:
+			return float64(v.Uint64())
+		case metrics.KindFloat64:
+			return v.Float64()
+		}
+		return 0
+	}
+	return gcSample{num(s[0].Value), num(s[1].Value), num(s[2].Value)}
+}
+
+func (g gcSample) since(g0 gcSample, n int) gcDelta {
+	return gcDelta{allocBytesPerMsg: (g.allocBytes - g0.allocBytes) / float64(n), cycles: g.cycles - g0.cycles,
+		cpuUsPerMsg: (g.cpuSeconds - g0.cpuSeconds) / float64(n) * 1e6}
+}
+
+func field[T any](v []T, f func(T) float64) []float64 {
+	out := make([]float64, len(v))
+	for i := range v {
+		out[i] = f(v[i])
+	}
+	return out
 }
 
 // hopConfig is the go-nsq configuration of both hop consumers: svckit's

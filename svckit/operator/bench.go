@@ -28,6 +28,7 @@ and resident memory.`,
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
+			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the bench process to this file at the end (go tool pprof -sample_index=alloc_space)", EnvVars: config.Env("bench-memprofile")},
 			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling and the hop ratio) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates)", EnvVars: config.Env("bench-only")},
 			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
@@ -50,6 +51,20 @@ and resident memory.`,
 					return fmt.Errorf("--cpuprofile: %w", err)
 				}
 				defer pprof.StopCPUProfile()
+			}
+			if path := c.String("memprofile"); path != "" {
+				f, err := os.Create(path)
+				if err != nil {
+					return fmt.Errorf("--memprofile: %w", err)
+				}
+				defer f.Close()
+				// Deferred before the run returns: written after it, with
+				// every allocation the run made.
+				defer func() {
+					if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+						fmt.Fprintf(c.App.ErrWriter, "--memprofile: %v\n", err)
+					}
+				}()
 			}
 			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), Only: c.String("only"), BinDir: bin, Log: c.App.ErrWriter})
 			if err != nil {
