@@ -28,8 +28,11 @@ type Message struct {
 	Envelope envelope.Envelope
 	NSQ      *nsq.Message
 
-	c         *Consumer
-	start     time.Time
+	c *Consumer
+	// start is when the handler was called, on the consumer's monotonic
+	// clock: 8 bytes where a time.Time takes 24, which moves Message to a
+	// smaller size class (one is allocated per message).
+	start     time.Duration
 	async     atomic.Bool
 	responded atomic.Bool
 }
@@ -114,6 +117,7 @@ type Consumer struct {
 	nsq      *nsq.Consumer
 	dec      envelope.Decoder
 	http     *http.Client
+	epoch    time.Time // Message.start counts from here
 
 	handlerCtx    context.Context
 	cancelHandler context.CancelFunc
@@ -188,6 +192,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc,
 		dec:      envelope.Decoder{MaxPayload: o.MaxPayload, Strings: &envelope.StringCache{}},
 		http:     &http.Client{Timeout: 5 * time.Second},
+		epoch:    time.Now(),
 		lookupd:  map[string]bool{},
 		prepared: map[string]bool{},
 		refusing: map[string]string{},
@@ -429,7 +434,7 @@ func (c *Consumer) Stop(ctx context.Context) error {
 // HandleMessage implements nsq.Handler.
 func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 	nm.DisableAutoResponse()
-	m := &Message{NSQ: nm, c: c, start: time.Now()}
+	m := &Message{NSQ: nm, c: c, start: time.Since(c.epoch)}
 	env, err := c.dec.Decode(nm.Body)
 	if err != nil {
 		c.deadLetterOrRequeue(nm, "decode: "+err.Error())
@@ -475,7 +480,7 @@ func (c *Consumer) safeHandle(m *Message) (err error) {
 }
 
 func (c *Consumer) respond(m *Message, err error) {
-	c.handlerSecs.Observe(time.Since(m.start).Seconds())
+	c.handlerSecs.Observe((time.Since(c.epoch) - m.start).Seconds())
 	nm := m.NSQ
 	if err == nil {
 		c.consumed.Inc()
