@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -65,6 +66,7 @@ type runner struct {
 	res   *Results
 	bins  string
 	mu    sync.Mutex // guards res.Figures against the usage sampler
+	procs []*testenv.Process
 }
 
 // Run performs every measurement and returns the results.
@@ -109,9 +111,31 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	})
 	if err != nil {
+		r.logTails()
 		return nil, err
 	}
 	return r.res, nil
+}
+
+// logTails writes the end of every program's log to the progress output:
+// a failed run says what it saw, and the logs go with its directories.
+func (r *runner) logTails() {
+	procs := r.procs
+	if r.st != nil {
+		procs = append([]*testenv.Process{r.st.NSQD.Proc}, procs...)
+	}
+	for _, p := range procs {
+		if p == nil {
+			continue
+		}
+		log := strings.TrimSpace(p.Log())
+		if lines := strings.Split(log, "\n"); len(lines) > 20 {
+			log = strings.Join(lines[len(lines)-20:], "\n")
+		}
+		if log != "" {
+			fmt.Fprintf(r.o.Log, "bench: --- the end of %s's log ---\n%s\n", p.Name(), log)
+		}
+	}
 }
 
 func (r *runner) step(f string, a ...any) {
@@ -505,7 +529,9 @@ func (r *runner) discovery(ctx context.Context) {
 func (r *runner) service(name, bin string, args ...string) *testenv.Process {
 	base := []string{"--consul-addr=" + r.st.Consul.HTTPAddr, "--http-addr=127.0.0.1:0", "--data-dir=" + r.env.TempDir(),
 		"--check-interval=1s", "--nsq-lookupd-poll-interval=1s", "--log-level=warn"}
-	return testenv.StartProcess(r.env, name, filepath.Join(r.bins, bin), append(base, args...), nil)
+	p := testenv.StartProcess(r.env, name, filepath.Join(r.bins, bin), append(base, args...), nil)
+	r.procs = append(r.procs, p)
+	return p
 }
 
 func (r *runner) passing(service string) []*api.ServiceEntry {
@@ -702,21 +728,32 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process,
 func (r *runner) latency(stream string, start func() *testenv.Process, d time.Duration, during func(*testenv.Process)) [3]float64 {
 	var mu sync.Mutex
 	var samples []float64
-	warm := time.Now().Add(time.Hour)
+	// Unix nanoseconds from which results count; read by the handlers.
+	var warm atomic.Int64
+	warm.Store(math.MaxInt64)
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = 2500
 	// As a svckit consumer asks by default (--nsq-output-buffer-*).
 	cfg.OutputBufferSize = 16384
 	cfg.OutputBufferTimeout = time.Millisecond
-	c, err := nsq.NewConsumer("results", "bench-latency#ephemeral", cfg)
+	// A consumer connected to nsqd directly reconnects after this interval
+	// (go-nsq's default is 60 s, longer than a measurement).
+	cfg.LookupdPollInterval = time.Second
+	// A channel of its own per stream: nsqd deletes an ephemeral channel a
+	// moment after its last consumer leaves, and a consumer subscribing to
+	// the same name within that moment can join the dying channel and get
+	// nothing (nsqd 1.3.0; seen in 2 of 9 full runs with one shared name).
+	c, err := nsq.NewConsumer("results", "bench-latency-"+stream+"#ephemeral", cfg)
 	if err != nil {
 		r.fail("latency consumer: %v", err)
 	}
 	c.SetLogger(nil, nsq.LogLevelError)
+	var received atomic.Int64
 	c.AddConcurrentHandlers(nsq.HandlerFunc(func(m *nsq.Message) error {
+		received.Add(1)
 		now := time.Now()
 		env, err := envelope.Decode(m.Body)
-		if err != nil || env.Stream != stream || now.Before(warm) {
+		if err != nil || env.Stream != stream || now.UnixNano() < warm.Load() {
 			return nil
 		}
 		mu.Lock()
@@ -730,9 +767,10 @@ func (r *runner) latency(stream string, start func() *testenv.Process, d time.Du
 	defer func() { c.Stop(); <-c.StopChan }()
 	p := start()
 	r.waitPassing("sensor", 1)
-	warm = time.Now().Add(time.Second)
-	end := warm.Add(d)
-	mid := warm.Add(d / 2)
+	from := time.Now().Add(time.Second)
+	warm.Store(from.UnixNano())
+	end := from.Add(d)
+	mid := from.Add(d / 2)
 	measured := false
 	for time.Now().Before(end) {
 		if !measured && time.Now().After(mid) {
@@ -745,7 +783,7 @@ func (r *runner) latency(stream string, start func() *testenv.Process, d time.Du
 	mu.Lock()
 	defer mu.Unlock()
 	if len(samples) == 0 {
-		r.fail("no latency samples for %s", stream)
+		r.fail("no latency samples for %s (the consumer of results received %d messages)", stream, received.Load())
 	}
 	sort.Float64s(samples)
 	q := func(p float64) float64 { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }

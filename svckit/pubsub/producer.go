@@ -23,6 +23,11 @@ import (
 // ErrNoNSQD means discovery knows no passing nsqd.
 var ErrNoNSQD = errors.New("no passing nsqd in Consul")
 
+// ErrProducerStopped is returned by a publish after Stop (and by one that
+// was waiting when Stop came): nothing will be published any more, so it
+// is not retried.
+var ErrProducerStopped = errors.New("producer stopped")
+
 // ProducerOptions configures a Producer.
 type ProducerOptions struct {
 	NSQ        *nsq.Config   // nil = nsq.NewConfig()
@@ -143,6 +148,9 @@ func (p *Producer) publish(ctx context.Context, topic string, n int, cmd *nsq.Co
 			return fmt.Errorf("publishing %d message(s) to %q: %w (last error: %v)", n, topic, context.Cause(ctx), lastErr)
 		}
 		conn, err := p.conn()
+		if errors.Is(err, ErrProducerStopped) {
+			return fmt.Errorf("publishing %d message(s) to %q: %w", n, topic, err)
+		}
 		if err == nil {
 			if err = conn.do(ctx, cmd); err == nil {
 				p.published(topic).Add(float64(n))
@@ -208,7 +216,7 @@ func (p *Producer) conn() (*nsqdConn, error) {
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()
-		return nil, errors.New("producer stopped")
+		return nil, ErrProducerStopped
 	}
 	if p.cur != nil {
 		if !p.cur.isClosed() && (len(set) == 0 || containsAddr(set, p.cur.addr)) {
@@ -240,7 +248,7 @@ func (p *Producer) conn() (*nsqdConn, error) {
 	switch {
 	case p.stopped:
 		c.Close()
-		return nil, errors.New("producer stopped")
+		return nil, ErrProducerStopped
 	case p.cur != nil && !p.cur.isClosed(): // another publish connected meanwhile
 		c.Close()
 		return p.cur, nil
