@@ -175,76 +175,77 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	r.st.NSQD.DeleteTopic(r.env, "ceiling-pub")
 	r.st.NSQD.DeleteTopic(r.env, "ceiling-mpub")
 
-	// Rounds pair a raw and an svckit run back to back, alternating which
-	// goes first; the ratio is the median of the rounds' ratios, so a drift
-	// in the machine's speed during the run (two shared cores) cancels
-	// within each pair instead of landing on one side.
+	// Each round runs the three sides back to back, rotating which goes
+	// first; a ratio is the median of the rounds' ratios, so a drift in the
+	// machine's speed during the run (two shared cores) cancels within each
+	// round instead of landing on one side.
+	//
+	// The raw baseline keeps up to 4 MPUBs awaiting nsqd, as the svckit
+	// Batcher does: hop_ratio compares svckit with go-nsq at its best.
+	// raw_sync publishes one MPUB at a time (go-nsq's MultiPublish, one
+	// round trip per batch), which is how a plain go-nsq program usually
+	// publishes: hop_ratio_sync_mpub.
 	rounds, n := pick(r.o.Quick, 3, 5), pick(r.o.Quick, 100_000, 300_000)
-	var raw, svc, ratios []float64
-	// CPU time per message hopped, of this process (publisher and
-	// consumer) and of nsqd: tells a per-message cost from a stall.
-	var rawCPU, svcCPU, rawNSQD, svcNSQD []float64
-	// The Go runtime's view of this process during each side's rounds:
-	// garbage per message, collections, and the CPU they took.
-	var rawGC, svcGC []gcDelta
+	sides := []*hopSide{
+		{name: "raw", hop: func(ctx context.Context, topic string) float64 { return r.rawHop(ctx, topic, n, 4) }},
+		{name: "raw_sync", hop: func(ctx context.Context, topic string) float64 { return r.rawHop(ctx, topic, n, 1) }},
+		{name: "svckit", hop: func(ctx context.Context, topic string) float64 { return r.svckitHop(ctx, topic, n) }},
+	}
+	raw, rawSync, svc := sides[0], sides[1], sides[2]
 	cpu := func() (float64, float64) { return cpuSeconds(os.Getpid()), cpuSeconds(r.st.NSQD.Proc.Pid()) }
 	perMsg := func(s float64) float64 { return s / float64(n) * 1e6 }
-	// measure runs one hop under a pprof label (a --cpuprofile splits with
-	// -tagfocus=hop=raw|svckit) and returns its rate and CPU per message.
-	measure := func(label string, hop func(context.Context) float64) (rate, client, nsqd float64, gc gcDelta) {
-		b0, n0 := cpu()
-		g0 := readGC()
-		live := sampleLiveHeap()
-		pprof.Do(ctx, pprof.Labels("hop", label), func(ctx context.Context) { rate = hop(ctx) })
-		b1, n1 := cpu()
-		gc = readGC().since(g0, n)
-		gc.liveHeapMB = live()
-		return rate, perMsg(b1 - b0), perMsg(n1 - n0), gc
-	}
+	var ratios, syncRatios []float64
 	for i := 0; i < rounds; i++ {
-		var rr, sr float64
-		runRaw := func() {
-			var c, d float64
-			var g gcDelta
-			rr, c, d, g = measure("raw", func(ctx context.Context) float64 { return r.rawHop(ctx, fmt.Sprintf("hop-raw-%d", i), n) })
-			rawCPU, rawNSQD, rawGC = append(rawCPU, c), append(rawNSQD, d), append(rawGC, g)
+		order := make([]string, len(sides))
+		for k := range sides {
+			side := sides[(i+k)%len(sides)]
+			order[k] = side.name
+			topic := fmt.Sprintf("hop-%s-%d", side.name, i)
+			// Under a pprof label: a --cpuprofile splits with
+			// -tagfocus=hop=raw|raw_sync|svckit.
+			b0, n0 := cpu()
+			g0 := readGC()
+			live := sampleLiveHeap()
+			var rate float64
+			pprof.Do(ctx, pprof.Labels("hop", side.name), func(ctx context.Context) { rate = side.hop(ctx, topic) })
+			b1, n1 := cpu()
+			gc := readGC().since(g0, n)
+			gc.liveHeapMB = live()
+			side.rate, side.client, side.nsqd = append(side.rate, rate), append(side.client, perMsg(b1-b0)), append(side.nsqd, perMsg(n1-n0))
+			side.gc = append(side.gc, gc)
+			// Drained, but a topic and its channel each keep a memory
+			// queue buffer of --mem-queue-size pointers for the GC to scan.
+			r.st.NSQD.DeleteTopic(r.env, topic)
 		}
-		runSvc := func() {
-			var c, d float64
-			var g gcDelta
-			sr, c, d, g = measure("svckit", func(ctx context.Context) float64 { return r.svckitHop(ctx, fmt.Sprintf("hop-svc-%d", i), n) })
-			svcCPU, svcNSQD, svcGC = append(svcCPU, c), append(svcNSQD, d), append(svcGC, g)
-		}
-		if i%2 == 0 {
-			r.step("hop round %d/%d: raw go-nsq then svckit, %d messages each", i+1, rounds, n)
-			runRaw()
-			runSvc()
-		} else {
-			r.step("hop round %d/%d: svckit then raw go-nsq, %d messages each", i+1, rounds, n)
-			runSvc()
-			runRaw()
-		}
-		// Drained, but a topic and its channel each keep a memory queue
-		// buffer of --mem-queue-size pointers for the GC to scan.
-		r.st.NSQD.DeleteTopic(r.env, fmt.Sprintf("hop-raw-%d", i))
-		r.st.NSQD.DeleteTopic(r.env, fmt.Sprintf("hop-svc-%d", i))
-		raw, svc, ratios = append(raw, rr), append(svc, sr), append(ratios, sr/rr)
+		r.step("hop round %d/%d: %s, %d messages each", i+1, rounds, strings.Join(order, ", "), n)
+		ratios = append(ratios, svc.rate[i]/raw.rate[i])
+		syncRatios = append(syncRatios, svc.rate[i]/rawSync.rate[i])
 	}
-	r.fig("raw_hop_msgs_per_sec", median(raw))
-	r.fig("svckit_hop_msgs_per_sec", median(svc))
+	r.res.HopRatio = median(ratios)
 	r.fig("hop_ratio_min", slices.Min(ratios))
 	r.fig("hop_ratio_max", slices.Max(ratios))
-	r.res.HopRatio = median(ratios)
-	r.fig("raw_hop_cpu_us_per_msg_client", median(rawCPU))
-	r.fig("svckit_hop_cpu_us_per_msg_client", median(svcCPU))
-	r.fig("raw_hop_cpu_us_per_msg_nsqd", median(rawNSQD))
-	r.fig("svckit_hop_cpu_us_per_msg_nsqd", median(svcNSQD))
-	for side, gs := range map[string][]gcDelta{"raw": rawGC, "svckit": svcGC} {
-		r.fig(side+"_hop_alloc_bytes_per_msg", median(field(gs, func(g gcDelta) float64 { return g.allocBytesPerMsg })))
-		r.fig(side+"_hop_gc_cycles", median(field(gs, func(g gcDelta) float64 { return g.cycles })))
-		r.fig(side+"_hop_gc_cpu_us_per_msg", median(field(gs, func(g gcDelta) float64 { return g.cpuUsPerMsg })))
-		r.fig(side+"_hop_live_heap_mb", median(field(gs, func(g gcDelta) float64 { return g.liveHeapMB })))
+	r.fig("hop_ratio_sync_mpub", median(syncRatios))
+	r.fig("hop_ratio_sync_mpub_min", slices.Min(syncRatios))
+	for _, side := range sides {
+		r.fig(side.name+"_hop_msgs_per_sec", median(side.rate))
+		// CPU time per message hopped, of this process (publisher and
+		// consumer) and of nsqd: tells a per-message cost from a stall.
+		r.fig(side.name+"_hop_cpu_us_per_msg_client", median(side.client))
+		r.fig(side.name+"_hop_cpu_us_per_msg_nsqd", median(side.nsqd))
+		// The Go runtime's view of this process during the side's rounds.
+		r.fig(side.name+"_hop_alloc_bytes_per_msg", median(field(side.gc, func(g gcDelta) float64 { return g.allocBytesPerMsg })))
+		r.fig(side.name+"_hop_gc_cycles", median(field(side.gc, func(g gcDelta) float64 { return g.cycles })))
+		r.fig(side.name+"_hop_gc_cpu_us_per_msg", median(field(side.gc, func(g gcDelta) float64 { return g.cpuUsPerMsg })))
+		r.fig(side.name+"_hop_live_heap_mb", median(field(side.gc, func(g gcDelta) float64 { return g.liveHeapMB })))
 	}
+}
+
+// hopSide is one way of hopping messages and what its rounds measured.
+type hopSide struct {
+	name               string
+	hop                func(ctx context.Context, topic string) float64
+	rate, client, nsqd []float64
+	gc                 []gcDelta
 }
 
 // gcDelta is what the Go runtime did in this process during one hop.
@@ -350,8 +351,9 @@ func (r *runner) rawPublish(addr, topic string, body []byte, n, batch int) float
 	return float64(n) / time.Since(start).Seconds()
 }
 
-// rawHop: MPUB×100 into a topic consumed by one go-nsq consumer (4 handlers).
-func (r *runner) rawHop(ctx context.Context, topic string, n int) float64 {
+// rawHop: MPUB×100, up to inFlight awaiting nsqd, into a topic consumed by
+// one go-nsq consumer (4 handlers).
+func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) float64 {
 	var got atomic.Int64
 	done := make(chan struct{})
 	c, err := nsq.NewConsumer(topic, "bench", hopConfig())
@@ -369,13 +371,57 @@ func (r *runner) rawHop(ctx context.Context, topic string, n int) float64 {
 		r.fail("raw consumer connect: %v", err)
 	}
 	defer func() { c.Stop(); <-c.StopChan }()
+	p, err := nsq.NewProducer(r.st.NSQD.TCPAddr, nsq.NewConfig())
+	if err != nil {
+		r.fail("raw producer: %v", err)
+	}
+	p.SetLogger(nil, nsq.LogLevelError)
+	defer p.Stop()
 	body := make([]byte, payloadSize)
-	return r.timeHop(ctx, done, n, func(p *nsq.Producer, bodies [][]byte) error {
-		for i := range bodies {
-			bodies[i] = body
+	bodies := make([][]byte, 100)
+	for i := range bodies {
+		bodies[i] = body
+	}
+	// go-nsq pipelines async publishes on its connection; with one slot
+	// this is MultiPublish, one round trip per batch.
+	slots := make(chan struct{}, inFlight)
+	answers := make(chan *nsq.ProducerTransaction, inFlight)
+	failed := make(chan error, 1)
+	go func() {
+		for t := range answers {
+			if t.Error != nil {
+				select {
+				case failed <- t.Error:
+				default:
+				}
+			}
+			<-slots
 		}
-		return p.MultiPublish(topic, bodies)
-	})
+	}()
+	start := time.Now()
+	for sent := 0; sent < n; sent += len(bodies) {
+		slots <- struct{}{}
+		if err := p.MultiPublishAsync(topic, bodies, answers); err != nil {
+			r.fail("raw publish: %v", err)
+		}
+	}
+	for range inFlight { // every answer in
+		slots <- struct{}{}
+	}
+	close(answers)
+	select {
+	case err := <-failed:
+		r.fail("raw publish: %v", err)
+	default:
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		r.fail("interrupted")
+	case <-time.After(5 * time.Minute):
+		r.fail("raw hop did not finish")
+	}
+	return float64(n) / time.Since(start).Seconds()
 }
 
 // svckitHop: the same load with envelopes carrying stream and sequence,
@@ -433,30 +479,6 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
 	case <-done:
 	case <-time.After(5 * time.Minute):
 		r.fail("svckit hop: %d of %d consumed", got.Load(), n)
-	}
-	return float64(n) / time.Since(start).Seconds()
-}
-
-func (r *runner) timeHop(ctx context.Context, done chan struct{}, n int, mpub func(*nsq.Producer, [][]byte) error) float64 {
-	p, err := nsq.NewProducer(r.st.NSQD.TCPAddr, nsq.NewConfig())
-	if err != nil {
-		r.fail("raw producer: %v", err)
-	}
-	p.SetLogger(nil, nsq.LogLevelError)
-	defer p.Stop()
-	bodies := make([][]byte, 100)
-	start := time.Now()
-	for sent := 0; sent < n; sent += 100 {
-		if err := mpub(p, bodies); err != nil {
-			r.fail("raw publish: %v", err)
-		}
-	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		r.fail("interrupted")
-	case <-time.After(5 * time.Minute):
-		r.fail("raw hop did not finish")
 	}
 	return float64(n) / time.Since(start).Seconds()
 }
