@@ -25,7 +25,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -128,9 +130,14 @@ type Decoder struct {
 }
 
 // StringCache interns short strings, up to a bound. Safe for concurrent use.
+//
+// Reads take no lock: the map is copied on each insertion and published
+// through an atomic pointer. A consumer's handler goroutines look up the
+// same few strings for every message, and a shared read lock was a cache
+// line they all wrote to, twice per string.
 type StringCache struct {
-	mu sync.RWMutex
-	m  map[string]string
+	m  atomic.Pointer[map[string]string]
+	mu sync.Mutex // serialises insertions
 }
 
 // stringCacheMax bounds a StringCache: past it, strings are allocated as
@@ -138,21 +145,27 @@ type StringCache struct {
 const stringCacheMax = 4096
 
 func (c *StringCache) get(b []byte) string {
-	c.mu.RLock()
-	s, ok := c.m[string(b)] // no allocation: the compiler looks up b in place
-	c.mu.RUnlock()
-	if ok {
+	if m := c.m.Load(); m != nil {
+		if s, ok := (*m)[string(b)]; ok { // no allocation: looked up in place
+			return s
+		}
+	}
+	s := string(b)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.m.Load()
+	if old == nil {
+		old = &map[string]string{}
+	}
+	if v, ok := (*old)[s]; ok {
+		return v
+	}
+	if len(*old) >= stringCacheMax {
 		return s
 	}
-	s = string(b)
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = map[string]string{}
-	}
-	if len(c.m) < stringCacheMax {
-		c.m[s] = s
-	}
-	c.mu.Unlock()
+	m := maps.Clone(*old)
+	m[s] = s
+	c.m.Store(&m)
 	return s
 }
 

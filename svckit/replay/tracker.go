@@ -13,6 +13,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +82,11 @@ type Tracker struct {
 
 	mu      sync.RWMutex
 	streams map[string]*trackedStream
+	// byID is a copy of streams for Deliver, replaced on each new stream:
+	// read without a lock, since every handler goroutine looks its stream
+	// up for every message and t.mu's read lock was a cache line they all
+	// wrote to.
+	byID atomic.Pointer[map[string]*trackedStream]
 }
 
 type trackedStream struct {
@@ -144,19 +150,21 @@ func NewTracker(a Applier, o TrackerOptions) (*Tracker, error) {
 }
 
 func (t *Tracker) stream(id string) *trackedStream {
-	t.mu.RLock()
-	s := t.streams[id]
-	t.mu.RUnlock()
-	if s != nil {
-		return s
+	if m := t.byID.Load(); m != nil {
+		if s := (*m)[id]; s != nil {
+			return s
+		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s = t.streams[id]; s == nil {
+	s := t.streams[id]
+	if s == nil {
 		s = &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{},
 			dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
 		t.streams[id] = s
 	}
+	byID := maps.Clone(t.streams)
+	t.byID.Store(&byID)
 	return s
 }
 
