@@ -57,9 +57,10 @@ func dialNSQD(addr string, cfg *nsq.Config, lg *slog.Logger) (*nsqdConn, error) 
 	return c, nil
 }
 
-// send writes cmd; done is called exactly once, from another goroutine,
-// with nsqd's answer: nil for OK, nsq.ErrProtocol for an error frame, or
-// the connection's failure.
+// send writes cmd; done is called exactly once with nsqd's answer: nil for
+// OK, nsq.ErrProtocol for an error frame, or the connection's failure. It
+// runs on the connection's read loop (or at once, if the connection is
+// closed already), so it must not block.
 func (c *nsqdConn) send(cmd *nsq.Command, done func(error)) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()

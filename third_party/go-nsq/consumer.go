@@ -170,7 +170,10 @@ func NewConsumer(topic string, channel string, config *Config) (*Consumer, error
 		logLvl:      LogLevelInfo,
 		maxInFlight: int32(config.MaxInFlight),
 
-		incomingMessages: make(chan *Message),
+		// svckit patch: buffered (upstream: unbuffered), so a connection's
+		// read loop hands a message over without waiting for a handler to
+		// be free; these messages are in flight for nsqd either way.
+		incomingMessages: make(chan *Message, incomingBuffer),
 
 		rdyRetryTimers:     make(map[string]*time.Timer),
 		pendingConnections: make(map[string]*Conn),
@@ -672,6 +675,10 @@ func (r *Consumer) DisconnectFromNSQLookupd(addr string) error {
 
 	return nil
 }
+
+// incomingBuffer is how many received messages may wait for a free handler
+// (svckit patch).
+const incomingBuffer = 64
 
 func (r *Consumer) onConnMessage(c *Conn, msg *Message) {
 	atomic.AddUint64(&r.messagesReceived, 1)
