@@ -110,14 +110,7 @@ func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) 
 
 // Publish queues body and waits until its batch was acknowledged or ctx ended.
 func (b *Batcher) Publish(ctx context.Context, body []byte) error {
-	ch := make(chan error, 1)
-	b.PublishAsync(body, func(err error) { ch <- err })
-	select {
-	case err := <-ch:
-		return err
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
+	return await(ctx, func(done func(error)) { b.PublishAsync(body, done) })
 }
 
 func (b *Batcher) run() {

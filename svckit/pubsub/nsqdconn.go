@@ -82,8 +82,14 @@ func (c *nsqdConn) send(cmd *nsq.Command, done func(error)) {
 // first, nsqd may still publish what was sent: the caller retries, and
 // consumers deduplicate.
 func (c *nsqdConn) do(ctx context.Context, cmd *nsq.Command) error {
+	return await(ctx, func(done func(error)) { c.send(cmd, done) })
+}
+
+// await starts an operation that reports once through done, and waits for
+// that report or the end of ctx.
+func await(ctx context.Context, start func(done func(error))) error {
 	answer := make(chan error, 1)
-	c.send(cmd, func(err error) { answer <- err })
+	start(func(err error) { answer <- err })
 	select {
 	case err := <-answer:
 		return err

@@ -148,8 +148,13 @@ func (p *Producer) publish(ctx context.Context, topic string, n int, cmd *nsq.Co
 			return fmt.Errorf("publishing %d message(s) to %q: %w (last error: %v)", n, topic, context.Cause(ctx), lastErr)
 		}
 		conn, err := p.conn()
-		if errors.Is(err, ErrProducerStopped) {
+		switch {
+		case errors.Is(err, ErrProducerStopped):
 			return fmt.Errorf("publishing %d message(s) to %q: %w", n, topic, err)
+		case err != nil && !errors.Is(err, ErrNoNSQD):
+			// An nsqd that could not be connected to: a failed publish, as
+			// when go-nsq's Producer connected inside Publish.
+			p.o.Metrics.PublishErrors.WithLabelValues(topic).Inc()
 		}
 		if err == nil {
 			if err = conn.do(ctx, cmd); err == nil {
