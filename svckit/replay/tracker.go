@@ -157,12 +157,12 @@ func (t *Tracker) stream(id string) *trackedStream {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s := t.streams[id]
-	if s == nil {
-		s = &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{},
-			dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
-		t.streams[id] = s
+	if s := t.streams[id]; s != nil { // added while we waited for the lock
+		return s
 	}
+	s := &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{},
+		dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
+	t.streams[id] = s
 	byID := maps.Clone(t.streams)
 	t.byID.Store(&byID)
 	return s
