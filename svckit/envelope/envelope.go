@@ -279,35 +279,52 @@ func Decode(b []byte) (Envelope, error) { return Decoder{}.Decode(b) }
 // Decode parses one envelope, of version 1 or 2. The returned Payload
 // aliases b (no copy): callers that keep it beyond the life of b must copy it.
 func (d Decoder) Decode(b []byte) (Envelope, error) {
+	var e Envelope
+	err := d.DecodeInto(&e, b)
+	return e, err
+}
+
+// DecodeInto is Decode into *e, which it zeroes on error: a consumer decodes
+// straight into the message it hands its handler, instead of copying 120
+// bytes of pointers (with write barriers while the collector runs).
+func (d Decoder) DecodeInto(e *Envelope, b []byte) error {
+	if err := d.decode(e, b); err != nil {
+		*e = Envelope{}
+		return err
+	}
+	return nil
+}
+
+func (d Decoder) decode(e *Envelope, b []byte) error {
+	*e = Envelope{}
 	if len(b) < 4 {
-		return Envelope{}, ErrTooShort
+		return ErrTooShort
 	}
 	if b[0] != magic0 || b[1] != magic1 {
-		return Envelope{}, ErrBadMagic
+		return ErrBadMagic
 	}
-	var e Envelope
 	var rest []byte
 	var err error
 	switch b[2] {
 	case 2:
-		rest, err = d.headerV2(&e, b)
+		rest, err = d.headerV2(e, b)
 	case 1:
-		rest, err = d.headerV1(&e, b)
+		rest, err = d.headerV1(e, b)
 	default:
-		return Envelope{}, fmt.Errorf("%w %d (this build reads 1 and 2)", ErrUnknownVersion, b[2])
+		return fmt.Errorf("%w %d (this build reads 1 and 2)", ErrUnknownVersion, b[2])
 	}
 	if err != nil {
-		return Envelope{}, err
+		return err
 	}
 	var n uint64
 	if b[2] == 2 {
 		n, rest, err = readUvarint(rest, "payload length")
 		if err != nil {
-			return Envelope{}, err
+			return err
 		}
 	} else {
 		if len(rest) < 4 {
-			return Envelope{}, fmt.Errorf("payload length: %w", ErrTruncated)
+			return fmt.Errorf("payload length: %w", ErrTruncated)
 		}
 		n = uint64(binary.BigEndian.Uint32(rest))
 		rest = rest[4:]
@@ -317,16 +334,16 @@ func (d Decoder) Decode(b []byte) (Envelope, error) {
 		limit = DefaultMaxPayload
 	}
 	if n > uint64(limit) {
-		return Envelope{}, fmt.Errorf("%w: %d > %d bytes", ErrOversized, n, limit)
+		return fmt.Errorf("%w: %d > %d bytes", ErrOversized, n, limit)
 	}
 	if uint64(len(rest)) < n {
-		return Envelope{}, fmt.Errorf("payload: %w (%d of %d bytes)", ErrTruncated, len(rest), n)
+		return fmt.Errorf("payload: %w (%d of %d bytes)", ErrTruncated, len(rest), n)
 	}
 	if uint64(len(rest)) > n {
-		return Envelope{}, fmt.Errorf("%w: %d", ErrTrailing, uint64(len(rest))-n)
+		return fmt.Errorf("%w: %d", ErrTrailing, uint64(len(rest))-n)
 	}
 	e.Payload = rest[:n:n]
-	return e, nil
+	return nil
 }
 
 // headerV2 decodes a version 2 envelope up to its payload length.

@@ -435,12 +435,10 @@ func (c *Consumer) Stop(ctx context.Context) error {
 func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 	nm.DisableAutoResponse()
 	m := &Message{NSQ: nm, c: c, start: time.Since(c.epoch)}
-	env, err := c.dec.Decode(nm.Body)
-	if err != nil {
+	if err := c.dec.DecodeInto(&m.Envelope, nm.Body); err != nil {
 		c.deadLetterOrRequeue(nm, "decode: "+err.Error())
 		return nil
 	}
-	m.Envelope = env
 	var stopTouch chan struct{}
 	if c.o.AutoTouch {
 		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
@@ -460,7 +458,7 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 			}()
 		}
 	}
-	err = c.safeHandle(m)
+	err := c.safeHandle(m)
 	if stopTouch != nil {
 		close(stopTouch)
 	}
