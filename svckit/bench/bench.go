@@ -944,6 +944,9 @@ func median(v []float64) float64 {
 	}
 	s := slices.Clone(v)
 	sort.Float64s(s)
+	if len(s)%2 == 0 { // the upper middle alone would bias an even count upward
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
 	return s[len(s)/2]
 }
 
