@@ -213,9 +213,10 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	perMsg := func(s float64) float64 { return s / float64(n) * 1e6 }
 	var ratios, syncRatios []float64
 	r.step("hop warm-up round (not counted): %s, %d messages each", "raw, raw_sync, svckit", n)
-	for k, side := range sides {
-		side.hop(ctx, fmt.Sprintf("hop-warmup-%d", k))
-		r.st.NSQD.DeleteTopic(r.env, fmt.Sprintf("hop-warmup-%d", k))
+	for _, side := range sides {
+		topic := "hop-warmup-" + side.name
+		side.hop(ctx, topic)
+		r.st.NSQD.DeleteTopic(r.env, topic)
 	}
 	for i := 0; i < rounds; i++ {
 		order := make([]string, len(sides))

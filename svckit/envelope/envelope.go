@@ -84,33 +84,23 @@ var (
 )
 
 // contentTypeCode is the one-byte code version 2 writes for a well-known
-// content type, or 0. Codes are forever: once assigned, a code means its
-// type in every message and retained log, so this list only grows.
+// content type, or 0. It searches contentTypeName, the one list of codes,
+// so the two directions cannot disagree.
 func contentTypeCode(s string) byte {
-	switch s {
-	case "application/octet-stream":
-		return 1
-	case "application/json":
-		return 2
-	case "application/x-protobuf":
-		return 3
-	case "application/protobuf":
-		return 4
-	case "text/plain":
-		return 5
-	case "text/plain; charset=utf-8":
-		return 6
-	case "application/cbor":
-		return 7
-	case "application/msgpack":
-		return 8
-	case "application/avro":
-		return 9
+	for c := byte(1); ; c++ {
+		switch contentTypeName(c) {
+		case "": // the end of the list (and "" has no code)
+			return 0
+		case s:
+			return c
+		}
 	}
-	return 0
 }
 
-// contentTypeName is the well-known type with code c, or "".
+// contentTypeName is the well-known type with code c, or "". Codes run
+// from 1 without a hole (contentTypeCode stops at the first ""), and they
+// are forever: once assigned, a code means its type in every message and
+// retained log, so this list only grows.
 func contentTypeName(c byte) string {
 	switch c {
 	case 1:

@@ -716,3 +716,27 @@ func TestDecoderInternsStrings(t *testing.T) {
 		t.Errorf("stream ids of three messages are separate strings; want one interned string")
 	}
 }
+
+// The well-known content types: every code names a type that encodes back
+// to it, and types that are not in the list have no code.
+func TestContentTypeCodes(t *testing.T) {
+	n := 0
+	for c := 1; c < 256; c++ {
+		name := contentTypeName(byte(c))
+		if name == "" {
+			continue
+		}
+		n++
+		if got := contentTypeCode(name); got != byte(c) {
+			t.Errorf("code %d names %q, which encodes as %d", c, name, got)
+		}
+	}
+	if n != 9 {
+		t.Errorf("%d well-known types, want 9 (codes are forever: change this only to add one)", n)
+	}
+	for _, s := range []string{"", "application/x-reading", "application/JSON", "application/json "} {
+		if c := contentTypeCode(s); c != 0 {
+			t.Errorf("%q has code %d", s, c)
+		}
+	}
+}
