@@ -36,7 +36,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	if err != nil {
 		return nil, err
 	}
-	h := &Handler{Out: out, IDs: envelope.NewIDSource()}
+	h := &Handler{Out: out}
 	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("in-topic"), Channel: c.String("channel")}, h); err != nil {
 		return nil, service.UsageError{Err: err}
 	}
@@ -50,7 +50,6 @@ type Handler struct {
 	Out interface {
 		PublishEnvelopeAsync(env envelope.Envelope, done func(error))
 	}
-	IDs *envelope.IDSource
 }
 
 // HandleMessage implements pubsub.Handler.
@@ -66,17 +65,19 @@ func (h *Handler) HandleMessage(_ context.Context, m *pubsub.Message) error {
 	// The batcher encodes the result into its reused buffer; an envelope it
 	// cannot encode comes back through done as an error (requeue, then the
 	// dead-letter topic).
-	h.Out.PublishEnvelopeAsync(ResultEnvelope(h.IDs.Next(), in, pipeline.Compute(r)), m.Async())
+	h.Out.PublishEnvelopeAsync(ResultEnvelope(in, pipeline.Compute(r)), m.Async())
 	return nil
 }
 
-// ResultEnvelope is the result derived from the reading envelope in: same
-// stream, sequence and creation time (so end-to-end latency is measurable),
-// the reading's id as correlation id.
-func ResultEnvelope(id envelope.ID, in envelope.Envelope, res pipeline.Result) envelope.Envelope {
+// ResultEnvelope is the result derived from the reading envelope in: the
+// same stream and sequence, which identify the reading it came from (the
+// app deduplicates and detects gaps by them), and the same creation time
+// (so end-to-end latency is measurable). A correlation id the reading
+// carried is passed on.
+func ResultEnvelope(in envelope.Envelope, res pipeline.Result) envelope.Envelope {
 	return envelope.Envelope{
-		ID: id, Stream: in.Stream, Seq: in.Seq, Created: in.Created,
-		ContentType: pipeline.ResultType, CorrelationID: in.ID.String(),
+		ID: in.ID, Stream: in.Stream, Seq: in.Seq, Created: in.Created,
+		ContentType: pipeline.ResultType, CorrelationID: in.CorrelationID,
 		Payload: pipeline.MarshalResult(res),
 	}
 }

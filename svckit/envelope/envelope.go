@@ -133,6 +133,11 @@ func (id ID) String() string { return hex.EncodeToString(id[:]) }
 
 // Envelope is one message with its metadata.
 type Envelope struct {
+	// ID identifies a message that has no stream. A sequenced message is
+	// identified by (Stream, Seq), which is what duplicate tracking, gap
+	// detection and replay key on, so svckit's publishers leave its ID
+	// zero, and a zero ID costs no bytes: 16 bytes per message were 6 % of
+	// a 200-byte reading's body, and a hop's throughput follows its bytes.
 	ID            ID
 	Stream        string
 	Seq           uint64

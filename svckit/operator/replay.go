@@ -150,7 +150,7 @@ func runReplay(c *cli.Context) error {
 		bw := bufio.NewWriterSize(w, 256<<10)
 		enc := json.NewEncoder(bw)
 		sink = func(env envelope.Envelope) error {
-			return enc.Encode(jsonEnvelope{ID: env.ID.String(), Stream: env.Stream, Seq: env.Seq, Created: env.Created,
+			return enc.Encode(jsonEnvelope{ID: idString(env.ID), Stream: env.Stream, Seq: env.Seq, Created: env.Created,
 				ContentType: env.ContentType, CorrelationID: env.CorrelationID, Payload: base64.StdEncoding.EncodeToString(env.Payload)})
 		}
 		closeSink = func() error {
@@ -186,8 +186,15 @@ func runReplay(c *cli.Context) error {
 	return nil
 }
 
+func idString(id envelope.ID) string {
+	if id == (envelope.ID{}) {
+		return ""
+	}
+	return id.String()
+}
+
 type jsonEnvelope struct {
-	ID            string    `json:"id"`
+	ID            string    `json:"id,omitempty"` // sequenced messages have none
 	Stream        string    `json:"stream"`
 	Seq           uint64    `json:"seq"`
 	Created       time.Time `json:"created"`

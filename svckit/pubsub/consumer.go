@@ -45,8 +45,14 @@ func (m *Message) Touch() { m.NSQ.Touch() }
 
 // LogAttrs are the attributes identifying the message in log records.
 func (m *Message) LogAttrs() []any {
-	return []any{"msg_id", m.Envelope.ID.String(), "correlation_id", m.Envelope.CorrelationID,
-		"stream", m.Envelope.Stream, "seq", m.Envelope.Seq, "nsq_id", string(m.NSQ.ID[:])}
+	a := []any{"stream", m.Envelope.Stream, "seq", m.Envelope.Seq, "nsq_id", string(m.NSQ.ID[:])}
+	if m.Envelope.ID != (envelope.ID{}) {
+		a = append(a, "msg_id", m.Envelope.ID.String())
+	}
+	if m.Envelope.CorrelationID != "" {
+		a = append(a, "correlation_id", m.Envelope.CorrelationID)
+	}
+	return a
 }
 
 // Async takes the response over from the handler: the consumer will not

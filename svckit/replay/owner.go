@@ -54,7 +54,6 @@ type Owner struct {
 	o   OwnerOptions
 	log *retainlog.Log
 	pub AsyncPublisher
-	ids *envelope.IDSource
 
 	mu        sync.Mutex
 	seq       uint64
@@ -118,7 +117,7 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 		o.Metrics.LogTruncations.Inc()
 		o.Logger.Warn("retained log had a torn or corrupt tail; truncated", "segment", rec.Segment, "bytes", rec.TruncatedBytes, "reason", rec.Reason)
 	}
-	w := &Owner{o: o, log: l, pub: pub, ids: envelope.NewIDSource(), stop: make(chan struct{})}
+	w := &Owner{o: o, log: l, pub: pub, stop: make(chan struct{})}
 	w.seq = l.LastSeq()
 	if o.Fold != nil {
 		if err := w.restoreFold(); err != nil {
@@ -251,7 +250,8 @@ func (w *Owner) publishBatch(payloads [][]byte, correlationID string) (uint64, e
 	recs := make([]retainlog.Record, len(payloads))
 	for i, payload := range payloads {
 		seq := first + uint64(i)
-		env := envelope.Envelope{ID: w.ids.Next(), Stream: w.o.Stream, Seq: seq, Created: now,
+		// No message id: (stream, seq) identifies the message.
+		env := envelope.Envelope{Stream: w.o.Stream, Seq: seq, Created: now,
 			ContentType: w.o.ContentType, CorrelationID: correlationID, Payload: payload}
 		body, err := env.Append(make([]byte, 0, env.EncodedLen()))
 		if err != nil {
