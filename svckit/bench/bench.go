@@ -22,9 +22,12 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/nsqio/go-nsq"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
+	svcmetrics "github.com/svckit/svckit/svckit/metrics"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/testenv"
@@ -185,7 +188,7 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	r.st.NSQD.DeleteTopic(r.env, "ceiling-pub")
 	r.st.NSQD.DeleteTopic(r.env, "ceiling-mpub")
 
-	// Each round runs the three sides back to back, rotating which goes
+	// Each round runs the four sides back to back, rotating which goes
 	// first; a ratio is the median of the rounds' ratios, so a drift in the
 	// machine's speed during the run (two shared cores) cancels within each
 	// round instead of landing on one side.
@@ -196,23 +199,37 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	// round trip per batch), which is how a plain go-nsq program usually
 	// publishes: hop_ratio_sync_mpub.
 	//
-	// Rounds come in a multiple of three, so each side runs first, second
-	// and third equally often, and after one warm-up round that is not
+	// The svckit side is handed its messages as the raw sides are, 100 at
+	// a time (Batcher.PublishEnvelopesAsync, one hand-over per group):
+	// hop_ratio. svckit_single publishes each envelope on its own
+	// (PublishEnvelopeAsync, as a worker publishes each result), which
+	// adds a hand-over to the batcher goroutine per message:
+	// hop_ratio_single_publish.
+	//
+	// Rounds come in a multiple of four, so each side runs in each
+	// position equally often, and after one warm-up round that is not
 	// counted: the first side to run after the ceiling ran while nsqd was
 	// still collecting the 1.1M messages of the deleted ceiling topics
 	// (raw at 120-180k msg/s there against 200-260k in the rounds after),
 	// which put every run's highest ratio, in svckit's favour, in round 1.
-	rounds, n := pick(r.o.Quick, 3, 6), pick(r.o.Quick, 100_000, 300_000)
+	rounds, n := pick(r.o.Quick, 4, 8), pick(r.o.Quick, 100_000, 300_000)
 	sides := []*hopSide{
-		{name: "raw", hop: func(ctx context.Context, topic string) float64 { return r.rawHop(ctx, topic, n, 4) }},
-		{name: "raw_sync", hop: func(ctx context.Context, topic string) float64 { return r.rawHop(ctx, topic, n, 1) }},
-		{name: "svckit", hop: func(ctx context.Context, topic string) float64 { return r.svckitHop(ctx, topic, n) }},
+		{name: "raw", hop: func(ctx context.Context, topic string) (float64, float64) { return r.rawHop(ctx, topic, n, 4) }},
+		{name: "raw_sync", hop: func(ctx context.Context, topic string) (float64, float64) { return r.rawHop(ctx, topic, n, 1) }},
+		{name: "svckit", hop: func(ctx context.Context, topic string) (float64, float64) {
+			return r.svckitHop(ctx, topic, n, hopGroup)
+		}},
+		{name: "svckit_single", hop: func(ctx context.Context, topic string) (float64, float64) { return r.svckitHop(ctx, topic, n, 1) }},
 	}
-	raw, rawSync, svc := sides[0], sides[1], sides[2]
+	raw, rawSync, svc, svcSingle := sides[0], sides[1], sides[2], sides[3]
 	cpu := func() (float64, float64) { return cpuSeconds(os.Getpid()), cpuSeconds(r.st.NSQD.Proc.Pid()) }
 	perMsg := func(s float64) float64 { return s / float64(n) * 1e6 }
-	var ratios, syncRatios []float64
-	r.step("hop warm-up round (not counted): %s, %d messages each", "raw, raw_sync, svckit", n)
+	var ratios, syncRatios, singleRatios []float64
+	names := make([]string, len(sides))
+	for k, side := range sides {
+		names[k] = side.name
+	}
+	r.step("hop warm-up round (not counted): %s, %d messages each", strings.Join(names, ", "), n)
 	for _, side := range sides {
 		topic := "hop-warmup-" + side.name
 		side.hop(ctx, topic)
@@ -230,13 +247,14 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 			b0, n0 := cpu()
 			g0 := readGC()
 			live := sampleLiveHeap()
-			var rate float64
-			pprof.Do(ctx, pprof.Labels("hop", side.name), func(ctx context.Context) { rate = side.hop(ctx, topic) })
+			var rate, perCmd float64
+			pprof.Do(ctx, pprof.Labels("hop", side.name), func(ctx context.Context) { rate, perCmd = side.hop(ctx, topic) })
 			b1, n1 := cpu()
 			gc := readGC().since(g0, n)
 			gc.liveHeapMB = live()
 			side.rate, side.client, side.nsqd = append(side.rate, rate), append(side.client, perMsg(b1-b0)), append(side.nsqd, perMsg(n1-n0))
 			side.gc = append(side.gc, gc)
+			side.perCmd = append(side.perCmd, perCmd)
 			// Drained, but a topic and its channel each keep a memory
 			// queue buffer of --mem-queue-size pointers for the GC to scan.
 			r.st.NSQD.DeleteTopic(r.env, topic)
@@ -246,16 +264,19 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 			round.MsgsPerSec[side.name] = side.rate[i]
 		}
 		r.res.HopRounds = append(r.res.HopRounds, round)
-		r.step("hop round %d/%d: %s, %d messages each: %s %.0f, %s %.0f, %s %.0f msg/s", i+1, rounds, strings.Join(order, ", "), n,
-			raw.name, raw.rate[i], rawSync.name, rawSync.rate[i], svc.name, svc.rate[i])
+		r.step("hop round %d/%d: %s, %d messages each: %s %.0f, %s %.0f, %s %.0f, %s %.0f msg/s", i+1, rounds, strings.Join(order, ", "), n,
+			raw.name, raw.rate[i], rawSync.name, rawSync.rate[i], svc.name, svc.rate[i], svcSingle.name, svcSingle.rate[i])
 		ratios = append(ratios, svc.rate[i]/raw.rate[i])
 		syncRatios = append(syncRatios, svc.rate[i]/rawSync.rate[i])
+		singleRatios = append(singleRatios, svcSingle.rate[i]/raw.rate[i])
 	}
 	r.res.HopRatio = median(ratios)
 	r.fig("hop_ratio_min", slices.Min(ratios))
 	r.fig("hop_ratio_max", slices.Max(ratios))
 	r.fig("hop_ratio_sync_mpub", median(syncRatios))
 	r.fig("hop_ratio_sync_mpub_min", slices.Min(syncRatios))
+	r.fig("hop_ratio_single_publish", median(singleRatios))
+	r.fig("hop_ratio_single_publish_min", slices.Min(singleRatios))
 	for _, side := range sides {
 		r.fig(side.name+"_hop_msgs_per_sec", median(side.rate))
 		// CPU time per message hopped, of this process (publisher and
@@ -267,15 +288,19 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 		r.fig(side.name+"_hop_gc_cycles", median(field(side.gc, func(g gcDelta) float64 { return g.cycles })))
 		r.fig(side.name+"_hop_gc_cpu_us_per_msg", median(field(side.gc, func(g gcDelta) float64 { return g.cpuUsPerMsg })))
 		r.fig(side.name+"_hop_live_heap_mb", median(field(side.gc, func(g gcDelta) float64 { return g.liveHeapMB })))
+		// Messages per MPUB: fewer, larger commands cost nsqd less per message.
+		r.fig(side.name+"_hop_msgs_per_mpub", median(side.perCmd))
 	}
 }
 
 // hopSide is one way of hopping messages and what its rounds measured.
 type hopSide struct {
-	name               string
-	hop                func(ctx context.Context, topic string) float64
-	rate, client, nsqd []float64
-	gc                 []gcDelta
+	name string
+	// hop moves the messages and returns their rate and the mean number of
+	// messages per MPUB.
+	hop                        func(ctx context.Context, topic string) (float64, float64)
+	rate, client, nsqd, perCmd []float64
+	gc                         []gcDelta
 }
 
 // gcDelta is what the Go runtime did in this process during one hop.
@@ -383,7 +408,7 @@ func (r *runner) rawPublish(addr, topic string, body []byte, n, batch int) float
 
 // rawHop: MPUB×100, up to inFlight awaiting nsqd, into a topic consumed by
 // one go-nsq consumer (4 handlers).
-func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) float64 {
+func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) (float64, float64) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	c, err := nsq.NewConsumer(topic, "bench", hopConfig())
@@ -451,13 +476,18 @@ func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) floa
 	case <-time.After(5 * time.Minute):
 		r.fail("raw hop did not finish")
 	}
-	return float64(n) / time.Since(start).Seconds()
+	return float64(n) / time.Since(start).Seconds(), float64(len(bodies))
 }
 
+// hopGroup is how many messages the raw sides put in each MPUB, and how
+// many the svckit side hands its Batcher at once.
+const hopGroup = 100
+
 // svckitHop: the same load with envelopes carrying stream and sequence,
-// published through the svckit Batcher, consumed by the svckit Consumer
-// with metrics, and deduplicated by a replay.Tracker.
-func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
+// published through the svckit Batcher group envelopes at a time (1: one
+// PublishEnvelopeAsync per message), consumed by the svckit Consumer with
+// metrics, and deduplicated by a replay.Tracker.
+func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (float64, float64) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	tr, err := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
@@ -483,10 +513,10 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
 		r.fail("svckit consumer start: %v", err)
 	}
 	defer c.Stop(context.Background())
-	prod := pubsub.NewProducer(r.disco.Watch("nsqd"), pubsub.ProducerOptions{Logger: logging.Discard()})
+	pm := svcmetrics.Nop()
+	prod := pubsub.NewProducer(r.disco.Watch("nsqd"), pubsub.ProducerOptions{Logger: logging.Discard(), Metrics: pm})
 	defer prod.Stop()
-	b := prod.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 100})
-	ids := envelope.NewIDSource()
+	b := prod.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: hopGroup})
 	payload := make([]byte, payloadSize)
 	var failed atomic.Value
 	onDone := func(err error) {
@@ -495,9 +525,36 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
 		}
 	}
 	start := time.Now()
-	for i := 1; i <= n; i++ {
-		b.PublishEnvelopeAsync(envelope.Envelope{ID: ids.Next(), Stream: "bench-hop", Seq: uint64(i), Created: time.Now(),
-			ContentType: "application/octet-stream", Payload: payload}, onDone)
+	// Groups are reused once acknowledged, as a producer would reuse its
+	// buffers: a fresh slice per group would be 120 bytes of garbage per
+	// message that the raw sides do not make.
+	const groups = 8
+	free := make(chan []envelope.Envelope, groups)
+	for range groups {
+		free <- make([]envelope.Envelope, 0, hopGroup)
+	}
+	for i := 1; i <= n; i += hopGroup {
+		// One clock read per 100 messages, as replay.Owner's PublishBatch
+		// stamps what it publishes at once (a clock read is 30-50 ns here,
+		// 1 % of a message's cost); no message id, as the Owner sends
+		// none: (stream, seq) identifies the message.
+		now := time.Now()
+		if group == 1 {
+			for k := range min(hopGroup, n-i+1) {
+				b.PublishEnvelopeAsync(envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
+					ContentType: "application/octet-stream", Payload: payload}, onDone)
+			}
+			continue
+		}
+		envs := (<-free)[:0]
+		for k := range min(hopGroup, n-i+1) {
+			envs = append(envs, envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
+				ContentType: "application/octet-stream", Payload: payload})
+		}
+		b.PublishEnvelopesAsync(envs, func(err error) {
+			onDone(err)
+			free <- envs
+		})
 	}
 	if err := b.Close(ctx); err != nil {
 		r.fail("svckit batcher: %v", err)
@@ -510,7 +567,16 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n int) float64 {
 	case <-time.After(5 * time.Minute):
 		r.fail("svckit hop: %d of %d consumed", got.Load(), n)
 	}
-	return float64(n) / time.Since(start).Seconds()
+	rate := float64(n) / time.Since(start).Seconds()
+	return rate, counterValue(pm.Published.WithLabelValues(topic)) / counterValue(pm.PublishCmds.WithLabelValues(topic))
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }
 
 type nopApplier struct{}

@@ -18,6 +18,7 @@ type Metrics struct {
 	Registry *prometheus.Registry
 
 	Published      *prometheus.CounterVec // topic
+	PublishCmds    *prometheus.CounterVec // topic: acknowledged PUB/MPUB commands (Published/PublishCmds = batch size)
 	PublishErrors  *prometheus.CounterVec // topic
 	Consumed       *prometheus.CounterVec // topic, channel
 	Failed         *prometheus.CounterVec // topic, channel
@@ -55,6 +56,7 @@ func New(service, version string) *Metrics {
 		return c
 	}
 	m.Published = counter("messages_published_total", "Messages acknowledged by nsqd.", "topic")
+	m.PublishCmds = counter("publish_commands_total", "PUB and MPUB commands acknowledged by nsqd; messages_published_total divided by this is the mean batch size.", "topic")
 	m.PublishErrors = counter("publish_errors_total", "Publish attempts that failed (each retry counts).", "topic")
 	m.Consumed = counter("messages_consumed_total", "Messages handled successfully.", "topic", "channel")
 	m.Failed = counter("messages_failed_total", "Handler invocations that returned an error.", "topic", "channel")

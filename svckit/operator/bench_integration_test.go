@@ -41,7 +41,7 @@ func TestBenchQuickWritesJSON(t *testing.T) {
 		}
 	}
 	figs, _ := m["figures"].(map[string]any)
-	for _, k := range []string{"raw_hop_msgs_per_sec", "raw_sync_hop_msgs_per_sec", "svckit_hop_msgs_per_sec", "hop_ratio_sync_mpub", "raw_pub_msgs_per_sec", "raw_mpub_msgs_per_sec"} {
+	for _, k := range []string{"raw_hop_msgs_per_sec", "raw_sync_hop_msgs_per_sec", "svckit_hop_msgs_per_sec", "svckit_single_hop_msgs_per_sec", "hop_ratio_sync_mpub", "hop_ratio_single_publish", "raw_pub_msgs_per_sec", "raw_mpub_msgs_per_sec"} {
 		if _, ok := figs[k]; !ok {
 			t.Errorf("bench JSON figures lack %q", k)
 		}

@@ -18,18 +18,36 @@ var ErrBatcherClosed = errors.New("batching publisher closed")
 type BatcherOptions struct {
 	MaxBatch int           // largest MPUB; default 200
 	MaxDelay time.Duration // longest wait to fill the batch taking the last in-flight slot; default 1ms
-	Queue    int           // messages buffered ahead of the publishing goroutine; default 4*MaxBatch
+	Queue    int           // publish calls buffered ahead of the publishing goroutine (a group of envelopes is one); default 4*MaxBatch
 	// InFlight is how many batches may await nsqd's acknowledgement at
 	// once; default 4. go-nsq pipelines them over one connection, so a
 	// publisher is not limited to one batch per round trip.
 	InFlight int
 }
 
+// batchItem is one publish call's messages: a body, an envelope, or a
+// group of envelopes that travels in one MPUB.
 type batchItem struct {
-	body  []byte
-	env   envelope.Envelope // with isEnv: encoded into the batch's arena
-	isEnv bool
-	done  func(error)
+	env  envelope.Envelope   // kindEnv: encoded into the batch's arena; kindBody: the body is env.Payload
+	envs []envelope.Envelope // kindEnvs: at most MaxBatch
+	done func(error)
+	kind itemKind
+}
+
+type itemKind uint8
+
+const (
+	kindBody itemKind = iota
+	kindEnv
+	kindEnvs
+)
+
+// msgs is how many messages the item adds to an MPUB.
+func (it *batchItem) msgs() int {
+	if it.kind == kindEnvs {
+		return len(it.envs)
+	}
+	return 1
 }
 
 type batchBufs struct {
@@ -90,7 +108,7 @@ func (b *Batcher) PublishAsync(body []byte, done func(error)) {
 		done(ErrBatcherClosed)
 		return
 	}
-	b.in <- batchItem{body: body, done: done}
+	b.in <- batchItem{env: envelope.Envelope{Payload: body}, kind: kindBody, done: done}
 }
 
 // PublishEnvelopeAsync is PublishAsync for an envelope: the batcher encodes
@@ -105,7 +123,56 @@ func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) 
 		done(ErrBatcherClosed)
 		return
 	}
-	b.in <- batchItem{env: env, isEnv: true, done: done}
+	b.in <- batchItem{env: env, kind: kindEnv, done: done}
+}
+
+// PublishEnvelopesAsync is PublishEnvelopeAsync for envelopes produced
+// together: they are queued as one unit (one hand-over to the publishing
+// goroutine, not one per envelope) and travel in the same MPUB, or in
+// consecutive MPUBs of up to MaxBatch if there are more. done is called
+// exactly once: nil when nsqd acknowledged all of them, else the first
+// error (an envelope that cannot be encoded fails its whole MPUB's share,
+// which is then not sent). envs and their payloads must not change until
+// then.
+func (b *Batcher) PublishEnvelopesAsync(envs []envelope.Envelope, done func(error)) {
+	if len(envs) == 0 {
+		done(nil)
+		return
+	}
+	chunkDone := done
+	if len(envs) > b.o.MaxBatch {
+		chunkDone = joinDone((len(envs)+b.o.MaxBatch-1)/b.o.MaxBatch, done)
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for len(envs) > 0 {
+		n := min(len(envs), b.o.MaxBatch)
+		if b.closed {
+			chunkDone(ErrBatcherClosed)
+		} else {
+			b.in <- batchItem{envs: envs[:n:n], kind: kindEnvs, done: chunkDone}
+		}
+		envs = envs[n:]
+	}
+}
+
+// joinDone returns a callback to be called n times that calls done once,
+// after the n-th call, with the first error.
+func joinDone(n int, done func(error)) func(error) {
+	var mu sync.Mutex
+	var first error
+	return func(err error) {
+		mu.Lock()
+		n--
+		if first == nil {
+			first = err
+		}
+		last, err := n == 0, first
+		mu.Unlock()
+		if last {
+			done(err)
+		}
+	}
 }
 
 // Publish queues body and waits until its batch was acknowledged or ctx ended.
@@ -125,10 +192,19 @@ func (b *Batcher) run() {
 	free := make(chan *batchBufs, b.o.InFlight+1)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// A group of envelopes that did not fit in the batch being filled
+	// starts the next one.
+	var carry batchItem
+	hasCarry := false
 	for {
-		it, ok := <-b.in
-		if !ok {
-			return
+		var it batchItem
+		if hasCarry {
+			it, hasCarry = carry, false
+		} else {
+			var ok bool
+			if it, ok = <-b.in; !ok {
+				return
+			}
 		}
 		var bufs *batchBufs
 		select {
@@ -136,22 +212,27 @@ func (b *Batcher) run() {
 		default:
 			bufs = &batchBufs{items: make([]batchItem, 0, b.o.MaxBatch)}
 		}
-		items := b.take(append(bufs.items[:0], it))
+		items, msgs := append(bufs.items[:0], it), it.msgs()
+		items, msgs = b.take(items, msgs, &carry, &hasCarry)
 		// Linger to fill a partial batch only when it would take the last
 		// free slot: the publisher is then saturated anyway, and fewer,
 		// larger MPUBs cost nsqd and this process fewer system calls.
 		// Otherwise a batch goes at once, so batching costs no latency
 		// below saturation.
-		if len(items) < b.o.MaxBatch && len(slots) >= b.o.InFlight-1 {
+		if msgs < b.o.MaxBatch && !hasCarry && len(slots) >= b.o.InFlight-1 {
 			timer.Reset(b.o.MaxDelay)
 		fill:
-			for len(items) < b.o.MaxBatch {
+			for msgs < b.o.MaxBatch {
 				select {
 				case it, ok := <-b.in:
 					if !ok {
 						break fill
 					}
-					items = append(items, it)
+					if msgs+it.msgs() > b.o.MaxBatch {
+						carry, hasCarry = it, true
+						break fill
+					}
+					items, msgs = append(items, it), msgs+it.msgs()
 				case <-timer.C:
 					break fill
 				}
@@ -160,7 +241,7 @@ func (b *Batcher) run() {
 		}
 		slots <- struct{}{} // at most InFlight batches awaiting nsqd
 		// What queued while waiting for a slot rides along.
-		items = b.take(items)
+		items, _ = b.take(items, msgs, &carry, &hasCarry)
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
@@ -198,40 +279,67 @@ func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int) {
 	n := 0
 	for i := range items {
 		it := &items[i]
-		at := len(arena)
-		arena = append(arena, 0, 0, 0, 0)
-		if it.isEnv {
-			var err error
-			if arena, err = it.env.Append(arena); err != nil {
-				arena = arena[:at]
-				it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
-				it.done = nil // answered: not part of the batch
-				continue
+		start := len(arena)
+		var err error
+		switch it.kind {
+		case kindBody:
+			arena = appendMessage(arena, it.env.Payload)
+		case kindEnv:
+			arena, err = appendEnvelope(arena, &it.env)
+		case kindEnvs:
+			for j := 0; j < len(it.envs) && err == nil; j++ {
+				arena, err = appendEnvelope(arena, &it.envs[j])
 			}
-		} else {
-			arena = append(arena, it.body...)
 		}
-		binary.BigEndian.PutUint32(arena[at:], uint32(len(arena)-at-4))
-		n++
+		if err != nil {
+			arena = arena[:start]
+			it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
+			it.done = nil // answered: not part of the batch
+			continue
+		}
+		n += it.msgs()
 	}
 	binary.BigEndian.PutUint32(arena, uint32(n))
 	return arena, n
 }
 
-// take appends what is already queued, without waiting, up to MaxBatch.
-func (b *Batcher) take(items []batchItem) []batchItem {
-	for len(items) < b.o.MaxBatch {
+// appendMessage appends one MPUB message: a u32 length and the body.
+func appendMessage(arena, body []byte) []byte {
+	arena = binary.BigEndian.AppendUint32(arena, uint32(len(body)))
+	return append(arena, body...)
+}
+
+// appendEnvelope appends env encoded as one MPUB message.
+func appendEnvelope(arena []byte, env *envelope.Envelope) ([]byte, error) {
+	at := len(arena)
+	arena, err := env.Append(append(arena, 0, 0, 0, 0))
+	if err != nil {
+		return arena[:at], err
+	}
+	binary.BigEndian.PutUint32(arena[at:], uint32(len(arena)-at-4))
+	return arena, nil
+}
+
+// take appends what is already queued, without waiting, up to MaxBatch
+// messages (msgs are in items already). An item that would overflow the
+// batch goes to *carry, and taking stops.
+func (b *Batcher) take(items []batchItem, msgs int, carry *batchItem, hasCarry *bool) ([]batchItem, int) {
+	for !*hasCarry && msgs < b.o.MaxBatch {
 		select {
 		case it, ok := <-b.in:
 			if !ok {
-				return items
+				return items, msgs
 			}
-			items = append(items, it)
+			if msgs+it.msgs() > b.o.MaxBatch {
+				*carry, *hasCarry = it, true
+				return items, msgs
+			}
+			items, msgs = append(items, it), msgs+it.msgs()
 		default:
-			return items
+			return items, msgs
 		}
 	}
-	return items
+	return items, msgs
 }
 
 // Close publishes what is queued (retrying until ctx ends, then failing the

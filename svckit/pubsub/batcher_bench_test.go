@@ -17,7 +17,7 @@ func BenchmarkBatcherEncode(b *testing.B) {
 	ids := envelope.NewIDSource()
 	items := make([]batchItem, batch)
 	for i := range items {
-		items[i] = batchItem{isEnv: true, done: func(error) {}, env: envelope.Envelope{ID: ids.Next(), Stream: "sensor-1",
+		items[i] = batchItem{kind: kindEnv, done: func(error) {}, env: envelope.Envelope{ID: ids.Next(), Stream: "sensor-1",
 			Seq: uint64(i + 1), Created: time.Now(), ContentType: "application/x-reading", Payload: make([]byte, 200)}}
 	}
 	arena, n := bt.encode(nil, items)

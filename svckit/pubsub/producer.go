@@ -52,7 +52,7 @@ type Producer struct {
 	bad     map[string]time.Time
 	stopped bool
 
-	pubCounters sync.Map // topic → prometheus.Counter
+	pubCounters sync.Map // topic → *pubCounters
 }
 
 // NewProducer returns a producer over the nsqd watcher.
@@ -158,7 +158,9 @@ func (p *Producer) publish(ctx context.Context, topic string, n int, cmd *nsq.Co
 		}
 		if err == nil {
 			if err = conn.do(ctx, cmd); err == nil {
-				p.published(topic).Add(float64(n))
+				pc := p.published(topic)
+				pc.msgs.Add(float64(n))
+				pc.cmds.Inc()
 				return nil
 			}
 			if ctx.Err() != nil {
@@ -181,11 +183,15 @@ func (p *Producer) publish(ctx context.Context, topic string, n int, cmd *nsq.Co
 	}
 }
 
-func (p *Producer) published(topic string) prometheus.Counter {
+// pubCounters are one topic's publish counters, looked up once per topic
+// instead of hashing the label values on every publish.
+type pubCounters struct{ msgs, cmds prometheus.Counter }
+
+func (p *Producer) published(topic string) *pubCounters {
 	if c, ok := p.pubCounters.Load(topic); ok {
-		return c.(prometheus.Counter)
+		return c.(*pubCounters)
 	}
-	c := p.o.Metrics.Published.WithLabelValues(topic)
+	c := &pubCounters{p.o.Metrics.Published.WithLabelValues(topic), p.o.Metrics.PublishCmds.WithLabelValues(topic)}
 	p.pubCounters.Store(topic, c)
 	return c
 }

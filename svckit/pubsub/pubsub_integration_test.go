@@ -172,6 +172,23 @@ func (s *seqSet) waitAll(t *testing.T, n uint64, what string) {
 	}
 }
 
+// collectEnvelopes creates topic and consumes it on channel, collecting
+// the sequence numbers seen and what checkEnvelope found wrong.
+func collectEnvelopes(t *testing.T, e *env, nsqd *testenv.NSQD, topic, channel, stream string) (*seqSet, *errList) {
+	t.Helper()
+	got := newSeqSet()
+	var bad errList
+	createTopic(t, nsqd, topic)
+	e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
+		if err := checkEnvelope(msg, stream); err != nil {
+			bad.add(err)
+		}
+		got.add(msg.Envelope.Seq)
+		return nil
+	}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(500)})
+	return got, &bad
+}
+
 // checkEnvelope verifies what the producer put in the envelope.
 func checkEnvelope(m *pubsub.Message, stream string) error {
 	e := m.Envelope
@@ -409,6 +426,9 @@ func TestPubSub(t *testing.T) {
 		if v := metricValue(t, m.Registry, "svckit_messages_published_total", map[string]string{"topic": topic}); v != n {
 			t.Errorf("published metric = %v, want %d", v, n)
 		}
+		if v := metricValue(t, m.Registry, "svckit_publish_commands_total", map[string]string{"topic": topic}); v != n {
+			t.Errorf("publish commands metric = %v, want %d (one PUB per Publish)", v, n)
+		}
 		testenv.WaitFor(t, waitLong, "consumed metric", func() bool {
 			return metricValue(t, m.Registry, "svckit_messages_consumed_total", map[string]string{"topic": topic}) >= n
 		})
@@ -471,6 +491,10 @@ func TestPubSub(t *testing.T) {
 		if v := metricValue(t, m.Registry, "svckit_messages_published_total", map[string]string{"topic": topic}); v != n {
 			t.Errorf("published metric = %v, want %d", v, n)
 		}
+		// 10000 messages queued at once go in MPUBs of up to 200.
+		if v := metricValue(t, m.Registry, "svckit_publish_commands_total", map[string]string{"topic": topic}); v < n/200 || v >= n {
+			t.Errorf("publish commands metric = %v, want between %d and %d (batched)", v, n/200, n-1)
+		}
 	})
 
 	t.Run("BatcherPublishEnvelopeAsync", func(t *testing.T) {
@@ -478,16 +502,7 @@ func TestPubSub(t *testing.T) {
 		// and in their own bodies; one that cannot be encoded fails alone.
 		const topic, channel, stream, n = "ps-batch-env", "all", "stream-batch-env", 5000
 		p := e.producer(t, nil)
-		got := newSeqSet()
-		var bad errList
-		createTopic(t, nsqd, topic)
-		e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
-			if err := checkEnvelope(msg, stream); err != nil {
-				bad.add(err)
-			}
-			got.add(msg.Envelope.Seq)
-			return nil
-		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(500)})
+		got, bad := collectEnvelopes(t, e, nsqd, topic, channel, stream)
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 50})
 		results := make(chan error, n+1)
 		for seq := uint64(1); seq <= n; seq++ {
@@ -520,6 +535,98 @@ func TestPubSub(t *testing.T) {
 		defer cancel()
 		if err := b.Close(ctx); err != nil {
 			t.Fatalf("Close: %v", err)
+		}
+	})
+
+	t.Run("BatcherPublishEnvelopesAsync", func(t *testing.T) {
+		// Groups of envelopes, some larger than MaxBatch (split into
+		// consecutive MPUBs), interleaved with single envelopes: every
+		// message arrives once, and each group's done is called once, after
+		// all of its MPUBs. A group with an unencodable envelope fails alone.
+		const topic, channel, stream, n = "ps-batch-envs", "all", "stream-batch-envs", 3000
+		m := metrics.New("pubsubtest", "")
+		p := e.producer(t, m)
+		got, bad := collectEnvelopes(t, e, nsqd, topic, channel, stream)
+		b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 50})
+		type answer struct {
+			group int
+			err   error
+		}
+		answers := make(chan answer, n+2)
+		env := func(seq uint64) envelope.Envelope {
+			return envelope.Envelope{Stream: stream, Seq: seq, Created: time.Now(), ContentType: "text/plain",
+				CorrelationID: fmt.Sprint("corr-", seq), Payload: payloadOf(seq)}
+		}
+		sizes := []int{1, 7, 50, 120, 33, 51}
+		calls := 0
+		for seq := uint64(1); seq <= n; calls++ {
+			group := calls
+			if calls%3 == 2 { // every third call a single envelope
+				b.PublishEnvelopeAsync(env(seq), func(err error) { answers <- answer{group, err} })
+				seq++
+				continue
+			}
+			var envs []envelope.Envelope
+			for range sizes[calls%len(sizes)] {
+				if seq <= n {
+					envs = append(envs, env(seq))
+					seq++
+				}
+			}
+			b.PublishEnvelopesAsync(envs, func(err error) { answers <- answer{group, err} })
+			if calls == 10 {
+				broken := []envelope.Envelope{env(n + 1), {Stream: strings.Repeat("s", 300), Seq: n + 2}}
+				b.PublishEnvelopesAsync(broken, func(err error) {
+					if !errors.Is(err, envelope.ErrFieldTooLong) {
+						err = fmt.Errorf("a group with a 300-byte stream id: done(%v), want ErrFieldTooLong", err)
+					} else {
+						err = nil
+					}
+					answers <- answer{-1, err}
+				})
+			}
+		}
+		b.PublishEnvelopesAsync(nil, func(err error) { answers <- answer{calls, err} })
+		calls++
+		seen := map[int]bool{}
+		for i := 0; i <= calls; i++ { // calls, plus the broken group
+			select {
+			case a := <-answers:
+				if a.err != nil {
+					t.Fatalf("group %d: done: %v", a.group, a.err)
+				}
+				if seen[a.group] {
+					t.Fatalf("group %d: done called twice", a.group)
+				}
+				seen[a.group] = true
+			case <-time.After(waitLong):
+				t.Fatalf("only %d of %d done callbacks", i, calls+1)
+			}
+		}
+		got.waitAll(t, n, "consumer")
+		bad.check(t)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		select {
+		case a := <-answers:
+			t.Fatalf("extra done callback: group %d, %v", a.group, a.err)
+		default:
+		}
+		if got.has(n+1) || got.has(n+2) {
+			t.Errorf("a message of the group that failed to encode was published")
+		}
+		st, err := nsqd.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, msgs, ok := st.TopicDepth(topic); !ok || msgs != n {
+			t.Errorf("nsqd topic %s: ok %v, %d messages; want %d", topic, ok, msgs, n)
+		}
+		if v := metricValue(t, m.Registry, "svckit_publish_commands_total", map[string]string{"topic": topic}); v < n/50 || v >= n/2 {
+			t.Errorf("publish commands metric = %v, want between %d and %d (batched by up to 50)", v, n/50, n/2-1)
 		}
 	})
 
