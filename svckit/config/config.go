@@ -72,6 +72,7 @@ type NSQConfig struct {
 	MaxRequeueDelay     time.Duration
 	MsgTimeout          time.Duration
 	BatchSize           int
+	BatchBytes          int
 	BatchDelay          time.Duration
 	OutputBufferSize    int64
 	OutputBufferTimeout time.Duration
@@ -108,6 +109,7 @@ func Flags() []cli.Flag {
 		&cli.DurationFlag{Name: "nsq-max-requeue-delay", Value: time.Minute, Usage: "cap of the requeue delay", EnvVars: Env("nsq-max-requeue-delay")},
 		&cli.DurationFlag{Name: "nsq-msg-timeout", Value: time.Minute, Usage: "nsqd's per-message timeout requested by consumers; long handlers are touched", EnvVars: Env("nsq-msg-timeout")},
 		&cli.IntFlag{Name: "nsq-batch-size", Value: 200, Usage: "largest MPUB batch of the batching publisher", EnvVars: Env("nsq-batch-size")},
+		&cli.IntFlag{Name: "nsq-batch-bytes", Value: 5 << 20, Usage: "largest MPUB body of the batching publisher (a larger batch goes as several MPUBs); at most nsqd's --max-body-size", EnvVars: Env("nsq-batch-bytes")},
 		&cli.DurationFlag{Name: "nsq-batch-delay", Value: time.Millisecond, Usage: "how long the batching publisher waits to fill a batch", EnvVars: Env("nsq-batch-delay")},
 		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: 16384, Usage: "bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message", EnvVars: Env("nsq-output-buffer-size")},
 		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: time.Millisecond, Usage: "longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this", EnvVars: Env("nsq-output-buffer-timeout")},
@@ -150,6 +152,7 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 			MaxRequeueDelay:     c.Duration("nsq-max-requeue-delay"),
 			MsgTimeout:          c.Duration("nsq-msg-timeout"),
 			BatchSize:           c.Int("nsq-batch-size"),
+			BatchBytes:          c.Int("nsq-batch-bytes"),
 			BatchDelay:          c.Duration("nsq-batch-delay"),
 			OutputBufferSize:    c.Int64("nsq-output-buffer-size"),
 			OutputBufferTimeout: c.Duration("nsq-output-buffer-timeout"),
@@ -213,6 +216,9 @@ func (c Config) Validate() error {
 	}{
 		{"nsq-max-in-flight", c.NSQ.MaxInFlight, 1}, {"nsq-concurrency", c.NSQ.Concurrency, 1},
 		{"nsq-max-attempts", c.NSQ.MaxAttempts, 1}, {"nsq-batch-size", c.NSQ.BatchSize, 1},
+		// nsqd's --max-msg-size may not exceed its --max-body-size, and the
+		// smallest nsqd accepts for messages is far above this.
+		{"nsq-batch-bytes", c.NSQ.BatchBytes, 1024},
 	} {
 		if n.v < n.min {
 			return fmt.Errorf("--%s %d: must be at least %d", n.flag, n.v, n.min)

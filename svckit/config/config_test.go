@@ -101,6 +101,7 @@ func TestDefaults(t *testing.T) {
 		{"NSQ.MaxRequeueDelay", cfg.NSQ.MaxRequeueDelay, time.Minute},
 		{"NSQ.MsgTimeout", cfg.NSQ.MsgTimeout, time.Minute},
 		{"NSQ.BatchSize", cfg.NSQ.BatchSize, 200},
+		{"NSQ.BatchBytes", cfg.NSQ.BatchBytes, 5 << 20},
 		{"NSQ.BatchDelay", cfg.NSQ.BatchDelay, time.Millisecond},
 		{"NSQ.TLS", cfg.NSQ.TLS, false},
 	}
@@ -128,7 +129,7 @@ func TestFlagsOverrideDefaults(t *testing.T) {
 		"--consul-addr=127.0.0.1:18500", "--consul-token=tok", "--consul-start-timeout=3s",
 		"--check-interval=1s", "--deregister-after=2m", "--shutdown-timeout=5s",
 		"--nsq-lookupd-poll-interval=1s", "--nsq-max-in-flight=7", "--nsq-concurrency=2",
-		"--nsq-max-attempts=9", "--nsq-batch-size=10", "--nsq-batch-delay=5ms",
+		"--nsq-max-attempts=9", "--nsq-batch-size=10", "--nsq-batch-delay=5ms", "--nsq-batch-bytes=65536",
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +139,7 @@ func TestFlagsOverrideDefaults(t *testing.T) {
 		cfg.Consul.Addr != "127.0.0.1:18500" || cfg.Consul.Token != "tok" || cfg.Consul.StartTimeout != 3*time.Second ||
 		cfg.CheckInterval != time.Second || cfg.DeregisterAfter != 2*time.Minute || cfg.ShutdownTimeout != 5*time.Second ||
 		cfg.NSQ.LookupdPollInterval != time.Second || cfg.NSQ.MaxInFlight != 7 || cfg.NSQ.Concurrency != 2 ||
-		cfg.NSQ.MaxAttempts != 9 || cfg.NSQ.BatchSize != 10 || cfg.NSQ.BatchDelay != 5*time.Millisecond {
+		cfg.NSQ.MaxAttempts != 9 || cfg.NSQ.BatchSize != 10 || cfg.NSQ.BatchBytes != 65536 || cfg.NSQ.BatchDelay != 5*time.Millisecond {
 		t.Fatalf("flags not applied: %+v", cfg)
 	}
 }
@@ -175,6 +176,7 @@ func TestInvalidValuesNameTheirFlag(t *testing.T) {
 		{"nsq-max-attempts", "--nsq-max-attempts=65536"},
 		{"nsq-batch-size", "--nsq-batch-size=0"},
 		{"nsq-batch-size", "--nsq-batch-size=10001"},
+		{"nsq-batch-bytes", "--nsq-batch-bytes=1023"},
 		// Parse errors of urfave/cli itself.
 		{"nsq-max-in-flight", "--nsq-max-in-flight=abc"},
 		{"check-interval", "--check-interval=abc"},

@@ -16,9 +16,14 @@ var ErrBatcherClosed = errors.New("batching publisher closed")
 
 // BatcherOptions configures a Batcher.
 type BatcherOptions struct {
-	MaxBatch int           // largest MPUB; default 200
+	MaxBatch int           // largest MPUB in messages; default 200
 	MaxDelay time.Duration // longest wait to fill the batch taking the last in-flight slot; default 1ms
 	Queue    int           // publish calls buffered ahead of the publishing goroutine (a group of envelopes is one); default 4*MaxBatch
+	// MaxBytes is the largest MPUB body; default DefaultMaxBatchBytes.
+	// nsqd refuses a larger one as a whole (E_BAD_BODY, past its
+	// --max-body-size), which would fail every message in it for good, so
+	// a batch that would exceed it goes as several MPUBs.
+	MaxBytes int
 	// InFlight is how many batches may await nsqd's acknowledgement at
 	// once; default 4. go-nsq pipelines them over one connection, so a
 	// publisher is not limited to one batch per round trip.
@@ -55,6 +60,9 @@ type batchBufs struct {
 	arena []byte // the batch's MPUB body
 }
 
+// DefaultMaxBatchBytes is nsqd's default --max-body-size (5 MiB).
+const DefaultMaxBatchBytes = 5 << 20
+
 // maxKeptArena bounds the encoding buffer a batch keeps for reuse: a batch
 // of huge envelopes should not pin their memory.
 const maxKeptArena = 1 << 20
@@ -86,6 +94,9 @@ func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
 	}
 	if o.MaxDelay <= 0 {
 		o.MaxDelay = time.Millisecond
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBatchBytes
 	}
 	if o.Queue <= 0 {
 		o.Queue = 4 * o.MaxBatch
@@ -129,7 +140,7 @@ func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) 
 // PublishEnvelopesAsync is PublishEnvelopeAsync for envelopes produced
 // together: they are queued as one unit (one hand-over to the publishing
 // goroutine, not one per envelope) and travel in the same MPUB, or in
-// consecutive MPUBs of up to MaxBatch if there are more. done is called
+// consecutive MPUBs if they are more than MaxBatch or MaxBytes. done is called
 // exactly once: nil when nsqd acknowledged all of them, else the first
 // error (an envelope that cannot be encoded fails its whole MPUB's share,
 // which is then not sent). envs and their payloads must not change until
@@ -139,21 +150,43 @@ func (b *Batcher) PublishEnvelopesAsync(envs []envelope.Envelope, done func(erro
 		done(nil)
 		return
 	}
+	chunks := b.chunks(envs)
 	chunkDone := done
-	if len(envs) > b.o.MaxBatch {
-		chunkDone = joinDone((len(envs)+b.o.MaxBatch-1)/b.o.MaxBatch, done)
+	if len(chunks) > 1 {
+		chunkDone = joinDone(len(chunks), done)
 	}
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	for len(envs) > 0 {
-		n := min(len(envs), b.o.MaxBatch)
+	for _, c := range chunks {
 		if b.closed {
 			chunkDone(ErrBatcherClosed)
-		} else {
-			b.in <- batchItem{envs: envs[:n:n], kind: kindEnvs, done: chunkDone}
+			continue
 		}
-		envs = envs[n:]
+		b.in <- batchItem{envs: c, kind: kindEnvs, done: chunkDone}
 	}
+}
+
+// chunks splits envs into groups of at most MaxBatch envelopes that fit an
+// MPUB body of MaxBytes. Sizes are bounded from above without encoding
+// (maxEncodedLen), so a group may be cut a little early, never too late.
+func (b *Batcher) chunks(envs []envelope.Envelope) [][]envelope.Envelope {
+	var out [][]envelope.Envelope
+	start, size := 0, 4 // MPUB's count
+	for i := range envs {
+		l := 4 + maxEncodedLen(&envs[i])
+		if i > start && (i-start == b.o.MaxBatch || size+l > b.o.MaxBytes) {
+			out = append(out, envs[start:i:i])
+			start, size = i, 4
+		}
+		size += l
+	}
+	return append(out, envs[start:len(envs):len(envs)])
+}
+
+// maxEncodedLen bounds env's encoding: its strings and payload plus the
+// largest fixed part (header, id, sequence, time, lengths).
+func maxEncodedLen(env *envelope.Envelope) int {
+	return 4 + 16 + binary.MaxVarintLen64*2 + 8 + 3 + len(env.Stream) + len(env.ContentType) + len(env.CorrelationID) + len(env.Payload)
 }
 
 // joinDone returns a callback to be called n times that calls done once,
@@ -245,15 +278,21 @@ func (b *Batcher) run() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			arena, n := b.encode(bufs.arena[:0], items)
-			var err error
-			if n > 0 {
-				err = b.p.multiPublishEncoded(b.ctx, b.topic, n, arena)
-			}
-			for _, it := range items {
-				if it.done != nil {
-					it.done(err)
+			arena := bufs.arena[:0]
+			// Usually one MPUB; more if the batch's bytes exceed MaxBytes.
+			for rest := items; len(rest) > 0; {
+				var n, used int
+				arena, n, used = b.encode(arena[:0], rest)
+				var err error
+				if n > 0 {
+					err = b.p.multiPublishEncoded(b.ctx, b.topic, n, arena)
 				}
+				for _, it := range rest[:used] {
+					if it.done != nil {
+						it.done(err)
+					}
+				}
+				rest = rest[used:]
 			}
 			// Drop the references so the bodies can be collected while
 			// the slice waits for reuse.
@@ -270,11 +309,13 @@ func (b *Batcher) run() {
 	}
 }
 
-// encode appends the items to arena as an MPUB body (a big-endian u32
-// count, then each message as a u32 length and its bytes) and returns it
-// with the count. An envelope that cannot be encoded is answered at once
-// and left out (its done set to nil).
-func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int) {
+// encode appends items to arena as an MPUB body (a big-endian u32 count,
+// then each message as a u32 length and its bytes) and returns it with the
+// count of messages and of items used: items stop before the one that
+// would take the body past MaxBytes (but at least one message goes). An
+// envelope that cannot be encoded is answered at once and left out (its
+// done set to nil).
+func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int, int) {
 	arena = append(arena, 0, 0, 0, 0)
 	n := 0
 	for i := range items {
@@ -297,10 +338,15 @@ func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int) {
 			it.done = nil // answered: not part of the batch
 			continue
 		}
+		if b.o.MaxBytes > 0 && len(arena) > b.o.MaxBytes && n > 0 {
+			arena = arena[:start] // the next MPUB's first
+			binary.BigEndian.PutUint32(arena, uint32(n))
+			return arena, n, i
+		}
 		n += it.msgs()
 	}
 	binary.BigEndian.PutUint32(arena, uint32(n))
-	return arena, n
+	return arena, n, len(items)
 }
 
 // appendMessage appends one MPUB message: a u32 length and the body.

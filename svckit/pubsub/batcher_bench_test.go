@@ -20,7 +20,7 @@ func BenchmarkBatcherEncode(b *testing.B) {
 		items[i] = batchItem{kind: kindEnv, done: func(error) {}, env: envelope.Envelope{ID: ids.Next(), Stream: "sensor-1",
 			Seq: uint64(i + 1), Created: time.Now(), ContentType: "application/x-reading", Payload: make([]byte, 200)}}
 	}
-	arena, n := bt.encode(nil, items)
+	arena, n, _ := bt.encode(nil, items)
 	if n != batch || binary.BigEndian.Uint32(arena) != batch {
 		b.Fatalf("encoded %d messages, count field %d", n, binary.BigEndian.Uint32(arena))
 	}
@@ -28,6 +28,6 @@ func BenchmarkBatcherEncode(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i += batch {
-		arena, _ = bt.encode(arena[:0], items)
+		arena, _, _ = bt.encode(arena[:0], items)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -26,9 +27,9 @@ func TestBatcherEncodeIsAnMPUBBody(t *testing.T) {
 		{kind: kindEnvs, envs: []envelope.Envelope{{Stream: "s", Seq: 4}, {Stream: "s", Seq: 5}}, done: func(error) {}},
 		{kind: kindEnv, env: envelope.Envelope{Stream: "s", Seq: 3, Payload: []byte("three")}, done: func(error) {}},
 	}
-	arena, n := bt.encode(nil, items)
-	if n != 5 {
-		t.Fatalf("encoded %d messages, want 5", n)
+	arena, n, used := bt.encode(nil, items)
+	if n != 5 || used != len(items) {
+		t.Fatalf("encoded %d messages of %d items, want 5 of %d", n, used, len(items))
 	}
 	if !errors.Is(badErr, envelope.ErrFieldTooLong) || items[2].done != nil {
 		t.Fatalf("the unencodable envelope: done(%v), done left %v; want ErrFieldTooLong and nil", badErr, items[2].done != nil)
@@ -65,6 +66,74 @@ func TestBatcherEncodeIsAnMPUBBody(t *testing.T) {
 		e, err := envelope.Decode(bodies[i])
 		if err != nil || e.Seq != want {
 			t.Errorf("body %d: seq %d, %v; want seq %d", i, e.Seq, err, want)
+		}
+	}
+}
+
+// An MPUB body stays within MaxBytes: encode stops before the item that
+// would pass it, but always takes one message, even an oversized one (nsqd
+// then refuses that one alone).
+func TestBatcherEncodeStopsAtMaxBytes(t *testing.T) {
+	bt := &Batcher{topic: "t", o: BatcherOptions{MaxBytes: 100}}
+	body := func(n int) batchItem {
+		return batchItem{kind: kindBody, env: envelope.Envelope{Payload: make([]byte, n)}, done: func(error) {}}
+	}
+	items := []batchItem{body(30), body(30), body(30), body(200), body(10)}
+	var parts [][2]int // messages, body bytes
+	for rest := items; len(rest) > 0; {
+		arena, n, used := bt.encode(nil, rest)
+		if used == 0 {
+			t.Fatal("encode used no item")
+		}
+		if got := binary.BigEndian.Uint32(arena); int(got) != n {
+			t.Fatalf("count field %d, want %d", got, n)
+		}
+		parts = append(parts, [2]int{n, len(arena)})
+		rest = rest[used:]
+	}
+	// 4 + 34 + 34 = 72 (a third would make 106); 4 + 34; 4 + 204 alone; 4 + 14.
+	want := [][2]int{{2, 72}, {1, 38}, {1, 208}, {1, 18}}
+	if fmt.Sprint(parts) != fmt.Sprint(want) {
+		t.Errorf("MPUBs (messages, bytes) %v, want %v", parts, want)
+	}
+}
+
+// PublishEnvelopesAsync's groups hold at most MaxBatch envelopes and, by
+// an upper bound of their encoded size, at most MaxBytes.
+func TestBatcherChunks(t *testing.T) {
+	bt := &Batcher{o: BatcherOptions{MaxBatch: 3, MaxBytes: 1000}}
+	envs := func(payloads ...int) []envelope.Envelope {
+		var out []envelope.Envelope
+		for i, p := range payloads {
+			out = append(out, envelope.Envelope{Stream: "s", Seq: uint64(i + 1), Payload: make([]byte, p)})
+		}
+		return out
+	}
+	sizes := func(chunks [][]envelope.Envelope) []int {
+		var out []int
+		for _, c := range chunks {
+			out = append(out, len(c))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		payloads []int
+		want     []int
+	}{
+		{[]int{1}, []int{1}},
+		{[]int{1, 1, 1, 1, 1, 1, 1}, []int{3, 3, 1}}, // MaxBatch
+		{[]int{400, 400, 400, 10}, []int{2, 2}},      // MaxBytes: 4 + 2×(4+400+bound) < 1000 < three
+		{[]int{2000, 10, 10}, []int{1, 2}},           // an oversized one alone
+		{[]int{10, 2000, 10, 10, 10, 10}, []int{1, 1, 3, 1}},
+	} {
+		chunks := bt.chunks(envs(c.payloads...))
+		if fmt.Sprint(sizes(chunks)) != fmt.Sprint(c.want) {
+			t.Errorf("payloads %v: groups of %v, want %v", c.payloads, sizes(chunks), c.want)
+		}
+		for _, ch := range chunks {
+			if cap(ch) != len(ch) {
+				t.Errorf("payloads %v: a group's capacity reaches into the next", c.payloads)
+			}
 		}
 	}
 }

@@ -630,6 +630,61 @@ func TestPubSub(t *testing.T) {
 		}
 	})
 
+	t.Run("BatcherSplitsAtMaxBody", func(t *testing.T) {
+		// 200 envelopes of 40 KB are 8 MB, past nsqd's default
+		// --max-body-size (5 MiB), which refuses such an MPUB whole
+		// (E_BAD_BODY, a permanent error for every message in it): the
+		// Batcher sends them as several MPUBs, single and grouped alike.
+		const topic, channel, stream, n = "ps-batch-big", "all", "stream-batch-big", 600
+		m := metrics.New("pubsubtest", "")
+		p := e.producer(t, m)
+		got := newSeqSet()
+		var bad errList
+		payload := func(seq uint64) []byte { return bytes.Repeat([]byte{byte(seq)}, 40<<10) }
+		createTopic(t, nsqd, topic)
+		e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
+			if !bytes.Equal(msg.Envelope.Payload, payload(msg.Envelope.Seq)) {
+				bad.add(fmt.Errorf("seq %d: payload of %d bytes differs", msg.Envelope.Seq, len(msg.Envelope.Payload)))
+			}
+			got.add(msg.Envelope.Seq)
+			return nil
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(200)})
+		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
+		env := func(seq uint64) envelope.Envelope {
+			return envelope.Envelope{Stream: stream, Seq: seq, Payload: payload(seq)}
+		}
+		results := make(chan error, n)
+		for seq := uint64(1); seq <= n/2; seq++ {
+			b.PublishEnvelopeAsync(env(seq), func(err error) { results <- err })
+		}
+		var group []envelope.Envelope
+		for seq := uint64(n/2 + 1); seq <= n; seq++ {
+			group = append(group, env(seq))
+		}
+		b.PublishEnvelopesAsync(group, func(err error) { results <- err })
+		for i := 0; i <= n/2; i++ {
+			select {
+			case err := <-results:
+				if err != nil {
+					t.Fatalf("done callback: %v", err)
+				}
+			case <-time.After(waitLong):
+				t.Fatalf("only %d of %d done callbacks", i, n/2+1)
+			}
+		}
+		got.waitAll(t, n, "consumer")
+		bad.check(t)
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		if err := b.Close(ctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		// 24 MB in MPUBs of at most 5 MiB.
+		if v := metricValue(t, m.Registry, "svckit_publish_commands_total", map[string]string{"topic": topic}); v < 5 {
+			t.Errorf("publish commands metric = %v, want at least 5", v)
+		}
+	})
+
 	t.Run("SharedChannelSplits", func(t *testing.T) {
 		const topic, channel, stream, n = "ps-shared", "workers", "stream-shared", 1000
 		p := e.producer(t, nil)

@@ -228,7 +228,7 @@ func (s *Service) Batcher(topic string) (*pubsub.Batcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: s.Config.NSQ.BatchSize, MaxDelay: s.Config.NSQ.BatchDelay})
+	b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: s.Config.NSQ.BatchSize, MaxBytes: s.Config.NSQ.BatchBytes, MaxDelay: s.Config.NSQ.BatchDelay})
 	s.mu.Lock()
 	s.batchers = append(s.batchers, b)
 	s.mu.Unlock()
