@@ -433,7 +433,7 @@ func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) (flo
 	p.SetLogger(nil, nsq.LogLevelError)
 	defer p.Stop()
 	body := make([]byte, payloadSize)
-	bodies := make([][]byte, 100)
+	bodies := make([][]byte, hopGroup)
 	for i := range bodies {
 		bodies[i] = body
 	}
