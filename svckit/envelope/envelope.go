@@ -161,6 +161,15 @@ func (e *Envelope) EncodedLen() int {
 	return n
 }
 
+// MaxEncodedLen bounds EncodedLen from above, cheaply: the strings and the
+// payload plus the largest fixed part (header, id, sequence, time, field
+// lengths), without looking up the content type's code. A batcher cutting
+// groups to fit a size limit needs a bound per envelope, not the exact size.
+func (e *Envelope) MaxEncodedLen() int {
+	return 4 + len(e.ID) + binary.MaxVarintLen64 + 8 + 3 + binary.MaxVarintLen32 +
+		len(e.Stream) + len(e.ContentType) + len(e.CorrelationID) + len(e.Payload)
+}
+
 func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
 
 // Marshal returns the encoded envelope in a new slice.

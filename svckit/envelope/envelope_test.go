@@ -104,6 +104,9 @@ func TestRoundTrip(t *testing.T) {
 			if len(b) != want.EncodedLen() {
 				t.Fatalf("len(Marshal) = %d, EncodedLen = %d", len(b), want.EncodedLen())
 			}
+			if want.MaxEncodedLen() < len(b) {
+				t.Fatalf("MaxEncodedLen %d < %d encoded bytes", want.MaxEncodedLen(), len(b))
+			}
 			got, err := Decode(b)
 			if err != nil {
 				t.Fatalf("Decode: %v", err)
@@ -578,8 +581,8 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decoded envelope does not encode: %v", err)
 		}
-		if env.EncodedLen() != len(out) {
-			t.Fatalf("EncodedLen %d, encoded %d bytes", env.EncodedLen(), len(out))
+		if env.EncodedLen() != len(out) || env.MaxEncodedLen() < len(out) {
+			t.Fatalf("EncodedLen %d, MaxEncodedLen %d, encoded %d bytes", env.EncodedLen(), env.MaxEncodedLen(), len(out))
 		}
 		if in[2] == 1 { // version 1 re-encodes as version 2: the same envelope
 			again, err := Decoder{MaxPayload: 1 << 16}.Decode(out)

@@ -168,12 +168,13 @@ func (b *Batcher) PublishEnvelopesAsync(envs []envelope.Envelope, done func(erro
 
 // chunks splits envs into groups of at most MaxBatch envelopes that fit an
 // MPUB body of MaxBytes. Sizes are bounded from above without encoding
-// (maxEncodedLen), so a group may be cut a little early, never too late.
+// (Envelope.MaxEncodedLen), so a group may be cut a little early, never too
+// late.
 func (b *Batcher) chunks(envs []envelope.Envelope) [][]envelope.Envelope {
 	var out [][]envelope.Envelope
 	start, size := 0, 4 // MPUB's count
 	for i := range envs {
-		l := 4 + maxEncodedLen(&envs[i])
+		l := 4 + envs[i].MaxEncodedLen()
 		if i > start && (i-start == b.o.MaxBatch || size+l > b.o.MaxBytes) {
 			out = append(out, envs[start:i:i])
 			start, size = i, 4
@@ -181,12 +182,6 @@ func (b *Batcher) chunks(envs []envelope.Envelope) [][]envelope.Envelope {
 		size += l
 	}
 	return append(out, envs[start:len(envs):len(envs)])
-}
-
-// maxEncodedLen bounds env's encoding: its strings and payload plus the
-// largest fixed part (header, id, sequence, time, lengths).
-func maxEncodedLen(env *envelope.Envelope) int {
-	return 4 + 16 + binary.MaxVarintLen64*2 + 8 + 3 + len(env.Stream) + len(env.ContentType) + len(env.CorrelationID) + len(env.Payload)
 }
 
 // joinDone returns a callback to be called n times that calls done once,

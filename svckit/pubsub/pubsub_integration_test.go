@@ -172,6 +172,32 @@ func (s *seqSet) waitAll(t *testing.T, n uint64, what string) {
 	}
 }
 
+// awaitDone waits for k done callbacks' results, failing at the first error.
+func awaitDone(t *testing.T, results <-chan error, k int) {
+	t.Helper()
+	timeout := time.After(waitLong)
+	for i := range k {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Fatalf("done callback: %v", err)
+			}
+		case <-timeout:
+			t.Fatalf("only %d of %d done callbacks within %s", i, k, waitLong)
+		}
+	}
+}
+
+// closeBatcher closes b, failing if what it holds is not published in time.
+func closeBatcher(t *testing.T, b *pubsub.Batcher) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := b.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
 // collectEnvelopes creates topic and consumes it on channel, collecting
 // the sequence numbers seen and what checkEnvelope found wrong.
 func collectEnvelopes(t *testing.T, e *env, nsqd *testenv.NSQD, topic, channel, stream string) (*seqSet, *errList) {
@@ -461,11 +487,7 @@ func TestPubSub(t *testing.T) {
 		if failed > 0 {
 			t.Fatalf("%d of %d publishes failed", failed, n)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
+		closeBatcher(t, b)
 		// No callback ran twice.
 		select {
 		case err := <-results:
@@ -519,23 +541,10 @@ func TestPubSub(t *testing.T) {
 				})
 			}
 		}
-		for i := 0; i <= n; i++ {
-			select {
-			case err := <-results:
-				if err != nil {
-					t.Fatalf("done callback: %v", err)
-				}
-			case <-time.After(waitLong):
-				t.Fatalf("only %d of %d done callbacks", i, n+1)
-			}
-		}
+		awaitDone(t, results, n+1)
 		got.waitAll(t, n, "consumer")
 		bad.check(t)
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
+		closeBatcher(t, b)
 	})
 
 	t.Run("BatcherPublishEnvelopesAsync", func(t *testing.T) {
@@ -605,11 +614,7 @@ func TestPubSub(t *testing.T) {
 		}
 		got.waitAll(t, n, "consumer")
 		bad.check(t)
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
+		closeBatcher(t, b)
 		select {
 		case a := <-answers:
 			t.Fatalf("extra done callback: group %d, %v", a.group, a.err)
@@ -662,23 +667,10 @@ func TestPubSub(t *testing.T) {
 			group = append(group, env(seq))
 		}
 		b.PublishEnvelopesAsync(group, func(err error) { results <- err })
-		for i := 0; i <= n/2; i++ {
-			select {
-			case err := <-results:
-				if err != nil {
-					t.Fatalf("done callback: %v", err)
-				}
-			case <-time.After(waitLong):
-				t.Fatalf("only %d of %d done callbacks", i, n/2+1)
-			}
-		}
+		awaitDone(t, results, n/2+1)
 		got.waitAll(t, n, "consumer")
 		bad.check(t)
-		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-		defer cancel()
-		if err := b.Close(ctx); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
+		closeBatcher(t, b)
 		// 24 MB in MPUBs of at most 5 MiB.
 		if v := metricValue(t, m.Registry, "svckit_publish_commands_total", map[string]string{"topic": topic}); v < 5 {
 			t.Errorf("publish commands metric = %v, want at least 5", v)
