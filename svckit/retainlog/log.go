@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/svckit/svckit/svckit/durable"
 )
 
 // FsyncPolicy says when appended records are flushed to stable storage. See
@@ -82,6 +84,7 @@ type Options struct {
 	FsyncInterval  time.Duration    // default 200ms
 	Logger         *slog.Logger     // nil = discard
 	Now            func() time.Time // nil = time.Now (tests inject a clock for age retention)
+	FS             durable.FS       // nil = the OS's; tests use crashfs to cut the power
 }
 
 // DefaultOptions returns the defaults for a log in dir: 64 MiB segments, fsync
@@ -120,6 +123,7 @@ func (o Options) normalize() (Options, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	o.FS = durable.Or(o.FS)
 	return o, nil
 }
 
@@ -182,6 +186,10 @@ type Log struct {
 	// FirstSeq/LastSeq sit on the publisher's and the replay server's hot paths.
 	first, last      atomic.Uint64
 	appended, fsyncs atomic.Uint64
+	// synced is the highest seq known to be on stable storage (everything
+	// at or below it survives a power loss); floor is the lowest seq
+	// retention must keep (SetFloor).
+	synced, floor atomic.Uint64
 
 	bufPool sync.Pool // *[]byte read buffers, so a Read allocates nothing per record
 	stop    chan struct{}
@@ -196,10 +204,10 @@ func Open(opts Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := durable.MkdirAll(opts.FS, opts.Dir); err != nil {
 		return nil, fmt.Errorf("retainlog: %w", err)
 	}
-	segs, err := listSegments(opts.Dir)
+	segs, err := listSegments(opts.FS, opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("retainlog: list segments: %w", err)
 	}
@@ -216,7 +224,7 @@ func Open(opts Options) (*Log, error) {
 	if len(segs) > 0 {
 		// Sealed segments are trusted: their extent follows from the names.
 		for i, s := range segs[:len(segs)-1] {
-			fi, err := os.Stat(s.path)
+			fi, err := opts.FS.Stat(s.path)
 			if err != nil {
 				return nil, fmt.Errorf("retainlog: %w", err)
 			}
@@ -234,6 +242,24 @@ func Open(opts Options) (*Log, error) {
 	}
 	l.mu.Lock()
 	l.updateBounds()
+	// What the last process wrote may still be only in the page cache (it
+	// was killed before an fsync): make it durable before anyone is told
+	// it is (DurableSeq), unless the policy leaves flushing to the OS.
+	if act := l.active(); act != nil && act.f != nil && opts.Fsync != FsyncNever {
+		if err := act.f.Sync(); err != nil {
+			l.mu.Unlock()
+			act.f.Close()
+			return nil, fmt.Errorf("retainlog: fsync %s: %w", act.path, err)
+		}
+		if err := opts.FS.SyncDir(opts.Dir); err != nil {
+			l.mu.Unlock()
+			act.f.Close()
+			return nil, fmt.Errorf("retainlog: fsync dir %s: %w", opts.Dir, err)
+		}
+	}
+	if opts.Fsync != FsyncNever {
+		l.synced.Store(l.last.Load())
+	}
 	l.enforceRetentionLocked()
 	l.mu.Unlock()
 
@@ -248,7 +274,7 @@ func Open(opts Options) (*Log, error) {
 // openActive scans the last segment, truncates a bad tail and keeps the file
 // open for appending.
 func (l *Log) openActive(s *segment) error {
-	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	f, err := l.opts.FS.OpenFile(s.path, os.O_RDWR, 0)
 	if err != nil {
 		return fmt.Errorf("retainlog: %w", err)
 	}
@@ -430,6 +456,7 @@ func (l *Log) Append(recs ...Record) error {
 			return l.failSync(act, err)
 		}
 		l.fsyncs.Add(1)
+		l.synced.Store(l.last.Load())
 	case FsyncInterval:
 		l.dirty = true
 	}
@@ -492,6 +519,7 @@ func (l *Log) roll(first uint64) error {
 				}
 				l.fsyncs.Add(1)
 				l.dirty = false
+				l.synced.Store(l.last.Load())
 			}
 			if err := act.f.Close(); err != nil {
 				l.log.Warn("retainlog: close sealed segment", "segment", act.path, "error", err)
@@ -502,32 +530,20 @@ func (l *Log) roll(first uint64) error {
 	path := filepath.Join(l.opts.Dir, segmentName(first))
 	// O_EXCL: a file with this name would be another segment with the same
 	// first seq; overwriting it could destroy data, so fail loudly instead.
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := l.opts.FS.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("retainlog: create segment: %w", err)
 	}
 	if l.opts.Fsync != FsyncNever {
-		if err := syncDir(l.opts.Dir); err != nil {
+		if err := l.opts.FS.SyncDir(l.opts.Dir); err != nil {
 			f.Close()
-			os.Remove(path)
+			l.opts.FS.Remove(path)
 			return fmt.Errorf("retainlog: fsync dir %s: %w", l.opts.Dir, err)
 		}
 	}
 	l.segs = append(l.segs, &segment{base: first, path: path, f: f, indexed: true})
 	l.log.Debug("retainlog: new segment", "segment", path)
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // EnforceRetention applies the retention limits now. It runs by itself on
@@ -562,6 +578,12 @@ func (l *Log) enforceRetentionLocked() {
 			// Everything newer is empty (Open cut the active segment back to
 			// nothing). Keep the last records so LastSeq survives: a publisher
 			// resumes its sequence from it.
+			break
+		}
+		if f := l.floor.Load(); f > 0 && s.base+s.count > f {
+			// The segment holds a record at or above the floor: one its
+			// owner still needs (not yet acknowledged by nsqd, or not yet
+			// covered by a durable snapshot).
 			break
 		}
 		var why string
@@ -614,7 +636,7 @@ func (l *Log) newestNanos(i int) (int64, bool) {
 	if next.count == 0 || next.size == 0 {
 		return 0, false
 	}
-	f, err := os.Open(next.path)
+	f, err := l.opts.FS.OpenFile(next.path, os.O_RDONLY, 0)
 	if err != nil {
 		return 0, false
 	}
@@ -638,7 +660,10 @@ func (l *Log) dropSegment(s *segment) {
 }
 
 func (l *Log) unlink(s *segment) {
-	if err := os.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// No directory fsync: a removal lost in a power cut brings an old
+	// segment back, which only retains more (segments go oldest first, so
+	// what remains is still contiguous).
+	if err := l.opts.FS.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		l.log.Warn("retainlog: remove segment", "segment", s.path, "error", err)
 	}
 }
@@ -734,7 +759,7 @@ func (l *Log) Read(ctx context.Context, from, to uint64, fn func(Record) error) 
 // readSegment delivers from..to (all within r) to fn.
 func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []byte, fn func(Record) error) error {
 	s := r.s
-	f, err := os.Open(s.path)
+	f, err := l.opts.FS.OpenFile(s.path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("retainlog: %w", err)
 	}
@@ -810,8 +835,19 @@ func (l *Log) Sync() error {
 	}
 	l.fsyncs.Add(1)
 	l.dirty = false
+	l.synced.Store(l.last.Load())
 	return nil
 }
+
+// DurableSeq is the highest sequence number known to be on stable storage:
+// every record at or below it survives a power loss. Under FsyncNever it is
+// 0 (nothing is known). Records above it are readable but may vanish.
+func (l *Log) DurableSeq() uint64 { return l.synced.Load() }
+
+// SetFloor tells retention never to delete a record at or above seq (the
+// owner's oldest unacknowledged message, or the first not covered by its
+// durable snapshot). 0, the default, is no floor.
+func (l *Log) SetFloor(seq uint64) { l.floor.Store(seq) }
 
 // Close stops the background goroutine, fsyncs and closes the active segment.
 // Reads already running finish normally; later calls return ErrClosed.
@@ -838,6 +874,7 @@ func (l *Log) Close() error {
 	if l.err == nil {
 		if err = act.f.Sync(); err == nil {
 			l.fsyncs.Add(1)
+			l.synced.Store(l.last.Load())
 		} else {
 			err = fmt.Errorf("retainlog: fsync %s: %w", act.path, err)
 		}
@@ -872,12 +909,14 @@ func (l *Log) tick() {
 		return
 	}
 	l.enforceRetentionLocked()
-	var f *os.File
+	var f durable.File
 	var act *segment
+	var upTo uint64
 	if l.opts.Fsync == FsyncInterval && l.dirty && l.err == nil {
 		if act = l.active(); act != nil && act.f != nil {
 			f = act.f
 			l.dirty = false
+			upTo = l.last.Load()
 		}
 	}
 	l.mu.Unlock()
@@ -891,6 +930,13 @@ func (l *Log) tick() {
 	switch {
 	case err == nil:
 		l.fsyncs.Add(1)
+		// Another fsync (Sync, a roll) may have covered more meanwhile.
+		for {
+			cur := l.synced.Load()
+			if cur >= upTo || l.synced.CompareAndSwap(cur, upTo) {
+				break
+			}
+		}
 	case errors.Is(err, os.ErrClosed):
 	default:
 		l.mu.Lock()

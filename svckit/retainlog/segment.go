@@ -3,12 +3,13 @@ package retainlog
 import (
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/svckit/svckit/svckit/durable"
 )
 
 const (
@@ -35,7 +36,7 @@ type segment struct {
 	path string
 
 	// Guarded by Log.mu.
-	f         *os.File // writer fd, non-nil only while this is the active segment
+	f         durable.File // writer fd, non-nil only while this is the active segment
 	count     uint64   // records in the segment (last seq = base+count-1)
 	size      int64    // committed bytes: only records that write(2) completed
 	lastNanos int64    // time of the newest record (an upper bound, see Log.newestNanos)
@@ -92,7 +93,7 @@ func (s *segment) lookup(seq uint64) (uint64, int64) {
 // into one reusable buffer. Records it returns alias that buffer and are valid
 // until the next call to next.
 type segReader struct {
-	f     *os.File
+	f     io.ReaderAt
 	pos   int64 // file offset of buf[0]
 	limit int64 // never read at or beyond this offset (the committed size)
 	buf   []byte
@@ -106,7 +107,7 @@ type segReader struct {
 // those reads cheap while long scans still reach full-size reads at once.
 const firstChunk = 16 << 10
 
-func newSegReader(f *os.File, off, limit int64, buf []byte) *segReader {
+func newSegReader(f io.ReaderAt, off, limit int64, buf []byte) *segReader {
 	buf = buf[:cap(buf)]
 	return &segReader{f: f, pos: off, limit: limit, buf: buf, chunk: min(firstChunk, len(buf))}
 }
@@ -238,8 +239,8 @@ func scan(r *segReader, want uint64, s *segment) (scanResult, error) {
 }
 
 // listSegments returns the segment files in dir sorted by first seq.
-func listSegments(dir string) ([]*segment, error) {
-	ents, err := os.ReadDir(dir)
+func listSegments(fsys durable.FS, dir string) ([]*segment, error) {
+	ents, err := fsys.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,457 @@
+// Package crashfs is an in-memory durable.FS that can lose power.
+//
+// It keeps two images of everything: what the programs see, and what has
+// been made durable. A file's data becomes durable when the file is
+// fsynced; a directory's entries (creates, renames, removes) when the
+// directory is fsynced. PowerCut throws the first image away and keeps the
+// second, the strictest behaviour POSIX allows and the one Jepsen's LazyFS
+// reproduces: nothing that was not fsynced survives.
+//
+// StopAfter makes the filesystem refuse every operation after the n-th
+// one, as if the machine stopped at that instant; the test then calls
+// PowerCut and opens what is left. Running a workload once per n explores
+// every write, fsync, create, rename and remove boundary in turn.
+//
+// It is for tests (svckit's own and importers'); nothing in svckit's
+// binaries links it.
+package crashfs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/svckit/svckit/svckit/durable"
+)
+
+// ErrStopped is returned by every operation after the machine stopped
+// (StopAfter) or by a file opened before a PowerCut.
+var ErrStopped = errors.New("crashfs: the machine is stopped")
+
+type inode struct {
+	dir     bool
+	data    []byte            // files: what programs see
+	durable []byte            // files: what survives a power cut
+	ents    map[string]*inode // dirs: what programs see
+	dents   map[string]*inode // dirs: what survives a power cut
+	mtime   time.Time
+}
+
+func newDir() *inode {
+	return &inode{dir: true, ents: map[string]*inode{}, dents: map[string]*inode{}, mtime: time.Now()}
+}
+
+// FS is the filesystem. The zero value is not usable; call New.
+type FS struct {
+	mu      sync.Mutex
+	root    *inode
+	gen     int // bumped by PowerCut: files opened before are stale
+	ops     int // mutating operations done so far
+	stopAt  int // refuse operations after this many; <0 never
+	stopped bool
+	trace   []string
+}
+
+// New returns an empty filesystem whose root directory exists durably.
+func New() *FS { return &FS{root: newDir(), stopAt: -1} }
+
+var _ durable.FS = (*FS)(nil)
+
+// StopAfter makes every mutating operation after the n-th (counted from
+// now) fail with ErrStopped, without effect; reads keep working. n < 0
+// lifts it.
+func (c *FS) StopAfter(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n < 0 {
+		c.stopAt = -1
+		return
+	}
+	c.stopAt = c.ops + n
+}
+
+// Ops is the number of mutating operations done so far.
+func (c *FS) Ops() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ops
+}
+
+// Stopped reports whether an operation was refused since the last PowerCut.
+func (c *FS) Stopped() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stopped
+}
+
+// Trace returns the mutating operations done so far, one line each (for
+// a failing test's message).
+func (c *FS) Trace() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.trace)
+}
+
+// PowerCut loses everything that was not made durable: every file's data
+// returns to its last fsync, every directory's entries to its last
+// directory fsync. Files opened before are unusable; the stop set by
+// StopAfter is lifted.
+func (c *FS) PowerCut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := map[*inode]bool{}
+	var walk func(n *inode)
+	walk = func(n *inode) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		if !n.dir {
+			n.data = slices.Clone(n.durable)
+			return
+		}
+		n.ents = make(map[string]*inode, len(n.dents))
+		for name, ch := range n.dents {
+			n.ents[name] = ch
+			walk(ch)
+		}
+	}
+	walk(c.root)
+	c.gen++
+	c.stopAt = -1
+	c.stopped = false
+	c.trace = append(c.trace, "--- power cut ---")
+}
+
+// mutate counts one mutating operation and says whether it may happen.
+// Caller holds mu.
+func (c *FS) mutate(what string) error {
+	if c.stopAt >= 0 && c.ops >= c.stopAt {
+		c.stopped = true
+		return fmt.Errorf("%s: %w", what, ErrStopped)
+	}
+	c.ops++
+	c.trace = append(c.trace, what)
+	return nil
+}
+
+func split(name string) []string {
+	name = filepath.ToSlash(filepath.Clean(name))
+	name = strings.Trim(name, "/")
+	if name == "" || name == "." {
+		return nil
+	}
+	return strings.Split(name, "/")
+}
+
+// lookup returns the parent directory of name and name's inode (nil if
+// absent). Caller holds mu.
+func (c *FS) lookup(name string) (parent *inode, base string, n *inode, err error) {
+	parts := split(name)
+	if len(parts) == 0 {
+		return nil, "", c.root, nil
+	}
+	d := c.root
+	for _, p := range parts[:len(parts)-1] {
+		ch := d.ents[p]
+		if ch == nil {
+			return nil, "", nil, &fs.PathError{Op: "lookup", Path: name, Err: fs.ErrNotExist}
+		}
+		if !ch.dir {
+			return nil, "", nil, &fs.PathError{Op: "lookup", Path: name, Err: errors.New("not a directory")}
+		}
+		d = ch
+	}
+	base = parts[len(parts)-1]
+	return d, base, d.ents[base], nil
+}
+
+// OpenFile opens name. O_CREATE, O_EXCL and O_TRUNC are honoured.
+func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	parent, base, n, err := c.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case n == nil && flag&os.O_CREATE == 0:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	case n != nil && flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
+	case n != nil && n.dir:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("is a directory")}
+	case n == nil:
+		if err := c.mutate("create " + name); err != nil {
+			return nil, err
+		}
+		n = &inode{mtime: time.Now()}
+		parent.ents[base] = n
+	}
+	if flag&os.O_TRUNC != 0 && len(n.data) > 0 {
+		if err := c.mutate("truncate " + name + " 0"); err != nil {
+			return nil, err
+		}
+		n.data = n.data[:0]
+	}
+	return &file{c: c, n: n, name: name, gen: c.gen, write: flag&(os.O_WRONLY|os.O_RDWR) != 0}, nil
+}
+
+// ReadDir lists name's entries, sorted.
+func (c *FS) ReadDir(name string) ([]fs.DirEntry, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _, n, err := c.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if n == nil {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: fs.ErrNotExist}
+	}
+	if !n.dir {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: errors.New("not a directory")}
+	}
+	out := make([]fs.DirEntry, 0, len(n.ents))
+	for nm, ch := range n.ents {
+		out = append(out, fs.FileInfoToDirEntry(infoOf(nm, ch)))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out, nil
+}
+
+// Stat describes name.
+func (c *FS) Stat(name string) (fs.FileInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, base, n, err := c.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	if n == nil {
+		return nil, &fs.PathError{Op: "stat", Path: name, Err: fs.ErrNotExist}
+	}
+	return infoOf(base, n), nil
+}
+
+// Mkdir creates a directory (durable once its parent is fsynced).
+func (c *FS) Mkdir(name string, perm fs.FileMode) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	parent, base, n, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	if n != nil {
+		return &fs.PathError{Op: "mkdir", Path: name, Err: fs.ErrExist}
+	}
+	if err := c.mutate("mkdir " + name); err != nil {
+		return err
+	}
+	parent.ents[base] = newDir()
+	return nil
+}
+
+// Remove unlinks a file or an empty directory.
+func (c *FS) Remove(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	parent, base, n, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	if n == nil || parent == nil {
+		return &fs.PathError{Op: "remove", Path: name, Err: fs.ErrNotExist}
+	}
+	if n.dir && len(n.ents) > 0 {
+		return &fs.PathError{Op: "remove", Path: name, Err: errors.New("directory not empty")}
+	}
+	if err := c.mutate("remove " + name); err != nil {
+		return err
+	}
+	delete(parent.ents, base)
+	return nil
+}
+
+// Rename moves oldpath to newpath, replacing a file there.
+func (c *FS) Rename(oldpath, newpath string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	op, ob, n, err := c.lookup(oldpath)
+	if err != nil {
+		return err
+	}
+	if n == nil || op == nil {
+		return &fs.PathError{Op: "rename", Path: oldpath, Err: fs.ErrNotExist}
+	}
+	np, nb, old, err := c.lookup(newpath)
+	if err != nil {
+		return err
+	}
+	if old != nil && old.dir {
+		return &fs.PathError{Op: "rename", Path: newpath, Err: errors.New("is a directory")}
+	}
+	if err := c.mutate("rename " + oldpath + " " + newpath); err != nil {
+		return err
+	}
+	delete(op.ents, ob)
+	np.ents[nb] = n
+	return nil
+}
+
+// SyncDir makes the directory's current entries durable.
+func (c *FS) SyncDir(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _, n, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	if n == nil || !n.dir {
+		return &fs.PathError{Op: "fsync", Path: name, Err: fs.ErrNotExist}
+	}
+	if err := c.mutate("fsync dir " + name); err != nil {
+		return err
+	}
+	n.dents = make(map[string]*inode, len(n.ents))
+	for k, v := range n.ents {
+		n.dents[k] = v
+	}
+	return nil
+}
+
+type file struct {
+	c     *FS
+	n     *inode
+	name  string
+	gen   int
+	write bool
+	shut  bool
+}
+
+// check says whether the file may be used. Caller holds c.mu.
+func (f *file) check(op string) error {
+	switch {
+	case f.shut:
+		return &fs.PathError{Op: op, Path: f.name, Err: fs.ErrClosed}
+	case f.gen != f.c.gen:
+		return &fs.PathError{Op: op, Path: f.name, Err: ErrStopped}
+	}
+	return nil
+}
+
+func (f *file) ReadAt(p []byte, off int64) (int, error) {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if err := f.check("read"); err != nil {
+		return 0, err
+	}
+	if off >= int64(len(f.n.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, f.n.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (f *file) WriteAt(p []byte, off int64) (int, error) {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if err := f.check("write"); err != nil {
+		return 0, err
+	}
+	if !f.write {
+		return 0, &fs.PathError{Op: "write", Path: f.name, Err: errors.New("not open for writing")}
+	}
+	if err := f.c.mutate(fmt.Sprintf("write %s %d+%d", f.name, off, len(p))); err != nil {
+		return 0, err
+	}
+	if end := off + int64(len(p)); end > int64(len(f.n.data)) {
+		f.n.data = append(f.n.data, make([]byte, end-int64(len(f.n.data)))...)
+	}
+	copy(f.n.data[off:], p)
+	f.n.mtime = time.Now()
+	return len(p), nil
+}
+
+func (f *file) Truncate(size int64) error {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if err := f.check("truncate"); err != nil {
+		return err
+	}
+	if err := f.c.mutate(fmt.Sprintf("truncate %s %d", f.name, size)); err != nil {
+		return err
+	}
+	if size <= int64(len(f.n.data)) {
+		f.n.data = f.n.data[:size]
+	} else {
+		f.n.data = append(f.n.data, make([]byte, size-int64(len(f.n.data)))...)
+	}
+	return nil
+}
+
+func (f *file) Sync() error {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if err := f.check("fsync"); err != nil {
+		return err
+	}
+	if err := f.c.mutate("fsync " + f.name); err != nil {
+		return err
+	}
+	f.n.durable = slices.Clone(f.n.data)
+	return nil
+}
+
+func (f *file) Stat() (fs.FileInfo, error) {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if err := f.check("stat"); err != nil {
+		return nil, err
+	}
+	return infoOf(filepath.Base(f.name), f.n), nil
+}
+
+func (f *file) Close() error {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	if f.shut {
+		return &fs.PathError{Op: "close", Path: f.name, Err: fs.ErrClosed}
+	}
+	f.shut = true
+	return nil
+}
+
+// info is a copy taken under the lock, so it can be read without it.
+type info struct {
+	name  string
+	size  int64
+	dir   bool
+	mtime time.Time
+}
+
+func infoOf(name string, n *inode) info {
+	return info{name: name, size: int64(len(n.data)), dir: n.dir, mtime: n.mtime}
+}
+
+func (i info) Name() string { return i.name }
+func (i info) Size() int64  { return i.size }
+func (i info) Mode() fs.FileMode {
+	if i.dir {
+		return fs.ModeDir | 0o755
+	}
+	return 0o644
+}
+func (i info) ModTime() time.Time { return i.mtime }
+func (i info) IsDir() bool        { return i.dir }
+func (i info) Sys() any           { return nil }
