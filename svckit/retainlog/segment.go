@@ -37,9 +37,9 @@ type segment struct {
 
 	// Guarded by Log.mu.
 	f         durable.File // writer fd, non-nil only while this is the active segment
-	count     uint64   // records in the segment (last seq = base+count-1)
-	size      int64    // committed bytes: only records that write(2) completed
-	lastNanos int64    // time of the newest record (an upper bound, see Log.newestNanos)
+	count     uint64       // records in the segment (last seq = base+count-1)
+	size      int64        // committed bytes: only records that write(2) completed
+	lastNanos int64        // time of the newest record (an upper bound, see Log.newestNanos)
 	lastKnown bool
 	refs      int  // readers currently using the file
 	removed   bool // dropped by retention; the last reader to leave unlinks it
