@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/svckit/discovery"
@@ -31,6 +30,7 @@ import (
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/testenv"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // Options configures a run.

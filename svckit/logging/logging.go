@@ -9,7 +9,7 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/nsqio/go-nsq"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // Options selects the output format and level.

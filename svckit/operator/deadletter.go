@@ -11,12 +11,12 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/pubsub"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 	"github.com/urfave/cli/v2"
 )
 

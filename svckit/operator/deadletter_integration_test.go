@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/testenv"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // topicDepth is the number of messages of topic held in nsqd (topic queue

@@ -15,12 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/metrics"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // Message is one delivery handed to a Handler.

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/envelope"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // nopDelegate stands in for go-nsq's connection when a message is finished:

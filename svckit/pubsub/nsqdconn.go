@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/logging"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // errConnClosed is what the commands still awaiting an answer get when the

@@ -13,11 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/metrics"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // ErrNoNSQD means discovery knows no passing nsqd.

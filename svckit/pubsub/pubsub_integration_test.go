@@ -16,13 +16,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/metrics"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/testenv"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // Generous: NSQ, consul and other test packages share a small, busy machine.

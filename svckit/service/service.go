@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/health"
@@ -32,6 +31,7 @@ import (
 	"github.com/svckit/svckit/svckit/metrics"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/registry"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
 // Service names in Consul under which the NSQ programs are registered.

@@ -19,13 +19,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsqio/go-nsq"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/health"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/service"
 	"github.com/svckit/svckit/svckit/testenv"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 	"github.com/urfave/cli/v2"
 )
 
