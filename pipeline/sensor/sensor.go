@@ -40,7 +40,7 @@ func Spec(version string) service.Spec {
 			&cli.Int64Flag{Name: "retain-bytes", Value: 1 << 30, Usage: "retained log keeps at least this many bytes (0 = no byte limit)", EnvVars: config.Env("retain-bytes")},
 			&cli.DurationFlag{Name: "retain-age", Value: 0, Usage: "retained log drops segments older than this (0 = no age limit)", EnvVars: config.Env("retain-age")},
 			&cli.Int64Flag{Name: "log-segment-bytes", Value: 64 << 20, Usage: "retained log segment size (retention deletes whole segments)", EnvVars: config.Env("log-segment-bytes")},
-			&cli.StringFlag{Name: "log-fsync", Value: "interval", Usage: "retained log fsync policy: always, interval or never", EnvVars: config.Env("log-fsync")},
+			&cli.StringFlag{Name: "log-fsync", Value: "always", Usage: "retained log fsync policy: always (fsync as soon as a reading is due to be published; concurrent ones share it), interval (fsync every --log-fsync-interval: fewer fsyncs, readings wait for it) or never (no fsync: a power loss can take back published readings and reuse their sequence numbers)", EnvVars: config.Env("log-fsync")},
 			&cli.DurationFlag{Name: "log-fsync-interval", Value: 200 * time.Millisecond, Usage: "fsync period of the interval policy", EnvVars: config.Env("log-fsync-interval")},
 			&cli.StringFlag{Name: "replay-secret", Usage: "shared secret required by /replay, /snapshot and /streams", EnvVars: config.Env("replay-secret")},
 		},
@@ -100,17 +100,22 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	s.Log.Info("sensor stream", "stream", stream, "next_seq", owner.Status().LastSeq+1, "retained_first", owner.Status().RetainedFirst)
 
 	return func(ctx context.Context) error {
-		ownerCtx, stopOwner := context.WithCancel(context.WithoutCancel(ctx))
-		ownerDone := make(chan error, 1)
-		go func() { ownerDone <- owner.Run(ownerCtx) }()
-		defer func() { stopOwner(); <-ownerDone }()
-		return publishLoop(ctx, owner, rate, count, maxValue)
+		// The owner's pump and saves run beside the publishing loop; Close
+		// (the stop hook) saves and closes the log after both ended.
+		rctx, stop := context.WithCancel(ctx)
+		ran := make(chan error, 1)
+		go func() { ran <- owner.Run(rctx) }()
+		err := publishLoop(ctx, owner, rate, count, maxValue)
+		stop()
+		return errors.Join(err, <-ran)
 	}, nil
 }
 
 // publishBatchMax bounds one PublishBatch: what is due is published with
-// one log write per batch instead of one per reading.
-const publishBatchMax = 100
+// one log write, and one wait for its fsync, per batch instead of per
+// reading. Readings fall due while a batch waits for its fsync, so the
+// next batch is larger: the fsync is paid per batch, not per reading.
+const publishBatchMax = 1000
 
 // publishLoop publishes at rate (per second) until ctx ends or count readings
 // were published. It paces by elapsed time, so a slow tick catches up instead
@@ -127,7 +132,10 @@ func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count u
 			for range k {
 				batch = append(batch, pipeline.MarshalReading(pipeline.Reading{Value: rng.Int64N(maxValue)}))
 			}
-			if _, err := owner.PublishBatch(batch); err != nil {
+			if _, err := owner.PublishBatch(ctx, batch); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopping: the wait for a fence or an fsync ended
+				}
 				return err
 			}
 			sent += k

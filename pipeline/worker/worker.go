@@ -48,12 +48,12 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 // dies mid-way causes redelivery, never loss.
 type Handler struct {
 	Out interface {
-		PublishEnvelopeAsync(env envelope.Envelope, done func(error))
+		PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error))
 	}
 }
 
 // HandleMessage implements pubsub.Handler.
-func (h *Handler) HandleMessage(_ context.Context, m *pubsub.Message) error {
+func (h *Handler) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
 	if in.ContentType != pipeline.ReadingType {
 		return pubsub.Reject(fmt.Errorf("content type %q, want %q", in.ContentType, pipeline.ReadingType))
@@ -65,7 +65,7 @@ func (h *Handler) HandleMessage(_ context.Context, m *pubsub.Message) error {
 	// The batcher encodes the result into its reused buffer; an envelope it
 	// cannot encode comes back through done as an error (requeue, then the
 	// dead-letter topic).
-	h.Out.PublishEnvelopeAsync(ResultEnvelope(in, pipeline.Compute(r)), m.Async())
+	h.Out.PublishEnvelopeAsync(ctx, ResultEnvelope(in, pipeline.Compute(r)), m.Async())
 	return nil
 }
 

@@ -558,7 +558,7 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (flo
 		now := time.Now()
 		if group == 1 {
 			for k := range min(hopGroup, n-i+1) {
-				b.PublishEnvelopeAsync(envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
+				b.PublishEnvelopeAsync(ctx, envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
 					ContentType: "application/octet-stream", Payload: payload}, onDone)
 			}
 			continue
@@ -568,7 +568,7 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (flo
 			envs = append(envs, envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
 				ContentType: "application/octet-stream", Payload: payload})
 		}
-		b.PublishEnvelopesAsync(envs, func(err error) {
+		b.PublishEnvelopesAsync(ctx, envs, func(err error) {
 			onDone(err)
 			free <- envs
 		})

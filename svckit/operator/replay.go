@@ -111,7 +111,7 @@ func runReplay(c *cli.Context) error {
 			if err != nil {
 				return err
 			}
-			b.PublishAsync(body, func(err error) {
+			b.PublishAsync(ctx, body, func(err error) {
 				if err != nil {
 					select {
 					case errs <- err:

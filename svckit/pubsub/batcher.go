@@ -24,6 +24,11 @@ type BatcherOptions struct {
 	// --max-body-size), which would fail every message in it for good, so
 	// a batch that would exceed it goes as several MPUBs.
 	MaxBytes int
+	// MaxMsgSize is the largest message nsqd takes; default
+	// DefaultMaxMsgSize. nsqd answers a larger one with a fatal error and
+	// closes the connection (failing every command pipelined behind it), so
+	// the batcher fails such a message alone, before sending it.
+	MaxMsgSize int
 	// InFlight is how many batches may await nsqd's acknowledgement at
 	// once; default 4. go-nsq pipelines them over one connection, so a
 	// publisher is not limited to one batch per round trip.
@@ -63,6 +68,9 @@ type batchBufs struct {
 // DefaultMaxBatchBytes is nsqd's default --max-body-size (5 MiB).
 const DefaultMaxBatchBytes = 5 << 20
 
+// DefaultMaxMsgSize is nsqd's default --max-msg-size (1 MiB).
+const DefaultMaxMsgSize = 1 << 20
+
 // maxKeptArena bounds the encoding buffer a batch keeps for reuse: a batch
 // of huge envelopes should not pin their memory.
 const maxKeptArena = 1 << 20
@@ -81,10 +89,16 @@ type Batcher struct {
 	ctx   context.Context // bounds retries; cancelled by Close after the drain timeout
 	stop  context.CancelFunc
 
-	mu     sync.RWMutex
-	closed bool
-	in     chan batchItem
-	done   chan struct{}
+	// closing is closed first by Close, so that publishers waiting for
+	// room in a full queue (holding mu's read lock) give up and let Close
+	// take the write lock: with nsqd away the queue stays full, and a
+	// Close that waited for them never returned (SIGTERM hung).
+	closing   chan struct{}
+	closeOnce sync.Once
+	mu        sync.RWMutex
+	closed    bool
+	in        chan batchItem
+	done      chan struct{}
 }
 
 // NewBatcher starts a batching publisher for topic.
@@ -98,6 +112,9 @@ func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
 	if o.MaxBytes <= 0 {
 		o.MaxBytes = DefaultMaxBatchBytes
 	}
+	if o.MaxMsgSize <= 0 {
+		o.MaxMsgSize = DefaultMaxMsgSize
+	}
 	if o.Queue <= 0 {
 		o.Queue = 4 * o.MaxBatch
 	}
@@ -105,21 +122,19 @@ func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
 		o.InFlight = 4
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	b := &Batcher{p: p, topic: topic, o: o, ctx: ctx, stop: stop, in: make(chan batchItem, o.Queue), done: make(chan struct{})}
+	b := &Batcher{p: p, topic: topic, o: o, ctx: ctx, stop: stop, closing: make(chan struct{}),
+		in: make(chan batchItem, o.Queue), done: make(chan struct{})}
 	go b.run()
 	return b
 }
 
 // PublishAsync queues body; done is called exactly once with the outcome, from
 // the publishing goroutine (keep it short). body must not change until then.
-func (b *Batcher) PublishAsync(body []byte, done func(error)) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		done(ErrBatcherClosed)
-		return
-	}
-	b.in <- batchItem{env: envelope.Envelope{Payload: body}, kind: kindBody, done: done}
+// ctx bounds the wait for room in the queue (done gets ctx's error); once
+// queued, the message's batch is retried until acknowledged or Close gives
+// up.
+func (b *Batcher) PublishAsync(ctx context.Context, body []byte, done func(error)) {
+	b.enqueue(ctx, batchItem{env: envelope.Envelope{Payload: body}, kind: kindBody, done: done})
 }
 
 // PublishEnvelopeAsync is PublishAsync for an envelope: the batcher encodes
@@ -127,14 +142,8 @@ func (b *Batcher) PublishAsync(body []byte, done func(error)) {
 // body allocated per message. done is called exactly once, with the
 // encoding error if the envelope cannot be encoded. env's Payload must not
 // change until then.
-func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		done(ErrBatcherClosed)
-		return
-	}
-	b.in <- batchItem{env: env, kind: kindEnv, done: done}
+func (b *Batcher) PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error)) {
+	b.enqueue(ctx, batchItem{env: env, kind: kindEnv, done: done})
 }
 
 // PublishEnvelopesAsync is PublishEnvelopeAsync for envelopes produced
@@ -145,7 +154,7 @@ func (b *Batcher) PublishEnvelopeAsync(env envelope.Envelope, done func(error)) 
 // error (an envelope that cannot be encoded fails its whole MPUB's share,
 // which is then not sent). envs and their payloads must not change until
 // then.
-func (b *Batcher) PublishEnvelopesAsync(envs []envelope.Envelope, done func(error)) {
+func (b *Batcher) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error)) {
 	if len(envs) == 0 {
 		done(nil)
 		return
@@ -155,14 +164,29 @@ func (b *Batcher) PublishEnvelopesAsync(envs []envelope.Envelope, done func(erro
 	if len(chunks) > 1 {
 		chunkDone = joinDone(len(chunks), done)
 	}
-	b.mu.RLock()
-	defer b.mu.RUnlock()
 	for _, c := range chunks {
-		if b.closed {
-			chunkDone(ErrBatcherClosed)
-			continue
-		}
-		b.in <- batchItem{envs: c, kind: kindEnvs, done: chunkDone}
+		b.enqueue(ctx, batchItem{envs: c, kind: kindEnvs, done: chunkDone})
+	}
+}
+
+// enqueue hands it to the publishing goroutine, or answers it at once when
+// the batcher is closed or ctx ends while the queue is full.
+func (b *Batcher) enqueue(ctx context.Context, it batchItem) {
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		it.done(ErrBatcherClosed)
+		return
+	}
+	select {
+	case b.in <- it:
+		b.mu.RUnlock()
+	case <-b.closing:
+		b.mu.RUnlock()
+		it.done(ErrBatcherClosed)
+	case <-ctx.Done():
+		b.mu.RUnlock()
+		it.done(fmt.Errorf("queueing a publish to %s: %w", b.topic, context.Cause(ctx)))
 	}
 }
 
@@ -205,7 +229,7 @@ func joinDone(n int, done func(error)) func(error) {
 
 // Publish queues body and waits until its batch was acknowledged or ctx ended.
 func (b *Batcher) Publish(ctx context.Context, body []byte) error {
-	return await(ctx, func(done func(error)) { b.PublishAsync(body, done) })
+	return await(ctx, func(done func(error)) { b.PublishAsync(ctx, body, done) })
 }
 
 func (b *Batcher) run() {
@@ -282,9 +306,17 @@ func (b *Batcher) run() {
 				if n > 0 {
 					err = b.p.multiPublishEncoded(b.ctx, b.topic, n, arena)
 				}
-				for _, it := range rest[:used] {
-					if it.done != nil {
-						it.done(err)
+				if used > 1 && isPermanentErr(err) {
+					// nsqd refused the MPUB as a whole for something one
+					// message did: publish each item on its own, so that
+					// only the items at fault fail and the rest (other
+					// callers' inputs) go through.
+					arena = b.publishEach(arena, rest[:used])
+				} else {
+					for _, it := range rest[:used] {
+						if it.done != nil {
+							it.done(err)
+						}
 					}
 				}
 				rest = rest[used:]
@@ -302,6 +334,28 @@ func (b *Batcher) run() {
 			}
 		}()
 	}
+}
+
+// publishEach publishes every item as an MPUB of its own and answers each
+// with its own outcome; it returns the arena for reuse.
+func (b *Batcher) publishEach(arena []byte, items []batchItem) []byte {
+	for i := range items {
+		var n int
+		arena, n, _ = b.encode(arena[:0], items[i:i+1])
+		var err error
+		if n > 0 {
+			err = b.p.multiPublishEncoded(b.ctx, b.topic, n, arena)
+		}
+		if items[i].done != nil {
+			items[i].done(err)
+		}
+	}
+	return arena
+}
+
+func isPermanentErr(err error) bool {
+	var pe PermanentError
+	return errors.As(err, &pe)
 }
 
 // encode appends items to arena as an MPUB body (a big-endian u32 count,
@@ -328,8 +382,14 @@ func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int, int) {
 			}
 		}
 		if err != nil {
+			err = PermanentError{fmt.Errorf("encoding an envelope for %s: %w", b.topic, err)}
+		}
+		if err == nil {
+			err = b.checkSizes(arena[start:])
+		}
+		if err != nil {
 			arena = arena[:start]
-			it.done(fmt.Errorf("encoding an envelope for %s: %w", b.topic, err))
+			it.done(err)
 			it.done = nil // answered: not part of the batch
 			continue
 		}
@@ -342,6 +402,19 @@ func (b *Batcher) encode(arena []byte, items []batchItem) ([]byte, int, int) {
 	}
 	binary.BigEndian.PutUint32(arena, uint32(n))
 	return arena, n, len(items)
+}
+
+// checkSizes fails an item (its messages in MPUB layout) with a message
+// larger than MaxMsgSize: nsqd would refuse it with a fatal error.
+func (b *Batcher) checkSizes(msgs []byte) error {
+	for b.o.MaxMsgSize > 0 && len(msgs) >= 4 {
+		n := int(binary.BigEndian.Uint32(msgs))
+		if n > b.o.MaxMsgSize {
+			return PermanentError{fmt.Errorf("publishing to %s: a message of %d bytes exceeds nsqd's --max-msg-size of %d", b.topic, n, b.o.MaxMsgSize)}
+		}
+		msgs = msgs[4+n:]
+	}
+	return nil
 }
 
 // appendMessage appends one MPUB message: a u32 length and the body.
@@ -386,6 +459,7 @@ func (b *Batcher) take(items []batchItem, msgs int, carry *batchItem, hasCarry *
 // Close publishes what is queued (retrying until ctx ends, then failing the
 // rest) and stops the batcher.
 func (b *Batcher) Close(ctx context.Context) error {
+	b.closeOnce.Do(func() { close(b.closing) })
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true

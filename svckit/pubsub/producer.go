@@ -93,6 +93,10 @@ type PermanentError struct{ Err error }
 func (e PermanentError) Error() string { return e.Err.Error() }
 func (e PermanentError) Unwrap() error { return e.Err }
 
+// Permanent reports true: packages that must not import pubsub (replay)
+// recognise a permanent failure by this method.
+func (e PermanentError) Permanent() bool { return true }
+
 func isPermanent(err error) bool {
 	var pe nsq.ErrProtocol
 	if errors.As(err, &pe) {

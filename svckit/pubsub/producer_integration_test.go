@@ -48,7 +48,7 @@ func TestProducerRejectedBatchAmongPipelined(t *testing.T) {
 		if seq == bad {
 			payload = big
 		}
-		b.PublishEnvelopeAsync(envelope.Envelope{ID: ids.Next(), Stream: stream, Seq: uint64(seq), Payload: payload},
+		b.PublishEnvelopeAsync(context.Background(), envelope.Envelope{ID: ids.Next(), Stream: stream, Seq: uint64(seq), Payload: payload},
 			func(err error) { results[seq] = err; wg.Done() })
 	}
 	waitGroup(t, &wg, "every done callback")

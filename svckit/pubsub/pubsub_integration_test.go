@@ -467,7 +467,7 @@ func TestPubSub(t *testing.T) {
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
 		results := make(chan error, n)
 		for seq := uint64(1); seq <= n; seq++ {
-			b.PublishAsync(envBody(t, stream, seq), func(err error) { results <- err })
+			b.PublishAsync(context.Background(), envBody(t, stream, seq), func(err error) { results <- err })
 		}
 		timeout := time.After(waitLong)
 		var failed int
@@ -495,7 +495,7 @@ func TestPubSub(t *testing.T) {
 		default:
 		}
 		var closedErr error
-		b.PublishAsync(envBody(t, stream, n+1), func(err error) { closedErr = err })
+		b.PublishAsync(context.Background(), envBody(t, stream, n+1), func(err error) { closedErr = err })
 		if !errors.Is(closedErr, pubsub.ErrBatcherClosed) {
 			t.Errorf("PublishAsync after Close: %v, want ErrBatcherClosed", closedErr)
 		}
@@ -528,10 +528,10 @@ func TestPubSub(t *testing.T) {
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: 50})
 		results := make(chan error, n+1)
 		for seq := uint64(1); seq <= n; seq++ {
-			b.PublishEnvelopeAsync(envelope.Envelope{ID: ids.Next(), Stream: stream, Seq: seq, Created: time.Now(),
+			b.PublishEnvelopeAsync(context.Background(), envelope.Envelope{ID: ids.Next(), Stream: stream, Seq: seq, Created: time.Now(),
 				ContentType: "text/plain", CorrelationID: fmt.Sprint("corr-", seq), Payload: payloadOf(seq)}, func(err error) { results <- err })
 			if seq == n/2 {
-				b.PublishEnvelopeAsync(envelope.Envelope{Stream: strings.Repeat("s", 300), Seq: 1}, func(err error) {
+				b.PublishEnvelopeAsync(context.Background(), envelope.Envelope{Stream: strings.Repeat("s", 300), Seq: 1}, func(err error) {
 					if err == nil {
 						err = errors.New("an envelope with a 300-byte stream id was published")
 					} else {
@@ -571,7 +571,7 @@ func TestPubSub(t *testing.T) {
 		for seq := uint64(1); seq <= n; calls++ {
 			group := calls
 			if calls%3 == 2 { // every third call a single envelope
-				b.PublishEnvelopeAsync(env(seq), func(err error) { answers <- answer{group, err} })
+				b.PublishEnvelopeAsync(context.Background(), env(seq), func(err error) { answers <- answer{group, err} })
 				seq++
 				continue
 			}
@@ -582,10 +582,10 @@ func TestPubSub(t *testing.T) {
 					seq++
 				}
 			}
-			b.PublishEnvelopesAsync(envs, func(err error) { answers <- answer{group, err} })
+			b.PublishEnvelopesAsync(context.Background(), envs, func(err error) { answers <- answer{group, err} })
 			if calls == 10 {
 				broken := []envelope.Envelope{env(n + 1), {Stream: strings.Repeat("s", 300), Seq: n + 2}}
-				b.PublishEnvelopesAsync(broken, func(err error) {
+				b.PublishEnvelopesAsync(context.Background(), broken, func(err error) {
 					if !errors.Is(err, envelope.ErrFieldTooLong) {
 						err = fmt.Errorf("a group with a 300-byte stream id: done(%v), want ErrFieldTooLong", err)
 					} else {
@@ -595,7 +595,7 @@ func TestPubSub(t *testing.T) {
 				})
 			}
 		}
-		b.PublishEnvelopesAsync(nil, func(err error) { answers <- answer{calls, err} })
+		b.PublishEnvelopesAsync(context.Background(), nil, func(err error) { answers <- answer{calls, err} })
 		calls++
 		seen := map[int]bool{}
 		for i := 0; i <= calls; i++ { // calls, plus the broken group
@@ -660,13 +660,13 @@ func TestPubSub(t *testing.T) {
 		}
 		results := make(chan error, n)
 		for seq := uint64(1); seq <= n/2; seq++ {
-			b.PublishEnvelopeAsync(env(seq), func(err error) { results <- err })
+			b.PublishEnvelopeAsync(context.Background(), env(seq), func(err error) { results <- err })
 		}
 		var group []envelope.Envelope
 		for seq := uint64(n/2 + 1); seq <= n; seq++ {
 			group = append(group, env(seq))
 		}
-		b.PublishEnvelopesAsync(group, func(err error) { results <- err })
+		b.PublishEnvelopesAsync(context.Background(), group, func(err error) { results <- err })
 		awaitDone(t, results, n/2+1)
 		got.waitAll(t, n, "consumer")
 		bad.check(t)

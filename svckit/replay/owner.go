@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/retainlog"
@@ -30,9 +33,23 @@ type Fold interface {
 	Restore(state []byte) error
 }
 
-// AsyncPublisher is what the owner publishes through (pubsub.Batcher).
-type AsyncPublisher interface {
-	PublishAsync(body []byte, done func(error))
+// Publisher is what an owner's pump hands messages to: a *pubsub.Batcher
+// of its own. The owner closes it (Close), so give it one nothing else
+// publishes through.
+type Publisher interface {
+	// PublishAsync queues body; done is called once with nsqd's answer.
+	// ctx bounds only the wait for room in the queue.
+	PublishAsync(ctx context.Context, body []byte, done func(error))
+	// Close gives up on what is unanswered when ctx ends.
+	Close(ctx context.Context) error
+}
+
+// Fence decides whether this process may assign sequence numbers of the
+// stream: one owner per stream, enforced outside the process (a Consul
+// lease, package ownership). Hold returns nil while the stream is held and
+// otherwise waits until it is again or ctx ends.
+type Fence interface {
+	Hold(ctx context.Context) error
 }
 
 // OwnerOptions configures an Owner.
@@ -45,26 +62,54 @@ type OwnerOptions struct {
 	// Dir/snapshot.json every SnapshotInterval and on Close.
 	Fold             Fold
 	SnapshotInterval time.Duration
-	Logger           *slog.Logger
-	Metrics          *Metrics
+	// Fence, if set, is asked before every sequence number is assigned.
+	Fence Fence
+	// MaxInFlight bounds the messages handed to the publisher and not yet
+	// answered; the rest wait in the log, not in memory. Default 4096.
+	MaxInFlight int
+	// CloseGrace is how long Close lets answers from nsqd arrive before it
+	// gives up on them (they stay in the log and go out on the next start).
+	// Default 1s; Close's context may cut it shorter.
+	CloseGrace time.Duration
+	Logger     *slog.Logger
+	Metrics    *Metrics
+	// FS holds Dir; nil is the OS's (tests cut the power with crashfs).
+	FS durable.FS
 }
 
 // Owner is a replayable publisher of one stream.
+//
+// Publish assigns sequence numbers and appends to the retained log, which
+// is the only record of what is to be published: a pump (Run) reads the
+// log from the oldest message nsqd has not acknowledged and hands what is
+// durable to the publisher, at most MaxInFlight at a time. nsqd being away
+// costs nothing but time: the log holds everything until it is back, and
+// shutdown does not wait for it.
 type Owner struct {
 	o   OwnerOptions
 	log *retainlog.Log
-	pub AsyncPublisher
+	pub Publisher
 
-	mu        sync.Mutex
-	seq       uint64
-	foldSeq   uint64 // highest seq folded in
-	buf       []byte
-	acked     SeqSet // sequences nsqd acknowledged (starts as [1, watermark])
-	savedMark uint64
-	resumeTo  uint64 // last seq at open: Run republishes (watermark, resumeTo] only
-	closed    bool
-	wg        sync.WaitGroup
-	stop      chan struct{}
+	mu      sync.Mutex
+	seq     uint64 // last assigned
+	foldSeq uint64 // highest seq folded in
+	failed  error  // sticky: the fold failed, the owner refuses to publish
+	buf     []byte // envelopes of the batch being appended
+	recs    []retainlog.Record
+	// acked holds the sequences nsqd acknowledged (or refused for good:
+	// those are served by replay only); it starts as [1, published.seq].
+	acked   SeqSet
+	closed  bool
+	resend  bool // a publish failed: the pump resends what is unacked
+	pumping bool
+
+	inflight atomic.Int64
+	wake     chan struct{} // cap 1: the pump has something to look at
+	stopPump context.CancelFunc
+	pumpDone chan struct{}
+
+	saveMu    sync.Mutex // one save at a time (Run's ticker, Close)
+	savedMark uint64     // under saveMu
 }
 
 // Status is an owner's entry in GET /streams.
@@ -90,15 +135,24 @@ func streamIDOK(s string) bool {
 // ValidStreamID reports whether s can be a stream id ([A-Za-z0-9._-], 1-255).
 func ValidStreamID(s string) bool { return streamIDOK(s) }
 
-// OpenOwner opens (or creates) the stream's log, restores its fold and
-// sequence, and queues for republishing what nsqd had not acknowledged before
-// the last stop.
-func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
+// ErrOwnerClosed is returned by Publish after Close.
+var ErrOwnerClosed = errors.New("owner closed")
+
+// OpenOwner opens (or creates) the stream's log and restores its fold and
+// sequence. Run publishes what nsqd had not acknowledged before the last
+// stop, then everything published since.
+func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 	if !ValidStreamID(o.Stream) {
 		return nil, fmt.Errorf("stream id %q: want 1-255 of [A-Za-z0-9._-]", o.Stream)
 	}
 	if o.SnapshotInterval <= 0 {
 		o.SnapshotInterval = time.Second
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 4096
+	}
+	if o.CloseGrace <= 0 {
+		o.CloseGrace = time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
@@ -107,8 +161,10 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 		o.Metrics = NewMetrics(prometheus.NewRegistry())
 	}
 	o.Logger = o.Logger.With("stream", o.Stream)
+	o.FS = durable.Or(o.FS)
 	o.Log.Dir = filepath.Join(o.Dir, "log")
 	o.Log.Logger = o.Logger
+	o.Log.FS = o.FS
 	l, err := retainlog.Open(o.Log)
 	if err != nil {
 		return nil, fmt.Errorf("opening retained log of stream %s: %w", o.Stream, err)
@@ -117,7 +173,7 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 		o.Metrics.LogTruncations.Inc()
 		o.Logger.Warn("retained log had a torn or corrupt tail; truncated", "segment", rec.Segment, "bytes", rec.TruncatedBytes, "reason", rec.Reason)
 	}
-	w := &Owner{o: o, log: l, pub: pub, stop: make(chan struct{})}
+	w := &Owner{o: o, log: l, pub: pub, wake: make(chan struct{}, 1)}
 	w.seq = l.LastSeq()
 	if o.Fold != nil {
 		if err := w.restoreFold(); err != nil {
@@ -125,15 +181,23 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 			return nil, err
 		}
 	}
-	mark, err := readUint(filepath.Join(o.Dir, "published.seq"))
+	mark, err := readUint(o.FS, filepath.Join(o.Dir, "published.seq"))
 	if err != nil {
 		l.Close()
 		return nil, err
 	}
-	mark = min(mark, w.seq)
+	if mark > w.seq {
+		// save makes the log durable before it writes the watermark, so
+		// this means the disk lost fsynced data (or files were copied by
+		// hand). Continuing would hand out sequence numbers nsqd already
+		// acknowledged: refuse, and delete nothing.
+		l.Close()
+		return nil, fmt.Errorf("stream %s: published.seq says %d was acknowledged but the retained log in %s ends at %d: the log lost durable records; refusing to reuse sequence numbers", o.Stream, mark, o.Log.Dir, w.seq)
+	}
+	l.SetFloor(mark + 1)
 	w.acked.Reset(mark)
 	w.savedMark = mark
-	w.resumeTo = w.seq
+	o.Metrics.Unpublished.WithLabelValues(o.Stream).Set(float64(w.seq - mark))
 	return w, nil
 }
 
@@ -141,7 +205,7 @@ func OpenOwner(o OwnerOptions, pub AsyncPublisher) (*Owner, error) {
 // the fold is exact even after a SIGKILL between two snapshot saves.
 func (w *Owner) restoreFold() error {
 	path := filepath.Join(w.o.Dir, "snapshot.json")
-	b, err := os.ReadFile(path)
+	b, err := durable.ReadFile(w.o.FS, path)
 	var snap snapshotFile
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -156,28 +220,11 @@ func (w *Owner) restoreFold() error {
 		}
 	}
 	w.foldSeq = snap.Seq
-	if last := w.log.LastSeq(); snap.Seq > last && last > 0 {
-		// The log lost records the snapshot already covers (a power loss
-		// within the fsync interval). It cannot continue past a hole, and a
-		// sequence number must never be reused (consumers may have applied
-		// it): start a new, empty log after the snapshot. Older ranges are
-		// answered 410, so consumers that miss them use the snapshot.
-		w.o.Logger.Warn("retained log ends before the snapshot; starting a new log after it", "log_last", last, "snapshot_seq", snap.Seq)
-		if err := w.log.Close(); err != nil {
-			return fmt.Errorf("closing retained log: %w", err)
-		}
-		if err := os.RemoveAll(w.o.Log.Dir); err != nil {
-			return fmt.Errorf("removing retained log %s: %w", w.o.Log.Dir, err)
-		}
-		l, err := retainlog.Open(w.o.Log)
-		if err != nil {
-			return fmt.Errorf("reopening retained log of stream %s: %w", w.o.Stream, err)
-		}
-		w.log = l
-	}
-	if snap.Seq > w.seq {
-		// Never reuse a sequence number.
-		w.seq = snap.Seq
+	if last := w.log.LastSeq(); snap.Seq > last {
+		// save makes the log durable before the snapshot, so the disk lost
+		// durable records (or files were copied by hand). Nothing is
+		// deleted: an operator decides.
+		return fmt.Errorf("stream %s: snapshot.json covers up to %d but the retained log in %s ends at %d: the log lost durable records; refusing to start (move the log aside to start a new one after the snapshot)", w.o.Stream, snap.Seq, w.o.Log.Dir, last)
 	}
 	if w.log.LastSeq() > snap.Seq {
 		from := snap.Seq + 1
@@ -209,121 +256,138 @@ type snapshotFile struct {
 // Stream is the stream id.
 func (w *Owner) Stream() string { return w.o.Stream }
 
-// Status reports the stream's positions.
+// Status reports the stream's positions. LastSeq is the last message that
+// may be shown to anyone (durable; see retainlog.VisibleSeq): consumers
+// treat it as the end of the stream.
 func (w *Owner) Status() Status {
-	w.mu.Lock()
-	seq := w.seq
-	w.mu.Unlock()
-	return Status{Stream: w.o.Stream, LastSeq: seq, RetainedFirst: w.log.FirstSeq(), RetainedLast: w.log.LastSeq()}
+	return Status{Stream: w.o.Stream, LastSeq: w.log.VisibleSeq(), RetainedFirst: w.log.FirstSeq(), RetainedLast: w.log.VisibleSeq()}
 }
 
 // Publish assigns the next sequence number, appends the message to the
-// retained log (it reaches the kernel before Publish returns), folds it, and
-// hands it to the publisher. It returns the sequence number; nsqd's
-// acknowledgement arrives later (a message not acknowledged before a stop is
-// republished from the log on the next start).
-func (w *Owner) Publish(payload []byte, correlationID string) (uint64, error) {
-	return w.publishBatch([][]byte{payload}, correlationID)
+// retained log and folds it. It returns the sequence number once the
+// message is durable (the log's fsync policy; concurrent publishers share
+// an fsync): from then on it survives a crash or a power loss, and the
+// pump publishes it to nsqd as soon as nsqd takes it.
+func (w *Owner) Publish(ctx context.Context, payload []byte, correlationID string) (uint64, error) {
+	return w.publishBatch(ctx, [][]byte{payload}, correlationID)
 }
 
 // PublishBatch is Publish for several messages at once: they get contiguous
 // sequence numbers (the last is returned) and reach the retained log in one
 // write, which is what a publisher producing faster than one message per
 // system call wants.
-func (w *Owner) PublishBatch(payloads [][]byte) (uint64, error) {
-	return w.publishBatch(payloads, "")
+func (w *Owner) PublishBatch(ctx context.Context, payloads [][]byte) (uint64, error) {
+	return w.publishBatch(ctx, payloads, "")
 }
 
-func (w *Owner) publishBatch(payloads [][]byte, correlationID string) (uint64, error) {
+func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlationID string) (uint64, error) {
 	if len(payloads) == 0 {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return w.seq, nil
 	}
+	if w.o.Fence != nil {
+		if err := w.o.Fence.Hold(ctx); err != nil {
+			return 0, fmt.Errorf("stream %s: not assigning sequence numbers: %w", w.o.Stream, err)
+		}
+	}
 	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return 0, errors.New("owner closed")
+	first, last, err := w.appendLocked(payloads, correlationID)
+	w.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	w.signal()
+	if err := w.log.WaitDurable(ctx, last); err != nil {
+		return 0, fmt.Errorf("making messages %d-%d of stream %s durable: %w", first, last, w.o.Stream, err)
+	}
+	return last, nil
+}
+
+// appendLocked encodes, appends and folds one batch. Caller holds mu.
+func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, last uint64, err error) {
+	switch {
+	case w.closed:
+		return 0, 0, ErrOwnerClosed
+	case w.failed != nil:
+		return 0, 0, w.failed
 	}
 	now := time.Now()
-	first := w.seq + 1
-	recs := make([]retainlog.Record, len(payloads))
+	first = w.seq + 1
+	last = first + uint64(len(payloads)) - 1
+	// Envelopes go into one buffer the owner reuses (the log copies them
+	// into its write buffer): no allocation per message.
+	buf := w.buf[:0]
+	recs := w.recs[:0]
 	for i, payload := range payloads {
 		seq := first + uint64(i)
 		// No message id: (stream, seq) identifies the message.
 		env := envelope.Envelope{Stream: w.o.Stream, Seq: seq, Created: now,
 			ContentType: w.o.ContentType, CorrelationID: correlationID, Payload: payload}
-		body, err := env.Append(make([]byte, 0, env.EncodedLen()))
-		if err != nil {
-			w.mu.Unlock()
-			return 0, fmt.Errorf("encoding message %d of stream %s: %w", seq, w.o.Stream, err)
+		start := len(buf)
+		if buf, err = env.Append(buf); err != nil {
+			return 0, 0, fmt.Errorf("encoding message %d of stream %s: %w", seq, w.o.Stream, err)
 		}
-		recs[i] = retainlog.Record{Seq: seq, Time: now, Data: body}
+		recs = append(recs, retainlog.Record{Seq: seq, Time: now, Data: buf[start:]})
 	}
-	last := first + uint64(len(payloads)) - 1
-	if err := w.log.Append(recs...); err != nil {
-		w.mu.Unlock()
-		return 0, fmt.Errorf("appending messages %d-%d to the retained log of %s: %w", first, last, w.o.Stream, err)
+	err = w.log.AppendNoWait(recs...)
+	clear(recs) // the records alias buf; keep neither reachable through recs
+	w.recs = recs[:0]
+	if cap(buf) <= 1<<20 {
+		w.buf = buf
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("appending messages %d-%d to the retained log of %s: %w", first, last, w.o.Stream, err)
 	}
 	w.seq = last
 	if w.o.Fold != nil {
 		for i, payload := range payloads {
 			seq := first + uint64(i)
 			if err := w.o.Fold.Apply(seq, payload); err != nil {
-				// In the log but not published: the next start republishes
-				// it, consumers that notice the gap replay it.
-				w.mu.Unlock()
-				return 0, fmt.Errorf("folding message %d of stream %s: %w", seq, w.o.Stream, err)
+				// The message is in the log and will be published, but
+				// the fold no longer matches the log: a snapshot taken
+				// now would be wrong. Refuse to publish more; a restart
+				// rebuilds the fold from the log (and names the message
+				// if it fails again).
+				w.failed = fmt.Errorf("stream %s: folding message %d failed, publishing stopped until a restart rebuilds the fold from the log: %w", w.o.Stream, seq, err)
+				w.o.Logger.Error("fold failed; refusing to publish more", "seq", seq, "err", err)
+				return 0, 0, w.failed
 			}
 			w.foldSeq = seq
 		}
 	}
-	w.mu.Unlock()
-	for _, r := range recs {
-		w.publish(r.Seq, r.Data)
+	return first, last, nil
+}
+
+// signal wakes the pump.
+func (w *Owner) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
 	}
-	return last, nil
 }
 
-func (w *Owner) publish(seq uint64, body []byte) {
-	w.wg.Add(1)
-	w.pub.PublishAsync(body, func(err error) {
-		defer w.wg.Done()
-		if err != nil {
-			// Still in the log: republished on the next start, or replayed
-			// to any consumer that notices the gap.
-			w.o.Logger.Warn("message not acknowledged by nsqd; kept in the retained log", "seq", seq, "err", err)
-			return
-		}
-		w.mu.Lock()
-		w.acked.Add(seq)
-		w.mu.Unlock()
-	})
-}
-
-// Run republishes what was not acknowledged before the last stop, then saves
-// the snapshot and the published watermark periodically until ctx ends.
+// Run publishes what is in the log and not yet acknowledged (from the
+// last stop, then everything published), and saves the snapshot and the
+// published watermark periodically, until ctx ends or Close.
 func (w *Owner) Run(ctx context.Context) error {
-	// Only what existed at open: messages published since are on their way.
 	w.mu.Lock()
-	from, to := w.acked.Contiguous()+1, w.resumeTo
-	w.mu.Unlock()
-	from = max(from, w.log.FirstSeq()) // older ones are gone; consumers recover them from a snapshot
-	if from <= to && to > 0 {
-		w.o.Logger.Info("republishing messages not acknowledged before the last stop", "from", from, "to", to)
-		err := w.log.Read(ctx, from, to, func(r retainlog.Record) error {
-			w.publish(r.Seq, append([]byte(nil), r.Data...))
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
-			w.o.Logger.Error("republishing from the retained log", "err", err)
-		}
+	if w.closed || w.pumping {
+		w.mu.Unlock()
+		return ErrOwnerClosed
 	}
+	pctx, stop := context.WithCancel(ctx)
+	w.stopPump, w.pumpDone, w.pumping = stop, make(chan struct{}), true
+	w.mu.Unlock()
+	go func() {
+		defer close(w.pumpDone)
+		w.pump(pctx)
+	}()
 	t := time.NewTicker(w.o.SnapshotInterval)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-pctx.Done():
 			return nil
 		case <-t.C:
 			if err := w.save(); err != nil {
@@ -333,8 +397,140 @@ func (w *Owner) Run(ctx context.Context) error {
 	}
 }
 
-// save persists the fold and the published watermark (each atomically).
+// pump hands the log's unacknowledged, durable records to the publisher,
+// oldest first, keeping at most MaxInFlight unanswered.
+func (w *Owner) pump(ctx context.Context) {
+	w.mu.Lock()
+	next := w.acked.Contiguous() + 1
+	w.mu.Unlock()
+	if n := w.log.LastSeq() - (next - 1); n > 0 {
+		w.o.Logger.Info("publishing messages not acknowledged before the last stop", "from", next, "to", w.log.LastSeq())
+	}
+	retryDelay := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		if w.resend && w.inflight.Load() == 0 {
+			// Every answer is in: start again from the oldest
+			// unacknowledged message (acknowledged ones are skipped).
+			w.resend = false
+			next = w.acked.Contiguous() + 1
+		}
+		resending := w.resend
+		w.mu.Unlock()
+		last := w.log.LastSeq()
+		room := int64(w.o.MaxInFlight) - w.inflight.Load()
+		if resending || next > last || room <= 0 {
+			select {
+			case <-ctx.Done():
+			case <-w.wake:
+			}
+			continue
+		}
+		if first := w.log.FirstSeq(); next < first {
+			// Only a log restored by hand gets here (retention keeps
+			// what is unacknowledged): consumers recover the rest from a
+			// snapshot.
+			w.o.Logger.Warn("messages never acknowledged are no longer in the log; skipping them", "from", next, "to", first-1)
+			next = first
+		}
+		upTo := min(last, next+uint64(room)-1)
+		// Nobody sees a message before it is durable: one a consumer
+		// applied and a power loss then took would have its sequence
+		// number given to another message.
+		if err := w.log.WaitDurable(ctx, upTo); err != nil {
+			if ctx.Err() == nil {
+				w.o.Logger.Error("waiting for the retained log to become durable", "err", err)
+				w.sleep(ctx, &retryDelay)
+			}
+			continue
+		}
+		n, err := w.handOver(ctx, next, upTo)
+		next += n
+		if err != nil && ctx.Err() == nil {
+			w.o.Logger.Error("reading the retained log to publish it", "from", next, "err", err)
+			w.sleep(ctx, &retryDelay)
+			continue
+		}
+		retryDelay = 100 * time.Millisecond
+	}
+}
+
+// handOver reads [from, to] and hands each record not yet acknowledged to
+// the publisher; it returns how many sequences it covered.
+func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
+	// The bodies go into one arena per call: the publisher keeps a body
+	// until it answers, and an arena is one allocation for many messages.
+	arena := make([]byte, 0, 64<<10)
+	var n uint64
+	err := w.log.Read(ctx, from, to, func(r retainlog.Record) error {
+		n++
+		w.mu.Lock()
+		skip := w.acked.Contains(r.Seq)
+		w.mu.Unlock()
+		if skip {
+			return nil
+		}
+		start := len(arena)
+		arena = append(arena, r.Data...)
+		body := arena[start:len(arena):len(arena)]
+		seq := r.Seq
+		w.inflight.Add(1)
+		w.pub.PublishAsync(ctx, body, func(err error) { w.settle(seq, err) })
+		return nil
+	})
+	return n, err
+}
+
+// settle records nsqd's answer for seq.
+func (w *Owner) settle(seq uint64, err error) {
+	w.mu.Lock()
+	switch {
+	case err == nil:
+		w.acked.Add(seq)
+	case isPermanent(err):
+		// nsqd will never take it (too large for its --max-msg-size, say).
+		// It stays in the log: consumers that notice the gap replay it.
+		// Counting it as settled lets the watermark, and retention, move on.
+		w.acked.Add(seq)
+		w.o.Metrics.Unpublishable.WithLabelValues(w.o.Stream).Inc()
+		w.o.Logger.Error("nsqd refuses the message for good; consumers get it by replay only", "seq", seq, "err", err)
+	default:
+		if !w.closed && !w.resend {
+			w.o.Logger.Warn("message not acknowledged by nsqd; publishing again from the retained log", "seq", seq, "err", err)
+		}
+		w.resend = true
+	}
+	unpublished := w.seq - w.acked.Contiguous()
+	w.mu.Unlock()
+	w.o.Metrics.Unpublished.WithLabelValues(w.o.Stream).Set(float64(unpublished))
+	w.inflight.Add(-1)
+	w.signal()
+}
+
+// isPermanent reports whether err says retrying cannot help: an error type
+// with a Permanent method (pubsub.PermanentError) that returns true.
+func isPermanent(err error) bool {
+	var p interface{ Permanent() bool }
+	return errors.As(err, &p) && p.Permanent()
+}
+
+func (w *Owner) sleep(ctx context.Context, delay *time.Duration) {
+	t := time.NewTimer(*delay/2 + rand.N(*delay/2+1))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	*delay = min(*delay*2, 5*time.Second)
+}
+
+// save persists the fold and the published watermark (each atomically),
+// after the log records they describe: metadata is never durable ahead of
+// its data, so after a power loss the snapshot and the watermark never
+// point past the log.
 func (w *Owner) save() error {
+	w.saveMu.Lock()
+	defer w.saveMu.Unlock()
 	w.mu.Lock()
 	mark := w.acked.Contiguous()
 	var snap *snapshotFile
@@ -342,82 +538,100 @@ func (w *Owner) save() error {
 		snap = &snapshotFile{Stream: w.o.Stream, Seq: w.foldSeq, State: w.o.Fold.State()}
 	}
 	w.mu.Unlock()
+	upTo := mark
 	if snap != nil {
-		b, _ := json.Marshal(snap)
-		if err := WriteFileAtomic(filepath.Join(w.o.Dir, "snapshot.json"), b); err != nil {
+		upTo = max(upTo, snap.Seq)
+	}
+	if upTo > 0 {
+		if err := w.log.SyncTo(upTo); err != nil {
+			return fmt.Errorf("making the retained log durable up to %d before saving state: %w", upTo, err)
+		}
+	}
+	if snap != nil {
+		b, err := json.Marshal(snap)
+		if err != nil {
+			return fmt.Errorf("encoding the snapshot of %s: %w", w.o.Stream, err)
+		}
+		if err := durable.WriteFileAtomic(w.o.FS, filepath.Join(w.o.Dir, "snapshot.json"), b); err != nil {
 			return err
 		}
 	}
 	if mark != w.savedMark {
-		if err := WriteFileAtomic(filepath.Join(w.o.Dir, "published.seq"), []byte(strconv.FormatUint(mark, 10)+"\n")); err != nil {
+		if err := durable.WriteFileAtomic(w.o.FS, filepath.Join(w.o.Dir, "published.seq"), []byte(strconv.FormatUint(mark, 10)+"\n")); err != nil {
 			return err
 		}
 		w.savedMark = mark
 	}
+	// Retention keeps what is not yet acknowledged (the pump publishes it
+	// after a restart) and what the durable snapshot does not cover (the
+	// fold is rebuilt from it).
+	floor := mark + 1
+	if snap != nil {
+		floor = min(floor, snap.Seq+1)
+	}
+	w.log.SetFloor(floor)
 	return nil
 }
 
-// Snapshot returns the fold and the sequence it covers.
+// Snapshot returns the fold and the sequence it covers, once the records
+// it covers are durable (a consumer that takes it has applied them).
 func (w *Owner) Snapshot() (uint64, []byte, bool) {
 	if w.o.Fold == nil {
 		return 0, nil, false
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.foldSeq, w.o.Fold.State(), true
+	if w.failed != nil {
+		w.mu.Unlock()
+		return 0, nil, false
+	}
+	seq, state := w.foldSeq, w.o.Fold.State()
+	w.mu.Unlock()
+	if seq > 0 && w.log.SyncTo(seq) != nil {
+		return 0, nil, false
+	}
+	return seq, state, true
 }
 
 // Log is the retained log (read-only use: replay serving, status).
 func (w *Owner) Log() *retainlog.Log { return w.log }
 
-// Close waits (bounded by ctx) for outstanding publishes, saves state, and
-// closes the log. Call it after the publisher was flushed.
+// Close stops the pump, lets answers already on their way arrive for at
+// most CloseGrace (bounded by ctx), closes the publisher, saves state and
+// closes the log. It never waits for nsqd beyond that: what nsqd did not
+// acknowledge stays in the log and is published on the next start.
 func (w *Owner) Close(ctx context.Context) error {
 	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return ErrOwnerClosed
+	}
 	w.closed = true
+	stop, done := w.stopPump, w.pumpDone
 	w.mu.Unlock()
-	done := make(chan struct{})
-	go func() { w.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	if stop != nil {
+		stop()
+		<-done
 	}
-	return errors.Join(w.save(), w.log.Close())
+	var errs []error
+	if w.pub != nil {
+		gctx, cancel := context.WithTimeout(ctx, w.o.CloseGrace)
+		if err := w.pub.Close(gctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("closing the publisher of stream %s: %w", w.o.Stream, err))
+		}
+		cancel()
+	}
+	errs = append(errs, w.save(), w.log.Close())
+	return errors.Join(errs...)
 }
 
-// WriteFileAtomic writes b to path through a temporary file, fsync and
-// rename, so a crash leaves either the old or the new content.
+// WriteFileAtomic is durable.WriteFileAtomic on the OS's filesystem: a
+// crash or power loss leaves either the old or the new content.
 func WriteFileAtomic(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("creating directory for %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return durable.WriteFileAtomic(durable.OS(), path, b)
 }
 
-func readUint(path string) (uint64, error) {
-	b, err := os.ReadFile(path)
+func readUint(fsys durable.FS, path string) (uint64, error) {
+	b, err := durable.ReadFile(fsys, path)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
 	}

@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,12 +20,13 @@ import (
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
-// ackAll is an AsyncPublisher that acknowledges at once. These tests are about
+// ackAll is a Publisher that acknowledges at once. These tests are about
 // the replay protocol between an owner and a tracker; delivery through real
 // nsqd is covered by the e2e tests.
 type ackAll struct{}
 
-func (ackAll) PublishAsync(_ []byte, done func(error)) { done(nil) }
+func (ackAll) PublishAsync(_ context.Context, _ []byte, done func(error)) { done(nil) }
+func (ackAll) Close(context.Context) error                                { return nil }
 
 // staticOwners is a fixed owner set standing in for the Consul watcher.
 type staticOwners []discovery.Instance
@@ -87,11 +91,15 @@ func newOwnerFold(t testing.TB, stream string, lo retainlog.Options, secret stri
 	if fold != nil {
 		of = fold
 	}
-	o, err := OpenOwner(OwnerOptions{Stream: stream, Dir: t.TempDir(), Log: lo, ContentType: pipeline.ReadingType, Fold: of}, ackAll{})
+	o, err := OpenOwner(OwnerOptions{Stream: stream, Dir: t.TempDir(), Log: lo, ContentType: pipeline.ReadingType, Fold: of,
+		SnapshotInterval: 20 * time.Millisecond}, ackAll{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { o.Close(context.Background()) })
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); o.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran; o.Close(context.Background()) })
 	f.owner = o
 	mux := http.NewServeMux()
 	NewServer(secret, o.o.Metrics, o).Register(mux)
@@ -106,7 +114,7 @@ func newOwnerFold(t testing.TB, stream string, lo retainlog.Options, secret stri
 func (f *fixture) publish(t testing.TB, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
-		if _, err := f.owner.Publish(pipeline.MarshalReading(pipeline.Reading{Value: int64(i%1000 + 1)}), ""); err != nil {
+		if _, err := f.owner.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: int64(i%1000 + 1)}), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -168,10 +176,15 @@ func TestTrackerSnapshotWhenTrimmed(t *testing.T) {
 	lo.SegmentBytes = 4096
 	lo.RetainMessages = 50
 	f := newOwner(t, "s2", lo, "")
-	f.publish(t, 2000)
-	if f.owner.Log().FirstSeq() <= 1 {
-		t.Fatalf("retention did not trim: first %d", f.owner.Log().FirstSeq())
-	}
+	f.publish(t, 1000)
+	// Retention keeps what nsqd has not acknowledged: wait for the pump's
+	// answers to be saved, then publish more so that retention runs.
+	waitFor(t, "the watermark to pass 1000", func() bool {
+		b, _ := os.ReadFile(filepath.Join(f.owner.o.Dir, "published.seq"))
+		return strings.TrimSpace(string(b)) == "1000"
+	})
+	f.publish(t, 1000)
+	waitFor(t, "retention to trim", func() bool { return f.owner.Log().FirstSeq() > 1 })
 	st := newAppState()
 	tr, _ := NewTracker(st, TrackerOptions{Owners: staticOwners{f.inst}, GapGrace: 20 * time.Millisecond, TailInterval: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -228,7 +241,7 @@ func TestOwnerRestartContinuesSequenceAndFold(t *testing.T) {
 	}
 	o, fold := open()
 	for i := 1; i <= 100; i++ {
-		o.Publish(pipeline.MarshalReading(pipeline.Reading{Value: int64(i)}), "")
+		o.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: int64(i)}), "")
 	}
 	want := fold.A
 	// No Close: as after SIGKILL, only the log (written through) survives;
@@ -239,7 +252,7 @@ func TestOwnerRestartContinuesSequenceAndFold(t *testing.T) {
 	if fold2.A != want {
 		t.Fatalf("fold after restart %+v, want %+v", fold2.A, want)
 	}
-	seq, err := o2.Publish(pipeline.MarshalReading(pipeline.Reading{Value: 7}), "")
+	seq, err := o2.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: 7}), "")
 	if err != nil || seq != 101 {
 		t.Fatalf("next seq %d %v, want 101", seq, err)
 	}
@@ -255,17 +268,17 @@ func TestOwnerPublishBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer o.Close(context.Background())
-	if seq, err := o.Publish(pipeline.MarshalReading(pipeline.Reading{Value: 1}), "c-1"); err != nil || seq != 1 {
+	if seq, err := o.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: 1}), "c-1"); err != nil || seq != 1 {
 		t.Fatalf("Publish = %d, %v; want 1", seq, err)
 	}
 	var batch [][]byte
 	for v := int64(2); v <= 5; v++ {
 		batch = append(batch, pipeline.MarshalReading(pipeline.Reading{Value: v}))
 	}
-	if last, err := o.PublishBatch(batch); err != nil || last != 5 {
+	if last, err := o.PublishBatch(context.Background(), batch); err != nil || last != 5 {
 		t.Fatalf("PublishBatch = %d, %v; want 5", last, err)
 	}
-	if last, err := o.PublishBatch(nil); err != nil || last != 5 {
+	if last, err := o.PublishBatch(context.Background(), nil); err != nil || last != 5 {
 		t.Fatalf("empty PublishBatch = %d, %v; want 5 (the last seq)", last, err)
 	}
 	if got := o.Log().LastSeq(); got != 5 {
@@ -274,10 +287,14 @@ func TestOwnerPublishBatch(t *testing.T) {
 	if fold.A.Count != 5 || fold.A.Sum != 15 {
 		t.Fatalf("fold %+v, want 5 readings summing to 15", fold.A)
 	}
-	if len(pub.bodies) != 5 {
-		t.Fatalf("published %d messages, want 5", len(pub.bodies))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go o.Run(ctx)
+	waitFor(t, "the pump to publish 5 messages", func() bool { return len(pub.published()) >= 5 })
+	if n := len(pub.published()); n != 5 {
+		t.Fatalf("published %d messages, want 5", n)
 	}
-	for i, b := range pub.bodies {
+	for i, b := range pub.published() {
 		env, err := envelope.Decode(b)
 		if err != nil || env.Seq != uint64(i+1) || env.Stream != "batch" {
 			t.Fatalf("message %d: seq %d stream %q err %v", i, env.Seq, env.Stream, err)
@@ -285,11 +302,24 @@ func TestOwnerPublishBatch(t *testing.T) {
 	}
 }
 
-type recordingPublisher struct{ bodies [][]byte }
+type recordingPublisher struct {
+	mu     sync.Mutex
+	bodies [][]byte
+}
 
-func (p *recordingPublisher) PublishAsync(b []byte, done func(error)) {
+func (p *recordingPublisher) PublishAsync(_ context.Context, b []byte, done func(error)) {
+	p.mu.Lock()
 	p.bodies = append(p.bodies, b)
+	p.mu.Unlock()
 	done(nil)
+}
+
+func (p *recordingPublisher) Close(context.Context) error { return nil }
+
+func (p *recordingPublisher) published() [][]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([][]byte(nil), p.bodies...)
 }
 
 // BenchmarkReplay measures replay throughput from the retained log to a
@@ -299,7 +329,7 @@ func BenchmarkReplay(b *testing.B) {
 	f := newOwnerFold(b, "bench", retainlog.DefaultOptions(""), "", nil)
 	payload := make([]byte, 200)
 	for i := 0; i < total; i++ {
-		if _, err := f.owner.Publish(payload, ""); err != nil {
+		if _, err := f.owner.Publish(context.Background(), payload, ""); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -337,7 +367,7 @@ func BenchmarkOwnerPublish(b *testing.B) {
 			b.ResetTimer()
 			start := time.Now()
 			for i := 0; i < b.N; i++ {
-				if _, err := o.Publish(payload, ""); err != nil {
+				if _, err := o.Publish(context.Background(), payload, ""); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -359,7 +389,7 @@ func BenchmarkOwnerPublish(b *testing.B) {
 		start := time.Now()
 		n := 0
 		for n < b.N {
-			if _, err := o.PublishBatch(batch[:min(len(batch), b.N-n)]); err != nil {
+			if _, err := o.PublishBatch(context.Background(), batch[:min(len(batch), b.N-n)]); err != nil {
 				b.Fatal(err)
 			}
 			n += min(len(batch), b.N-n)

@@ -122,7 +122,7 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", FramesContentType)
 			return // nothing retained since then
 		}
-		to = log.LastSeq()
+		to = o.Status().LastSeq
 	} else {
 		from, err1 = strconv.ParseUint(q.Get("from"), 10, 64)
 		to, err2 = strconv.ParseUint(q.Get("to"), 10, 64)
@@ -142,7 +142,10 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("replay: stream %q no longer retains sequence %d (retained from %d): use a snapshot", id, from, log.FirstSeq()), http.StatusGone)
 		return
 	}
-	to = min(to, log.LastSeq())
+	// Only what is durable (Status.LastSeq): a record a consumer applied
+	// must survive a power loss, or its sequence number would be handed
+	// out again.
+	to = min(to, last)
 	w.Header().Set("Content-Type", FramesContentType)
 	bw := bufio.NewWriterSize(w, 256<<10)
 	var hdr [4]byte

@@ -36,15 +36,24 @@
 //
 // # Fsync policy
 //
-//   - FsyncAlways: Append fsyncs before it returns. Nothing acknowledged is
-//     lost even on power loss; each Append costs a disk flush.
-//   - FsyncInterval (default): Append returns once write(2) has handed the
-//     batch to the kernel, and a background goroutine fsyncs every
-//     Options.FsyncInterval if there were appends. A process crash (SIGKILL,
-//     panic, OOM kill) loses nothing, because the data is already in the page
-//     cache; a power loss or kernel crash may lose up to the last interval.
-//   - FsyncNever: flushing is left to the OS. Same process-crash guarantee as
-//     interval; on power loss, whatever the kernel had not written back.
+// Append hands a batch to the kernel with write(2); a process crash (SIGKILL,
+// panic, OOM kill) then loses nothing, because the data is in the page cache.
+// What survives a power loss is what was fsynced: DurableSeq. WaitDurable
+// waits until a record is, VisibleSeq is what may be shown to others. A
+// publisher shows a record to nobody (NSQ, replay, snapshots) before it is
+// durable: a record a consumer applied and the power then took would have
+// its sequence number handed out again, to a different message.
+//
+//   - FsyncAlways (svckit's default): WaitDurable (and Append) fsync at once;
+//     concurrent waiters share one fsync (group commit), so the cost is one
+//     flush per group, not per record.
+//   - FsyncInterval: a background goroutine fsyncs every
+//     Options.FsyncInterval if there were appends; WaitDurable waits for it.
+//     Fewer fsyncs, up to an interval of added latency.
+//   - FsyncNever: flushing is left to the OS; nothing is known to be durable,
+//     WaitDurable returns at once and VisibleSeq is LastSeq. A power loss can
+//     take back records others have seen: for data that does not outlive the
+//     machine.
 //
 // With always and interval, the outgoing segment is fsynced before a new one is
 // created and the directory is fsynced after creating it, so a sealed segment

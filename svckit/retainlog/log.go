@@ -22,11 +22,14 @@ import (
 type FsyncPolicy int
 
 const (
-	// FsyncInterval fsyncs from the background every Options.FsyncInterval.
+	// FsyncInterval fsyncs from the background every Options.FsyncInterval:
+	// fewer fsyncs, and WaitDurable waits up to an interval.
 	FsyncInterval FsyncPolicy = iota
-	// FsyncAlways fsyncs before Append returns.
+	// FsyncAlways fsyncs as soon as someone waits for a record
+	// (WaitDurable, Append): concurrent waiters share one fsync.
 	FsyncAlways
-	// FsyncNever leaves flushing to the OS.
+	// FsyncNever leaves flushing to the OS: nothing is known to be durable,
+	// and WaitDurable returns at once.
 	FsyncNever
 )
 
@@ -87,13 +90,14 @@ type Options struct {
 	FS             durable.FS       // nil = the OS's; tests use crashfs to cut the power
 }
 
-// DefaultOptions returns the defaults for a log in dir: 64 MiB segments, fsync
-// every 200ms, no retention limits.
+// DefaultOptions returns the defaults for a log in dir: 64 MiB segments,
+// fsync as soon as a record is waited for (FsyncAlways, group commit), no
+// retention limits.
 func DefaultOptions(dir string) Options {
 	return Options{
 		Dir:           dir,
 		SegmentBytes:  DefaultSegmentBytes,
-		Fsync:         FsyncInterval,
+		Fsync:         FsyncAlways,
 		FsyncInterval: DefaultFsyncInterval,
 	}
 }
@@ -191,7 +195,12 @@ type Log struct {
 	// retention must keep (SetFloor).
 	synced, floor atomic.Uint64
 
-	bufPool sync.Pool // *[]byte read buffers, so a Read allocates nothing per record
+	syncMu sync.Mutex // one SyncTo fsync at a time; the others wait and share it
+	// syncedCh is closed (and replaced) whenever synced rises, to wake
+	// WaitDurable under FsyncInterval.
+	syncedMu sync.Mutex
+	syncedCh chan struct{}
+	bufPool sync.Pool  // *[]byte read buffers, so a Read allocates nothing per record
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -212,10 +221,11 @@ func Open(opts Options) (*Log, error) {
 		return nil, fmt.Errorf("retainlog: list segments: %w", err)
 	}
 	l := &Log{
-		opts: opts,
-		log:  opts.Logger,
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		opts:     opts,
+		log:      opts.Logger,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		syncedCh: make(chan struct{}),
 	}
 	l.bufPool.New = func() any {
 		b := make([]byte, readBufSize)
@@ -260,6 +270,7 @@ func Open(opts Options) (*Log, error) {
 	if opts.Fsync != FsyncNever {
 		l.synced.Store(l.last.Load())
 	}
+	l.dirty = false
 	l.enforceRetentionLocked()
 	l.mu.Unlock()
 
@@ -352,10 +363,25 @@ func (l *Log) Stats() Stats {
 // seq >= 1 (a publisher restarting from a snapshot). The batch is encoded into
 // a reused buffer and written with a single write(2), so it lands whole or (on
 // a crash mid-write) is cut off as a torn tail at the next Open. Under
-// FsyncAlways Append returns only after fsync.
+// FsyncAlways Append returns only after fsync (concurrent Appends share
+// one); otherwise once the batch is in the kernel's page cache.
 //
 // Records with a zero Time are stamped with Options.Now().
 func (l *Log) Append(recs ...Record) error {
+	if err := l.AppendNoWait(recs...); err != nil {
+		return err
+	}
+	if l.opts.Fsync != FsyncAlways || len(recs) == 0 {
+		return nil
+	}
+	return l.SyncTo(recs[len(recs)-1].Seq)
+}
+
+// AppendNoWait is Append without waiting for the fsync FsyncAlways asks
+// for: a caller that orders appends under a lock of its own appends under
+// it, releases it, and then calls WaitDurable, so that its concurrent
+// callers share one fsync instead of taking turns.
+func (l *Log) AppendNoWait(recs ...Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
@@ -450,16 +476,7 @@ func (l *Log) Append(recs ...Record) error {
 	// segment goes.
 	l.enforceRetentionLocked()
 
-	switch l.opts.Fsync {
-	case FsyncAlways:
-		if err := act.f.Sync(); err != nil {
-			return l.failSync(act, err)
-		}
-		l.fsyncs.Add(1)
-		l.synced.Store(l.last.Load())
-	case FsyncInterval:
-		l.dirty = true
-	}
+	l.dirty = true
 	return nil
 }
 
@@ -519,7 +536,7 @@ func (l *Log) roll(first uint64) error {
 				}
 				l.fsyncs.Add(1)
 				l.dirty = false
-				l.synced.Store(l.last.Load())
+				l.raiseSynced(l.last.Load())
 			}
 			if err := act.f.Close(); err != nil {
 				l.log.Warn("retainlog: close sealed segment", "segment", act.path, "error", err)
@@ -835,8 +852,125 @@ func (l *Log) Sync() error {
 	}
 	l.fsyncs.Add(1)
 	l.dirty = false
-	l.synced.Store(l.last.Load())
+	l.raiseSynced(l.last.Load())
 	return nil
+}
+
+// SyncTo returns once every record up to seq is on stable storage (a no-op
+// under FsyncNever). Concurrent callers share fsyncs (group commit), and
+// appends continue while one runs.
+func (l *Log) SyncTo(seq uint64) error {
+	if l.opts.Fsync == FsyncNever || l.synced.Load() >= seq {
+		return nil
+	}
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	for l.synced.Load() < seq {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			return ErrClosed
+		}
+		if l.err != nil {
+			l.mu.Unlock()
+			return l.err
+		}
+		act := l.active()
+		if act == nil || act.f == nil {
+			l.mu.Unlock()
+			return fmt.Errorf("%w: sync to %d, log ends at %d", ErrBeyondEnd, seq, l.last.Load())
+		}
+		f, upTo := act.f, l.last.Load()
+		if upTo < seq {
+			l.mu.Unlock()
+			return fmt.Errorf("%w: sync to %d, log ends at %d", ErrBeyondEnd, seq, upTo)
+		}
+		l.mu.Unlock()
+		err := f.Sync()
+		switch {
+		case err == nil:
+			l.fsyncs.Add(1)
+			l.raiseSynced(upTo)
+		case errors.Is(err, os.ErrClosed):
+			// A roll or Close sealed f, fsyncing it first: look again.
+		default:
+			l.mu.Lock()
+			err = l.failSync(act, err)
+			l.mu.Unlock()
+			return err
+		}
+	}
+	return nil
+}
+
+// raiseSynced moves DurableSeq up to seq (never down: another fsync may
+// have covered more meanwhile) and wakes WaitDurable.
+func (l *Log) raiseSynced(seq uint64) {
+	for {
+		cur := l.synced.Load()
+		if cur >= seq {
+			return
+		}
+		if l.synced.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	l.syncedMu.Lock()
+	close(l.syncedCh)
+	l.syncedCh = make(chan struct{})
+	l.syncedMu.Unlock()
+}
+
+// WaitDurable returns once every record up to seq is on stable storage, as
+// the policy provides it: FsyncAlways fsyncs now (concurrent callers share
+// one fsync), FsyncInterval waits for the background fsync, FsyncNever
+// returns at once (nothing is ever known to be durable).
+func (l *Log) WaitDurable(ctx context.Context, seq uint64) error {
+	switch l.opts.Fsync {
+	case FsyncNever:
+		return nil
+	case FsyncAlways:
+		return l.SyncTo(seq)
+	}
+	for {
+		l.syncedMu.Lock()
+		ch := l.syncedCh
+		l.syncedMu.Unlock()
+		if l.synced.Load() >= seq {
+			return nil
+		}
+		if last := l.last.Load(); last < seq {
+			return fmt.Errorf("%w: wait for %d, log ends at %d", ErrBeyondEnd, seq, last)
+		}
+		l.mu.Lock()
+		closed, err := l.closed, l.err
+		l.mu.Unlock()
+		switch {
+		case err != nil:
+			return err
+		case closed:
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-l.stop:
+			// Close fsyncs after stopping the goroutine: look again.
+			<-l.done
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// VisibleSeq is the highest sequence number that may be shown to anyone
+// (published, replayed, covered by a snapshot): DurableSeq, or LastSeq
+// under FsyncNever, where nothing is known to be durable and a power loss
+// may take back what was shown.
+func (l *Log) VisibleSeq() uint64 {
+	if l.opts.Fsync == FsyncNever {
+		return l.last.Load()
+	}
+	return l.synced.Load()
 }
 
 // DurableSeq is the highest sequence number known to be on stable storage:
@@ -874,7 +1008,7 @@ func (l *Log) Close() error {
 	if l.err == nil {
 		if err = act.f.Sync(); err == nil {
 			l.fsyncs.Add(1)
-			l.synced.Store(l.last.Load())
+			l.raiseSynced(l.last.Load())
 		} else {
 			err = fmt.Errorf("retainlog: fsync %s: %w", act.path, err)
 		}
@@ -930,13 +1064,7 @@ func (l *Log) tick() {
 	switch {
 	case err == nil:
 		l.fsyncs.Add(1)
-		// Another fsync (Sync, a roll) may have covered more meanwhile.
-		for {
-			cur := l.synced.Load()
-			if cur >= upTo || l.synced.CompareAndSwap(cur, upTo) {
-				break
-			}
-		}
+		l.raiseSynced(upTo)
 	case errors.Is(err, os.ErrClosed):
 	default:
 		l.mu.Lock()

@@ -12,6 +12,10 @@
 // PowerCut and opens what is left. Running a workload once per n explores
 // every write, fsync, create, rename and remove boundary in turn.
 //
+// The repository's internal/crashfuse serves an FS over FUSE, so that
+// whole processes (not only code calling the FS directly) can keep their
+// data on it, be killed, and restart on what a power cut left.
+//
 // It is for tests (svckit's own and importers'); nothing in svckit's
 // binaries links it.
 package crashfs
@@ -27,6 +31,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/svckit/svckit/svckit/durable"
@@ -37,6 +42,8 @@ import (
 var ErrStopped = errors.New("crashfs: the machine is stopped")
 
 type inode struct {
+	ino     uint64      // identity across renames; never reused within one FS
+	mode    fs.FileMode // permission bits only
 	dir     bool
 	data    []byte            // files: what programs see
 	durable []byte            // files: what survives a power cut
@@ -45,8 +52,23 @@ type inode struct {
 	mtime   time.Time
 }
 
-func newDir() *inode {
-	return &inode{dir: true, ents: map[string]*inode{}, dents: map[string]*inode{}, mtime: time.Now()}
+// RootIno is the root directory's inode number (the one FUSE gives its
+// root); every other inode gets a higher one.
+const RootIno = 1
+
+// dirSize is what Stat reports as a directory's size: one block, as ext4
+// does for a small directory, because some programs take a size of 0 for
+// a broken filesystem; nothing here depends on its value.
+const dirSize = 4096
+
+func (c *FS) newDir(perm fs.FileMode) *inode {
+	c.lastIno++
+	return &inode{ino: c.lastIno, mode: perm.Perm(), dir: true, ents: map[string]*inode{}, dents: map[string]*inode{}, mtime: time.Now()}
+}
+
+func (c *FS) newFile(perm fs.FileMode) *inode {
+	c.lastIno++
+	return &inode{ino: c.lastIno, mode: perm.Perm(), mtime: time.Now()}
 }
 
 // FS is the filesystem. The zero value is not usable; call New.
@@ -58,10 +80,15 @@ type FS struct {
 	stopAt  int // refuse operations after this many; <0 never
 	stopped bool
 	trace   []string
+	lastIno uint64 // the highest inode number handed out
 }
 
 // New returns an empty filesystem whose root directory exists durably.
-func New() *FS { return &FS{root: newDir(), stopAt: -1} }
+func New() *FS {
+	c := &FS{stopAt: -1, lastIno: RootIno - 1}
+	c.root = c.newDir(0o755)
+	return c
+}
 
 var _ durable.FS = (*FS)(nil)
 
@@ -102,8 +129,16 @@ func (c *FS) Trace() []string {
 
 // PowerCut loses everything that was not made durable: every file's data
 // returns to its last fsync, every directory's entries to its last
-// directory fsync. Files opened before are unusable; the stop set by
-// StopAfter is lifted.
+// directory fsync. Files opened before are unusable (ErrStopped); the stop
+// set by StopAfter is lifted.
+//
+// It is atomic with respect to every other method, so it may be called
+// while other goroutines (a FUSE server's) are using the FS: each
+// operation happens wholly before or wholly after the cut. Inode numbers
+// survive the cut, so a file that comes back keeps its identity. A file
+// renamed across directories where only one of the two was fsynced may
+// come back under both names (as a hard link); that is a state a real
+// filesystem can reach too.
 func (c *FS) PowerCut() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -166,7 +201,7 @@ func (c *FS) lookup(name string) (parent *inode, base string, n *inode, err erro
 			return nil, "", nil, &fs.PathError{Op: "lookup", Path: name, Err: fs.ErrNotExist}
 		}
 		if !ch.dir {
-			return nil, "", nil, &fs.PathError{Op: "lookup", Path: name, Err: errors.New("not a directory")}
+			return nil, "", nil, &fs.PathError{Op: "lookup", Path: name, Err: syscall.ENOTDIR}
 		}
 		d = ch
 	}
@@ -174,7 +209,8 @@ func (c *FS) lookup(name string) (parent *inode, base string, n *inode, err erro
 	return d, base, d.ents[base], nil
 }
 
-// OpenFile opens name. O_CREATE, O_EXCL and O_TRUNC are honoured.
+// OpenFile opens name. O_CREATE, O_EXCL, O_TRUNC and O_APPEND are
+// honoured; perm is the new file's permission bits.
 func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -188,12 +224,14 @@ func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, er
 	case n != nil && flag&os.O_CREATE != 0 && flag&os.O_EXCL != 0:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
 	case n != nil && n.dir:
-		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("is a directory")}
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.EISDIR}
+	case n == nil && parent == nil:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	case n == nil:
 		if err := c.mutate("create " + name); err != nil {
 			return nil, err
 		}
-		n = &inode{mtime: time.Now()}
+		n = c.newFile(perm)
 		parent.ents[base] = n
 	}
 	if flag&os.O_TRUNC != 0 && len(n.data) > 0 {
@@ -202,7 +240,8 @@ func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, er
 		}
 		n.data = n.data[:0]
 	}
-	return &file{c: c, n: n, name: name, gen: c.gen, write: flag&(os.O_WRONLY|os.O_RDWR) != 0}, nil
+	return &file{c: c, n: n, name: name, gen: c.gen,
+		write: flag&(os.O_WRONLY|os.O_RDWR) != 0, append: flag&os.O_APPEND != 0}, nil
 }
 
 // ReadDir lists name's entries, sorted.
@@ -217,7 +256,7 @@ func (c *FS) ReadDir(name string) ([]fs.DirEntry, error) {
 		return nil, &fs.PathError{Op: "readdir", Path: name, Err: fs.ErrNotExist}
 	}
 	if !n.dir {
-		return nil, &fs.PathError{Op: "readdir", Path: name, Err: errors.New("not a directory")}
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: syscall.ENOTDIR}
 	}
 	out := make([]fs.DirEntry, 0, len(n.ents))
 	for nm, ch := range n.ents {
@@ -241,7 +280,8 @@ func (c *FS) Stat(name string) (fs.FileInfo, error) {
 	return infoOf(base, n), nil
 }
 
-// Mkdir creates a directory (durable once its parent is fsynced).
+// Mkdir creates a directory (durable once its parent is fsynced) with
+// permission bits perm.
 func (c *FS) Mkdir(name string, perm fs.FileMode) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -255,7 +295,7 @@ func (c *FS) Mkdir(name string, perm fs.FileMode) error {
 	if err := c.mutate("mkdir " + name); err != nil {
 		return err
 	}
-	parent.ents[base] = newDir()
+	parent.ents[base] = c.newDir(perm)
 	return nil
 }
 
@@ -271,7 +311,7 @@ func (c *FS) Remove(name string) error {
 		return &fs.PathError{Op: "remove", Path: name, Err: fs.ErrNotExist}
 	}
 	if n.dir && len(n.ents) > 0 {
-		return &fs.PathError{Op: "remove", Path: name, Err: errors.New("directory not empty")}
+		return &fs.PathError{Op: "remove", Path: name, Err: syscall.ENOTEMPTY}
 	}
 	if err := c.mutate("remove " + name); err != nil {
 		return err
@@ -280,7 +320,8 @@ func (c *FS) Remove(name string) error {
 	return nil
 }
 
-// Rename moves oldpath to newpath, replacing a file there.
+// Rename moves oldpath to newpath, replacing a file (or, when oldpath is
+// a directory, an empty directory) there, with rename(2)'s rules.
 func (c *FS) Rename(oldpath, newpath string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -295,8 +336,22 @@ func (c *FS) Rename(oldpath, newpath string) error {
 	if err != nil {
 		return err
 	}
-	if old != nil && old.dir {
-		return &fs.PathError{Op: "rename", Path: newpath, Err: errors.New("is a directory")}
+	if np == nil {
+		return &fs.PathError{Op: "rename", Path: newpath, Err: syscall.EBUSY}
+	}
+	switch {
+	case old == n:
+		// Two names of one inode (see PowerCut): rename(2) does nothing.
+		return nil
+	case old != nil && old.dir && !n.dir:
+		return &fs.PathError{Op: "rename", Path: newpath, Err: syscall.EISDIR}
+	case old != nil && !old.dir && n.dir:
+		return &fs.PathError{Op: "rename", Path: newpath, Err: syscall.ENOTDIR}
+	case old != nil && old.dir && len(old.ents) > 0:
+		return &fs.PathError{Op: "rename", Path: newpath, Err: syscall.ENOTEMPTY}
+	case n.dir && c.within(np, n):
+		// Moving a directory under itself would cut it off the tree.
+		return &fs.PathError{Op: "rename", Path: newpath, Err: syscall.EINVAL}
 	}
 	if err := c.mutate("rename " + oldpath + " " + newpath); err != nil {
 		return err
@@ -304,6 +359,72 @@ func (c *FS) Rename(oldpath, newpath string) error {
 	delete(op.ents, ob)
 	np.ents[nb] = n
 	return nil
+}
+
+// within reports whether directory d is dir or below it. Caller holds mu.
+func (c *FS) within(d, dir *inode) bool {
+	if d == dir {
+		return true
+	}
+	for _, ch := range dir.ents {
+		if ch.dir && c.within(d, ch) {
+			return true
+		}
+	}
+	return false
+}
+
+// Truncate changes name's size, as os.Truncate does. Like a write, the
+// new size is durable once the file is fsynced.
+func (c *FS) Truncate(name string, size int64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _, n, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case n == nil:
+		return &fs.PathError{Op: "truncate", Path: name, Err: fs.ErrNotExist}
+	case n.dir:
+		return &fs.PathError{Op: "truncate", Path: name, Err: syscall.EISDIR}
+	case size < 0:
+		return &fs.PathError{Op: "truncate", Path: name, Err: syscall.EINVAL}
+	}
+	if err := c.mutate(fmt.Sprintf("truncate %s %d", name, size)); err != nil {
+		return err
+	}
+	n.resize(size)
+	return nil
+}
+
+// Chmod sets name's permission bits. Modes are outside the power-loss
+// model (a change is kept by PowerCut at once and is not counted by
+// StopAfter): nothing svckit does for durability depends on them, and
+// FUSE needs somewhere to keep a chmod.
+func (c *FS) Chmod(name string, mode fs.FileMode) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _, n, err := c.lookup(name)
+	if err != nil {
+		return err
+	}
+	if n == nil {
+		return &fs.PathError{Op: "chmod", Path: name, Err: fs.ErrNotExist}
+	}
+	n.mode = mode.Perm()
+	return nil
+}
+
+// resize sets a file's visible size, zero-filling when it grows. Caller
+// holds mu.
+func (n *inode) resize(size int64) {
+	if size <= int64(len(n.data)) {
+		n.data = n.data[:size]
+	} else {
+		n.data = append(n.data, make([]byte, size-int64(len(n.data)))...)
+	}
+	n.mtime = time.Now()
 }
 
 // SyncDir makes the directory's current entries durable.
@@ -328,12 +449,14 @@ func (c *FS) SyncDir(name string) error {
 }
 
 type file struct {
-	c     *FS
-	n     *inode
-	name  string
-	gen   int
-	write bool
-	shut  bool
+	c      *FS
+	n      *inode
+	name   string
+	gen    int
+	write  bool
+	append bool  // O_APPEND: Write goes to the end, WriteAt is refused (as os.File does)
+	off    int64 // where the next Write goes when not appending
+	shut   bool
 }
 
 // check says whether the file may be used. Caller holds c.mu.
@@ -353,6 +476,9 @@ func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	if err := f.check("read"); err != nil {
 		return 0, err
 	}
+	if off < 0 {
+		return 0, &fs.PathError{Op: "read", Path: f.name, Err: syscall.EINVAL}
+	}
 	if off >= int64(len(f.n.data)) {
 		return 0, io.EOF
 	}
@@ -363,14 +489,47 @@ func (f *file) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// errAppendWriteAt is os.File's answer to WriteAt on an O_APPEND file,
+// whose writes must go to the end whatever the offset.
+var errAppendWriteAt = errors.New("invalid use of WriteAt on file opened with O_APPEND")
+
 func (f *file) WriteAt(p []byte, off int64) (int, error) {
 	f.c.mu.Lock()
 	defer f.c.mu.Unlock()
+	if f.append {
+		return 0, &fs.PathError{Op: "writeat", Path: f.name, Err: errAppendWriteAt}
+	}
+	return f.writeLocked(p, off)
+}
+
+// Write writes p at the end of the file when it was opened with O_APPEND
+// (the end as it is now, under the lock, so appends from several handles
+// do not overwrite each other), and otherwise where the previous Write
+// ended (the start at first), as os.File's Write does.
+func (f *file) Write(p []byte) (int, error) {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	off := f.off
+	if f.append {
+		off = int64(len(f.n.data))
+	}
+	n, err := f.writeLocked(p, off)
+	if err == nil {
+		f.off = off + int64(n)
+	}
+	return n, err
+}
+
+// writeLocked writes p at off. Caller holds c.mu.
+func (f *file) writeLocked(p []byte, off int64) (int, error) {
 	if err := f.check("write"); err != nil {
 		return 0, err
 	}
 	if !f.write {
 		return 0, &fs.PathError{Op: "write", Path: f.name, Err: errors.New("not open for writing")}
+	}
+	if off < 0 {
+		return 0, &fs.PathError{Op: "write", Path: f.name, Err: syscall.EINVAL}
 	}
 	if err := f.c.mutate(fmt.Sprintf("write %s %d+%d", f.name, off, len(p))); err != nil {
 		return 0, err
@@ -389,14 +548,13 @@ func (f *file) Truncate(size int64) error {
 	if err := f.check("truncate"); err != nil {
 		return err
 	}
+	if size < 0 {
+		return &fs.PathError{Op: "truncate", Path: f.name, Err: syscall.EINVAL}
+	}
 	if err := f.c.mutate(fmt.Sprintf("truncate %s %d", f.name, size)); err != nil {
 		return err
 	}
-	if size <= int64(len(f.n.data)) {
-		f.n.data = f.n.data[:size]
-	} else {
-		f.n.data = append(f.n.data, make([]byte, size-int64(len(f.n.data)))...)
-	}
+	f.n.resize(size)
 	return nil
 }
 
@@ -432,26 +590,40 @@ func (f *file) Close() error {
 	return nil
 }
 
+// Sys is what the Sys method of this package's fs.FileInfo values
+// returns: what a path does not tell, because a rename or a power cut
+// can put another file at the same path.
+type Sys struct {
+	// Ino is the inode number, unique and never reused within one FS.
+	Ino uint64
+}
+
 // info is a copy taken under the lock, so it can be read without it.
 type info struct {
 	name  string
 	size  int64
 	dir   bool
+	perm  fs.FileMode
 	mtime time.Time
+	ino   uint64
 }
 
 func infoOf(name string, n *inode) info {
-	return info{name: name, size: int64(len(n.data)), dir: n.dir, mtime: n.mtime}
+	i := info{name: name, size: int64(len(n.data)), dir: n.dir, perm: n.mode, mtime: n.mtime, ino: n.ino}
+	if n.dir {
+		i.size = dirSize
+	}
+	return i
 }
 
 func (i info) Name() string { return i.name }
 func (i info) Size() int64  { return i.size }
 func (i info) Mode() fs.FileMode {
 	if i.dir {
-		return fs.ModeDir | 0o755
+		return fs.ModeDir | i.perm
 	}
-	return 0o644
+	return i.perm
 }
 func (i info) ModTime() time.Time { return i.mtime }
 func (i info) IsDir() bool        { return i.dir }
-func (i info) Sys() any           { return nil }
+func (i info) Sys() any           { return Sys{Ino: i.ino} }
