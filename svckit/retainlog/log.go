@@ -200,9 +200,9 @@ type Log struct {
 	// WaitDurable under FsyncInterval.
 	syncedMu sync.Mutex
 	syncedCh chan struct{}
-	bufPool sync.Pool  // *[]byte read buffers, so a Read allocates nothing per record
-	stop    chan struct{}
-	done    chan struct{}
+	bufPool  sync.Pool // *[]byte read buffers, so a Read allocates nothing per record
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // Open opens (or creates) the log in opts.Dir, repairing a torn tail of the
