@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 )
@@ -45,6 +46,9 @@ type TrackerOptions struct {
 	// (atomically); "" keeps everything in memory.
 	CheckpointPath     string
 	CheckpointInterval time.Duration // default 1s
+	// FS holds CheckpointPath; nil is the OS's (tests cut the power with
+	// crashfs).
+	FS durable.FS
 	// Owners are the passing instances of the owner service (a
 	// *discovery.Watcher); an owner of stream S carries the tag "stream=S"
 	// (see OwnerTag).
@@ -142,6 +146,7 @@ func NewTracker(a Applier, o TrackerOptions) (*Tracker, error) {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(prometheus.NewRegistry())
 	}
+	o.FS = durable.Or(o.FS)
 	t := &Tracker{a: a, o: o, streams: map[string]*trackedStream{}}
 	if err := t.load(); err != nil {
 		return nil, err
@@ -505,14 +510,14 @@ func (t *Tracker) Save() error {
 	if err != nil {
 		return fmt.Errorf("encoding checkpoint: %w", err)
 	}
-	return WriteFileAtomic(t.o.CheckpointPath, b)
+	return durable.WriteFileAtomic(t.o.FS, t.o.CheckpointPath, b)
 }
 
 func (t *Tracker) load() error {
 	if t.o.CheckpointPath == "" {
 		return nil
 	}
-	b, err := os.ReadFile(t.o.CheckpointPath)
+	b, err := durable.ReadFile(t.o.FS, t.o.CheckpointPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
