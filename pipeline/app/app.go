@@ -76,12 +76,12 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	if c.Bool("ephemeral") {
 		channel = pubsub.InstanceChannel(channel, s.Config.InstanceID)
 	}
-	h := pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
+	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
 		if m.Envelope.ContentType != pipeline.ResultType {
 			return pubsub.Reject(fmt.Errorf("content type %q, want %q", m.Envelope.ContentType, pipeline.ResultType))
 		}
 		st.observeLatency(m.Envelope.Created)
-		_, err := tr.Deliver(m.Envelope)
+		_, err := tr.Deliver(ctx, m.Envelope)
 		return err
 	})
 	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("topic"), Channel: channel, Ephemeral: c.Bool("ephemeral")}, h); err != nil {

@@ -511,8 +511,8 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (flo
 	if err != nil {
 		r.fail("tracker: %v", err)
 	}
-	h := pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
-		if _, err := tr.Deliver(m.Envelope); err != nil {
+	h := pubsub.HandlerFunc(func(hctx context.Context, m *pubsub.Message) error {
+		if _, err := tr.Deliver(hctx, m.Envelope); err != nil {
 			return err
 		}
 		if got.Add(1) == int64(n) {
@@ -823,7 +823,7 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process,
 	tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
 	start := time.Now()
 	got, err := replay.Client{}.Replay(ctx, sensorAddr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
-		_, err := tr.Deliver(env)
+		_, err := tr.Deliver(context.Background(), env)
 		return err
 	})
 	if err != nil || got != uint64(n) {

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -26,7 +25,7 @@ type Options struct {
 	Addr     string // listen address; "127.0.0.1:0" picks a free port
 	Registry *prometheus.Registry
 	Logger   *slog.Logger
-	// Pprof mounts net/http/pprof under /debug/pprof/ (off by default: it
+	// Pprof serves runtime profiles under /debug/pprof/ (off by default: it
 	// exposes internals to whoever reaches the port).
 	Pprof bool
 }
@@ -56,11 +55,7 @@ func New(o Options) *Server {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Registry: o.Registry}))
 	}
 	if o.Pprof {
-		s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-		s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-		s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-		s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-		s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+		s.mountPprof()
 	}
 	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
 	return s

@@ -35,6 +35,7 @@ type Message struct {
 	start     time.Duration
 	async     atomic.Bool
 	responded atomic.Bool
+	stopTouch chan struct{} // AutoTouch: closed when the message is responded to
 }
 
 // Attempts is the delivery attempt (1 on first delivery).
@@ -69,6 +70,9 @@ func (m *Message) Async() func(error) {
 func (m *Message) complete(err error) {
 	// A CAS, not a sync.Once: this runs for every message.
 	if m.responded.CompareAndSwap(false, true) {
+		if m.stopTouch != nil {
+			close(m.stopTouch)
+		}
 		m.c.respond(m, err)
 	}
 }
@@ -445,17 +449,17 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 		c.deadLetterOrRequeue(nm, "decode: "+err.Error())
 		return nil
 	}
-	var stopTouch chan struct{}
 	if c.o.AutoTouch {
 		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
-			// Touch every half timeout for as long as the handler runs.
-			stopTouch = make(chan struct{})
+			// Touch every half timeout until the message is responded
+			// to: when the handler returns, or later if it went Async.
+			m.stopTouch = make(chan struct{})
 			go func() {
 				t := time.NewTicker(half)
 				defer t.Stop()
 				for {
 					select {
-					case <-stopTouch:
+					case <-m.stopTouch:
 						return
 					case <-t.C:
 						nm.Touch()
@@ -465,9 +469,6 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 		}
 	}
 	err := c.safeHandle(m)
-	if stopTouch != nil {
-		close(stopTouch)
-	}
 	if !m.async.Load() || err != nil {
 		m.complete(err)
 	}

@@ -41,6 +41,12 @@ type Client struct {
 // its HTTP server) and calls fn for each envelope with its frame size. The
 // envelope's payload is only valid during fn. It returns the number of frames.
 func (c Client) Replay(ctx context.Context, addr string, r Request, fn func(envelope.Envelope, int) error) (uint64, error) {
+	return c.ReplayFrames(ctx, addr, r, func(env envelope.Envelope, frame []byte) error { return fn(env, len(frame)+4) })
+}
+
+// ReplayFrames is Replay handing fn each frame's bytes (the encoded
+// envelope, only valid during fn) instead of its size.
+func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn func(envelope.Envelope, []byte) error) (uint64, error) {
 	q := url.Values{"stream": {r.Stream}}
 	if !r.Since.IsZero() {
 		q.Set("since", r.Since.UTC().Format(time.RFC3339Nano))
@@ -86,7 +92,7 @@ func (c Client) Replay(ctx context.Context, addr string, r Request, fn func(enve
 		if env.Stream != r.Stream || (r.Since.IsZero() && (env.Seq < r.From || env.Seq > r.To)) {
 			return n, fmt.Errorf("replay of %s: got (%s, %d) outside the request", r.Stream, env.Stream, env.Seq)
 		}
-		if err := fn(env, int(size)+4); err != nil {
+		if err := fn(env, buf); err != nil {
 			return n, err
 		}
 		n++

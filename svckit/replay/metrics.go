@@ -23,6 +23,8 @@ type Metrics struct {
 	ServedMessages     prometheus.Counter
 	ServedBytes        prometheus.Counter
 	LogTruncations     prometheus.Counter
+	NeverPublished     *prometheus.CounterVec // stream: live sequences the owner never published (refused)
+	DeadLettered       *prometheus.CounterVec // stream: replayed messages that could not be applied
 	Unpublished        *prometheus.GaugeVec   // stream: in the owner's log, not yet acknowledged by nsqd
 	Unpublishable      *prometheus.CounterVec // stream: refused by nsqd for good (replay only)
 }
@@ -42,10 +44,12 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		ServedMessages:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_messages_total", Help: "Messages served from the retained log."}),
 		ServedBytes:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_bytes_total", Help: "Bytes served from the retained log."}),
 		LogTruncations:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn or corrupt log tails truncated on open."}),
+		NeverPublished:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_never_published_total", Help: "Live messages refused because their stream's owner never published their sequence."}, []string{"stream"}),
+		DeadLettered:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_dead_lettered_total", Help: "Replayed messages that could not be applied and were dead-lettered."}, []string{"stream"}),
 		Unpublished:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "owner_unpublished_messages", Help: "Messages in the owner's retained log that nsqd has not acknowledged yet."}, []string{"stream"}),
 		Unpublishable:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_unpublishable_total", Help: "Messages nsqd refused for good; consumers get them by replay only."}, []string{"stream"}),
 	}
-	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.Unpublished, m.Unpublishable} {
+	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable} {
 		r.MustRegister(c)
 	}
 	return m

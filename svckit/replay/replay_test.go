@@ -146,7 +146,7 @@ func TestTrackerRecoversGapAndTail(t *testing.T) {
 			env, err = envelope.Decode(append([]byte(nil), r.Data...))
 			return err
 		})
-		if _, err := tr.Deliver(env); err != nil {
+		if _, err := tr.Deliver(context.Background(), env); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -340,7 +340,7 @@ func BenchmarkReplay(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		tr, _ := NewTracker(nopApplier{}, TrackerOptions{Owners: staticOwners{f.inst}})
 		got, err := c.Replay(context.Background(), f.inst.Addr(), Request{Stream: "bench", From: 1, To: total}, func(env envelope.Envelope, _ int) error {
-			_, err := tr.Deliver(env)
+			_, err := tr.Deliver(context.Background(), env)
 			return err
 		})
 		if err != nil || got != total {

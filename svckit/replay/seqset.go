@@ -103,6 +103,29 @@ func (s *SeqSet) Intervals() [][2]uint64 { return append([][2]uint64(nil), s.iv.
 // and disjoint, as Intervals returns them.
 func (s *SeqSet) SetIntervals(iv [][2]uint64) { s.iv = append([][2]uint64(nil), iv...) }
 
+// Remove deletes seq; it reports whether seq was present.
+func (s *SeqSet) Remove(seq uint64) bool {
+	i := sort.Search(len(s.iv), func(i int) bool { return s.iv[i][1] >= seq })
+	if i == len(s.iv) || s.iv[i][0] > seq {
+		return false
+	}
+	a, b := s.iv[i][0], s.iv[i][1]
+	switch {
+	case a == b:
+		s.iv = append(s.iv[:i], s.iv[i+1:]...)
+	case seq == a:
+		s.iv[i][0] = a + 1
+	case seq == b:
+		s.iv[i][1] = b - 1
+	default:
+		s.iv = append(s.iv, [2]uint64{})
+		copy(s.iv[i+2:], s.iv[i+1:])
+		s.iv[i] = [2]uint64{a, seq - 1}
+		s.iv[i+1] = [2]uint64{seq + 1, b}
+	}
+	return true
+}
+
 // Reset makes the set exactly [1, n] (after a snapshot covering 1..n).
 func (s *SeqSet) Reset(n uint64) {
 	s.iv = s.iv[:0]

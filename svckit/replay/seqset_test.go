@@ -85,3 +85,33 @@ func BenchmarkSeqSetInOrder(b *testing.B) {
 		s.Add(uint64(i + 1))
 	}
 }
+
+func TestSeqSetRemoveMatchesMap(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for round := 0; round < 200; round++ {
+		var s SeqSet
+		ref := map[uint64]bool{}
+		for i := 0; i < 300; i++ {
+			q := uint64(r.IntN(100) + 1)
+			if r.IntN(3) == 0 {
+				if got := s.Remove(q); got != ref[q] {
+					t.Fatalf("Remove(%d) = %v, want %v (set %v)", q, got, ref[q], s.iv)
+				}
+				delete(ref, q)
+			} else {
+				s.Add(q)
+				ref[q] = true
+			}
+			for q := uint64(1); q <= 101; q++ {
+				if s.Contains(q) != ref[q] {
+					t.Fatalf("after step %d: Contains(%d) = %v (set %v)", i, q, !ref[q], s.iv)
+				}
+			}
+			for k := 1; k < len(s.iv); k++ {
+				if s.iv[k][0] <= s.iv[k-1][1]+1 {
+					t.Fatalf("intervals not disjoint and non-adjacent: %v", s.iv)
+				}
+			}
+		}
+	}
+}

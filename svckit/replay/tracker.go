@@ -61,6 +61,27 @@ type TrackerOptions struct {
 	RetryMin     time.Duration // default 200ms
 	RetryMax     time.Duration // default 10s
 	Secret       string        // the owners' shared secret, if any
+	// MaxAhead is how far past the last sequence the owner is known to
+	// have published a live message may be and still be applied at once.
+	// Beyond it the tracker asks the owner first, and a sequence the owner
+	// never published is rejected (dead-lettered by the consumer): a forged
+	// or corrupt sequence must not reach the state, nor open a gap that
+	// never closes. Default 1,000,000: with the tail checked every 5s, a
+	// stream must run above 200k msg/s to ever wait for the owner.
+	MaxAhead uint64
+	// DeadLetter keeps a replayed message that cannot be applied (its
+	// Transform or Apply failed for good), so replay continues past it;
+	// the sequence then counts as handled (StreamStatus.DeadLettered) and
+	// is applied if it ever arrives live again. nil: the message is only
+	// logged and counted; it stays in the owner's log.
+	DeadLetter func(ctx context.Context, stream string, seq uint64, frame []byte, reason string) error
+	// MaxAttempts is how often a replayed message whose Apply fails (not
+	// permanently) is tried before it is dead-lettered; default 5.
+	MaxAttempts int
+	// Timeout bounds each request to an owner other than a replay
+	// (/streams, /snapshot): a hung owner must not hold up checkpoints or
+	// live messages. Default 5s.
+	Timeout time.Duration
 	// Transform maps a replayed owner message onto what Apply expects, for
 	// consumers downstream of a stateless step (the app receives results,
 	// the sensor replays readings). nil = identity.
@@ -94,12 +115,23 @@ type Tracker struct {
 }
 
 type trackedStream struct {
-	id         string
-	mu         sync.Mutex
+	id string
+	mu sync.Mutex
+	// applied holds every handled sequence: applied to the state, or
+	// dead-lettered (those are in parked too). Gaps are what it lacks.
 	applied    SeqSet
+	parked     SeqSet
 	duplicates uint64
 	snapshots  uint64
-	ownerLast  uint64               // last_seq the owner reported
+	ownerLast  uint64 // last_seq the owner reported
+	// refresh is closed when the owner query in flight (started at
+	// refreshAt) ends; nil when none is.
+	refresh    chan struct{}
+	refreshAt  time.Time
+	refreshErr error
+	// failSeq failed to apply failures times in a row (replay).
+	failSeq  uint64
+	failures int
 	gapSeen    map[uint64]time.Time // gap start → when first seen open
 	fetching   bool
 	retryAt    time.Time
@@ -115,6 +147,11 @@ type StreamStatus struct {
 	Applied        uint64      `json:"applied"`
 	Duplicates     uint64      `json:"duplicates"`
 	Gaps           [][2]uint64 `json:"gaps"`
+	// OwnerLast is the last sequence the owner reported: gaps never reach
+	// beyond it.
+	OwnerLast uint64 `json:"owner_last"`
+	// DeadLettered are sequences handled by dead-lettering, not applied.
+	DeadLettered [][2]uint64 `json:"dead_lettered"`
 }
 
 // NewTracker loads the checkpoint (if any) into a and returns the tracker.
@@ -139,6 +176,15 @@ func NewTracker(a Applier, o TrackerOptions) (*Tracker, error) {
 	}
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{Timeout: 60 * time.Second}
+	}
+	if o.MaxAhead == 0 {
+		o.MaxAhead = 1_000_000
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = 5
 	}
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
@@ -173,18 +219,30 @@ func (t *Tracker) stream(id string) *trackedStream {
 	return s
 }
 
-// Deliver applies env unless its (stream, seq) was applied before; it
-// reports whether it applied. Unsequenced envelopes (seq 0) are applied
-// without tracking. An Apply error leaves the sequence unapplied (the message
-// is requeued by the caller).
-func (t *Tracker) Deliver(env envelope.Envelope) (bool, error) {
+// Deliver applies a live env unless its (stream, seq) was handled before;
+// it reports whether it applied. Unsequenced envelopes (seq 0) are applied
+// without tracking. An Apply error leaves the sequence unhandled (the
+// consumer requeues the message, or dead-letters it when the error is
+// permanent). A sequence more than MaxAhead past what the owner is known to
+// have published is checked with the owner first (ctx bounds that); one
+// the owner never published is refused with a NeverPublishedError.
+func (t *Tracker) Deliver(ctx context.Context, env envelope.Envelope) (bool, error) {
 	if env.Seq == 0 || env.Stream == "" {
 		return true, t.a.Apply(env.Stream, env)
 	}
 	s := t.stream(env.Stream)
+	if err := t.checkPublished(ctx, s, env.Seq); err != nil {
+		return false, err
+	}
+	return t.apply(s, env)
+}
+
+// apply applies env once. Replayed messages come here straight: the owner
+// serves only what it published.
+func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.applied.Contains(env.Seq) {
+	if s.applied.Contains(env.Seq) && !s.parked.Contains(env.Seq) {
 		s.duplicates++
 		s.dups.Inc()
 		return false, nil
@@ -192,8 +250,106 @@ func (t *Tracker) Deliver(env envelope.Envelope) (bool, error) {
 	if err := t.a.Apply(env.Stream, env); err != nil {
 		return false, err
 	}
+	// A dead-lettered sequence sent again (requeued by an operator)
+	// applies now: it is no longer parked.
+	s.parked.Remove(env.Seq)
 	s.applied.Add(env.Seq)
 	return true, nil
+}
+
+// NeverPublishedError refuses a live message whose sequence the stream's
+// owner says it never published (forged, or corrupt). It is permanent:
+// consumers dead-letter the message.
+type NeverPublishedError struct {
+	Stream    string
+	Seq       uint64
+	OwnerLast uint64
+}
+
+func (e NeverPublishedError) Error() string {
+	return fmt.Sprintf("stream %s: sequence %d was never published (the owner's last is %d)", e.Stream, e.Seq, e.OwnerLast)
+}
+
+// Permanent reports true: retrying cannot make the owner have published it.
+func (e NeverPublishedError) Permanent() bool { return true }
+
+// checkPublished lets seq through when it is within MaxAhead of what the
+// owner is known to have published, and otherwise asks the owner.
+func (t *Tracker) checkPublished(ctx context.Context, s *trackedStream, seq uint64) error {
+	arrived := time.Now()
+	s.mu.Lock()
+	known := max(s.ownerLast, s.applied.Max())
+	s.mu.Unlock()
+	if seq <= known+t.o.MaxAhead || t.o.Owners == nil {
+		return nil // within the bound, or no owner to ask (and no replay)
+	}
+	last, err := t.refreshOwnerLast(ctx, s, arrived)
+	if err != nil {
+		// Not a verdict: the message is requeued and asked about again.
+		return fmt.Errorf("stream %s: sequence %d is more than %d past the owner's last known %d, and asking the owner failed: %w", s.id, seq, t.o.MaxAhead, known, err)
+	}
+	if seq > last {
+		t.o.Metrics.NeverPublished.WithLabelValues(s.id).Inc()
+		return NeverPublishedError{Stream: s.id, Seq: seq, OwnerLast: last}
+	}
+	return nil
+}
+
+// refreshOwnerLast asks the stream's owner for its last sequence. Callers
+// share a query, but only one that started after their message arrived:
+// an answer from before could predate the message's publication.
+func (t *Tracker) refreshOwnerLast(ctx context.Context, s *trackedStream, arrived time.Time) (uint64, error) {
+	for {
+		s.mu.Lock()
+		if ch := s.refresh; ch != nil {
+			usable := !s.refreshAt.Before(arrived)
+			s.mu.Unlock()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+			if usable {
+				s.mu.Lock()
+				last, err := s.ownerLast, s.refreshErr
+				s.mu.Unlock()
+				return last, err
+			}
+			continue
+		}
+		ch := make(chan struct{})
+		s.refresh, s.refreshAt = ch, time.Now()
+		s.mu.Unlock()
+		last, err := t.askLast(ctx, s.id)
+		s.mu.Lock()
+		if err == nil {
+			s.ownerLast = max(s.ownerLast, last)
+		}
+		last, s.refreshErr, s.refresh = s.ownerLast, err, nil
+		s.mu.Unlock()
+		close(ch)
+		return last, err
+	}
+}
+
+// askLast asks stream's owner for the stream's last published sequence.
+func (t *Tracker) askLast(ctx context.Context, stream string) (uint64, error) {
+	in, err := t.owner(stream)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
+	defer cancel()
+	var st []Status
+	if err := t.getJSON(ctx, in.Addr(), "/streams", nil, &st); err != nil {
+		return 0, fmt.Errorf("asking %s for its streams: %w", in.ID, err)
+	}
+	for _, x := range st {
+		if x.Stream == stream {
+			return x.LastSeq, nil
+		}
+	}
+	return 0, fmt.Errorf("%s does not list stream %s", in.ID, stream)
 }
 
 // Status reports every stream (sorted by id).
@@ -212,8 +368,12 @@ func (t *Tracker) Status() []StreamStatus {
 		if gaps == nil {
 			gaps = [][2]uint64{}
 		}
-		out[i] = StreamStatus{Stream: s.id, LastContiguous: s.applied.Contiguous(), Applied: s.applied.Count(),
-			Duplicates: s.duplicates, Gaps: gaps}
+		parked := s.parked.Intervals()
+		if parked == nil {
+			parked = [][2]uint64{}
+		}
+		out[i] = StreamStatus{Stream: s.id, LastContiguous: s.applied.Contiguous(), Applied: s.applied.Count() - s.parked.Count(),
+			Duplicates: s.duplicates, Gaps: gaps, OwnerLast: s.ownerLast, DeadLettered: parked}
 		s.mu.Unlock()
 	}
 	return out
@@ -223,18 +383,21 @@ func (t *Tracker) Status() []StreamStatus {
 func (t *Tracker) ServeStreams(w http.ResponseWriter, _ *http.Request) { writeJSON(w, t.Status()) }
 
 // Run detects gaps, asks owners for what is missing and checkpoints, until
-// ctx ends. Call Save after the consumer drained for the final checkpoint.
+// ctx ends; it returns after the recoveries it started. Call Save after the
+// consumer drained for the final checkpoint. Owners are asked from
+// goroutines of their own, so a hung owner never holds up a checkpoint.
 func (t *Tracker) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if t.o.Owners != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.watchTails(ctx) }()
+	}
 	scan := time.NewTicker(max(min(t.o.GapGrace/4, 250*time.Millisecond), 10*time.Millisecond))
 	defer scan.Stop()
 	save := time.NewTicker(t.o.CheckpointInterval)
 	defer save.Stop()
-	tailDue := time.Now() // at once: what was published while we were away
 	for {
-		if !time.Now().Before(tailDue) && t.o.Owners != nil {
-			t.checkTails(ctx)
-			tailDue = time.Now().Add(t.o.TailInterval)
-		}
 		select {
 		case <-ctx.Done():
 			return
@@ -243,7 +406,22 @@ func (t *Tracker) Run(ctx context.Context) {
 				t.o.Logger.Error("saving checkpoint", "err", err)
 			}
 		case <-scan.C:
-			t.scan(ctx)
+			t.scan(ctx, &wg)
+		}
+	}
+}
+
+// watchTails asks the owners for their streams' last sequences at once
+// (what was published while the consumer was away) and every TailInterval.
+func (t *Tracker) watchTails(ctx context.Context) {
+	tick := time.NewTicker(t.o.TailInterval)
+	defer tick.Stop()
+	for {
+		t.checkTails(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }
@@ -252,7 +430,10 @@ func (t *Tracker) Run(ctx context.Context) {
 func (t *Tracker) checkTails(ctx context.Context) {
 	for _, in := range t.o.Owners.Instances() {
 		var st []Status
-		if err := t.getJSON(ctx, in.Addr(), "/streams", nil, &st); err != nil {
+		rctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
+		err := t.getJSON(rctx, in.Addr(), "/streams", nil, &st)
+		cancel()
+		if err != nil {
 			t.o.Logger.Debug("asking owner for its streams", "owner", in.ID, "err", err)
 			continue
 		}
@@ -278,7 +459,7 @@ func missing(s *trackedStream) [][2]uint64 {
 	return gaps
 }
 
-func (t *Tracker) scan(ctx context.Context) {
+func (t *Tracker) scan(ctx context.Context, wg *sync.WaitGroup) {
 	now := time.Now()
 	t.mu.RLock()
 	ss := slices.Collect(maps.Values(t.streams))
@@ -319,7 +500,8 @@ func (t *Tracker) scan(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		if start {
-			go t.recover(ctx, s)
+			wg.Add(1)
+			go func() { defer wg.Done(); t.recover(ctx, s) }()
 		}
 	}
 }
@@ -358,7 +540,7 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 	for _, g := range due {
 		for from := g[0]; from <= g[1]; {
 			to := min(g[1], from+uint64(t.o.MaxBatch)-1)
-			got, err := t.fetch(ctx, s.id, from, to)
+			got, err := t.fetch(ctx, s, from, to)
 			if errors.Is(err, ErrGone) {
 				return t.recoverSnapshot(ctx, s)
 			}
@@ -388,21 +570,81 @@ func (t *Tracker) owner(stream string) (discovery.Instance, error) {
 	return discovery.Instance{}, fmt.Errorf("no passing instance of %q carries tag %q", t.o.Owners.Service(), tag)
 }
 
-// fetch replays [from, to] of stream from its owner through Deliver and
-// returns how many sequences the response carried.
-func (t *Tracker) fetch(ctx context.Context, stream string, from, to uint64) (uint64, error) {
-	res, n, err := t.Fetch(ctx, stream, from, to, func(env envelope.Envelope) error {
-		_, err := t.Deliver(env)
-		return err
+// fetch replays [from, to] of stream from its owner and applies it, and
+// returns how many sequences the response carried. A frame that cannot be
+// applied for good is dead-lettered and replay goes on past it.
+func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) (uint64, error) {
+	res, n, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
+		if terr == nil {
+			_, terr = t.apply(s, env)
+		}
+		if terr == nil {
+			return nil
+		}
+		if !isPermanent(terr) && !t.failedTooOften(s, env.Seq) {
+			return terr // the recovery backs off and asks again
+		}
+		return t.park(ctx, s, env.Seq, frame, terr.Error())
 	})
 	t.o.Metrics.Requests.WithLabelValues(res).Inc()
 	return n, err
 }
 
+// failedTooOften counts a failure to apply seq and reports whether it
+// failed MaxAttempts times in a row: a replayed message, like a live one,
+// is not retried forever.
+func (t *Tracker) failedTooOften(s *trackedStream, seq uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failSeq != seq {
+		s.failSeq, s.failures = seq, 0
+	}
+	s.failures++
+	return s.failures >= t.o.MaxAttempts
+}
+
+// permanentError marks a failure retrying cannot fix.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error   { return e.error }
+func (e permanentError) Permanent() bool { return true }
+
+// park dead-letters a replayed frame that cannot be applied and counts its
+// sequence as handled, so that it is not requested again.
+func (t *Tracker) park(ctx context.Context, s *trackedStream, seq uint64, frame []byte, reason string) error {
+	reason = fmt.Sprintf("replayed message %d of stream %s cannot be applied: %s", seq, s.id, reason)
+	if t.o.DeadLetter != nil {
+		if err := t.o.DeadLetter(ctx, s.id, seq, frame, reason); err != nil {
+			return fmt.Errorf("dead-lettering replayed message %d of %s: %w", seq, s.id, err)
+		}
+	}
+	s.mu.Lock()
+	if !s.applied.Contains(seq) {
+		s.applied.Add(seq)
+		s.parked.Add(seq)
+	}
+	s.mu.Unlock()
+	t.o.Metrics.DeadLettered.WithLabelValues(s.id).Inc()
+	t.o.Logger.Error("replayed message dead-lettered; replay goes on past it", "stream", s.id, "seq", seq, "reason", reason)
+	return nil
+}
+
 // Fetch asks stream's owner for [from, to] and calls fn for every envelope
 // (after Transform). It returns a result class for metrics, the number of
-// frames received, and an error (errGone-wrapped when trimmed).
+// frames received, and an error (errGone-wrapped when trimmed). A Transform
+// error ends it.
 func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn func(envelope.Envelope) error) (string, uint64, error) {
+	return t.fetchFrames(ctx, stream, from, to, func(env envelope.Envelope, _ []byte, terr error) error {
+		if terr != nil {
+			return terr
+		}
+		return fn(env)
+	})
+}
+
+// fetchFrames is Fetch handing fn each frame's bytes too, and the Transform
+// error instead of ending the replay with it.
+func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint64, fn func(env envelope.Envelope, frame []byte, terr error) error) (string, uint64, error) {
 	in, err := t.owner(stream)
 	if err != nil {
 		return "no_owner", 0, err
@@ -410,15 +652,16 @@ func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn 
 	start := time.Now()
 	c := Client{HTTP: t.o.HTTP, Secret: t.o.Secret}
 	var bytes uint64
-	n, err := c.Replay(ctx, in.Addr(), Request{Stream: stream, From: from, To: to}, func(env envelope.Envelope, size int) error {
+	n, err := c.ReplayFrames(ctx, in.Addr(), Request{Stream: stream, From: from, To: to}, func(env envelope.Envelope, frame []byte) error {
+		var terr error
 		if t.o.Transform != nil {
-			var err error
-			if env, err = t.o.Transform(env); err != nil {
-				return fmt.Errorf("replay %s seq %d: transform: %w", stream, env.Seq, err)
+			if env, terr = t.o.Transform(env); terr != nil {
+				// A transform is a mapping: what fails once fails always.
+				terr = permanentError{fmt.Errorf("transform: %w", terr)}
 			}
 		}
-		bytes += uint64(size)
-		return fn(env)
+		bytes += uint64(len(frame)) + 4
+		return fn(env, frame, terr)
 	})
 	t.o.Metrics.ReplayedMessages.Add(float64(n))
 	t.o.Metrics.ReplayedBytes.Add(float64(bytes))
@@ -440,7 +683,9 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 		return err
 	}
 	var snap snapshotFile
-	if err := t.getJSON(ctx, in.Addr(), "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, max(t.o.Timeout, 30*time.Second))
+	defer cancel()
+	if err := t.getJSON(sctx, in.Addr(), "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
 		t.o.Metrics.Requests.WithLabelValues("error").Inc()
 		return fmt.Errorf("fetching snapshot of %s: %w", s.id, err)
 	}
@@ -456,6 +701,7 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 	// state: forget them too, so they are replayed (they are recent, so
 	// retained) instead of counted twice or lost.
 	s.applied.Reset(snap.Seq)
+	s.parked.Reset(0)
 	s.snapshots++
 	t.o.Metrics.SnapshotRecoveries.WithLabelValues(s.id).Inc()
 	t.o.Logger.Info("recovered stream from the owner's snapshot", "stream", s.id, "seq", snap.Seq)
@@ -482,6 +728,7 @@ type checkpoint struct {
 
 type streamCheckpoint struct {
 	Applied    [][2]uint64     `json:"applied"`
+	Parked     [][2]uint64     `json:"dead_lettered,omitempty"`
 	Duplicates uint64          `json:"duplicates"`
 	State      json.RawMessage `json:"state"`
 }
@@ -499,7 +746,7 @@ func (t *Tracker) Save() error {
 	for _, s := range ss {
 		s.mu.Lock()
 		state, err := t.a.ExportState(s.id)
-		sc := streamCheckpoint{Applied: s.applied.Intervals(), Duplicates: s.duplicates, State: state}
+		sc := streamCheckpoint{Applied: s.applied.Intervals(), Parked: s.parked.Intervals(), Duplicates: s.duplicates, State: state}
 		s.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("exporting state of stream %s: %w", s.id, err)
@@ -534,6 +781,7 @@ func (t *Tracker) load() error {
 	for id, sc := range cp.Streams {
 		s := t.stream(id)
 		s.applied.SetIntervals(sc.Applied)
+		s.parked.SetIntervals(sc.Parked)
 		s.duplicates = sc.Duplicates
 		if err := t.a.ImportState(id, sc.State); err != nil {
 			return fmt.Errorf("restoring stream %s from checkpoint %s: %w", id, t.o.CheckpointPath, err)

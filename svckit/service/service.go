@@ -287,9 +287,12 @@ func (s *Service) Run(ctx context.Context, loop func(context.Context) error) err
 	for _, c := range s.consumers {
 		if err := c.Start(ctx); err != nil {
 			if ctx.Err() == nil {
-				stopReg()
-				<-regDone
-				return fmt.Errorf("starting consumer: %w", err)
+				// Leave nothing behind: a service that cannot consume must
+				// not stay registered, or serve.
+				for _, c := range s.consumers {
+					_ = c.Stop(context.Background())
+				}
+				return errors.Join(fmt.Errorf("starting consumer: %w", err), s.teardown(stopReg, regDone, httpErr))
 			}
 		}
 	}
@@ -364,17 +367,23 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopReg c
 	if s.producer != nil {
 		s.producer.Stop()
 	}
-	// 5. Deregister.
+	return errors.Join(append(errs, s.teardown(stopReg, regDone, httpErr))...)
+}
+
+// teardown deregisters from Consul and stops the HTTP server and discovery.
+// It has its own small budget, after --shutdown-timeout: a hung Consul
+// agent must not keep the process alive.
+func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, httpErr chan error) error {
+	var errs []error
 	stopReg()
 	<-regDone
-	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	dctx, dcancel := context.WithTimeout(context.Background(), TeardownTimeout)
 	defer dcancel()
 	if err := s.Registrar.Deregister(dctx); err != nil {
 		errs = append(errs, err)
 	} else {
 		s.Log.Info("deregistered from consul")
 	}
-	// 6. HTTP and discovery.
 	_ = s.HTTP.Shutdown(dctx)
 	if err := <-httpErr; err != nil {
 		errs = append(errs, err)
@@ -382,6 +391,11 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopReg c
 	s.Discovery.Stop()
 	return errors.Join(errs...)
 }
+
+// TeardownTimeout bounds deregistration and the HTTP server's shutdown,
+// which come after the --shutdown-timeout drain: a service exits within
+// --shutdown-timeout plus this, whatever is down.
+const TeardownTimeout = 3 * time.Second
 
 // Hostname is os.Hostname with a fallback, for default ids.
 func Hostname() string {
