@@ -130,8 +130,8 @@ type trackedStream struct {
 	refreshAt  time.Time
 	refreshErr error
 	// failSeq failed to apply failures times in a row (replay).
-	failSeq  uint64
-	failures int
+	failSeq    uint64
+	failures   int
 	gapSeen    map[uint64]time.Time // gap start → when first seen open
 	fetching   bool
 	retryAt    time.Time
