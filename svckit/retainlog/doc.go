@@ -68,9 +68,11 @@
 // sealed segment is deleted when the segments newer than it still satisfy a
 // configured limit on their own: they hold at least RetainMessages records, or
 // at least RetainBytes bytes, or the segment's newest record is older than
-// RetainAge. Each limit is thus kept, with at most one extra segment. It runs
-// after every append (so on every segment roll) and from the background
-// goroutine, which age limits need when no appends arrive.
+// RetainAge. Each limit is thus kept, with at most one extra segment. A
+// segment holding a record at or above the floor (SetFloor; Options.Floor
+// already for Open's own pass) is never deleted: its owner still needs it.
+// Retention runs after every append (so on every segment roll) and from the
+// background goroutine, which age limits need when no appends arrive.
 //
 // # Concurrency
 //

@@ -88,6 +88,11 @@ type Options struct {
 	Logger         *slog.Logger     // nil = discard
 	Now            func() time.Time // nil = time.Now (tests inject a clock for age retention)
 	FS             durable.FS       // nil = the OS's; tests use crashfs to cut the power
+	// Floor is the floor (see SetFloor) from the start: Open's own
+	// retention pass already keeps every record at or above it, which
+	// SetFloor, callable only once Open returned, comes too late for. An
+	// owner that restarts knows it from its state files. 0 = no floor.
+	Floor uint64
 }
 
 // DefaultOptions returns the defaults for a log in dir: 64 MiB segments,
@@ -227,6 +232,7 @@ func Open(opts Options) (*Log, error) {
 		done:     make(chan struct{}),
 		syncedCh: make(chan struct{}),
 	}
+	l.floor.Store(opts.Floor)
 	l.bufPool.New = func() any {
 		b := make([]byte, readBufSize)
 		return &b
