@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -120,11 +121,14 @@ func TestReplaySnapshotRecovery(t *testing.T) {
 		"--log-segment-bytes", "4096", "--retain-messages", "100")
 	sensorAddr := sensor.Addr()
 	finish(t, app.addr, sensorAddr, "s1", n)
-	st, err := pipetest.SensorStreamOf(sensorAddr, "s1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.RetainedFirst <= 1 || st.RetainedLast != n {
+	// Retention keeps what nsqd has not acknowledged and what the saved
+	// snapshot does not cover; both are saved every second.
+	var st pipetest.SensorStream
+	if !testenv.Eventually(stepTimeout, func() bool {
+		var err error
+		st, err = pipetest.SensorStreamOf(sensorAddr, "s1")
+		return err == nil && st.RetainedFirst > 1
+	}) || st.RetainedLast != n {
 		t.Fatalf("sensor retains %d..%d of 1..%d: retention did not trim the history", st.RetainedFirst, st.RetainedLast, n)
 	}
 
@@ -244,28 +248,37 @@ func TestReplayTornTailGarbage(t *testing.T) {
 	checkTornTailRecovered(t, app, sensor, first, last+1)
 }
 
-// (e') The last record itself torn (its last bytes never reached the disk):
-// it is cut off; since the reading was published (and the sensor's snapshot
-// counts it), the sequence continues after it, never reusing its number.
+// (e') The last record itself torn after it was published and its
+// snapshot saved: that only happens when the disk loses data it said was
+// durable (the owner fsyncs before anyone sees a record), so the sensor
+// refuses to start, with one line saying what is wrong and what to do,
+// instead of reusing the lost record's sequence number or deleting the
+// log. The operator moves the log aside; the sensor continues after the
+// snapshot and the app stays exact.
 func TestReplayTornTailTruncatedRecord(t *testing.T) {
 	t.Parallel()
-	app, first, sensor, last := tornTail(t, false, func(seg segment) {
+	app, _, sensor, last := tornTail(t, false, func(seg segment) {
 		if err := os.Truncate(seg.path, seg.size-5); err != nil {
 			t.Fatal(err)
 		}
 	})
-	if testenv.Eventually(20*time.Second, func() bool { return !sensor.proc.Running() }) &&
-		strings.Contains(sensor.proc.Log(), "not contiguous") {
-		t.Fatalf("regression of svckit/replay/owner.go OpenOwner/restoreFold: the log lost its last record %d (torn tail) but "+
-			"snapshot.json covers it, so the owner sets w.seq = snapshot seq %d while the log ends at %d; the next "+
-			"Publish appends %d to a non-empty log and retainlog refuses it (ErrNotContiguous): the sensor exits "+
-			"(code %d) and crash-loops. Fix: when the snapshot is ahead of a non-empty log, let the log continue after "+
-			"a hole (e.g. retainlog roll to a new segment at snapshot seq+1 and serve the hole as trimmed, so /replay "+
-			"answers 410 and consumers use the snapshot) instead of failing every publish",
-			last, last, last-1, last+1, sensor.proc.ExitCode())
+	testenv.WaitFor(t, stepTimeout, "the sensor to refuse to start", func() bool { return !sensor.proc.Running() })
+	if code := sensor.proc.ExitCode(); code != 1 {
+		t.Fatalf("sensor exited with %d, want 1:\n%s", code, sensor.proc.Log())
 	}
-	// The cut record (last) was published and counted: continue after it.
-	checkTornTailRecovered(t, app, sensor, first, last+1)
+	if l := sensor.proc.Log(); !strings.Contains(l, "lost durable records") || !strings.Contains(l, "move the log directory aside") {
+		t.Fatalf("sensor's refusal does not say what is wrong and what to do (%s):\n%s", sensor.proc.LogPath(), l)
+	}
+	logDir := filepath.Join(sensor.dataDir, "streams", "s1", "log")
+	if err := os.Rename(logDir, logDir+".damaged"); err != nil {
+		t.Fatal(err)
+	}
+	again := sensor.e.sensor("sensor-1", "s1", "--rate", "300", "--count", "300")
+	addr := again.Addr()
+	if l := again.proc.Log(); !strings.Contains(l, fmt.Sprintf("next_seq=%d ", last+1)) {
+		t.Fatalf("sensor with a new log does not continue after the snapshot (%d):\n%s", last, l)
+	}
+	finish(t, app.addr, addr, "s1", sensorFinal(t, addr, "s1", last+300))
 }
 
 // (f) Two apps that missed different ranges replay at the same time; each

@@ -103,6 +103,11 @@ type Owner struct {
 	resend  bool // a publish failed: the pump resends what is unacked
 	pumping bool
 
+	// after is the sequence an empty log continues after (a log moved
+	// aside next to a snapshot or watermark): shown until the log has
+	// records of its own.
+	after uint64
+
 	inflight atomic.Int64
 	wake     chan struct{} // cap 1: the pump has something to look at
 	stopPump context.CancelFunc
@@ -165,6 +170,21 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 	o.Log.Dir = filepath.Join(o.Dir, "log")
 	o.Log.Logger = o.Logger
 	o.Log.FS = o.FS
+	// The state files first: retention, which runs inside retainlog.Open,
+	// must already keep what nsqd has not acknowledged and what the
+	// snapshot does not cover.
+	mark, err := readUint(o.FS, filepath.Join(o.Dir, "published.seq"))
+	if err != nil {
+		return nil, err
+	}
+	var snap *snapshotFile
+	o.Log.Floor = mark + 1
+	if o.Fold != nil {
+		if snap, err = readSnapshot(o.FS, filepath.Join(o.Dir, "snapshot.json")); err != nil {
+			return nil, err
+		}
+		o.Log.Floor = min(o.Log.Floor, snap.Seq+1)
+	}
 	l, err := retainlog.Open(o.Log)
 	if err != nil {
 		return nil, fmt.Errorf("opening retained log of stream %s: %w", o.Stream, err)
@@ -176,55 +196,67 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 	w := &Owner{o: o, log: l, pub: pub, wake: make(chan struct{}, 1)}
 	w.seq = l.LastSeq()
 	if o.Fold != nil {
-		if err := w.restoreFold(); err != nil {
+		if err := w.restoreFold(snap); err != nil {
 			l.Close()
 			return nil, err
 		}
 	}
-	mark, err := readUint(o.FS, filepath.Join(o.Dir, "published.seq"))
-	if err != nil {
-		l.Close()
-		return nil, err
-	}
-	if mark > w.seq {
+	switch {
+	case mark > w.seq && l.LastSeq() > 0:
 		// save makes the log durable before it writes the watermark, so
 		// this means the disk lost fsynced data (or files were copied by
 		// hand). Continuing would hand out sequence numbers nsqd already
 		// acknowledged: refuse, and delete nothing.
 		l.Close()
-		return nil, fmt.Errorf("stream %s: published.seq says %d was acknowledged but the retained log in %s ends at %d: the log lost durable records; refusing to reuse sequence numbers", o.Stream, mark, o.Log.Dir, w.seq)
+		return nil, fmt.Errorf("stream %s: published.seq says %d was acknowledged but the retained log in %s ends at %d: the log lost durable records; refusing to reuse sequence numbers (move the log directory aside to start a new log after %d)", o.Stream, mark, o.Log.Dir, w.seq, mark)
+	case mark > w.seq:
+		o.Logger.Warn("the retained log is empty; continuing after the published watermark (older sequences are not retained)", "published", mark)
+		w.seq, w.after = mark, mark
 	}
-	l.SetFloor(mark + 1)
 	w.acked.Reset(mark)
 	w.savedMark = mark
 	o.Metrics.Unpublished.WithLabelValues(o.Stream).Set(float64(w.seq - mark))
 	return w, nil
 }
 
-// restoreFold loads snapshot.json and folds in the log records after it, so
-// the fold is exact even after a SIGKILL between two snapshot saves.
-func (w *Owner) restoreFold() error {
-	path := filepath.Join(w.o.Dir, "snapshot.json")
-	b, err := durable.ReadFile(w.o.FS, path)
-	var snap snapshotFile
+// readSnapshot reads an owner's snapshot.json; a missing one is the empty
+// fold at 0.
+func readSnapshot(fsys durable.FS, path string) (*snapshotFile, error) {
+	snap := &snapshotFile{}
+	b, err := durable.ReadFile(fsys, path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		return snap, nil
 	case err != nil:
-		return fmt.Errorf("reading %s: %w", path, err)
-	default:
-		if err := json.Unmarshal(b, &snap); err != nil {
-			return fmt.Errorf("decoding %s: %w", path, err)
-		}
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if err := json.Unmarshal(b, snap); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path, err)
+	}
+	return snap, nil
+}
+
+// restoreFold restores the fold from the snapshot and folds in the log
+// records after it, so the fold is exact even after a SIGKILL between two
+// snapshot saves.
+func (w *Owner) restoreFold(snap *snapshotFile) error {
+	if snap.State != nil {
 		if err := w.o.Fold.Restore(snap.State); err != nil {
-			return fmt.Errorf("restoring fold from %s: %w", path, err)
+			return fmt.Errorf("restoring fold of stream %s from its snapshot: %w", w.o.Stream, err)
 		}
 	}
 	w.foldSeq = snap.Seq
-	if last := w.log.LastSeq(); snap.Seq > last {
+	if last := w.log.LastSeq(); snap.Seq > last && last > 0 {
 		// save makes the log durable before the snapshot, so the disk lost
 		// durable records (or files were copied by hand). Nothing is
 		// deleted: an operator decides.
-		return fmt.Errorf("stream %s: snapshot.json covers up to %d but the retained log in %s ends at %d: the log lost durable records; refusing to start (move the log aside to start a new one after the snapshot)", w.o.Stream, snap.Seq, w.o.Log.Dir, last)
+		return fmt.Errorf("stream %s: snapshot.json covers up to %d but the retained log in %s ends at %d: the log lost durable records; refusing to start (move the log directory aside to start a new log after the snapshot)", w.o.Stream, snap.Seq, w.o.Log.Dir, last)
+	}
+	if snap.Seq > w.seq {
+		// An empty log next to a snapshot: the log was moved aside. Never
+		// reuse a sequence number: continue after the snapshot.
+		w.o.Logger.Warn("the retained log is empty; continuing after the snapshot (older sequences are not retained)", "snapshot_seq", snap.Seq)
+		w.seq, w.after = snap.Seq, snap.Seq
 	}
 	if w.log.LastSeq() > snap.Seq {
 		from := snap.Seq + 1
@@ -260,7 +292,8 @@ func (w *Owner) Stream() string { return w.o.Stream }
 // may be shown to anyone (durable; see retainlog.VisibleSeq): consumers
 // treat it as the end of the stream.
 func (w *Owner) Status() Status {
-	return Status{Stream: w.o.Stream, LastSeq: w.log.VisibleSeq(), RetainedFirst: w.log.FirstSeq(), RetainedLast: w.log.VisibleSeq()}
+	visible := w.log.VisibleSeq()
+	return Status{Stream: w.o.Stream, LastSeq: max(visible, w.after), RetainedFirst: w.log.FirstSeq(), RetainedLast: visible}
 }
 
 // Publish assigns the next sequence number, appends the message to the
