@@ -41,7 +41,7 @@ func Spec(version string) service.Spec {
 			&cli.DurationFlag{Name: "replay-gap-grace", Value: 2 * time.Second, Usage: "a gap is requested once it stayed open this long", EnvVars: config.Env("replay-gap-grace")},
 			&cli.IntFlag{Name: "replay-max-batch", Value: 10000, Usage: "most sequences per replay request", EnvVars: config.Env("replay-max-batch")},
 			&cli.DurationFlag{Name: "replay-tail-interval", Value: 5 * time.Second, Usage: "how often owners are asked for their latest sequence", EnvVars: config.Env("replay-tail-interval")},
-			&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the owners' replay endpoints", EnvVars: config.Env("replay-secret")},
+			&cli.Uint64Flag{Name: "replay-max-ahead", Value: 1_000_000, Usage: "a live message more than this past the owner's last known sequence is checked with the owner first, and refused (dead-lettered) if the owner never published it", EnvVars: config.Env("replay-max-ahead")},
 			&cli.DurationFlag{Name: "summary-interval", Value: 10 * time.Second, Usage: "how often the state summary is logged (0 = never)", EnvVars: config.Env("summary-interval")},
 		},
 		Setup: setup,
@@ -49,6 +49,9 @@ func Spec(version string) service.Spec {
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+	if c.Uint64("replay-max-ahead") < 1 {
+		return nil, service.UsageError{Err: fmt.Errorf("--replay-max-ahead %d: must be at least 1", c.Uint64("replay-max-ahead"))}
+	}
 	if c.Int("replay-max-batch") < 1 {
 		return nil, service.UsageError{Err: fmt.Errorf("--replay-max-batch %d: must be at least 1", c.Int("replay-max-batch"))}
 	}
@@ -66,8 +69,9 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 		CheckpointPath: cp, CheckpointInterval: c.Duration("checkpoint-interval"),
 		Owners:   s.Discovery.Watch(c.String("replay-owner-service")),
 		GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
-		TailInterval: c.Duration("replay-tail-interval"), Secret: c.String("replay-secret"),
-		Transform: ReadingToResult, Logger: s.Log, Metrics: replay.NewMetrics(s.Metrics.Registry),
+		TailInterval: c.Duration("replay-tail-interval"), Secret: s.Config.ReplaySecret,
+		MaxAhead:  c.Uint64("replay-max-ahead"),
+		Transform: ReadingToResult, Logger: s.Log, Metrics: s.ReplayMetrics(),
 	})
 	if err != nil {
 		return nil, err
@@ -89,10 +93,10 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}
 	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
 	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
+	s.Go(tr.Run)
 	s.OnStop(func(context.Context) error { return tr.Save() })
 	every := c.Duration("summary-interval")
 	return func(ctx context.Context) error {
-		go tr.Run(ctx)
 		if every <= 0 {
 			<-ctx.Done()
 			return nil

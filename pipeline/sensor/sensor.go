@@ -42,7 +42,6 @@ func Spec(version string) service.Spec {
 			&cli.Int64Flag{Name: "log-segment-bytes", Value: 64 << 20, Usage: "retained log segment size (retention deletes whole segments)", EnvVars: config.Env("log-segment-bytes")},
 			&cli.StringFlag{Name: "log-fsync", Value: "always", Usage: "retained log fsync policy: always (fsync as soon as a reading is due to be published; concurrent ones share it), interval (fsync every --log-fsync-interval: fewer fsyncs, readings wait for it) or never (no fsync: a power loss can take back published readings and reuse their sequence numbers)", EnvVars: config.Env("log-fsync")},
 			&cli.DurationFlag{Name: "log-fsync-interval", Value: 200 * time.Millisecond, Usage: "fsync period of the interval policy", EnvVars: config.Env("log-fsync-interval")},
-			&cli.StringFlag{Name: "replay-secret", Usage: "shared secret required by /replay, /snapshot and /streams", EnvVars: config.Env("replay-secret")},
 		},
 		Setup: setup,
 	}
@@ -73,11 +72,6 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	if err != nil {
 		return nil, err
 	}
-	batcher, err := s.Batcher(c.String("topic"))
-	if err != nil {
-		return nil, err
-	}
-	rm := replay.NewMetrics(s.Metrics.Registry)
 	lo := retainlog.DefaultOptions("")
 	lo.SegmentBytes = c.Int64("log-segment-bytes")
 	lo.RetainMessages = c.Uint64("retain-messages")
@@ -85,30 +79,16 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	lo.RetainAge = c.Duration("retain-age")
 	lo.Fsync = fsync
 	lo.FsyncInterval = c.Duration("log-fsync-interval")
-	owner, err := replay.OpenOwner(replay.OwnerOptions{
-		Stream: stream, Dir: filepath.Join(dataDir, "streams", stream), Log: lo,
-		ContentType: pipeline.ReadingType, Fold: &pipeline.ReadingFold{},
-		Logger: s.Log, Metrics: rm,
-	}, batcher)
+	owner, err := s.OpenStream(c.Context, service.StreamOptions{
+		Stream: stream, Topic: c.String("topic"),
+		Owner: replay.OwnerOptions{Log: lo, ContentType: pipeline.ReadingType, Fold: &pipeline.ReadingFold{}},
+	})
 	if err != nil {
 		return nil, err
 	}
-	replay.NewServer(c.String("replay-secret"), rm, owner).Register(s.HTTP)
-	s.AddTags(replay.OwnerTag(stream))
 	s.SetMeta("stream", stream)
-	s.OnStop(owner.Close)
 	s.Log.Info("sensor stream", "stream", stream, "next_seq", owner.Status().LastSeq+1, "retained_first", owner.Status().RetainedFirst)
-
-	return func(ctx context.Context) error {
-		// The owner's pump and saves run beside the publishing loop; Close
-		// (the stop hook) saves and closes the log after both ended.
-		rctx, stop := context.WithCancel(ctx)
-		ran := make(chan error, 1)
-		go func() { ran <- owner.Run(rctx) }()
-		err := publishLoop(ctx, owner, rate, count, maxValue)
-		stop()
-		return errors.Join(err, <-ran)
-	}, nil
+	return func(ctx context.Context) error { return publishLoop(ctx, owner, rate, count, maxValue) }, nil
 }
 
 // publishBatchMax bounds one PublishBatch: what is due is published with

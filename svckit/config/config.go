@@ -37,6 +37,9 @@ type Config struct {
 	HTTPAddr      string // listen address of /health, /ready, /metrics and service routes
 	AdvertiseAddr string // address registered in Consul; default: the local address that reaches the Consul agent
 	DataDir       string // where state lives (retained log, checkpoints)
+	// ReplaySecret is the shared secret of the replay endpoints: required
+	// by the ones this service serves, sent to the ones it asks.
+	ReplaySecret string
 
 	Consul ConsulConfig
 
@@ -74,6 +77,7 @@ type NSQConfig struct {
 	BatchSize           int
 	BatchBytes          int
 	BatchDelay          time.Duration
+	MaxMsgSize          int
 	OutputBufferSize    int64
 	OutputBufferTimeout time.Duration
 	AuthSecret          string
@@ -89,7 +93,8 @@ func Flags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "tag", Usage: "extra Consul tag (repeatable)", EnvVars: Env("tags")},
 		&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:0", Usage: "listen address for /health, /ready, /metrics and service routes (port 0 = any free port)", EnvVars: Env("http-addr")},
 		&cli.StringFlag{Name: "advertise-addr", Usage: "address registered in Consul (default: the local address used to reach the Consul agent)", EnvVars: Env("advertise-addr")},
-		&cli.StringFlag{Name: "data-dir", Value: "data", Usage: "directory for durable state", EnvVars: Env("data-dir")},
+		&cli.StringFlag{Name: "data-dir", Value: "data", Usage: "directory for durable state (locked: one process per directory)", EnvVars: Env("data-dir")},
+		&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the replay endpoints (/streams, /replay, /snapshot): required by those this service serves, sent to those it asks", EnvVars: Env("replay-secret")},
 		&cli.StringFlag{Name: "consul-addr", Value: "127.0.0.1:8500", Usage: "local Consul agent HTTP address", EnvVars: []string{"CONSUL_HTTP_ADDR"}},
 		&cli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{"CONSUL_HTTP_TOKEN"}},
 		&cli.StringFlag{Name: "consul-cacert", Usage: "CA certificate file for HTTPS to Consul", EnvVars: []string{"CONSUL_CACERT"}},
@@ -97,7 +102,7 @@ func Flags() []cli.Flag {
 		&cli.DurationFlag{Name: "consul-start-timeout", Value: 0, Usage: "give up starting if the Consul agent has not answered within this time (0 = keep trying)", EnvVars: Env("consul-start-timeout")},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: Env("log-format")},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error", EnvVars: Env("log-level")},
-		&cli.BoolFlag{Name: "pprof", Usage: "serve net/http/pprof under /debug/pprof/ on the HTTP port", EnvVars: Env("pprof")},
+		&cli.BoolFlag{Name: "pprof", Usage: "serve runtime profiles under /debug/pprof/ on the HTTP port", EnvVars: Env("pprof")},
 		&cli.DurationFlag{Name: "check-interval", Value: 2 * time.Second, Usage: "interval of the Consul HTTP check on /health", EnvVars: Env("check-interval")},
 		&cli.DurationFlag{Name: "deregister-after", Value: time.Minute, Usage: "Consul removes the instance after its check was critical this long", EnvVars: Env("deregister-after")},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 15 * time.Second, Usage: "on SIGTERM, how long in-flight messages may take to finish", EnvVars: Env("shutdown-timeout")},
@@ -111,6 +116,7 @@ func Flags() []cli.Flag {
 		&cli.IntFlag{Name: "nsq-batch-size", Value: 200, Usage: "largest MPUB batch of the batching publisher", EnvVars: Env("nsq-batch-size")},
 		&cli.IntFlag{Name: "nsq-batch-bytes", Value: 5 << 20, Usage: "largest MPUB body of the batching publisher (a larger batch goes as several MPUBs); at most nsqd's --max-body-size", EnvVars: Env("nsq-batch-bytes")},
 		&cli.DurationFlag{Name: "nsq-batch-delay", Value: time.Millisecond, Usage: "how long the batching publisher waits to fill a batch", EnvVars: Env("nsq-batch-delay")},
+		&cli.IntFlag{Name: "nsq-max-msg-size", Value: 1 << 20, Usage: "nsqd's --max-msg-size: a larger message fails alone, before it is sent (nsqd would close the connection), and a dead letter above it is kept in the data directory", EnvVars: Env("nsq-max-msg-size")},
 		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: 16384, Usage: "bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message", EnvVars: Env("nsq-output-buffer-size")},
 		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: time.Millisecond, Usage: "longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this", EnvVars: Env("nsq-output-buffer-timeout")},
 		&cli.StringFlag{Name: "nsq-auth-secret", Usage: "secret sent to nsqd's auth server (AUTH)", EnvVars: Env("nsq-auth-secret")},
@@ -130,6 +136,7 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 		HTTPAddr:      c.String("http-addr"),
 		AdvertiseAddr: c.String("advertise-addr"),
 		DataDir:       c.String("data-dir"),
+		ReplaySecret:  c.String("replay-secret"),
 		Consul: ConsulConfig{
 			Addr:         c.String("consul-addr"),
 			Token:        c.String("consul-token"),
@@ -154,6 +161,7 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 			BatchSize:           c.Int("nsq-batch-size"),
 			BatchBytes:          c.Int("nsq-batch-bytes"),
 			BatchDelay:          c.Duration("nsq-batch-delay"),
+			MaxMsgSize:          c.Int("nsq-max-msg-size"),
 			OutputBufferSize:    c.Int64("nsq-output-buffer-size"),
 			OutputBufferTimeout: c.Duration("nsq-output-buffer-timeout"),
 			AuthSecret:          c.String("nsq-auth-secret"),
@@ -219,6 +227,7 @@ func (c Config) Validate() error {
 		// nsqd's --max-msg-size may not exceed its --max-body-size, and the
 		// smallest nsqd accepts for messages is far above this.
 		{"nsq-batch-bytes", c.NSQ.BatchBytes, 1024},
+		{"nsq-max-msg-size", c.NSQ.MaxMsgSize, 1024},
 	} {
 		if n.v < n.min {
 			return fmt.Errorf("--%s %d: must be at least %d", n.flag, n.v, n.min)

@@ -15,6 +15,8 @@
 package durable
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -171,3 +173,29 @@ func WriteFileAtomic(fsys FS, path string, b []byte) error {
 // IsTemp reports whether name is a temporary file WriteFileAtomic may leave
 // behind after a crash.
 func IsTemp(name string) bool { return strings.HasSuffix(name, ".tmp") }
+
+// ReadOrCreateID returns the id kept in the file at path, creating the file
+// durably with a new random id when there is none: an identity that travels
+// with a directory (a stream's log, say) when it is moved or copied.
+func ReadOrCreateID(fsys FS, path string) (string, error) {
+	b, err := ReadFile(fsys, path)
+	if err == nil {
+		id := strings.TrimSpace(string(b))
+		if id == "" {
+			return "", fmt.Errorf("%s is empty (delete it to make a new id)", path)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", fmt.Errorf("making an id for %s: %w", path, err)
+	}
+	id := hex.EncodeToString(raw[:])
+	if err := WriteFileAtomic(fsys, path, []byte(id+"\n")); err != nil {
+		return "", err
+	}
+	return id, nil
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/svckit/svckit/svckit/retainlog"
@@ -22,6 +23,7 @@ const FramesContentType = "application/x-svckit-frames"
 
 // Server serves the owner side of the replay protocol for a set of owners.
 type Server struct {
+	mu      sync.RWMutex
 	owners  map[string]*Owner
 	secret  string
 	metrics *Metrics
@@ -35,6 +37,20 @@ func NewServer(secret string, m *Metrics, owners ...*Owner) *Server {
 		s.owners[o.Stream()] = o
 	}
 	return s
+}
+
+// Add serves another owner's stream.
+func (s *Server) Add(o *Owner) {
+	s.mu.Lock()
+	s.owners[o.Stream()] = o
+	s.mu.Unlock()
+}
+
+func (s *Server) owner(stream string) (*Owner, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	o, ok := s.owners[stream]
+	return o, ok
 }
 
 // Router is where Server adds its routes (health.Server, http.ServeMux).
@@ -64,10 +80,12 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 }
 
 func (s *Server) serveStreams(w http.ResponseWriter, _ *http.Request) {
+	s.mu.RLock()
 	out := make([]Status, 0, len(s.owners))
 	for _, o := range s.owners {
 		out = append(out, o.Status())
 	}
+	s.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Status) int {
 		if a.Stream < b.Stream {
 			return -1
@@ -82,7 +100,7 @@ func (s *Server) serveStreams(w http.ResponseWriter, _ *http.Request) {
 
 func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("stream")
-	o, ok := s.owners[id]
+	o, ok := s.owner(id)
 	if !ok {
 		http.Error(w, fmt.Sprintf("replay: unknown stream %q", id), http.StatusNotFound)
 		return
@@ -98,7 +116,7 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id := q.Get("stream")
-	o, ok := s.owners[id]
+	o, ok := s.owner(id)
 	if !ok {
 		http.Error(w, fmt.Sprintf("replay: unknown stream %q", id), http.StatusNotFound)
 		return

@@ -26,11 +26,13 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/health"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/metrics"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/registry"
+	"github.com/svckit/svckit/svckit/replay"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
@@ -60,11 +62,15 @@ type Service struct {
 	tags []string
 	meta map[string]string
 
-	mu        sync.Mutex
-	producer  *pubsub.Producer
-	batchers  []*pubsub.Batcher
-	consumers []*pubsub.Consumer
-	stopHooks []func(context.Context) error
+	mu         sync.Mutex
+	producer   *pubsub.Producer
+	batchers   []*pubsub.Batcher
+	consumers  []*pubsub.Consumer
+	stopHooks  []func(context.Context) error
+	background []func(context.Context)
+	rmetrics   *replay.Metrics
+	rserver    *replay.Server
+	unlockData func() error
 }
 
 // New builds the service: logger, metrics, Consul client (waiting for the
@@ -75,18 +81,29 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		log = logging.Discard()
 	}
 	s := &Service{Config: cfg, Log: log, meta: map[string]string{"version": cfg.Version}}
+	// One process per data directory: a second one started with it by
+	// mistake must not write the same files (two owners of one log, two
+	// checkpoints of one consumer).
+	unlock, err := durable.LockDir(cfg.DataDir)
+	if err != nil {
+		return nil, UsageError{fmt.Errorf("--data-dir: %w", err)}
+	}
+	s.unlockData = unlock
 	s.Metrics = metrics.New(cfg.Name, cfg.Version)
 	client, err := api.NewClient(cfg.ConsulAPI())
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("creating Consul client for %s: %w", cfg.Consul.Addr, err)
 	}
 	s.Consul = client
 	if s.Node, err = waitForAgent(ctx, client, cfg.Consul.StartTimeout, log); err != nil {
+		unlock()
 		return nil, err
 	}
 	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof})
 	addr, err := s.HTTP.Listen()
 	if err != nil {
+		unlock()
 		return nil, err
 	}
 	s.Port = addr.Port
@@ -159,6 +176,15 @@ func (s *Service) AddTags(tags ...string) { s.tags = append(s.tags, tags...) }
 
 // SetMeta adds a Consul meta key (before Run).
 func (s *Service) SetMeta(k, v string) { s.meta[k] = v }
+
+// Go runs fn in the background from Run on; its context ends after the
+// consumers drained and the service's loop returned, and Run waits for it
+// before the stop hooks.
+func (s *Service) Go(fn func(context.Context)) {
+	s.mu.Lock()
+	s.background = append(s.background, fn)
+	s.mu.Unlock()
+}
 
 // OnStop registers a hook run after consumers drained and the service loop
 // returned, before publishers flush (e.g. a final state save).
@@ -296,6 +322,13 @@ func (s *Service) Run(ctx context.Context, loop func(context.Context) error) err
 			}
 		}
 	}
+	bgCtx, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
+	for _, fn := range s.background {
+		bg.Add(1)
+		go func() { defer bg.Done(); fn(bgCtx) }()
+	}
+	stopBackground := func() { stopBg(); bg.Wait() }
 	s.Log.Info("service running", "http", net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port)), "version", s.Config.Version)
 
 	loopErr := make(chan error, 1)
@@ -318,10 +351,10 @@ func (s *Service) Run(ctx context.Context, loop func(context.Context) error) err
 	case err := <-loopErr:
 		loopErr <- err
 	}
-	return errors.Join(runErr, s.shutdown(ctx, loopErr, stopReg, regDone, httpErr))
+	return errors.Join(runErr, s.shutdown(ctx, loopErr, stopBackground, stopReg, regDone, httpErr))
 }
 
-func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopReg context.CancelFunc, regDone chan struct{}, httpErr chan error) error {
+func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopBackground func(), stopReg context.CancelFunc, regDone chan struct{}, httpErr chan error) error {
 	sctx, cancel := context.WithTimeout(context.Background(), s.Config.ShutdownTimeout)
 	defer cancel()
 	var errs []error
@@ -352,7 +385,9 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopReg c
 	case <-sctx.Done():
 		errs = append(errs, errors.New("service loop did not return within --shutdown-timeout"))
 	}
-	// 3. Hooks (state saves).
+	// 3. Background work (an owner's pump, a claim's renewal), then the
+	// hooks (state saves).
+	stopBackground()
 	for _, h := range s.stopHooks {
 		if err := h(sctx); err != nil {
 			errs = append(errs, err)
@@ -389,6 +424,10 @@ func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, ht
 		errs = append(errs, err)
 	}
 	s.Discovery.Stop()
+	if s.unlockData == nil {
+	} else if err := s.unlockData(); err != nil {
+		errs = append(errs, fmt.Errorf("unlocking --data-dir: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
