@@ -154,6 +154,16 @@ type rigOptions struct {
 	nsqds      int      // nsqds started (all registered with the lookupd and Consul); default 1
 	workerArgs []string // extra worker flags
 	appArgs    []string // extra app flags
+	sensorArgs []string // extra sensor flags
+	// beforeStart runs for each nsqd before the services start (channels
+	// that must see every message).
+	beforeStart func(t *testing.T, n *testenv.NSQD)
+	// sensorConsul, if set, returns the Consul address the sensor is given
+	// (a proxy the case can cut).
+	sensorConsul func(c *testenv.Consul) string
+	// stateDir, if set, holds the sensor's and the app's data directories
+	// (a filesystem that can lose power, say) instead of the case's temp dir.
+	stateDir string
 }
 
 // newRig starts consul, nsqlookupd, the nsqds, the app, two workers and a
@@ -169,10 +179,20 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	}
 	for _, n := range r.nsqds {
 		r.observe(n)
+		if o.beforeStart != nil {
+			o.beforeStart(t, n)
+		}
 	}
 	r.app = r.newSvc("app", "app-1", append([]string{"--replay-gap-grace=1s", "--replay-tail-interval=1s", "--summary-interval=0"}, o.appArgs...)...)
 	r.workers = []*svc{r.newSvc("worker", "worker-1", o.workerArgs...), r.newSvc("worker", "worker-2", o.workerArgs...)}
-	r.sensor = r.newSvc("sensor", "sensor-1", "--stream-id="+r.stream, "--rate="+strconv.Itoa(rate))
+	r.sensor = r.newSvc("sensor", "sensor-1", append([]string{"--stream-id=" + r.stream, "--rate=" + strconv.Itoa(rate)}, o.sensorArgs...)...)
+	if o.sensorConsul != nil {
+		r.sensor.extra = append(r.sensor.extra, "--consul-addr="+o.sensorConsul(r.consul))
+	}
+	if o.stateDir != "" {
+		r.app.dataDir = filepath.Join(o.stateDir, r.app.id)
+		r.sensor.dataDir = filepath.Join(o.stateDir, r.sensor.id)
+	}
 	r.startAll()
 	return r
 }

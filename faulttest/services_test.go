@@ -12,7 +12,7 @@ import (
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
-var republishRe = regexp.MustCompile(`republishing messages not acknowledged before the last stop.*from=(\d+) to=(\d+)`)
+var republishRe = regexp.MustCompile(`publishing messages not acknowledged before the last stop.*from=(\d+) to=(\d+)`)
 
 // Case 6: the sensor is SIGKILLed mid-stream and started again on the same
 // data dir and stream id. Its sequence continues where the retained log

@@ -9,6 +9,7 @@
 package pipetest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -389,4 +390,26 @@ func KeepLog(t testing.TB, p *testenv.Process, envVar string) {
 			_ = os.WriteFile(filepath.Join(d, p.Name()+".log"), []byte(p.Log()), 0o644)
 		}
 	})
+}
+
+// Stopped reports whether every thread of process pid is stopped (state T
+// in /proc): kill(2) with SIGSTOP returns before they all are, and a
+// request sent at once may still be answered.
+func Stopped(pid int) bool {
+	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(stats) == 0 {
+		return false
+	}
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		// "pid (comm) S ...": the state follows the last ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }

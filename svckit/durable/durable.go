@@ -117,6 +117,27 @@ func MkdirAll(fsys FS, dir string) error {
 	return nil
 }
 
+// SyncParents fsyncs dir's parent and every directory above it, so that
+// dir's own entry, and theirs, are durable: a directory created by a
+// program that did not fsync its parent can vanish in a power loss with
+// everything in it.
+func SyncParents(fsys FS, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for {
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return nil
+		}
+		if err := fsys.SyncDir(parent); err != nil {
+			return fmt.Errorf("fsync directory %s: %w", parent, err)
+		}
+		dir = parent
+	}
+}
+
 // ReadFile reads the whole file.
 func ReadFile(fsys FS, name string) ([]byte, error) {
 	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)

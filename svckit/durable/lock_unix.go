@@ -20,8 +20,15 @@ import (
 // it behind; holding it proves that no other process on this machine
 // uses the directory.
 func LockDir(dir string) (release func() error, err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// Everything svckit keeps lives under dir: its entry, and its
+	// parents', must survive a power loss, or the whole state goes with
+	// them. MkdirAll fsyncs the parents of what it creates; SyncParents
+	// covers a directory made earlier by something that did not.
+	if err := MkdirAll(OS(), dir); err != nil {
 		return nil, fmt.Errorf("creating data directory %s: %w", dir, err)
+	}
+	if err := SyncParents(OS(), dir); err != nil {
+		return nil, fmt.Errorf("making data directory %s durable: %w", dir, err)
 	}
 	path := filepath.Join(dir, ".lock")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)

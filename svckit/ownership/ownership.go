@@ -219,18 +219,20 @@ func (l *Lease) mayTake(ctx context.Context, old Claim) error {
 		return err
 	}
 	sameData := old.DataID == "" || old.DataID == l.o.DataID
-	predecessor := old.Instance == l.o.Instance && old.Node == l.o.Node && old.DataID == l.o.DataID
+	sameInstance := old.Instance == l.o.Instance && old.Node == l.o.Node
 	switch {
-	case alive && predecessor:
+	case alive && sameInstance && old.DataID == l.o.DataID:
 		// This process locked the data directory, so the process that
 		// held the claim with it is gone: its session just has not
 		// expired yet. End it so that nothing lingers.
 		l.log.Info("taking the stream back from this instance's previous process", "pid", old.PID, "session", old.Session)
 		l.destroy(old.Session)
 		return nil
-	case alive:
+	case alive && !sameInstance:
 		return &HeldError{Holder: old}
 	case !sameData:
+		// Also this instance restarted with a data directory that is not
+		// the one it held the stream with (replaced, or lost).
 		return &OtherDataError{Holder: old, DataID: l.o.DataID}
 	}
 	return nil

@@ -137,3 +137,23 @@ func TestBatcherChunks(t *testing.T) {
 		}
 	}
 }
+
+// A message over MaxMsgSize fails alone, permanently, before anything is
+// sent: nsqd would close the connection and fail everything behind it.
+func TestBatcherFailsOversizedMessageAlone(t *testing.T) {
+	bt := &Batcher{topic: "t", o: BatcherOptions{MaxMsgSize: 100, MaxBytes: 1 << 20}}
+	var bigErr error
+	items := []batchItem{
+		{kind: kindBody, env: envelope.Envelope{Payload: make([]byte, 50)}, done: func(error) {}},
+		{kind: kindBody, env: envelope.Envelope{Payload: make([]byte, 101)}, done: func(err error) { bigErr = err }},
+		{kind: kindEnv, env: envelope.Envelope{Stream: "s", Seq: 1, Payload: make([]byte, 10)}, done: func(error) {}},
+	}
+	_, n, used := bt.encode(nil, items)
+	if n != 2 || used != 3 {
+		t.Fatalf("encoded %d messages of %d items, want 2 of 3", n, used)
+	}
+	var perm PermanentError
+	if !errors.As(bigErr, &perm) || !strings.Contains(bigErr.Error(), "--max-msg-size") || items[1].done != nil {
+		t.Fatalf("oversized message: %v (answered: %v), want a PermanentError naming --max-msg-size", bigErr, items[1].done == nil)
+	}
+}
