@@ -9,9 +9,12 @@
 //	size      field
 //	2         magic "SK"
 //	1         version (2)
-//	1         flags: 0x01 a message id follows; 0x02 the content type is a code
+//	1         flags: 0x01 a message id follows; 0x02 the content type is a code;
+//	          0x04 the sequence is split into parts; 0x08 a marker
 //	16        message id (with flag 0x01; a zero id is not written)
 //	uvarint   sequence number within the stream (0 = not sequenced)
+//	uvarint   part index, then uvarint number of parts (with flag 0x04 only;
+//	          at least 2 parts, the index below them)
 //	8         creation time, unix nanoseconds (0 = unset)
 //	1+n       stream id          (u8 length, then bytes)
 //	1 | 1+n   content type       (flag 0x02: one byte, a well-known type's code;
@@ -28,7 +31,12 @@
 //
 // The header comes first so that a decoder can reject garbage after four
 // bytes, and every variable field is length-prefixed so that truncation is
-// always detected. Each envelope has exactly one version 2 encoding (shortest
+// always detected. Parts and markers let a stage keep its input's identity
+// whatever it makes of it: N outputs of input (S, n) are parts 0..N-1 of
+// (S, n), and zero outputs are one marker (S, n) with no content (its
+// payload, if any, says why: a reason an input was dead-lettered), so a
+// consumer downstream counts (S, n) complete once every part was applied,
+// or the marker seen. Each envelope has exactly one version 2 encoding (shortest
 // varints, a code for every well-known type), so a decoded envelope re-encodes
 // to the same bytes. Decoding never panics on any input: it returns an error.
 package envelope
@@ -59,7 +67,9 @@ const (
 
 	flagID          = 0x01
 	flagContentCode = 0x02
-	v2Flags         = flagID | flagContentCode
+	flagParts       = 0x04
+	flagMarker      = 0x08
+	v2Flags         = flagID | flagContentCode | flagParts | flagMarker
 	// MaxFieldLen is the longest stream id, content type or correlation id.
 	MaxFieldLen = 255
 	// DefaultMaxPayload bounds payloads when the caller sets no limit; nsqd's
@@ -145,13 +155,44 @@ type Envelope struct {
 	ContentType   string
 	CorrelationID string
 	Payload       []byte
+	// Part and Parts: this message is part Part (from 0) of the Parts
+	// messages a stage made of input (Stream, Seq). Parts 0 (or 1) is a
+	// whole message.
+	Part, Parts uint32
+	// Marker: (Stream, Seq) made no message (a stage filtered it out, or
+	// dead-lettered it, then Payload says why). It has no content type and
+	// no parts.
+	Marker bool
 }
+
+// ErrParts: parts or marker fields that no encoder writes.
+var ErrParts = errors.New("envelope: invalid parts or marker")
+
+// checkParts reports a Part/Parts/Marker combination that has no encoding.
+func (e *Envelope) checkParts() error {
+	switch {
+	case e.Parts <= 1 && e.Part != 0:
+		return fmt.Errorf("%w: part %d of a whole message", ErrParts, e.Part)
+	case e.Parts > 1 && e.Part >= e.Parts:
+		return fmt.Errorf("%w: part %d of %d", ErrParts, e.Part, e.Parts)
+	case e.Marker && e.Parts > 1:
+		return fmt.Errorf("%w: a marker has no parts", ErrParts)
+	case e.Marker && e.ContentType != "":
+		return fmt.Errorf("%w: a marker has no content type", ErrParts)
+	}
+	return nil
+}
+
+func (e *Envelope) split() bool { return e.Parts > 1 }
 
 // EncodedLen is the number of bytes Append will add for e.
 func (e *Envelope) EncodedLen() int {
 	n := 4 + uvarintLen(e.Seq) + 8 + 1 + len(e.Stream) + 1 + len(e.CorrelationID) + uvarintLen(uint64(len(e.Payload))) + len(e.Payload)
 	if e.ID != (ID{}) {
 		n += len(e.ID)
+	}
+	if e.split() {
+		n += uvarintLen(uint64(e.Part)) + uvarintLen(uint64(e.Parts))
 	}
 	if contentTypeCode(e.ContentType) != 0 {
 		n++
@@ -166,7 +207,7 @@ func (e *Envelope) EncodedLen() int {
 // lengths), without looking up the content type's code. A batcher cutting
 // groups to fit a size limit needs a bound per envelope, not the exact size.
 func (e *Envelope) MaxEncodedLen() int {
-	return 4 + len(e.ID) + binary.MaxVarintLen64 + 8 + 3 + binary.MaxVarintLen32 +
+	return 4 + len(e.ID) + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
 		len(e.Stream) + len(e.ContentType) + len(e.CorrelationID) + len(e.Payload)
 }
 
@@ -191,6 +232,9 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 	if uint64(len(e.Payload)) > 0xFFFFFFFF {
 		return dst, ErrOversized
 	}
+	if err := e.checkParts(); err != nil {
+		return dst, err
+	}
 	var created int64
 	if !e.Created.IsZero() {
 		created = e.Created.UnixNano()
@@ -204,11 +248,21 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 	if code != 0 {
 		flags |= flagContentCode
 	}
+	if e.split() {
+		flags |= flagParts
+	}
+	if e.Marker {
+		flags |= flagMarker
+	}
 	dst = append(dst, magic0, magic1, Version, flags)
 	if hasID {
 		dst = append(dst, e.ID[:]...)
 	}
 	dst = binary.AppendUvarint(dst, e.Seq)
+	if e.split() {
+		dst = binary.AppendUvarint(dst, uint64(e.Part))
+		dst = binary.AppendUvarint(dst, uint64(e.Parts))
+	}
 	dst = binary.BigEndian.AppendUint64(dst, uint64(created))
 	dst = appendShort(dst, e.Stream)
 	if code != 0 {
@@ -374,6 +428,20 @@ func (d Decoder) headerV2(e *Envelope, b []byte) ([]byte, error) {
 	if e.Seq, rest, err = readUvarint(rest, "sequence"); err != nil {
 		return nil, err
 	}
+	if flags&flagParts != 0 {
+		var part, parts uint64
+		if part, rest, err = readUvarint(rest, "part"); err != nil {
+			return nil, err
+		}
+		if parts, rest, err = readUvarint(rest, "parts"); err != nil {
+			return nil, err
+		}
+		if parts < 2 || part >= parts || parts > 0xFFFFFFFF {
+			return nil, fmt.Errorf("%w: part %d of %d", ErrParts, part, parts)
+		}
+		e.Part, e.Parts = uint32(part), uint32(parts)
+	}
+	e.Marker = flags&flagMarker != 0
 	if len(rest) < 8 {
 		return nil, fmt.Errorf("creation time: %w", ErrTruncated)
 	}
@@ -407,6 +475,9 @@ func (d Decoder) headerV2(e *Envelope, b []byte) ([]byte, error) {
 		return nil, err
 	}
 	e.CorrelationID = string(raw)
+	if err := e.checkParts(); err != nil {
+		return nil, err
+	}
 	return rest, nil
 }
 

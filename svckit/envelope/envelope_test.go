@@ -91,6 +91,11 @@ func TestRoundTrip(t *testing.T) {
 		"well-known type": func() Envelope { e := full; e.ContentType = "application/octet-stream"; return e }(),
 		"no id":           func() Envelope { e := full; e.ID = ID{}; return e }(),
 		"seq 2^63":        func() Envelope { e := full; e.Seq = 1 << 63; return e }(),
+		"part 0 of 2":     func() Envelope { e := full; e.Part, e.Parts = 0, 2; return e }(),
+		"part 299 of 300": func() Envelope { e := full; e.Part, e.Parts = 299, 300; return e }(),
+		"max parts":       func() Envelope { e := full; e.Part, e.Parts = 1<<32-2, 1<<32-1; return e }(),
+		"marker":          {Stream: "s", Seq: 7, Created: full.Created, Marker: true},
+		"marker, reason":  {Stream: "s", Seq: 7, Marker: true, Payload: []byte("dead-lettered by worker: bad reading")},
 		"binary fields": func() Envelope {
 			e := full
 			e.Stream, e.ContentType, e.CorrelationID = "\x00\xff", "\n", "\x00"
@@ -330,6 +335,14 @@ func TestDecodeErrors(t *testing.T) {
 		b := append(append([]byte(nil), good[:payOff]...), length...)
 		return append(b, e.Payload...)
 	}
+	// withParts flags good as split and puts part and parts after the
+	// one-byte sequence (at 21), bypassing the encoder's checks.
+	withParts := func(part, parts byte) []byte {
+		b := append([]byte(nil), good[:21]...)
+		b[3] |= flagParts
+		b = append(b, part, parts)
+		return append(b, good[21:]...)
+	}
 	coded := e
 	coded.ContentType = "application/json"
 	codedGood := mustMarshal(t, &coded)
@@ -354,7 +367,12 @@ func TestDecodeErrors(t *testing.T) {
 		{"version 0", with(func(b []byte) []byte { b[2] = 0; return b }), ErrUnknownVersion},
 		{"version 3", with(func(b []byte) []byte { b[2] = 3; return b }), ErrUnknownVersion},
 		{"version 255 short", []byte("SK\xff\x00"), ErrUnknownVersion},
-		{"flags 4", with(func(b []byte) []byte { b[3] |= 4; return b }), ErrBadFlags},
+		{"flags 0x10", with(func(b []byte) []byte { b[3] |= 0x10; return b }), ErrBadFlags},
+		{"parts flag, parts cut", with(func(b []byte) []byte { b[3] |= flagParts; return b[:21] }), ErrTruncated},
+		{"one part", withParts(0, 1), ErrParts},
+		{"part beyond parts", withParts(3, 3), ErrParts},
+		{"marker with parts", func() []byte { b := withParts(0, 2); b[3] |= flagMarker; return b }(), ErrParts},
+		{"marker with a content type", with(func(b []byte) []byte { b[3] |= flagMarker; return b }), ErrParts},
 		{"flags 0x80", with(func(b []byte) []byte { b[3] |= 0x80; return b }), ErrBadFlags},
 		{"id cut", good[:4+15], ErrTruncated},
 		{"zero id flagged", with(func(b []byte) []byte { clear(b[4:20]); return b }), ErrMalformed},
@@ -566,6 +584,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(mustMarshal(f, &Envelope{}))
 	f.Add(mustMarshal(f, &Envelope{Stream: "s", Seq: 1 << 20, ContentType: "application/json", Payload: make([]byte, 130)}))
 	f.Add(mustV1(f, e))
+	f.Add(mustMarshal(f, &Envelope{Stream: "s", Seq: 9, Part: 2, Parts: 5, ContentType: "application/json", Payload: []byte("{}")}))
+	f.Add(mustMarshal(f, &Envelope{Stream: "s", Seq: 9, Marker: true, Payload: []byte("why")}))
 	f.Add([]byte("SK\x01\x00"))
 	f.Add([]byte("SK\x02\x03"))
 	f.Add([]byte{})
@@ -740,6 +760,33 @@ func TestContentTypeCodes(t *testing.T) {
 	for _, s := range []string{"", "application/x-reading", "application/JSON", "application/json "} {
 		if c := contentTypeCode(s); c != 0 {
 			t.Errorf("%q has code %d", s, c)
+		}
+	}
+}
+
+// The layout of parts and markers, byte by byte: they are forever, like
+// the rest of version 2 (retained logs and dead letters hold them).
+func TestPartsAndMarkerLayout(t *testing.T) {
+	part := Envelope{Stream: "s", Seq: 5, Part: 1, Parts: 3, Payload: []byte("p")}
+	got := mustMarshal(t, &part)
+	want := []byte{'S', 'K', 2, flagParts, 5, 1, 3, 0, 0, 0, 0, 0, 0, 0, 0, 1, 's', 0, 0, 1, 'p'}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("part 1 of 3:\n got %x\nwant %x", got, want)
+	}
+	marker := Envelope{Stream: "s", Seq: 5, Marker: true}
+	got = mustMarshal(t, &marker)
+	want = []byte{'S', 'K', 2, flagMarker, 5, 0, 0, 0, 0, 0, 0, 0, 0, 1, 's', 0, 0, 0}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("marker:\n got %x\nwant %x", got, want)
+	}
+	for name, bad := range map[string]Envelope{
+		"part of a whole":    {Stream: "s", Seq: 1, Part: 1},
+		"part beyond parts":  {Stream: "s", Seq: 1, Part: 2, Parts: 2},
+		"marker with parts":  {Stream: "s", Seq: 1, Marker: true, Parts: 2},
+		"marker with a type": {Stream: "s", Seq: 1, Marker: true, ContentType: "text/plain"},
+	} {
+		if _, err := bad.Marshal(); !errors.Is(err, ErrParts) {
+			t.Errorf("%s: Marshal = %v, want ErrParts", name, err)
 		}
 	}
 }
