@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -404,3 +405,91 @@ func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
 func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
 func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
 func (nopApplier) ImportState(string, []byte) error           { return nil }
+
+// countingApplier counts Apply calls per (stream, seq, part).
+type countingApplier struct {
+	mu sync.Mutex
+	n  map[[2]uint64]int
+}
+
+func (a *countingApplier) Apply(_ string, env envelope.Envelope) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n == nil {
+		a.n = map[[2]uint64]int{}
+	}
+	a.n[[2]uint64{env.Seq, uint64(env.Part)}]++
+	return nil
+}
+func (a *countingApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
+func (a *countingApplier) ExportState(string) ([]byte, error)         { return []byte("{}"), nil }
+func (a *countingApplier) ImportState(string, []byte) error           { return nil }
+
+// A sequence is complete once all its parts were applied, or its marker
+// seen; parts are deduplicated on their own; a marker with a reason parks
+// its sequence until its message comes; all of it survives a checkpoint.
+func TestTrackerPartsAndMarkers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cp.json")
+	a := &countingApplier{}
+	tr, err := NewTracker(a, TrackerOptions{CheckpointPath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	deliver := func(tr *Tracker, env envelope.Envelope) {
+		t.Helper()
+		env.Stream = "s"
+		if _, err := tr.Deliver(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver(tr, envelope.Envelope{Seq: 1})
+	deliver(tr, envelope.Envelope{Seq: 2, Part: 2, Parts: 3})
+	deliver(tr, envelope.Envelope{Seq: 2, Part: 0, Parts: 3})
+	deliver(tr, envelope.Envelope{Seq: 2, Part: 0, Parts: 3}) // a duplicate part
+	deliver(tr, envelope.Envelope{Seq: 3, Marker: true})
+	deliver(tr, envelope.Envelope{Seq: 4, Marker: true, Payload: []byte("dead-lettered upstream")})
+	deliver(tr, envelope.Envelope{Seq: 5})
+	st := tr.Status()[0]
+	if st.LastContiguous != 1 || !slices.Equal(st.Gaps, [][2]uint64{{2, 2}}) {
+		t.Fatalf("with part 1 of seq 2 missing: %+v, want contiguous 1 and the gap [2 2]", st)
+	}
+	if err := tr.Save(); err != nil {
+		t.Fatal(err)
+	}
+	// A restart from the checkpoint knows parts 0 and 2 of seq 2.
+	tr2, err := NewTracker(a, TrackerOptions{CheckpointPath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliver(tr2, envelope.Envelope{Seq: 2, Part: 2, Parts: 3}) // applied before the restart
+	deliver(tr2, envelope.Envelope{Seq: 2, Part: 1, Parts: 3})
+	st = tr2.Status()[0]
+	if st.LastContiguous != 5 || len(st.Gaps) != 0 || st.Applied != 4 || !slices.Equal(st.DeadLettered, [][2]uint64{{4, 4}}) {
+		t.Fatalf("after the last part: %+v, want 1..5 complete, 4 of them applied, 4 dead-lettered", st)
+	}
+	// The dead-lettered message, requeued, applies once.
+	deliver(tr2, envelope.Envelope{Seq: 4})
+	deliver(tr2, envelope.Envelope{Seq: 4})
+	deliver(tr2, envelope.Envelope{Seq: 3, Marker: true}) // a marker again: a duplicate
+	st = tr2.Status()[0]
+	if st.Applied != 5 || len(st.DeadLettered) != 0 {
+		t.Fatalf("after the requeued message: %+v, want 5 applied and nothing dead-lettered", st)
+	}
+	for k, n := range a.n {
+		if n != 1 {
+			t.Errorf("seq %d part %d applied %d times", k[0], k[1], n)
+		}
+	}
+	if len(a.n) != 6 { // 1, 2/0, 2/1, 2/2, 4, 5
+		t.Errorf("applied %d (seq, part) pairs, want 6: %v", len(a.n), a.n)
+	}
+	// Parts that disagree on how many there are: refused for good.
+	_, err = tr2.Deliver(ctx, envelope.Envelope{Stream: "s", Seq: 9, Part: 0, Parts: 2})
+	if err == nil {
+		_, err = tr2.Deliver(ctx, envelope.Envelope{Stream: "s", Seq: 9, Part: 1, Parts: 3})
+	}
+	if !isPermanent(err) {
+		t.Fatalf("parts of seq 9 disagreeing on their count: %v, want a permanent error", err)
+	}
+}

@@ -121,6 +121,7 @@ type trackedStream struct {
 	// dead-lettered (those are in parked too). Gaps are what it lacks.
 	applied    SeqSet
 	parked     SeqSet
+	partial    map[uint64]*partialSeq // split sequences not complete yet
 	duplicates uint64
 	snapshots  uint64
 	ownerLast  uint64 // last_seq the owner reported
@@ -211,7 +212,7 @@ func (t *Tracker) stream(id string) *trackedStream {
 	if s := t.streams[id]; s != nil { // added while we waited for the lock
 		return s
 	}
-	s := &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{},
+	s := &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{}, partial: map[uint64]*partialSeq{},
 		dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
 	t.streams[id] = s
 	byID := maps.Clone(t.streams)
@@ -239,22 +240,70 @@ func (t *Tracker) Deliver(ctx context.Context, env envelope.Envelope) (bool, err
 
 // apply applies env once. Replayed messages come here straight: the owner
 // serves only what it published.
+//
+// A sequence is complete when its message was applied, or all its parts
+// (a stage split its input), or its marker seen (a stage made nothing of
+// it). A marker that carries a reason (the input was dead-lettered
+// upstream) parks the sequence: complete for gap detection, and applied
+// should its message ever arrive (requeued by an operator).
 func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.applied.Contains(env.Seq) && !s.parked.Contains(env.Seq) {
+	seq := env.Seq
+	parked := s.parked.Contains(seq)
+	if s.applied.Contains(seq) && (!parked || env.Marker) {
 		s.duplicates++
 		s.dups.Inc()
 		return false, nil
 	}
+	switch {
+	case env.Marker && len(env.Payload) > 0:
+		s.applied.Add(seq)
+		s.parked.Add(seq)
+		delete(s.partial, seq)
+		return false, nil
+	case env.Marker:
+		s.applied.Add(seq)
+		delete(s.partial, seq)
+		return false, nil
+	case env.Parts > 1:
+		p := s.partial[seq]
+		if p == nil {
+			p = &partialSeq{parts: env.Parts}
+			s.partial[seq] = p
+		} else if p.parts != env.Parts {
+			return false, permanentError{fmt.Errorf("stream %s seq %d: part %d of %d, but earlier parts said %d", s.id, seq, env.Part, env.Parts, p.parts)}
+		}
+		// Parts are kept 1-based in the set (SeqSet has no 0).
+		if p.got.Contains(uint64(env.Part) + 1) {
+			s.duplicates++
+			s.dups.Inc()
+			return false, nil
+		}
+		if err := t.a.Apply(env.Stream, env); err != nil {
+			return false, err
+		}
+		p.got.Add(uint64(env.Part) + 1)
+		if p.got.Count() == uint64(p.parts) {
+			delete(s.partial, seq)
+			s.parked.Remove(seq)
+			s.applied.Add(seq)
+		}
+		return true, nil
+	}
 	if err := t.a.Apply(env.Stream, env); err != nil {
 		return false, err
 	}
-	// A dead-lettered sequence sent again (requeued by an operator)
-	// applies now: it is no longer parked.
-	s.parked.Remove(env.Seq)
-	s.applied.Add(env.Seq)
+	// A dead-lettered sequence sent again applies now: no longer parked.
+	s.parked.Remove(seq)
+	s.applied.Add(seq)
 	return true, nil
+}
+
+// partialSeq is a sequence split into parts, some applied.
+type partialSeq struct {
+	parts uint32
+	got   SeqSet // part index + 1
 }
 
 // NeverPublishedError refuses a live message whose sequence the stream's
@@ -702,6 +751,7 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 	// retained) instead of counted twice or lost.
 	s.applied.Reset(snap.Seq)
 	s.parked.Reset(0)
+	clear(s.partial)
 	s.snapshots++
 	t.o.Metrics.SnapshotRecoveries.WithLabelValues(s.id).Inc()
 	t.o.Logger.Info("recovered stream from the owner's snapshot", "stream", s.id, "seq", snap.Seq)
@@ -726,9 +776,17 @@ type checkpoint struct {
 	Streams map[string]streamCheckpoint `json:"streams"`
 }
 
+type partialCheckpoint struct {
+	Parts uint32      `json:"parts"`
+	Got   [][2]uint64 `json:"got"`
+}
+
 type streamCheckpoint struct {
 	Applied    [][2]uint64     `json:"applied"`
 	Parked     [][2]uint64     `json:"dead_lettered,omitempty"`
+	// Partial: split sequences with some parts applied (seq → parts and
+	// the applied part indices + 1).
+	Partial map[uint64]partialCheckpoint `json:"partial,omitempty"`
 	Duplicates uint64          `json:"duplicates"`
 	State      json.RawMessage `json:"state"`
 }
@@ -747,6 +805,12 @@ func (t *Tracker) Save() error {
 		s.mu.Lock()
 		state, err := t.a.ExportState(s.id)
 		sc := streamCheckpoint{Applied: s.applied.Intervals(), Parked: s.parked.Intervals(), Duplicates: s.duplicates, State: state}
+		for seq, p := range s.partial {
+			if sc.Partial == nil {
+				sc.Partial = map[uint64]partialCheckpoint{}
+			}
+			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals()}
+		}
 		s.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("exporting state of stream %s: %w", s.id, err)
@@ -782,6 +846,11 @@ func (t *Tracker) load() error {
 		s := t.stream(id)
 		s.applied.SetIntervals(sc.Applied)
 		s.parked.SetIntervals(sc.Parked)
+		for seq, p := range sc.Partial {
+			ps := &partialSeq{parts: p.Parts}
+			ps.got.SetIntervals(p.Got)
+			s.partial[seq] = ps
+		}
 		s.duplicates = sc.Duplicates
 		if err := t.a.ImportState(id, sc.State); err != nil {
 			return fmt.Errorf("restoring stream %s from checkpoint %s: %w", id, t.o.CheckpointPath, err)
