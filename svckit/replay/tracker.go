@@ -782,13 +782,13 @@ type partialCheckpoint struct {
 }
 
 type streamCheckpoint struct {
-	Applied    [][2]uint64     `json:"applied"`
-	Parked     [][2]uint64     `json:"dead_lettered,omitempty"`
+	Applied [][2]uint64 `json:"applied"`
+	Parked  [][2]uint64 `json:"dead_lettered,omitempty"`
 	// Partial: split sequences with some parts applied (seq → parts and
 	// the applied part indices + 1).
-	Partial map[uint64]partialCheckpoint `json:"partial,omitempty"`
-	Duplicates uint64          `json:"duplicates"`
-	State      json.RawMessage `json:"state"`
+	Partial    map[uint64]partialCheckpoint `json:"partial,omitempty"`
+	Duplicates uint64                       `json:"duplicates"`
+	State      json.RawMessage              `json:"state"`
 }
 
 // Save writes the checkpoint: per stream, the applied set and the state,
