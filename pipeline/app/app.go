@@ -65,20 +65,27 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 		cp = filepath.Join(s.Config.DataDir, "checkpoint.json")
 	}
 	st := NewState(s.Metrics)
+	channel := c.String("channel")
+	if c.Bool("ephemeral") {
+		channel = pubsub.InstanceChannel(channel, s.Config.InstanceID)
+	}
+	// A replayed message the tracker cannot apply is a dead letter of the
+	// app's own topic and channel, kept like the consumer's (nsqd, else
+	// the data directory) and listed and requeued with them.
+	deadLetter, err := s.TrackerDeadLetter(c.String("topic"), channel)
+	if err != nil {
+		return nil, err
+	}
 	tr, err := replay.NewTracker(st, replay.TrackerOptions{
 		CheckpointPath: cp, CheckpointInterval: c.Duration("checkpoint-interval"),
 		Owners:   s.Discovery.Watch(c.String("replay-owner-service")),
 		GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
 		TailInterval: c.Duration("replay-tail-interval"), Secret: s.Config.ReplaySecret,
 		MaxAhead:  c.Uint64("replay-max-ahead"),
-		Transform: ReadingToResult, Logger: s.Log, Metrics: s.ReplayMetrics(),
+		Transform: ReadingToResult, DeadLetter: deadLetter, Logger: s.Log, Metrics: s.ReplayMetrics(),
 	})
 	if err != nil {
 		return nil, err
-	}
-	channel := c.String("channel")
-	if c.Bool("ephemeral") {
-		channel = pubsub.InstanceChannel(channel, s.Config.InstanceID)
 	}
 	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
 		if m.Envelope.ContentType != pipeline.ResultType {

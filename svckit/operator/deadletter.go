@@ -1,17 +1,21 @@
 package operator
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
 	"unicode"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
@@ -27,23 +31,29 @@ const DeadLetterChannel = "svckit-deadletter"
 
 func deadletterCommand() *cli.Command {
 	common := []cli.Flag{
-		&cli.StringFlag{Name: "topic", Usage: "the topic whose dead letters (<topic>.dead) to read", EnvVars: config.Env("topic")},
+		&cli.StringFlag{Name: "topic", Usage: "the topic whose dead letters to read (<topic>.dead in nsqd, and the services' local stores)", EnvVars: config.Env("topic")},
 		&cli.IntFlag{Name: "limit", Value: 1000, Usage: "at most this many dead letters", EnvVars: config.Env("deadletter-limit")},
-		&cli.DurationFlag{Name: "wait", Value: 2 * time.Second, Usage: "stop after this long without a new dead letter", EnvVars: config.Env("deadletter-wait")},
+		&cli.DurationFlag{Name: "wait", Value: 2 * time.Second, Usage: "stop reading nsqd after this long without a new dead letter", EnvVars: config.Env("deadletter-wait")},
+		&cli.StringFlag{Name: "secret", Usage: "the services' shared secret (their --replay-secret), for their local dead letters", EnvVars: config.Env("replay-secret")},
 	}
 	return &cli.Command{
 		Name:  "deadletter",
-		Usage: "inspect and requeue dead letters (<topic>.dead)",
+		Usage: "inspect and requeue dead letters (in <topic>.dead, and kept locally by services when nsqd refused them)",
+		Description: `Dead letters are in nsqd (topic <topic>.dead) or, when nsqd would not take
+them (above its --max-msg-size, or not acknowledged in time), in the data
+directory of the service that made them, which serves them over its HTTP
+port. Services that do are found in Consul by their meta ` + deadletter.MetaKey + `.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:   "ls",
-				Usage:  "list dead letters (reason, time, size, preview) without consuming them",
-				Flags:  common,
+				Name:  "ls",
+				Usage: "list dead letters (time, where, reason, size, preview) without consuming them",
+				Flags: append(common,
+					&cli.BoolFlag{Name: "json", Usage: "one JSON object per line instead of a table", EnvVars: config.Env("deadletter-json")}),
 				Action: func(c *cli.Context) error { return runDeadletter(c, false) },
 			},
 			{
 				Name:  "requeue",
-				Usage: "publish dead letters back to their topic (or --to) and remove them",
+				Usage: "publish dead letters back to their topic (or --to) and remove each once nsqd acknowledged it",
 				Flags: append(common,
 					&cli.StringFlag{Name: "to", Usage: "publish to this topic instead of the original", EnvVars: config.Env("deadletter-to")}),
 				Action: func(c *cli.Context) error { return runDeadletter(c, true) },
@@ -52,10 +62,18 @@ func deadletterCommand() *cli.Command {
 	}
 }
 
+// deadMsg is one dead letter wherever it is kept.
 type deadMsg struct {
+	info deadletter.Info
+	ok   bool // a dead letter (a body in <topic>.dead may be anything)
+
+	// in nsqd
 	nm *nsq.Message
-	dl pubsub.DeadLetter
-	ok bool // body decoded as a DeadLetter
+	dl deadletter.Letter
+
+	// in a service's local store
+	instance string // Consul service id
+	addr     string // its HTTP address
 }
 
 func runDeadletter(c *cli.Context, requeue bool) error {
@@ -88,33 +106,99 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	if err != nil {
 		return err
 	}
+	var problems []string
+	// nsqd's first: what it holds is read through a channel, without
+	// finishing, and put back (or finished after a requeue) at the end.
+	var fromNSQD *nsqdReader
 	if len(nsqds.Instances()) == 0 {
-		return fmt.Errorf("no passing nsqd in Consul")
+		if requeue {
+			return fmt.Errorf("no passing nsqd in Consul")
+		}
+		problems = append(problems, "no passing nsqd in Consul: the dead letters in "+pubsub.DeadLetterTopic(topic)+" are not listed")
+	} else {
+		fromNSQD, err = readNSQD(ctx, nsqds.Instances(), topic, limit, c.Duration("wait"))
+		if err != nil {
+			return err
+		}
+		defer fromNSQD.close()
 	}
+	var msgs []deadMsg
+	if fromNSQD != nil {
+		msgs = fromNSQD.msgs
+	}
+	client := deadletter.Client{Secret: c.String("secret")}
+	local, lp := listLocal(ctx, consul, client, topic, limit-len(msgs))
+	problems = append(problems, lp...)
+	msgs = append(msgs, local...)
+	// Oldest first, wherever kept.
+	sort.SliceStable(msgs, func(i, j int) bool { return msgs[i].info.Time.Before(msgs[j].info.Time) })
+
+	if requeue {
+		p := pubsub.NewProducer(nsqds, pubsub.ProducerOptions{})
+		defer p.Stop()
+		n, fromN, fromL, rp := requeueAll(ctx, p, client, fromNSQD, msgs, to)
+		problems = append(problems, rp...)
+		fmt.Fprintf(c.App.Writer, "requeued %d dead letter(s) of %s (%d from nsqd, %d kept locally)\n", n, topic, fromN, fromL)
+	} else if c.Bool("json") {
+		if err := printDeadLettersJSON(c.App.Writer, msgs); err != nil {
+			return err
+		}
+	} else {
+		printDeadLetters(c.App.Writer, msgs)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
+	}
+	return nil
+}
+
+// nsqdReader holds the messages of "<topic>.dead" it received, unanswered,
+// so that listing consumes nothing and requeueing finishes only what was
+// published again.
+type nsqdReader struct {
+	nc     *nsq.Consumer
+	mu     sync.Mutex
+	msgs   []deadMsg              // complete once readNSQD returned
+	closed bool                   // readNSQD returned: later deliveries go back at once
+	done   map[nsq.MessageID]bool // finished
+}
+
+func readNSQD(ctx context.Context, nsqds []discovery.Instance, topic string, limit int, wait time.Duration) (*nsqdReader, error) {
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = limit
 	cfg.MaxAttempts = 0
 	nc, err := nsq.NewConsumer(pubsub.DeadLetterTopic(topic), DeadLetterChannel, cfg)
 	if err != nil {
-		return fmt.Errorf("creating consumer: %w", err)
+		return nil, fmt.Errorf("creating consumer: %w", err)
 	}
 	nc.SetLogger(logging.NSQLogger{L: logging.Discard()}, nsq.LogLevelError)
-	var mu sync.Mutex
-	var msgs []deadMsg
+	r := &nsqdReader{nc: nc, done: map[nsq.MessageID]bool{}}
 	seen := map[nsq.MessageID]bool{}
 	arrived := make(chan struct{}, 1)
 	nc.AddHandler(nsq.HandlerFunc(func(nm *nsq.Message) error {
 		nm.DisableAutoResponse()
-		mu.Lock()
-		defer mu.Unlock()
-		if seen[nm.ID] || len(msgs) >= limit {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.closed || seen[nm.ID] || len(r.msgs) >= limit {
 			nm.RequeueWithoutBackoff(0)
 			return nil
 		}
 		seen[nm.ID] = true
 		m := deadMsg{nm: nm}
-		m.ok = json.Unmarshal(nm.Body, &m.dl) == nil && m.dl.Topic != ""
-		msgs = append(msgs, m)
+		m.info = deadletter.Info{ID: string(nm.ID[:]), Size: len(nm.Body), Stored: deadletter.StoredNSQD}
+		if dl, err := deadletter.Decode(nm.Body); err == nil {
+			m.ok, m.dl = true, dl
+			m.info.Meta, m.info.Size = dl.Meta, len(dl.Original)
+			if m.info.Stream == "" {
+				// Written before dead letters named the envelope.
+				if env, err := envelope.Decode(dl.Original); err == nil {
+					m.info.Stream, m.info.Seq = env.Stream, env.Seq
+				}
+			}
+		} else {
+			m.info.Topic, m.info.Reason = topic, "(not a dead letter)"
+		}
+		r.msgs = append(r.msgs, m)
 		select {
 		case arrived <- struct{}{}:
 		default:
@@ -122,98 +206,242 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 		return nil
 	}))
 	var addrs []string
-	for _, in := range nsqds.Instances() {
+	for _, in := range nsqds {
 		addrs = append(addrs, in.Addr())
 	}
 	if err := nc.ConnectToNSQDs(addrs); err != nil {
-		return fmt.Errorf("connecting to nsqd %v: %w", addrs, err)
+		nc.Stop()
+		return nil, fmt.Errorf("connecting to nsqd %v: %w", addrs, err)
 	}
-	idle := time.NewTimer(c.Duration("wait"))
+	idle := time.NewTimer(wait)
+	defer idle.Stop()
 collect:
 	for {
 		select {
 		case <-ctx.Done():
 			break collect
 		case <-arrived:
-			mu.Lock()
-			full := len(msgs) >= limit
-			mu.Unlock()
+			r.mu.Lock()
+			full := len(r.msgs) >= limit
+			r.mu.Unlock()
 			if full {
 				break collect
 			}
-			idle.Reset(c.Duration("wait"))
+			idle.Reset(wait)
 		case <-idle.C:
 			break collect
 		}
 	}
 	nc.ChangeMaxInFlight(0) // no more deliveries while we answer
-	mu.Lock()
-	defer mu.Unlock()
-	var errs []string
-	if requeue {
-		p := pubsub.NewProducer(nsqds, pubsub.ProducerOptions{})
-		defer p.Stop()
-		n := 0
-		for _, m := range msgs {
-			if !m.ok {
-				errs = append(errs, fmt.Sprintf("message %s is not a dead letter; left in place", m.nm.ID[:]))
-				m.nm.RequeueWithoutBackoff(0)
-				continue
-			}
-			dest := m.dl.Topic
-			if to != "" {
-				dest = to
-			}
-			pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err := p.Publish(pctx, dest, m.dl.Original)
-			cancel()
-			if err != nil {
-				errs = append(errs, fmt.Sprintf("requeueing %s to %s: %v (left in place)", m.nm.ID[:], dest, err))
-				m.nm.RequeueWithoutBackoff(0)
-				continue
-			}
-			m.nm.Finish()
-			n++
-		}
-		fmt.Fprintf(c.App.Writer, "requeued %d dead letter(s) of %s\n", n, topic)
-	} else {
-		printDeadLetters(c.App.Writer, msgs)
-		for _, m := range msgs {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	return r, nil
+}
+
+func (r *nsqdReader) finish(nm *nsq.Message) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.done[nm.ID] = true
+	nm.Finish()
+}
+
+// close puts back every message not finished and disconnects.
+func (r *nsqdReader) close() {
+	r.mu.Lock()
+	for _, m := range r.msgs {
+		if !r.done[m.nm.ID] {
 			m.nm.RequeueWithoutBackoff(0)
 		}
 	}
-	nc.Stop()
+	r.mu.Unlock()
+	r.nc.Stop()
 	select {
-	case <-nc.StopChan:
+	case <-r.nc.StopChan:
 	case <-time.After(10 * time.Second):
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%d problem(s):\n  %s", len(errs), strings.Join(errs, "\n  "))
+}
+
+// deadLetterInstances are the instances, in Consul, of every service that
+// serves its local dead-letter store (meta deadletter.MetaKey). Instances
+// whose check fails are included: a running one still answers, and one
+// that does not is reported rather than silently skipped.
+func deadLetterInstances(ctx context.Context, consul *api.Client) ([]discovery.Instance, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	services, _, err := consul.Catalog().Services(q)
+	if err != nil {
+		return nil, fmt.Errorf("asking Consul for its services: %w", err)
 	}
-	return nil
+	names := make([]string, 0, len(services))
+	for n := range services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []discovery.Instance
+	for _, name := range names {
+		entries, _, err := consul.Health().Service(name, "", false, q)
+		if err != nil {
+			return nil, fmt.Errorf("asking Consul for the instances of %s: %w", name, err)
+		}
+		for _, e := range entries {
+			if e.Service.Meta[deadletter.MetaKey] == "" {
+				continue
+			}
+			addr := e.Service.Address
+			if addr == "" {
+				addr = e.Node.Address
+			}
+			out = append(out, discovery.Instance{ID: e.Service.ID, Service: name, Node: e.Node.Node, Address: addr, Port: e.Service.Port, Meta: e.Service.Meta})
+		}
+	}
+	return out, nil
+}
+
+// listLocal lists topic's dead letters in the local store of every
+// instance that serves one, up to limit; an instance that does not answer
+// is a problem, not a failure of the whole listing.
+func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client, topic string, limit int) ([]deadMsg, []string) {
+	ins, err := deadLetterInstances(ctx, consul)
+	if err != nil {
+		return nil, []string{err.Error() + ": dead letters kept by services are not listed"}
+	}
+	var out []deadMsg
+	var problems []string
+	for _, in := range ins {
+		if in.Meta[deadletter.MetaKey] != deadletter.MetaValue {
+			problems = append(problems, fmt.Sprintf("instance %s serves dead letters in version %q, this CLI speaks %q: not listed", in.ID, in.Meta[deadletter.MetaKey], deadletter.MetaValue))
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		list, err := client.List(lctx, in.Addr(), topic)
+		cancel()
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("instance %s (%s): %v: its local dead letters are not listed", in.ID, in.Addr(), err))
+			continue
+		}
+		for _, info := range list {
+			if len(out) >= limit {
+				return out, problems
+			}
+			out = append(out, deadMsg{info: info, ok: info.Topic != "", instance: in.ID, addr: in.Addr()})
+		}
+	}
+	return out, problems
+}
+
+// requeueAll publishes every dead letter's original to its topic (or to)
+// and removes the letter once nsqd acknowledged the publish.
+func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Client, r *nsqdReader, msgs []deadMsg, to string) (n, fromNSQD, fromLocal int, problems []string) {
+	for _, m := range msgs {
+		if !m.ok {
+			problems = append(problems, fmt.Sprintf("message %s in nsqd is not a dead letter; left in place", m.info.ID))
+			continue
+		}
+		var orig []byte
+		dest := m.info.Topic
+		if m.nm != nil {
+			orig = m.dl.Original
+		} else {
+			gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			l, err := client.Get(gctx, m.addr, m.info.Topic, m.info.ID)
+			cancel()
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("reading local dead letter %s of %s: %v (left in place)", m.info.ID, m.instance, err))
+				continue
+			}
+			orig, dest = l.Original, l.Topic
+		}
+		if to != "" {
+			dest = to
+		}
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.Publish(pctx, dest, orig)
+		cancel()
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("requeueing %s (%s) to %s: %v (left in place)", m.info.ID, m.info.Stored, dest, err))
+			continue
+		}
+		if m.nm != nil {
+			r.finish(m.nm)
+			fromNSQD++
+		} else {
+			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := client.Delete(dctx, m.addr, m.info.Topic, m.info.ID)
+			cancel()
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("local dead letter %s of %s was requeued to %s but not deleted (%v): requeueing again would publish it twice", m.info.ID, m.instance, dest, err))
+			}
+			fromLocal++
+		}
+		n++
+	}
+	return n, fromNSQD, fromLocal, problems
 }
 
 func printDeadLetters(w io.Writer, msgs []deadMsg) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tCHANNEL\tATTEMPTS\tSIZE\tREASON\tPREVIEW")
+	fmt.Fprintln(tw, "TIME\tSTORED\tCHANNEL\tATTEMPTS\tSIZE\tREASON\tPREVIEW")
 	for _, m := range msgs {
 		if !m.ok {
-			fmt.Fprintf(tw, "-\t-\t-\t%d\t(not a dead letter)\t%s\n", len(m.nm.Body), preview(m.nm.Body))
+			fmt.Fprintf(tw, "-\t%s\t-\t-\t%d\t%s\t%s\n", m.info.Stored, m.info.Size, m.info.Reason, m.preview())
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", m.dl.Time.Format(time.RFC3339), m.dl.Channel, m.dl.Attempts,
-			len(m.dl.Original), oneLine(m.dl.Reason, 60), preview(m.dl.Original))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", m.info.Time.Format(time.RFC3339), m.info.Stored, m.info.Channel, m.info.Attempts,
+			m.info.Size, oneLine(m.info.Reason, 60), m.preview())
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%d dead letter(s)\n", len(msgs))
 }
 
+// deadLetterLine is one line of `ls --json`.
+type deadLetterLine struct {
+	Topic    string    `json:"topic"`
+	Channel  string    `json:"channel"`
+	Reason   string    `json:"reason"`
+	Attempts uint16    `json:"attempts"`
+	Time     time.Time `json:"time"`
+	Size     int       `json:"size"`
+	Stored   string    `json:"stored"`
+	ID       string    `json:"id"`
+	Instance string    `json:"instance,omitempty"` // the service instance keeping a local one
+	NSQID    string    `json:"nsq_id,omitempty"`   // of the original message
+	Stream   string    `json:"stream,omitempty"`
+	Seq      uint64    `json:"seq,omitempty"`
+	Preview  string    `json:"preview"`
+}
+
+func printDeadLettersJSON(w io.Writer, msgs []deadMsg) error {
+	enc := json.NewEncoder(w)
+	for _, m := range msgs {
+		i := m.info
+		if err := enc.Encode(deadLetterLine{Topic: i.Topic, Channel: i.Channel, Reason: i.Reason, Attempts: i.Attempts, Time: i.Time,
+			Size: i.Size, Stored: string(i.Stored), ID: i.ID, Instance: m.instance, NSQID: i.NSQID, Stream: i.Stream, Seq: i.Seq,
+			Preview: m.preview()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // preview shows an envelope's identity, or the first printable bytes.
+func (m deadMsg) preview() string {
+	switch {
+	case m.nm != nil && m.ok:
+		return preview(m.dl.Original)
+	case m.nm != nil:
+		return preview(m.nm.Body)
+	case m.info.Stream != "":
+		return fmt.Sprintf("envelope stream=%s seq=%d", m.info.Stream, m.info.Seq)
+	default:
+		return preview(m.info.Head)
+	}
+}
+
 func preview(b []byte) string {
 	if env, err := envelope.Decode(b); err == nil {
 		return fmt.Sprintf("envelope stream=%s seq=%d type=%s payload=%dB", env.Stream, env.Seq, env.ContentType, len(env.Payload))
 	}
-	s := []rune(string(b[:min(len(b), 40)]))
+	s := []rune(string(bytes.ToValidUTF8(b[:min(len(b), 40)], []byte("."))))
 	for i, r := range s {
 		if !unicode.IsPrint(r) {
 			s[i] = '.'

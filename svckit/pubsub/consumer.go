@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
@@ -108,9 +109,27 @@ type ConsumerOptions struct {
 	AutoTouch  bool
 	MaxPayload int // envelope payload limit; 0 = envelope.DefaultMaxPayload
 
-	// DeadLetter publishes undecodable and exhausted messages to
-	// "<topic>.dead". nil = log and drop them (counted).
+	// DeadLetter publishes undecodable, rejected and exhausted messages to
+	// "<topic>.dead" (see package deadletter for the format). nil = a
+	// producer the consumer makes itself over the nsqd watcher it is given:
+	// nothing is dropped unless DropDeadLetters says so.
 	DeadLetter *Producer
+	// DeadLetterStore keeps the dead letters nsqd does not take: above
+	// MaxMsgSize, or not acknowledged within DeadLetterTimeout. nil = such
+	// a message is requeued with MaxRequeueDelay (and logged as an error)
+	// until it can be kept. svckit/service gives every consumer its
+	// service's <data-dir>/deadletters.
+	DeadLetterStore *deadletter.Store
+	// MaxMsgSize is nsqd's --max-msg-size; default 1 MiB. A dead letter
+	// above it goes to DeadLetterStore without being sent: nsqd would close
+	// the producer's connection, failing every publish in flight on it.
+	MaxMsgSize int
+	// DeadLetterTimeout bounds the publish of one dead letter; default 10s.
+	DeadLetterTimeout time.Duration
+	// DropDeadLetters logs, counts and finishes what would be
+	// dead-lettered instead of keeping it. Opt-in, and named for what it
+	// does: the message is lost.
+	DropDeadLetters bool
 
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -128,6 +147,9 @@ type Consumer struct {
 	dec      envelope.Decoder
 	http     *http.Client
 	epoch    time.Time // Message.start counts from here
+
+	dead    *deadletter.Sink // nil with DropDeadLetters
+	ownProd *Producer        // the dead-letter producer made here, stopped with the consumer
 
 	handlerCtx    context.Context
 	cancelHandler context.CancelFunc
@@ -188,6 +210,33 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	if o.Metrics == nil {
 		o.Metrics = metrics.Nop()
 	}
+	lg := o.Logger.With("topic", o.Topic, "channel", ch)
+	// The dead-letter path first: it can fail, and go-nsq's consumer starts
+	// a goroutine as soon as it exists.
+	var dead *deadletter.Sink
+	var ownProd *Producer
+	if !o.DropDeadLetters {
+		var pub deadletter.Publisher
+		switch {
+		case o.DeadLetter != nil:
+			pub = o.DeadLetter
+		case nsqds != nil:
+			// The nsqds found in Consul, as every producer publishes to
+			// (the consumer's nsq.Config carries TLS and auth).
+			ownProd = NewProducer(nsqds, ProducerOptions{NSQ: o.NSQ, Logger: lg, Metrics: o.Metrics})
+			pub = ownProd
+		case o.DeadLetterStore == nil:
+			return nil, fmt.Errorf("consumer %s/%s: no dead-letter destination: give DeadLetter, an nsqd watcher or DeadLetterStore, or set DropDeadLetters", o.Topic, ch)
+		}
+		var err error
+		dead, err = deadletter.NewSink(deadletter.Options{
+			Publisher: pub, Store: o.DeadLetterStore, MaxMsgSize: o.MaxMsgSize,
+			PublishTimeout: o.DeadLetterTimeout, Logger: o.Logger, Registry: o.Metrics.Registry,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s/%s: %w", o.Topic, ch, err)
+		}
+	}
 	cfg := *o.NSQ // our copy: we change MaxAttempts
 	// svckit enforces MaxAttempts itself so that exhausted messages reach the
 	// dead-letter topic; go-nsq would only log and finish them.
@@ -196,10 +245,9 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	if err != nil {
 		return nil, fmt.Errorf("creating consumer for %s/%s: %w", o.Topic, ch, err)
 	}
-	lg := o.Logger.With("topic", o.Topic, "channel", ch)
 	nc.SetLogger(logging.NSQLogger{L: lg}, logging.NSQLevel(lg))
 	c := &Consumer{
-		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc,
+		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc, dead: dead, ownProd: ownProd,
 		dec:      envelope.Decoder{MaxPayload: o.MaxPayload, Strings: &envelope.StringCache{}},
 		http:     &http.Client{Timeout: 5 * time.Second},
 		epoch:    time.Now(),
@@ -431,6 +479,13 @@ func (c *Consumer) Stop(ctx context.Context) error {
 		<-c.followDone
 	}
 	c.nsq.Stop()
+	// The consumer's own dead-letter producer goes last: the messages in
+	// flight may still need it.
+	defer func() {
+		if c.ownProd != nil {
+			c.ownProd.Stop()
+		}
+	}()
 	select {
 	case <-c.nsq.StopChan:
 		c.cancelHandler()
@@ -446,7 +501,7 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 	nm.DisableAutoResponse()
 	m := &Message{NSQ: nm, c: c, start: time.Since(c.epoch)}
 	if err := c.dec.DecodeInto(&m.Envelope, nm.Body); err != nil {
-		c.deadLetterOrRequeue(nm, "decode: "+err.Error())
+		c.deadLetterOrRequeue(nm, nil, "decode: "+err.Error())
 		return nil
 	}
 	if c.o.AutoTouch {
@@ -496,12 +551,12 @@ func (c *Consumer) respond(m *Message, err error) {
 	var perm PermanentError
 	if errors.As(err, &perm) {
 		c.o.Logger.Error("message cannot be handled; dead-lettering", append(m.LogAttrs(), "err", err)...)
-		c.deadLetterOrRequeue(nm, "rejected: "+err.Error())
+		c.deadLetterOrRequeue(nm, &m.Envelope, "rejected: "+err.Error())
 		return
 	}
 	if nm.Attempts >= c.o.MaxAttempts {
 		c.o.Logger.Error("message failed its last attempt; dead-lettering", append(m.LogAttrs(), "attempts", nm.Attempts, "err", err)...)
-		c.deadLetterOrRequeue(nm, fmt.Sprintf("handler failed %d times: %v", nm.Attempts, err))
+		c.deadLetterOrRequeue(nm, &m.Envelope, fmt.Sprintf("handler failed %d times: %v", nm.Attempts, err))
 		return
 	}
 	delay := c.o.RequeueDelay << min(nm.Attempts-1, 16)
@@ -513,25 +568,19 @@ func (c *Consumer) respond(m *Message, err error) {
 	nm.RequeueWithoutBackoff(delay)
 }
 
-// DeadLetter is the body published to "<topic>.dead".
-type DeadLetter struct {
-	Topic    string    `json:"topic"`
-	Channel  string    `json:"channel"`
-	Reason   string    `json:"reason"`
-	Attempts uint16    `json:"attempts"`
-	Time     time.Time `json:"time"`
-	NSQID    string    `json:"nsq_id"`
-	Original []byte    `json:"original"` // base64 in JSON
-}
+// DeadLetter is a dead letter as published to "<topic>.dead" or kept in a
+// local store: see package deadletter (deadletter.Decode reads one).
+type DeadLetter = deadletter.Letter
 
 // DeadLetterTopic is where a topic's dead letters go.
-func DeadLetterTopic(topic string) string { return topic + ".dead" }
+func DeadLetterTopic(topic string) string { return deadletter.Topic(topic) }
 
-// deadLetterOrRequeue moves a message to the dead-letter topic and finishes
-// it; if the dead letter cannot be published it requeues the message instead,
-// so that nothing accepted is ever dropped silently.
-func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, reason string) {
-	if c.deadLetter(nm, reason) {
+// deadLetterOrRequeue keeps a message as a dead letter (in "<topic>.dead",
+// or in the local store when nsqd does not take it) and finishes it. Only
+// if neither takes it is the message requeued, with the longest delay:
+// nothing accepted is dropped, unless DropDeadLetters asked for it.
+func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, env *envelope.Envelope, reason string) {
+	if c.deadLetter(nm, env, reason) {
 		nm.Finish()
 		return
 	}
@@ -539,25 +588,31 @@ func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, reason string) {
 	nm.RequeueWithoutBackoff(c.o.MaxRequeueDelay)
 }
 
-func (c *Consumer) deadLetter(nm *nsq.Message, reason string) bool {
+func (c *Consumer) deadLetter(nm *nsq.Message, env *envelope.Envelope, reason string) bool {
 	counter := c.o.Metrics.DeadLettered.WithLabelValues(c.o.Topic, c.channel, reasonClass(reason))
-	if c.o.DeadLetter == nil {
+	if c.dead == nil {
 		counter.Inc()
-		c.o.Logger.Error("dropping message (no dead-letter producer)", "nsq_id", string(nm.ID[:]), "reason", reason)
+		c.o.Logger.Error("dropping message (DropDeadLetters)", "nsq_id", string(nm.ID[:]), "reason", reason)
 		return true
 	}
-	body, _ := json.Marshal(DeadLetter{
-		Topic: c.o.Topic, Channel: c.channel, Reason: reason, Attempts: nm.Attempts,
-		Time: time.Now().UTC(), NSQID: string(nm.ID[:]), Original: nm.Body,
-	})
-	ctx, cancel := context.WithTimeout(c.handlerCtx, 30*time.Second)
-	defer cancel()
-	if err := c.o.DeadLetter.Publish(ctx, DeadLetterTopic(c.o.Topic), body); err != nil {
-		c.o.Logger.Error("publishing dead letter failed; requeueing the message", "nsq_id", string(nm.ID[:]), "reason", reason, "err", err)
+	l := deadletter.Letter{
+		Meta: deadletter.Meta{Topic: c.o.Topic, Channel: c.channel, Reason: reason, Attempts: nm.Attempts,
+			Time: time.Now().UTC(), NSQID: string(nm.ID[:])},
+		Original: nm.Body,
+	}
+	if env != nil {
+		l.Stream, l.Seq = env.Stream, env.Seq
+	}
+	// handlerCtx ends when Stop gives up waiting: the publish then fails
+	// at once and the letter goes to the local store.
+	where, err := c.dead.Send(c.handlerCtx, l)
+	if err != nil {
+		c.o.Logger.Error("dead letter kept nowhere; requeueing the message with the longest delay", "nsq_id", string(nm.ID[:]),
+			"reason", reason, "delay", c.o.MaxRequeueDelay, "err", err)
 		return false
 	}
 	counter.Inc()
-	c.o.Logger.Warn("message dead-lettered", "nsq_id", string(nm.ID[:]), "dead_topic", DeadLetterTopic(c.o.Topic), "reason", reason)
+	c.o.Logger.Warn("message dead-lettered", "nsq_id", string(nm.ID[:]), "dead_topic", DeadLetterTopic(c.o.Topic), "stored", where, "reason", reason)
 	return true
 }
 

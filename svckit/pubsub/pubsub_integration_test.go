@@ -3,7 +3,6 @@ package pubsub_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/metrics"
@@ -339,10 +339,12 @@ func deadLetters(t *testing.T, nsqdTCP, topic string) <-chan pubsub.DeadLetter {
 	}
 	c.SetLogger(nil, nsq.LogLevelError)
 	c.AddHandler(nsq.HandlerFunc(func(m *nsq.Message) error {
-		var dl pubsub.DeadLetter
-		if err := json.Unmarshal(m.Body, &dl); err != nil {
-			dl.Reason = fmt.Sprintf("TEST: dead letter is not JSON (%v): %q", err, m.Body)
+		dl, err := deadletter.Decode(m.Body)
+		if err != nil {
+			dl.Reason = fmt.Sprintf("TEST: not a dead letter (%v): %q", err, m.Body[:min(len(m.Body), 100)])
 		}
+		// Decode's Original aliases the body, which go-nsq may reuse.
+		dl.Original = bytes.Clone(dl.Original)
 		out <- dl
 		return nil
 	}))

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/health"
@@ -71,6 +72,8 @@ type Service struct {
 	rmetrics   *replay.Metrics
 	rserver    *replay.Server
 	unlockData func() error
+	deadStore  *deadletter.Store // <data-dir>/deadletters, served over HTTP
+	deadSink   *deadletter.Sink  // for trackers; consumers make their own over the same producer and store
 }
 
 // New builds the service: logger, metrics, Consul client (waiting for the
@@ -101,6 +104,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		return nil, err
 	}
 	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof})
+	if err := s.serveDeadLetters(); err != nil {
+		unlock()
+		return nil, err
+	}
 	addr, err := s.HTTP.Listen()
 	if err != nil {
 		unlock()
@@ -262,8 +269,10 @@ func (s *Service) Batcher(topic string) (*pubsub.Batcher, error) {
 }
 
 // Consumer creates a consumer with the service's NSQ settings; o only needs
-// Topic, Channel, Ephemeral (and optionally AutoTouch). Dead letters go through
-// the service's producer. It starts in Run.
+// Topic, Channel, Ephemeral (and optionally AutoTouch). Dead letters go
+// through the service's producer to "<topic>.dead", or, when nsqd does not
+// take them (above --nsq-max-msg-size, or not acknowledged in time), to the
+// service's <data-dir>/deadletters. It starts in Run.
 func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.Consumer, error) {
 	cfg, err := s.NSQConfig()
 	if err != nil {
@@ -278,7 +287,7 @@ func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.
 	o.Concurrency = n.Concurrency
 	o.MaxAttempts = uint16(n.MaxAttempts)
 	o.RequeueDelay, o.MaxRequeueDelay = n.RequeueDelay, n.MaxRequeueDelay
-	o.DeadLetter = dl
+	o.DeadLetter, o.DeadLetterStore, o.MaxMsgSize = dl, s.deadStore, n.MaxMsgSize
 	o.Logger, o.Metrics = s.Log, s.Metrics
 	c, err := pubsub.NewConsumer(s.Discovery.Watch(NSQLookupdService), s.Discovery.Watch(NSQDService), h, o)
 	if err != nil {
