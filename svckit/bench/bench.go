@@ -23,13 +23,13 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/svckit/svckit/internal/localstack"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	svcmetrics "github.com/svckit/svckit/svckit/metrics"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
-	"github.com/svckit/svckit/svckit/testenv"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
@@ -74,12 +74,12 @@ const payloadSize = 200
 type runner struct {
 	o     Options
 	env   *runEnv
-	st    *testenv.Stack
+	st    *localstack.Stack
 	disco *discovery.Discovery
 	res   *Results
 	bins  string
 	mu    sync.Mutex // guards res.Figures against the usage sampler
-	procs []*testenv.Process
+	procs []*localstack.Process
 }
 
 // Run performs every measurement and returns the results.
@@ -102,7 +102,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	}
 	os.Setenv("SVCKIT_BIN", abs)
-	r := &runner{o: o, env: &runEnv{log: io.Discard}, bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
+	r := &runner{o: o, env: newRunEnv(abs), bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
 	defer r.env.close()
 	err = r.env.run(func() {
 		r.step("starting consul, nsqlookupd, nsqd on free loopback ports")
@@ -115,7 +115,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		// 1k/s was 5.7-6.9 ms against 3.4-3.9 ms in alternating runs, and
 		// the pipeline 66-85k readings/s against 90-102k, although with
 		// 100k the burst's deepest queue (about 120k) spills a little.
-		r.st = testenv.StartStackWith(r.env, testenv.NSQDOptions{MemQueueSize: memQueueSize})
+		st, err := r.env.StartStack(localstack.NSQDOptions{MemQueueSize: memQueueSize})
+		r.env.check(err)
+		r.st = st
 		r.disco = discovery.New(r.st.Consul.Client, discovery.Options{})
 		r.env.Cleanup(r.disco.Stop)
 		if o.Only == "" || o.Only == "hop" {
@@ -140,7 +142,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 func (r *runner) logTails() {
 	procs := r.procs
 	if r.st != nil {
-		procs = append([]*testenv.Process{r.st.NSQD.Proc}, procs...)
+		procs = append([]*localstack.Process{r.st.NSQD.Proc}, procs...)
 	}
 	for _, p := range procs {
 		if p == nil {
@@ -194,13 +196,13 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 		topic := fmt.Sprintf("ceiling-mpub-%d", k)
 		m := min(memQueueSize, nMPub-k*memQueueSize)
 		mpubSecs += float64(m) / r.rawPublish(addr, topic, body, m, 100)
-		r.st.NSQD.DeleteTopic(r.env, topic)
+		r.env.check(r.st.NSQD.DeleteTopic(topic))
 	}
 	r.fig("raw_mpub_msgs_per_sec", float64(nMPub)/mpubSecs)
 	// The same for the PUB topic: a live heap that nsqd's garbage
 	// collector would scan for the rest of the run, stealing CPU from the
 	// measurements that follow. (It made p99 at 1k/s 9-14 ms instead of 4.)
-	r.st.NSQD.DeleteTopic(r.env, "ceiling-pub")
+	r.env.check(r.st.NSQD.DeleteTopic("ceiling-pub"))
 
 	// Each round runs the four sides back to back, rotating which goes
 	// first; a ratio is the median of the rounds' ratios, so a drift in the
@@ -247,7 +249,7 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 	for _, side := range sides {
 		topic := "hop-warmup-" + side.name
 		side.hop(ctx, topic)
-		r.st.NSQD.DeleteTopic(r.env, topic)
+		r.env.check(r.st.NSQD.DeleteTopic(topic))
 	}
 	for i := 0; i < rounds; i++ {
 		order := make([]string, len(sides))
@@ -271,7 +273,7 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 			side.perCmd = append(side.perCmd, perCmd)
 			// Drained, but a topic and its channel each keep a memory
 			// queue buffer of --mem-queue-size pointers for the GC to scan.
-			r.st.NSQD.DeleteTopic(r.env, topic)
+			r.env.check(r.st.NSQD.DeleteTopic(topic))
 		}
 		round := HopRound{Order: order, MsgsPerSec: map[string]float64{}}
 		for _, side := range sides {
@@ -661,10 +663,10 @@ func (r *runner) discovery(ctx context.Context) {
 
 // ---- 3, 4, 6: the reference pipeline, replay, footprint ----
 
-func (r *runner) service(name, bin string, args ...string) *testenv.Process {
+func (r *runner) service(name, bin string, args ...string) *localstack.Process {
 	base := []string{"--consul-addr=" + r.st.Consul.HTTPAddr, "--http-addr=127.0.0.1:0", "--data-dir=" + r.env.TempDir(),
 		"--check-interval=1s", "--nsq-lookupd-poll-interval=1s", "--log-level=warn"}
-	p := testenv.StartProcess(r.env, name, filepath.Join(r.bins, bin), append(base, args...), nil)
+	p := r.env.StartProcess(name, filepath.Join(r.bins, bin), append(base, args...))
 	r.procs = append(r.procs, p)
 	return p
 }
@@ -679,7 +681,7 @@ func (r *runner) passing(service string) []*api.ServiceEntry {
 
 func (r *runner) waitPassing(service string, n int) []*api.ServiceEntry {
 	var e []*api.ServiceEntry
-	testenv.WaitFor(r.env, 60*time.Second, fmt.Sprintf("%d passing %s", n, service), func() bool {
+	r.env.WaitFor(60*time.Second, fmt.Sprintf("%d passing %s", n, service), func() bool {
 		e = r.passing(service)
 		return len(e) >= n
 	})
@@ -743,7 +745,7 @@ func (r *runner) pipeline(ctx context.Context) {
 	var t0 time.Time
 	var a0 uint64
 	var use *usage
-	testenv.WaitFor(r.env, 10*time.Minute, "the app to apply every reading", func() bool {
+	r.env.WaitFor(10*time.Minute, "the app to apply every reading", func() bool {
 		s := appStatus(appAddr, "bench-tp")
 		if t0.IsZero() && s.Applied > 0 {
 			t0, a0 = time.Now(), s.Applied
@@ -761,7 +763,7 @@ func (r *runner) pipeline(ctx context.Context) {
 	// The gap's readings reached the app by replay, but NSQ still holds them
 	// for the workers: latency measured before they drain would be queueing.
 	r.step("waiting for the workers to drain the readings backlog")
-	testenv.WaitFor(r.env, 10*time.Minute, "the readings backlog to drain", func() bool {
+	r.env.WaitFor(10*time.Minute, "the readings backlog to drain", func() bool {
 		st, err := r.st.NSQD.Stats()
 		if err != nil {
 			return false
@@ -781,9 +783,9 @@ func (r *runner) pipeline(ctx context.Context) {
 	for _, rate := range []int{1000, 10000} {
 		r.step("end-to-end latency at %d/s for %d s", rate, secs)
 		stream := fmt.Sprintf("bench-lat-%d", rate)
-		lat := r.latency(stream, func() *testenv.Process {
+		lat := r.latency(stream, func() *localstack.Process {
 			return r.service("sensor-"+stream, "sensor", "--instance-id=bench-"+stream, "--stream-id="+stream, "--rate="+strconv.Itoa(rate))
-		}, time.Duration(secs)*time.Second, func(p *testenv.Process) {
+		}, time.Duration(secs)*time.Second, func(p *localstack.Process) {
 			if rate == 10000 {
 				r.fig("loaded_rss_mb_sensor", rssMB(p.Pid()))
 				r.fig("loaded_rss_mb_worker", rssMB(w1.Pid()))
@@ -816,7 +818,7 @@ func (r *runner) pipeline(ctx context.Context) {
 
 // replayAndGap measures replay throughput from the burst's sensor log, then
 // the time for the app to close a gap left while it was stopped.
-func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process, sensorArgs []string, n int) {
+func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Process, sensorArgs []string, n int) {
 	// Replay throughput: the whole stream from the sensor's retained log.
 	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
 	r.step("replay throughput: %d messages from the sensor's log", n)
@@ -840,14 +842,14 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process,
 	sensor.Stop()
 	sensor = r.service("sensor2", "sensor", append(sensorArgs, "--rate=0", "--count="+strconv.Itoa(g))...)
 	total := uint64(n + g)
-	testenv.WaitFor(r.env, 5*time.Minute, "the sensor to publish the gap", func() bool {
+	r.env.WaitFor(5*time.Minute, "the sensor to publish the gap", func() bool {
 		var st []replay.Status
 		_ = getJSON("http://"+addrOf(r.waitPassing("sensor", 1)[0])+"/streams", &st)
 		return len(st) == 1 && st[0].LastSeq == total
 	})
 	start = time.Now()
-	app.Restart(r.env)
-	testenv.WaitFor(r.env, 5*time.Minute, "the app to close the gap", func() bool {
+	r.env.check(app.Restart())
+	r.env.WaitFor(5*time.Minute, "the app to close the gap", func() bool {
 		e := r.passing("app")
 		return len(e) == 1 && appStatus(addrOf(e[0]), "bench-tp").LastContiguous == total
 	})
@@ -860,7 +862,7 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *testenv.Process,
 // latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the
 // time from a reading's creation to its result reaching a consumer of
 // "results" (the first second is warm-up and not counted).
-func (r *runner) latency(stream string, start func() *testenv.Process, d time.Duration, during func(*testenv.Process)) [3]float64 {
+func (r *runner) latency(stream string, start func() *localstack.Process, d time.Duration, during func(*localstack.Process)) [3]float64 {
 	var mu sync.Mutex
 	var samples []float64
 	// Unix nanoseconds from which results count; read by the handlers.

@@ -1,74 +1,84 @@
-// Package bench measures what svckit costs against raw go-nsq and the nsqd
-// ceiling, on real consul, nsqd and nsqlookupd started on free loopback
-// ports, and what the reference pipeline, replay and discovery achieve.
-// `svckit bench` runs it; docs/benchmarks.md records results.
 package bench
 
 import (
 	"fmt"
-	"io"
-	"os"
+	"slices"
 	"sync"
-	"testing"
+	"time"
+
+	"github.com/svckit/svckit/internal/localstack"
 )
 
-// runEnv lets a bench run start the real programs with svckit/testenv, the
-// same code the integration tests use. testenv needs only Helper, Logf,
-// Fatalf, Cleanup, TempDir and Failed; the embedded nil testing.TB supplies
-// the unexported method and would panic on anything else.
+// runEnv is where a bench run starts the real programs: a localstack.Group
+// (free loopback ports, a temporary directory per program, every process
+// killed and every directory removed by close), the same code the
+// integration tests use through svckit/testenv, without testing. A failure
+// anywhere in the run goes through Fatalf, which run turns into the run's
+// error.
 type runEnv struct {
-	testing.TB
-	log      io.Writer
+	*localstack.Group
 	mu       sync.Mutex
 	cleanups []func()
-	dirs     []string
-	failed   bool
+}
+
+func newRunEnv(binDir string) *runEnv {
+	return &runEnv{Group: &localstack.Group{BinDir: binDir}}
 }
 
 // fatal is raised by Fatalf and recovered by run.
 type fatal struct{ msg string }
 
-func (e *runEnv) Helper()                   {}
-func (e *runEnv) Failed() bool              { return e.failed }
-func (e *runEnv) Logf(f string, a ...any)   { fmt.Fprintf(e.log, f+"\n", a...) }
-func (e *runEnv) Cleanup(f func())          { e.mu.Lock(); e.cleanups = append(e.cleanups, f); e.mu.Unlock() }
-func (e *runEnv) Fatalf(f string, a ...any) { e.failed = true; panic(fatal{fmt.Sprintf(f, a...)}) }
-func (e *runEnv) Errorf(f string, a ...any) { e.Fatalf(f, a...) }
-func (e *runEnv) Fatal(a ...any)            { e.Fatalf("%s", fmt.Sprint(a...)) }
-func (e *runEnv) Name() string              { return "svckit-bench" }
-func (e *runEnv) Setenv(k, v string)        { os.Setenv(k, v) }
-func (e *runEnv) Skipf(f string, a ...any)  { e.Fatalf("skipped: "+f, a...) }
-func (e *runEnv) Log(a ...any)              { fmt.Fprintln(e.log, a...) }
-func (e *runEnv) Error(a ...any)            { e.Fatal(a...) }
-func (e *runEnv) FailNow()                  { e.Fatalf("failed") }
-func (e *runEnv) Fail()                     { e.failed = true }
-func (e *runEnv) SkipNow()                  { e.Fatalf("skipped") }
-func (e *runEnv) Skip(a ...any)             { e.Fatal(a...) }
-func (e *runEnv) Skipped() bool             { return false }
+// Fatalf ends the run with an error.
+func (e *runEnv) Fatalf(f string, a ...any) { panic(fatal{fmt.Sprintf(f, a...)}) }
 
+// Cleanup registers f to run in close, before the programs are killed
+// (last registered, first run).
+func (e *runEnv) Cleanup(f func()) { e.mu.Lock(); e.cleanups = append(e.cleanups, f); e.mu.Unlock() }
+
+// TempDir returns a new directory, removed by close.
 func (e *runEnv) TempDir() string {
-	d, err := os.MkdirTemp("", "svckit-bench-")
+	d, err := e.NewDir()
 	if err != nil {
 		e.Fatalf("creating a temporary directory: %v", err)
 	}
-	e.mu.Lock()
-	e.dirs = append(e.dirs, d)
-	e.mu.Unlock()
 	return d
 }
 
-// close runs cleanups in reverse order and removes temporary directories.
+// WaitFor polls cond until it is true, ending the run if timeout elapses
+// first.
+func (e *runEnv) WaitFor(timeout time.Duration, what string, cond func() bool) {
+	if err := localstack.WaitFor(timeout, what, cond); err != nil {
+		e.Fatalf("%v", err)
+	}
+}
+
+// StartProcess starts a program of the run, ending the run if it fails.
+func (e *runEnv) StartProcess(name, bin string, args []string) *localstack.Process {
+	p, err := e.Group.StartProcess(name, bin, args, nil)
+	if err != nil {
+		e.Fatalf("%v", err)
+	}
+	return p
+}
+
+// check ends the run if err is not nil.
+func (e *runEnv) check(err error) {
+	if err != nil {
+		e.Fatalf("%v", err)
+	}
+}
+
+// close runs cleanups in reverse order, then kills every program and removes
+// the temporary directories.
 func (e *runEnv) close() {
 	e.mu.Lock()
-	cs, ds := e.cleanups, e.dirs
-	e.cleanups, e.dirs = nil, nil
+	cs := e.cleanups
+	e.cleanups = nil
 	e.mu.Unlock()
-	for i := len(cs) - 1; i >= 0; i-- {
-		cs[i]()
+	for _, f := range slices.Backward(cs) {
+		f()
 	}
-	for _, d := range ds {
-		os.RemoveAll(d)
-	}
+	e.Group.Close()
 }
 
 // run calls f, turning a Fatalf inside it into an error.

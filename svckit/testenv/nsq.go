@@ -1,24 +1,10 @@
 package testenv
 
 import (
-	"encoding/json"
-	"fmt"
-	"net/http"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
-)
 
-// servesHTTP reports whether the HTTP server at httpAddr is p itself: nsqd and
-// nsqlookupd serve /debug/pprof/cmdline, which must be p's exact command line.
-// This tells p from another test's program that took the port while p failed
-// to bind it.
-func (p *Process) servesHTTP(httpAddr string) bool {
-	code, body, err := HTTPGet("http://" + httpAddr + "/debug/pprof/cmdline")
-	want := strings.Join(append([]string{p.bin}, p.args...), "\x00")
-	return err == nil && code == http.StatusOK && body == want
-}
+	"github.com/svckit/svckit/internal/localstack"
+)
 
 // NSQLookupd is a running nsqlookupd.
 type NSQLookupd struct {
@@ -27,28 +13,29 @@ type NSQLookupd struct {
 	Proc              *Process
 }
 
+func lookupdOf(l *localstack.NSQLookupd) *NSQLookupd {
+	return &NSQLookupd{TCPAddr: l.TCPAddr, HTTPAddr: l.HTTPAddr, TCPPort: l.TCPPort, HTTPPort: l.HTTPPort, Proc: wrap(l.Proc)}
+}
+
+// core returns the localstack view of l's fields (tests also build an
+// NSQLookupd by hand around a process they started).
+func (l *NSQLookupd) core() *localstack.NSQLookupd {
+	return &localstack.NSQLookupd{TCPAddr: l.TCPAddr, HTTPAddr: l.HTTPAddr, TCPPort: l.TCPPort, HTTPPort: l.HTTPPort, Proc: l.Proc.core()}
+}
+
 // StartNSQLookupd starts nsqlookupd on free loopback ports and waits until
 // GET /ping answers OK.
 func StartNSQLookupd(t testing.TB) *NSQLookupd {
 	t.Helper()
-	l := &NSQLookupd{}
-	startWithRetry(t, 3,
-		func(int) (*Process, error) {
-			l.TCPPort, l.HTTPPort = FreePort(t), FreePort(t)
-			l.TCPAddr, l.HTTPAddr = Addr(l.TCPPort), Addr(l.HTTPPort)
-			l.Proc = StartProcess(t, "nsqlookupd", Bin(t, "nsqlookupd"), []string{
-				"--tcp-address=" + l.TCPAddr,
-				"--http-address=" + l.HTTPAddr,
-				"--broadcast-address=127.0.0.1",
-			}, nil)
-			return l.Proc, nil
-		},
-		func(p *Process) error { return p.awaitReady(NSQReadyTimeout, l.Ready) })
-	return l
+	l, err := group(t).StartNSQLookupd()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return lookupdOf(l)
 }
 
 // Ready reports whether this nsqlookupd answers /ping.
-func (l *NSQLookupd) Ready() bool { return pingOK(l.HTTPAddr) && l.Proc.servesHTTP(l.HTTPAddr) }
+func (l *NSQLookupd) Ready() bool { return l.core().Ready() }
 
 // Stop stops nsqlookupd with SIGTERM and returns its exit error.
 func (l *NSQLookupd) Stop() error { return l.Proc.Stop() }
@@ -59,7 +46,9 @@ func (l *NSQLookupd) Kill() { l.Proc.Kill() }
 // Start starts a stopped nsqlookupd again on the same ports and waits for /ping.
 func (l *NSQLookupd) Start(t testing.TB) {
 	t.Helper()
-	restartSamePorts(t, l.Proc, NSQReadyTimeout, l.Ready)
+	if err := l.core().Start(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 }
 
 // Restart stops nsqlookupd and starts it again on the same ports.
@@ -71,45 +60,14 @@ func (l *NSQLookupd) Restart(t testing.TB) {
 
 // Producers returns the TCP addresses (127.0.0.1:<port>) of the nsqd
 // instances registered with this lookupd (GET /nodes).
-func (l *NSQLookupd) Producers() ([]string, error) {
-	code, body, err := HTTPGet("http://" + l.HTTPAddr + "/nodes")
-	if err != nil {
-		return nil, err
-	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("nsqlookupd /nodes: %d %s", code, body)
-	}
-	var resp struct {
-		Producers []struct {
-			BroadcastAddress string `json:"broadcast_address"`
-			TCPPort          int    `json:"tcp_port"`
-		} `json:"producers"`
-	}
-	if err := json.Unmarshal([]byte(body), &resp); err != nil {
-		return nil, fmt.Errorf("nsqlookupd /nodes: %w", err)
-	}
-	var out []string
-	for _, p := range resp.Producers {
-		out = append(out, fmt.Sprintf("%s:%d", p.BroadcastAddress, p.TCPPort))
-	}
-	return out, nil
-}
+func (l *NSQLookupd) Producers() ([]string, error) { return l.core().Producers() }
 
 // WaitProducer waits until the nsqd at tcpAddr is registered with l.
 func (l *NSQLookupd) WaitProducer(t testing.TB, tcpAddr string) {
 	t.Helper()
-	WaitFor(t, NSQReadyTimeout, "nsqd "+tcpAddr+" to register with nsqlookupd "+l.TCPAddr, func() bool {
-		ps, err := l.Producers()
-		if err != nil {
-			return false
-		}
-		for _, p := range ps {
-			if p == tcpAddr {
-				return true
-			}
-		}
-		return false
-	})
+	if err := l.core().WaitProducer(tcpAddr); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 }
 
 // NSQDOptions configures StartNSQD.
@@ -135,52 +93,30 @@ type NSQD struct {
 	Proc              *Process
 }
 
+func nsqdOf(n *localstack.NSQD) *NSQD {
+	return &NSQD{TCPAddr: n.TCPAddr, HTTPAddr: n.HTTPAddr, TCPPort: n.TCPPort, HTTPPort: n.HTTPPort, DataDir: n.DataDir, Proc: wrap(n.Proc)}
+}
+
+// core returns the localstack view of n's fields (tests also build an NSQD
+// by hand around a process they started).
+func (n *NSQD) core() *localstack.NSQD {
+	return &localstack.NSQD{TCPAddr: n.TCPAddr, HTTPAddr: n.HTTPAddr, TCPPort: n.TCPPort, HTTPPort: n.HTTPPort, DataDir: n.DataDir, Proc: n.Proc.core()}
+}
+
 // StartNSQD starts nsqd on free loopback ports and waits until GET /ping
 // answers OK.
 func StartNSQD(t testing.TB, o NSQDOptions) *NSQD {
 	t.Helper()
-	n := &NSQD{DataDir: o.DataDir}
-	if n.DataDir == "" {
-		n.DataDir = t.TempDir()
-	} else if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
-		t.Fatalf("testenv: nsqd data dir: %v", err)
+	n, err := group(t).StartNSQD(localstack.NSQDOptions(o))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
-	startWithRetry(t, 3,
-		func(int) (*Process, error) {
-			n.TCPPort, n.HTTPPort = FreePort(t), FreePort(t)
-			n.TCPAddr, n.HTTPAddr = Addr(n.TCPPort), Addr(n.HTTPPort)
-			args := []string{
-				"--tcp-address=" + n.TCPAddr,
-				"--http-address=" + n.HTTPAddr,
-				"--broadcast-address=127.0.0.1",
-				"--data-path=" + n.DataDir,
-				// Differs between the nsqds of a test (nsqd derives its default
-				// from the hostname), stable across restarts.
-				"--node-id=" + strconv.Itoa(n.TCPPort%1024),
-				// svckit consumers ask for a 1ms output buffer timeout (see
-				// --nsq-output-buffer-timeout); stock nsqd allows 25ms at least.
-				"--min-output-buffer-timeout=1ms",
-			}
-			for _, a := range o.LookupdTCPAddrs {
-				args = append(args, "--lookupd-tcp-address="+a)
-			}
-			switch {
-			case o.MemQueueSize > 0:
-				args = append(args, "--mem-queue-size="+strconv.Itoa(o.MemQueueSize))
-			case o.MemQueueSize < 0:
-				args = append(args, "--mem-queue-size=0")
-			}
-			args = append(args, o.ExtraArgs...)
-			n.Proc = StartProcess(t, "nsqd", Bin(t, "nsqd"), args, nil)
-			return n.Proc, nil
-		},
-		func(p *Process) error { return p.awaitReady(NSQReadyTimeout, n.Ready) })
-	return n
+	return nsqdOf(n)
 }
 
 // Ready reports whether this nsqd answers /ping with OK (nsqd answers 500
 // when it is unhealthy, e.g. its disk queue failed).
-func (n *NSQD) Ready() bool { return pingOK(n.HTTPAddr) && n.Proc.servesHTTP(n.HTTPAddr) }
+func (n *NSQD) Ready() bool { return n.core().Ready() }
 
 // Stop stops nsqd with SIGTERM (it flushes its memory queues to the data dir)
 // and returns its exit error.
@@ -193,7 +129,9 @@ func (n *NSQD) Kill() { n.Proc.Kill() }
 // dir and waits for /ping.
 func (n *NSQD) Start(t testing.TB) {
 	t.Helper()
-	restartSamePorts(t, n.Proc, NSQReadyTimeout, n.Ready)
+	if err := n.core().Start(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 }
 
 // Restart stops nsqd (SIGTERM) and starts it again on the same ports and data
@@ -207,9 +145,8 @@ func (n *NSQD) Restart(t testing.TB) {
 // Publish publishes body to topic through nsqd's HTTP /pub.
 func (n *NSQD) Publish(t testing.TB, topic string, body []byte) {
 	t.Helper()
-	code, resp, err := HTTPPost("http://"+n.HTTPAddr+"/pub?topic="+topic, "application/octet-stream", body)
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("testenv: nsqd %s /pub?topic=%s: %d %q %v", n.HTTPAddr, topic, code, resp, err)
+	if err := n.core().Publish(topic, body); err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
 }
 
@@ -217,9 +154,8 @@ func (n *NSQD) Publish(t testing.TB, topic string, body []byte) {
 // /topic/delete.
 func (n *NSQD) DeleteTopic(t testing.TB, topic string) {
 	t.Helper()
-	code, resp, err := HTTPPost("http://"+n.HTTPAddr+"/topic/delete?topic="+topic, "", nil)
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("testenv: nsqd %s /topic/delete?topic=%s: %d %q %v", n.HTTPAddr, topic, code, resp, err)
+	if err := n.core().DeleteTopic(topic); err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
 }
 
@@ -247,27 +183,12 @@ type NSQDStats struct {
 
 // Stats returns nsqd's GET /stats?format=json.
 func (n *NSQD) Stats() (*NSQDStats, error) {
-	code, body, err := HTTPGet("http://" + n.HTTPAddr + "/stats?format=json")
-	if err != nil {
-		return nil, err
-	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("nsqd /stats: %d %s", code, body)
-	}
-	var s NSQDStats
-	if err := json.Unmarshal([]byte(body), &s); err != nil {
-		return nil, fmt.Errorf("nsqd /stats: %w", err)
-	}
-	return &s, nil
+	s, err := n.core().Stats()
+	return (*NSQDStats)(s), err
 }
 
 // TopicDepth returns the depth (memory + disk) and message count of topic,
 // with ok false if nsqd does not have the topic.
 func (s *NSQDStats) TopicDepth(topic string) (depth int64, messages uint64, ok bool) {
-	for _, tp := range s.Topics {
-		if tp.TopicName == topic {
-			return tp.Depth, tp.MessageCount, true
-		}
-	}
-	return 0, 0, false
+	return (*localstack.NSQDStats)(s).TopicDepth(topic)
 }

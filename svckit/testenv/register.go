@@ -2,35 +2,21 @@ package testenv
 
 import (
 	"fmt"
-	"strconv"
 	"testing"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/internal/localstack"
 )
 
 // ServiceID returns the Consul service ID svckit expects for an NSQ program:
 // "<name>-127.0.0.1-<tcp port>".
-func ServiceID(name string, tcpPort int) string {
-	return fmt.Sprintf("%s-127.0.0.1-%d", name, tcpPort)
-}
+func ServiceID(name string, tcpPort int) string { return localstack.ServiceID(name, tcpPort) }
 
 // NSQService returns the registration of an NSQ program as svckit expects to
 // find it in Consul: service port = TCP port, meta http_port = HTTP port, an
 // HTTP check on /ping every second.
 func NSQService(name string, tcpPort, httpPort int) *api.AgentServiceRegistration {
-	return &api.AgentServiceRegistration{
-		ID:      ServiceID(name, tcpPort),
-		Name:    name,
-		Address: "127.0.0.1",
-		Port:    tcpPort,
-		Meta:    map[string]string{"http_port": strconv.Itoa(httpPort)},
-		Check: &api.AgentServiceCheck{
-			HTTP:                           fmt.Sprintf("http://%s/ping", Addr(httpPort)),
-			Interval:                       "1s",
-			Timeout:                        "1s",
-			DeregisterCriticalServiceAfter: "1m",
-		},
-	}
+	return localstack.NSQService(name, tcpPort, httpPort)
 }
 
 // RegisterNSQD registers n in c as service "nsqd".
@@ -48,16 +34,15 @@ func RegisterNSQLookupd(t testing.TB, c *Consul, l *NSQLookupd) {
 // Register registers a service with the agent, failing the test on error.
 func Register(t testing.TB, c *Consul, reg *api.AgentServiceRegistration) {
 	t.Helper()
-	if err := c.Client.Agent().ServiceRegister(reg); err != nil {
-		t.Fatalf("testenv: register %s in consul %s: %v", reg.ID, c.HTTPAddr, err)
+	if err := c.core().Register(reg); err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
 }
 
 // Passing returns the passing instances of service (the health API with
 // passing only, as svckit's discovery asks).
 func Passing(c *Consul, service string) ([]*api.ServiceEntry, error) {
-	entries, _, err := c.Client.Health().Service(service, "", true, nil)
-	return entries, err
+	return c.core().Passing(service)
 }
 
 // WaitPassing waits (up to PassingTimeout) until service has exactly n

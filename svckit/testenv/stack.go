@@ -1,6 +1,10 @@
 package testenv
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/svckit/svckit/internal/localstack"
+)
 
 // Stack is a whole svckit infrastructure: a Consul agent, an nsqlookupd and an
 // nsqd registered with that lookupd, both registered in Consul.
@@ -23,14 +27,11 @@ func StartStack(t testing.TB) *Stack {
 // added to o.LookupdTCPAddrs).
 func StartStackWith(t testing.TB, o NSQDOptions) *Stack {
 	t.Helper()
-	s := &Stack{Consul: launchConsul(t)}
-	s.Lookupd = StartNSQLookupd(t)
-	o.LookupdTCPAddrs = append(o.LookupdTCPAddrs, s.Lookupd.TCPAddr)
-	s.NSQD = StartNSQD(t, o)
-	s.Consul.awaitStart(t)
-	s.Register(t)
-	s.Lookupd.WaitProducer(t, s.NSQD.TCPAddr)
-	return s
+	s, err := group(t).StartStack(localstack.NSQDOptions(o))
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return &Stack{Consul: consulOf(s.Consul), Lookupd: lookupdOf(s.Lookupd), NSQD: nsqdOf(s.NSQD)}
 }
 
 // Register registers nsqd and nsqlookupd in consul (again, e.g. after a

@@ -1,6 +1,6 @@
 //go:build unix && !linux
 
-package testenv
+package localstack
 
 import (
 	"os/exec"
@@ -8,9 +8,9 @@ import (
 )
 
 // sysProcAttr puts the child in its own process group. Only Linux can make a
-// child die with its parent (PR_SET_PDEATHSIG); elsewhere a test binary killed
-// from outside leaves its programs running.
-func sysProcAttr() *syscall.SysProcAttr {
+// child die with its parent (PR_SET_PDEATHSIG); elsewhere a program killed
+// from outside leaves its children running.
+func sysProcAttr(syscall.Signal) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
 

@@ -1,4 +1,4 @@
-package testenv
+package localstack
 
 import (
 	"os/exec"
@@ -8,17 +8,21 @@ import (
 )
 
 // sysProcAttr puts the child in its own process group (so that Kill reaches
-// anything it starts) and asks the kernel to SIGKILL it when its parent dies,
-// so that a test binary killed by `go test -timeout` or ^C leaves no orphans.
-func sysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+// anything it starts) and asks the kernel to send it sig (SIGKILL if 0) when
+// its parent dies, so that a program killed by `go test -timeout`, ^C or
+// SIGKILL leaves no orphans.
+func sysProcAttr(sig syscall.Signal) *syscall.SysProcAttr {
+	if sig == 0 {
+		sig = syscall.SIGKILL
+	}
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: sig}
 }
 
 // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
 // the process (golang.org/issue/27505), and the Go runtime does end threads
 // (a goroutine that exits while locked to its thread takes the thread with
 // it). So children are forked from one goroutine locked to its thread for
-// the life of the test binary.
+// the life of the process.
 var spawner struct {
 	once sync.Once
 	reqs chan func()
