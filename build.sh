@@ -181,10 +181,11 @@ case "$cmd" in
   build) build ;;
   start)
     build
-    mkdir -p var/nsqd
+    # The same as `goreman start` from here: the Procfile creates what it
+    # needs under var/ and takes its ports from LAPTOP_* (see the Procfile).
     step "starting the Procfile under goreman (Ctrl-C stops everything)"
-    echo "    Consul UI  http://127.0.0.1:8500/ui"
-    echo "    nsqadmin   http://127.0.0.1:4171"
+    echo "    Consul UI  http://127.0.0.1:${LAPTOP_CONSUL_HTTP_PORT:-8500}/ui"
+    echo "    nsqadmin   http://127.0.0.1:${LAPTOP_NSQADMIN_HTTP_PORT:-4171}"
     exec "$BIN/goreman" -f Procfile start "$@"
     ;;
   test)
