@@ -176,40 +176,14 @@ func waitApplied(t *testing.T, addr, stream string, n uint64) pipetest.AppStream
 	return st
 }
 
-// snapshot is the sensor's GET /snapshot answer.
-type snapshot struct {
-	Stream string             `json:"stream"`
-	Seq    uint64             `json:"seq"`
-	State  pipeline.Aggregate `json:"state"`
-}
-
 // appState returns the app's state of stream.
-func appState(addr, stream string) (pipeline.Aggregate, error) {
-	var all map[string]pipeline.Aggregate
-	if err := pipetest.GetJSON(addr, "/state", &all); err != nil {
-		return pipeline.Aggregate{}, err
-	}
-	return all[stream], nil
-}
+func appState(addr, stream string) (pipeline.Totals, error) { return pipetest.AppTotals(addr, stream) }
 
-// checkState checks that the app's state of stream equals the sensor's fold
-// over 1..n, and that the fold covers exactly n readings.
+// checkState checks the app's state of stream against the sensor's fold
+// over 1..n (pipetest.CheckState; the workers run with factor 1).
 func checkState(t *testing.T, appAddr, sensorAddr, stream string, n uint64) {
 	t.Helper()
-	var snap snapshot
-	if err := pipetest.GetJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
-		t.Fatalf("sensor snapshot: %v", err)
-	}
-	if snap.Seq != n || snap.State.Count != n || snap.State.Seq != n {
-		t.Fatalf("sensor snapshot of %s covers seq %d (state %+v), want %d readings", stream, snap.Seq, snap.State, n)
-	}
-	got, err := appState(appAddr, stream)
-	if err != nil {
-		t.Fatalf("app state: %v", err)
-	}
-	if got != snap.State {
-		t.Fatalf("app state of %s differs from the sensor's fold:\n app    %+v\n sensor %+v", stream, got, snap.State)
-	}
+	pipetest.CheckState(t, appAddr, sensorAddr, stream, n, 1)
 }
 
 // finish waits until the sensor published n readings of stream and the app

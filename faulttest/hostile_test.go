@@ -25,7 +25,7 @@ func TestForgedFarFutureSequence(t *testing.T) {
 	n := r.nsqds[0]
 	const forged = uint64(1_000_000_000_000)
 	env := envelope.Envelope{Stream: r.stream, Seq: forged, Created: time.Now(), ContentType: pipeline.ResultType,
-		Payload: pipeline.MarshalResult(pipeline.Compute(pipeline.Reading{Value: 999}))}
+		Payload: pipeline.MarshalResult(pipeline.Compute(pipeline.Reading{Value: 999}, 1))}
 	body, err := env.Marshal()
 	if err != nil {
 		t.Fatal(err)

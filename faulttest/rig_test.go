@@ -404,27 +404,11 @@ func savedSnapshotSeq(t *testing.T, dataDir, stream string) uint64 {
 	return seq
 }
 
-// checkState checks that the app's state of stream is the sensor's fold over
-// 1..n (GET /snapshot), which covers exactly n readings.
+// checkState checks the app's state of stream against the sensor's fold
+// over 1..n (pipetest.CheckState; the workers run with factor 1).
 func checkState(t *testing.T, appAddr, sensorAddr, stream string, n uint64) {
 	t.Helper()
-	var snap struct {
-		Seq   uint64             `json:"seq"`
-		State pipeline.Aggregate `json:"state"`
-	}
-	if err := pipetest.GetJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
-		t.Fatalf("sensor snapshot: %v", err)
-	}
-	if snap.Seq != n || snap.State.Count != n || snap.State.Seq != n {
-		t.Fatalf("sensor snapshot of %s covers seq %d (state %+v), want %d readings", stream, snap.Seq, snap.State, n)
-	}
-	var all map[string]pipeline.Aggregate
-	if err := pipetest.GetJSON(appAddr, "/state", &all); err != nil {
-		t.Fatalf("app state: %v", err)
-	}
-	if got := all[stream]; got != snap.State {
-		t.Fatalf("app state of %s differs from the sensor's fold:\n app    %+v\n sensor %+v", stream, got, snap.State)
-	}
+	pipetest.CheckState(t, appAddr, sensorAddr, stream, n, 1)
 }
 
 // metric reads one metric (summed over labels) from a service, trying again

@@ -30,11 +30,16 @@ type Reading struct{ Value int64 }
 // Result is what a worker computes from a reading.
 type Result struct {
 	Value  int64 // the reading
-	Square int64 // Value²
+	Result int64 // factor × Value²
 }
 
-// Compute is the worker's computation.
-func Compute(r Reading) Result { return Result{Value: r.Value, Square: r.Value * r.Value} }
+// Compute is the worker's computation: factor × value². The factor is the
+// worker's own configuration, which the app does not know: after an outage
+// the app must get results computed by the workers (relayed through them),
+// not compute them itself.
+func Compute(r Reading, factor int64) Result {
+	return Result{Value: r.Value, Result: factor * r.Value * r.Value}
+}
 
 // ErrBadPayload is returned for payloads of the wrong size.
 var ErrBadPayload = errors.New("bad payload size")
@@ -53,7 +58,7 @@ func UnmarshalReading(b []byte) (Reading, error) {
 // MarshalResult encodes a result as 16 bytes big-endian.
 func MarshalResult(r Result) []byte {
 	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(r.Value))
-	return binary.BigEndian.AppendUint64(b, uint64(r.Square))
+	return binary.BigEndian.AppendUint64(b, uint64(r.Result))
 }
 
 // UnmarshalResult decodes a result.
@@ -61,17 +66,16 @@ func UnmarshalResult(b []byte) (Result, error) {
 	if len(b) != 16 {
 		return Result{}, fmt.Errorf("result: %w %d", ErrBadPayload, len(b))
 	}
-	return Result{Value: int64(binary.BigEndian.Uint64(b)), Square: int64(binary.BigEndian.Uint64(b[8:]))}, nil
+	return Result{Value: int64(binary.BigEndian.Uint64(b)), Result: int64(binary.BigEndian.Uint64(b[8:]))}, nil
 }
 
-// Aggregate is the fold of one stream over sequences 1..Seq. The sensor keeps
-// it as the stream's snapshot; the app's per-stream state is the same fold
-// taken over results, so a snapshot maps onto app state directly.
+// Aggregate is the sensor's fold of one stream over sequences 1..Seq: the
+// stream's snapshot.
 type Aggregate struct {
 	Seq     uint64 `json:"seq"`      // highest sequence folded in
 	Count   uint64 `json:"count"`    // readings folded in
 	Sum     int64  `json:"sum"`      // Σ value
-	SumSq   int64  `json:"sum_sq"`   // Σ value² (the sum of the results' squares)
+	SumSq   int64  `json:"sum_sq"`   // Σ value²
 	Last    int64  `json:"last"`     // value at LastSeq
 	LastSeq uint64 `json:"last_seq"` // sequence of Last: the highest folded, whatever the order
 }
@@ -101,18 +105,43 @@ func UnmarshalAggregate(b []byte) (Aggregate, error) {
 	return a, nil
 }
 
-// AddResult folds in a worker's result for sequence seq (the app's side of
-// Add: the square comes from the worker, not recomputed).
-func (a *Aggregate) AddResult(seq uint64, r Result) {
-	a.Count++
-	a.Sum += r.Value
-	a.SumSq += r.Square
-	if seq >= a.LastSeq {
-		a.Last, a.LastSeq = r.Value, seq
+// Totals is the app's per-stream state: the fold of the results it
+// applied. A worker maps the sensor's Aggregate onto it for a snapshot
+// (TotalsOf), with the factor only the worker knows.
+type Totals struct {
+	Count      uint64 `json:"count"`       // results applied
+	Sum        int64  `json:"sum"`         // Σ value
+	SumResults int64  `json:"sum_results"` // Σ result (factor × value²)
+	Last       int64  `json:"last"`        // value at LastSeq
+	LastSeq    uint64 `json:"last_seq"`    // the highest sequence applied, whatever the order
+}
+
+// Add folds in the result of sequence seq. Order does not matter.
+func (t *Totals) Add(seq uint64, r Result) {
+	t.Count++
+	t.Sum += r.Value
+	t.SumResults += r.Result
+	if seq >= t.LastSeq {
+		t.Last, t.LastSeq = r.Value, seq
 	}
-	if seq > a.Seq {
-		a.Seq = seq
+}
+
+// TotalsOf is what the app's state is after the results of every reading
+// the sensor folded into a, computed with factor.
+func TotalsOf(a Aggregate, factor int64) Totals {
+	return Totals{Count: a.Count, Sum: a.Sum, SumResults: factor * a.SumSq, Last: a.Last, LastSeq: a.LastSeq}
+}
+
+// Marshal encodes the totals as JSON.
+func (t Totals) Marshal() []byte { b, _ := json.Marshal(t); return b }
+
+// UnmarshalTotals decodes totals.
+func UnmarshalTotals(b []byte) (Totals, error) {
+	var t Totals
+	if err := json.Unmarshal(b, &t); err != nil {
+		return t, fmt.Errorf("totals: %w", err)
 	}
+	return t, nil
 }
 
 // ReadingFold is the sensor's snapshot of its stream (a replay.Fold).

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -412,4 +413,43 @@ func Stopped(pid int) bool {
 		}
 	}
 	return true
+}
+
+// SensorSnapshot is a sensor's GET /snapshot answer: its fold over 1..Seq.
+type SensorSnapshot struct {
+	Stream string             `json:"stream"`
+	Seq    uint64             `json:"seq"`
+	State  pipeline.Aggregate `json:"state"`
+}
+
+// AppTotals returns the app's state of stream (GET /state).
+func AppTotals(addr, stream string) (pipeline.Totals, error) {
+	var all map[string]pipeline.Totals
+	if err := GetJSON(addr, "/state", &all); err != nil {
+		return pipeline.Totals{}, err
+	}
+	return all[stream], nil
+}
+
+// CheckState checks that the sensor's fold covers exactly readings 1..n and
+// that the app's state of stream is what the workers' results of exactly
+// those readings add up to: count and Σ value as in the fold, and Σ result
+// = factor × Σ value². A reading lost, applied twice, or a sequence number
+// used for two readings shows here.
+func CheckState(t testing.TB, appAddr, sensorAddr, stream string, n uint64, factor int64) {
+	t.Helper()
+	var snap SensorSnapshot
+	if err := GetJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
+		t.Fatalf("sensor snapshot: %v", err)
+	}
+	if snap.Seq != n || snap.State.Count != n || snap.State.Seq != n {
+		t.Fatalf("sensor snapshot of %s covers seq %d (state %+v), want %d readings", stream, snap.Seq, snap.State, n)
+	}
+	got, err := AppTotals(appAddr, stream)
+	if err != nil {
+		t.Fatalf("app state: %v", err)
+	}
+	if want := pipeline.TotalsOf(snap.State, factor); got != want {
+		t.Fatalf("app state of %s differs from the results of the sensor's readings (factor %d):\n app  %+v\n want %+v", stream, factor, got, want)
+	}
 }

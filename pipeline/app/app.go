@@ -1,7 +1,9 @@
 // Package app is the reference pipeline's collector: it consumes results,
 // applies each (stream, seq) exactly once through a replay.Tracker, keeps
-// per-stream state (count, sum, last value), recovers what it missed from the
-// sensors, logs a summary and serves its state over HTTP.
+// per-stream state (count, sum of values, sum of results), recovers what it
+// missed from its upstream (the workers, which relay to the sensors and
+// compute the results again: the app contains no worker logic), logs a
+// summary and serves its state over HTTP.
 package app
 
 import (
@@ -37,7 +39,7 @@ func Spec(version string) service.Spec {
 			&cli.BoolFlag{Name: "ephemeral", Value: true, Usage: "per-instance ephemeral channel (replay recovers what it misses while away)", EnvVars: config.Env("ephemeral")},
 			&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint file (default <data-dir>/checkpoint.json)", EnvVars: config.Env("checkpoint")},
 			&cli.DurationFlag{Name: "checkpoint-interval", Value: time.Second, Usage: "how often state and checkpoint are saved", EnvVars: config.Env("checkpoint-interval")},
-			&cli.StringFlag{Name: "replay-owner-service", Value: "sensor", Usage: "Consul service whose instances own the streams (tag stream=<id>)", EnvVars: config.Env("replay-owner-service")},
+			&cli.StringFlag{Name: "upstream", Value: "worker", Usage: "Consul service that publishes the results (a stage relays replay requests to its own upstream)", EnvVars: config.Env("upstream")},
 			&cli.DurationFlag{Name: "replay-gap-grace", Value: 2 * time.Second, Usage: "a gap is requested once it stayed open this long", EnvVars: config.Env("replay-gap-grace")},
 			&cli.IntFlag{Name: "replay-max-batch", Value: 10000, Usage: "most sequences per replay request", EnvVars: config.Env("replay-max-batch")},
 			&cli.DurationFlag{Name: "replay-tail-interval", Value: 5 * time.Second, Usage: "how often owners are asked for their latest sequence", EnvVars: config.Env("replay-tail-interval")},
@@ -78,11 +80,11 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}
 	tr, err := replay.NewTracker(st, replay.TrackerOptions{
 		CheckpointPath: cp, CheckpointInterval: c.Duration("checkpoint-interval"),
-		Owners:   s.Discovery.Watch(c.String("replay-owner-service")),
+		Owners:   s.Discovery.Watch(c.String("upstream")),
 		GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
 		TailInterval: c.Duration("replay-tail-interval"), Secret: s.Config.ReplaySecret,
-		MaxAhead:  c.Uint64("replay-max-ahead"),
-		Transform: ReadingToResult, DeadLetter: deadLetter, Logger: s.Log, Metrics: s.ReplayMetrics(),
+		MaxAhead:   c.Uint64("replay-max-ahead"),
+		DeadLetter: deadLetter, Logger: s.Log, Metrics: s.ReplayMetrics(),
 	})
 	if err != nil {
 		return nil, err
@@ -101,6 +103,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
 	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
 	s.Go(tr.Run)
+	s.HTTP.AddCheck("replay", tr.Ready)
 	s.OnStop(func(context.Context) error { return tr.Save() })
 	every := c.Duration("summary-interval")
 	return func(ctx context.Context) error {
@@ -124,32 +127,17 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 func logSummary(log *slog.Logger, st *State, tr *replay.Tracker) {
 	for _, x := range tr.Status() {
 		a := st.Get(x.Stream)
-		log.Info("summary", "stream", x.Stream, "count", a.Count, "sum", a.Sum, "last", a.Last, "sum_sq", a.SumSq,
+		log.Info("summary", "stream", x.Stream, "count", a.Count, "sum", a.Sum, "sum_results", a.SumResults, "last", a.Last,
 			"last_contiguous", x.LastContiguous, "duplicates", x.Duplicates, "gaps", len(x.Gaps))
 	}
 }
 
-// ReadingToResult turns a replayed reading (what the sensor retains) into the
-// result a worker would have published for it.
-func ReadingToResult(env envelope.Envelope) (envelope.Envelope, error) {
-	if env.ContentType == pipeline.ResultType {
-		return env, nil
-	}
-	r, err := pipeline.UnmarshalReading(env.Payload)
-	if err != nil {
-		return env, err
-	}
-	env.ContentType = pipeline.ResultType
-	env.Payload = pipeline.MarshalResult(pipeline.Compute(r))
-	return env, nil
-}
-
-// State is the app's per-stream state: a pipeline.Aggregate over results
-// (Count, Sum of values, SumSq = sum of the results, Last value). It is a
+// State is the app's per-stream state: pipeline.Totals over results
+// (count, sum of values, sum of results, last value). It is a
 // replay.Applier.
 type State struct {
 	mu      sync.RWMutex
-	streams map[string]*pipeline.Aggregate
+	streams map[string]*pipeline.Totals
 	latency prometheus.Histogram
 }
 
@@ -161,7 +149,7 @@ func NewState(m *metrics.Metrics) *State {
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	})
 	m.Registry.MustRegister(h)
-	return &State{streams: map[string]*pipeline.Aggregate{}, latency: h}
+	return &State{streams: map[string]*pipeline.Totals{}, latency: h}
 }
 
 func (s *State) observeLatency(created time.Time) {
@@ -170,14 +158,14 @@ func (s *State) observeLatency(created time.Time) {
 	}
 }
 
-// agg returns the stream's aggregate; call with s.mu held for writing.
-func (s *State) agg(stream string) *pipeline.Aggregate {
-	a := s.streams[stream]
-	if a == nil {
-		a = &pipeline.Aggregate{}
-		s.streams[stream] = a
+// totals returns the stream's totals; call with s.mu held for writing.
+func (s *State) totals(stream string) *pipeline.Totals {
+	t := s.streams[stream]
+	if t == nil {
+		t = &pipeline.Totals{}
+		s.streams[stream] = t
 	}
-	return a
+	return t
 }
 
 // Apply implements replay.Applier (called under the tracker's stream lock;
@@ -188,20 +176,20 @@ func (s *State) Apply(stream string, env envelope.Envelope) error {
 		return pubsub.Reject(err)
 	}
 	s.mu.Lock()
-	s.agg(stream).AddResult(env.Seq, r)
+	s.totals(stream).Add(env.Seq, r)
 	s.mu.Unlock()
 	return nil
 }
 
-// ApplySnapshot implements replay.Applier: the sensor's fold over readings is
-// exactly the app's fold over their results.
+// ApplySnapshot implements replay.Applier: the workers map the sensor's
+// fold onto the app's totals (with the factor only they know).
 func (s *State) ApplySnapshot(stream string, _ uint64, state []byte) error {
-	a, err := pipeline.UnmarshalAggregate(state)
+	t, err := pipeline.UnmarshalTotals(state)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	*s.agg(stream) = a
+	*s.totals(stream) = t
 	s.mu.Unlock()
 	return nil
 }
@@ -213,19 +201,19 @@ func (s *State) ExportState(stream string) ([]byte, error) { return s.Get(stream
 func (s *State) ImportState(stream string, b []byte) error { return s.ApplySnapshot(stream, 0, b) }
 
 // Get returns a copy of a stream's state.
-func (s *State) Get(stream string) pipeline.Aggregate {
+func (s *State) Get(stream string) pipeline.Totals {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if a := s.streams[stream]; a != nil {
-		return *a
+	if t := s.streams[stream]; t != nil {
+		return *t
 	}
-	return pipeline.Aggregate{}
+	return pipeline.Totals{}
 }
 
-// ServeState serves GET /state: stream → aggregate.
+// ServeState serves GET /state: stream → totals.
 func (s *State) ServeState(w http.ResponseWriter, _ *http.Request) {
 	s.mu.RLock()
-	out := make(map[string]pipeline.Aggregate, len(s.streams))
+	out := make(map[string]pipeline.Totals, len(s.streams))
 	for k, v := range s.streams {
 		out[k] = *v
 	}

@@ -1,7 +1,9 @@
-// Package worker is the reference pipeline's worker: it consumes readings on a
-// channel shared by every worker (NSQ balances the load between them),
-// computes the result and publishes it with the reading's stream and
-// sequence, so the app can track each reading end to end.
+// Package worker is the reference pipeline's worker: a stage that consumes
+// readings on a channel shared by every worker (NSQ balances the load
+// between them) and publishes factor × value² as the result, with the
+// reading's stream and sequence. It serves replay for its results by
+// relaying to the sensor, so the app recovers what it missed from the
+// workers, never computing a result itself.
 package worker
 
 import (
@@ -13,71 +15,64 @@ import (
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/service"
+	"github.com/svckit/svckit/svckit/stage"
 	"github.com/urfave/cli/v2"
 )
+
+// MaxFactor bounds --factor: results must fit int64 sums.
+const MaxFactor = 1_000_000
 
 // Spec is the worker service for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "worker",
-		Usage:   "square readings into results (several instances share one channel)",
+		Usage:   "compute factor × value² of readings into results (several instances share one channel)",
 		Version: version,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "in-topic", Value: pipeline.ReadingsTopic, Usage: "topic of readings", EnvVars: config.Env("in-topic")},
 			&cli.StringFlag{Name: "channel", Value: pipeline.WorkersChannel, Usage: "channel shared by all workers", EnvVars: config.Env("channel")},
 			&cli.StringFlag{Name: "out-topic", Value: pipeline.ResultsTopic, Usage: "topic of results", EnvVars: config.Env("out-topic")},
+			&cli.StringFlag{Name: "upstream", Value: "sensor", Usage: "Consul service that publishes the readings (replay requests are relayed to it)", EnvVars: config.Env("upstream")},
+			&cli.Int64Flag{Name: "factor", Value: 1, Usage: fmt.Sprintf("a result is factor × value² (1..%d)", MaxFactor), EnvVars: config.Env("factor")},
 		},
 		Setup: setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	out, err := s.Batcher(c.String("out-topic"))
-	if err != nil {
-		return nil, err
+	factor := c.Int64("factor")
+	if factor < 1 || factor > MaxFactor {
+		return nil, service.UsageError{Err: fmt.Errorf("--factor %d: want 1..%d", factor, MaxFactor)}
 	}
-	h := &Handler{Out: out}
-	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("in-topic"), Channel: c.String("channel")}, h); err != nil {
-		return nil, service.UsageError{Err: err}
-	}
-	return nil, nil
+	_, err := s.Stage(service.StageOptions{
+		InTopic: c.String("in-topic"), Channel: c.String("channel"), OutTopic: c.String("out-topic"),
+		Upstream: c.String("upstream"), Transform: Transform(factor), Snapshot: Snapshot(factor),
+	})
+	return nil, err
 }
 
-// Handler computes results and publishes them asynchronously: the reading is
-// finished only when nsqd acknowledged the result's batch, so a worker that
-// dies mid-way causes redelivery, never loss.
-type Handler struct {
-	Out interface {
-		PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error))
+// Transform is the worker's stage: one result per reading.
+func Transform(factor int64) stage.Transform {
+	return func(_ context.Context, in envelope.Envelope) ([]stage.Output, error) {
+		if in.ContentType != pipeline.ReadingType {
+			return nil, pubsub.Reject(fmt.Errorf("content type %q, want %q", in.ContentType, pipeline.ReadingType))
+		}
+		r, err := pipeline.UnmarshalReading(in.Payload)
+		if err != nil {
+			return nil, pubsub.Reject(err)
+		}
+		return []stage.Output{{ContentType: pipeline.ResultType, Payload: pipeline.MarshalResult(pipeline.Compute(r, factor))}}, nil
 	}
 }
 
-// HandleMessage implements pubsub.Handler.
-func (h *Handler) HandleMessage(ctx context.Context, m *pubsub.Message) error {
-	in := m.Envelope
-	if in.ContentType != pipeline.ReadingType {
-		return pubsub.Reject(fmt.Errorf("content type %q, want %q", in.ContentType, pipeline.ReadingType))
-	}
-	r, err := pipeline.UnmarshalReading(in.Payload)
-	if err != nil {
-		return pubsub.Reject(err)
-	}
-	// The batcher encodes the result into its reused buffer; an envelope it
-	// cannot encode comes back through done as an error (requeue, then the
-	// dead-letter topic).
-	h.Out.PublishEnvelopeAsync(ctx, ResultEnvelope(in, pipeline.Compute(r)), m.Async())
-	return nil
-}
-
-// ResultEnvelope is the result derived from the reading envelope in: the
-// same stream and sequence, which identify the reading it came from (the
-// app deduplicates and detects gaps by them), and the same creation time
-// (so end-to-end latency is measurable). A correlation id the reading
-// carried is passed on.
-func ResultEnvelope(in envelope.Envelope, res pipeline.Result) envelope.Envelope {
-	return envelope.Envelope{
-		ID: in.ID, Stream: in.Stream, Seq: in.Seq, Created: in.Created,
-		ContentType: pipeline.ResultType, CorrelationID: in.CorrelationID,
-		Payload: pipeline.MarshalResult(res),
+// Snapshot maps the sensor's fold (pipeline.Aggregate) onto the app's
+// state (pipeline.Totals) with the worker's factor.
+func Snapshot(factor int64) stage.SnapshotMapper {
+	return func(_ string, _ uint64, upstream []byte) ([]byte, error) {
+		a, err := pipeline.UnmarshalAggregate(upstream)
+		if err != nil {
+			return nil, err
+		}
+		return pipeline.TotalsOf(a, factor).Marshal(), nil
 	}
 }

@@ -159,9 +159,9 @@ type Envelope struct {
 	// messages a stage made of input (Stream, Seq). Parts 0 (or 1) is a
 	// whole message.
 	Part, Parts uint32
-	// Marker: (Stream, Seq) made no message (a stage filtered it out, or
-	// dead-lettered it, then Payload says why). It has no content type and
-	// no parts.
+	// Marker: (Stream, Seq), or its part Part, made no message (a stage
+	// filtered it out, or dead-lettered it, then Payload says why). It has
+	// no content type.
 	Marker bool
 }
 
@@ -175,8 +175,6 @@ func (e *Envelope) checkParts() error {
 		return fmt.Errorf("%w: part %d of a whole message", ErrParts, e.Part)
 	case e.Parts > 1 && e.Part >= e.Parts:
 		return fmt.Errorf("%w: part %d of %d", ErrParts, e.Part, e.Parts)
-	case e.Marker && e.Parts > 1:
-		return fmt.Errorf("%w: a marker has no parts", ErrParts)
 	case e.Marker && e.ContentType != "":
 		return fmt.Errorf("%w: a marker has no content type", ErrParts)
 	}

@@ -96,6 +96,7 @@ func TestRoundTrip(t *testing.T) {
 		"max parts":       func() Envelope { e := full; e.Part, e.Parts = 1<<32-2, 1<<32-1; return e }(),
 		"marker":          {Stream: "s", Seq: 7, Created: full.Created, Marker: true},
 		"marker, reason":  {Stream: "s", Seq: 7, Marker: true, Payload: []byte("dead-lettered by worker: bad reading")},
+		"part marker":     {Stream: "s", Seq: 7, Marker: true, Part: 1, Parts: 2},
 		"binary fields": func() Envelope {
 			e := full
 			e.Stream, e.ContentType, e.CorrelationID = "\x00\xff", "\n", "\x00"
@@ -371,7 +372,6 @@ func TestDecodeErrors(t *testing.T) {
 		{"parts flag, parts cut", with(func(b []byte) []byte { b[3] |= flagParts; return b[:21] }), ErrTruncated},
 		{"one part", withParts(0, 1), ErrParts},
 		{"part beyond parts", withParts(3, 3), ErrParts},
-		{"marker with parts", func() []byte { b := withParts(0, 2); b[3] |= flagMarker; return b }(), ErrParts},
 		{"marker with a content type", with(func(b []byte) []byte { b[3] |= flagMarker; return b }), ErrParts},
 		{"flags 0x80", with(func(b []byte) []byte { b[3] |= 0x80; return b }), ErrBadFlags},
 		{"id cut", good[:4+15], ErrTruncated},
@@ -782,7 +782,6 @@ func TestPartsAndMarkerLayout(t *testing.T) {
 	for name, bad := range map[string]Envelope{
 		"part of a whole":    {Stream: "s", Seq: 1, Part: 1},
 		"part beyond parts":  {Stream: "s", Seq: 1, Part: 2, Parts: 2},
-		"marker with parts":  {Stream: "s", Seq: 1, Marker: true, Parts: 2},
 		"marker with a type": {Stream: "s", Seq: 1, Marker: true, ContentType: "text/plain"},
 	} {
 		if _, err := bad.Marshal(); !errors.Is(err, ErrParts) {

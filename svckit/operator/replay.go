@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,7 +28,13 @@ func replayCommand() *cli.Command {
 		Description: `Finds the stream's owner in Consul (a passing instance of --owner-service
 tagged stream=<id>) and replays [--from, --to] or everything --since a time.
 The messages are written as JSON lines to --out, or republished to NSQ with
---publish TOPIC (svckit consumers skip what they already applied).`,
+--publish TOPIC (svckit consumers skip what they already applied).
+
+With --publish TOPIC the messages are what TOPIC carries: they come from the
+service that publishes TOPIC (Consul tag publishes=TOPIC): the stream's owner
+if it publishes there, else a stage, which relays to its own upstream and
+runs the frames through its transform, as it does live. When no passing
+service publishes TOPIC, nothing is published: the command says so and fails.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "stream", Usage: "stream id", EnvVars: config.Env("stream")},
 			&cli.Uint64Flag{Name: "from", Usage: "first sequence", EnvVars: config.Env("replay-from")},
@@ -71,7 +78,12 @@ func runReplay(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	owner, err := findOwner(ctx, consul, c.String("owner-service"), req.Stream)
+	var owner discovery.Instance
+	if topic := c.String("publish"); topic != "" {
+		owner, err = findPublisher(ctx, consul, topic, req.Stream)
+	} else {
+		owner, err = findOwner(ctx, consul, c.String("owner-service"), req.Stream)
+	}
 	if err != nil {
 		return err
 	}
@@ -91,7 +103,7 @@ func runReplay(c *cli.Context) error {
 		}
 	}
 
-	var sink func(envelope.Envelope) error
+	var sink func(env envelope.Envelope, frame []byte) error
 	var closeSink func() error
 	if topic := c.String("publish"); topic != "" {
 		d := discovery.New(consul, discovery.Options{})
@@ -106,11 +118,10 @@ func runReplay(c *cli.Context) error {
 		p := pubsub.NewProducer(w, pubsub.ProducerOptions{})
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
 		errs := make(chan error, 1)
-		sink = func(env envelope.Envelope) error {
-			body, err := env.Marshal()
-			if err != nil {
-				return err
-			}
+		sink = func(_ envelope.Envelope, frame []byte) error {
+			// The frame as the source serves it (markers and parts
+			// included): consumers handle it as they handle live ones.
+			body := append([]byte(nil), frame...)
 			b.PublishAsync(ctx, body, func(err error) {
 				if err != nil {
 					select {
@@ -149,9 +160,10 @@ func runReplay(c *cli.Context) error {
 		}
 		bw := bufio.NewWriterSize(w, 256<<10)
 		enc := json.NewEncoder(bw)
-		sink = func(env envelope.Envelope) error {
+		sink = func(env envelope.Envelope, _ []byte) error {
 			return enc.Encode(jsonEnvelope{ID: idString(env.ID), Stream: env.Stream, Seq: env.Seq, Created: env.Created,
-				ContentType: env.ContentType, CorrelationID: env.CorrelationID, Payload: base64.StdEncoding.EncodeToString(env.Payload)})
+				ContentType: env.ContentType, CorrelationID: env.CorrelationID, Payload: base64.StdEncoding.EncodeToString(env.Payload),
+				Part: env.Part, Parts: env.Parts, Marker: env.Marker})
 		}
 		closeSink = func() error {
 			err := bw.Flush()
@@ -169,9 +181,14 @@ func runReplay(c *cli.Context) error {
 		total = req.To - req.From + 1
 	}
 	prog := newProgress(c.App.ErrWriter, total, c.Bool("quiet"))
-	n, err := client.Replay(ctx, owner.Addr(), req, func(env envelope.Envelope, size int) error {
-		prog.add(1, size)
-		return sink(env)
+	var n uint64
+	var last uint64
+	_, err = client.ReplayFrames(ctx, owner.Addr(), req, func(env envelope.Envelope, frame []byte) error {
+		prog.add(1, len(frame)+4)
+		if env.Seq != last { // a stage's parts of one sequence count once
+			n, last = n+1, env.Seq
+		}
+		return sink(env, frame)
 	})
 	prog.done()
 	if cerr := closeSink(); err == nil {
@@ -201,6 +218,9 @@ type jsonEnvelope struct {
 	ContentType   string    `json:"content_type"`
 	CorrelationID string    `json:"correlation_id,omitempty"`
 	Payload       string    `json:"payload"` // base64
+	Part          uint32    `json:"part,omitempty"`
+	Parts         uint32    `json:"parts,omitempty"`
+	Marker        bool      `json:"marker,omitempty"`
 }
 
 func parseSince(s string, now time.Time) (time.Time, error) {
@@ -225,12 +245,49 @@ func findOwner(ctx context.Context, consul *api.Client, service, stream string) 
 	if len(entries) == 0 {
 		return discovery.Instance{}, fmt.Errorf("no passing instance of %q owns stream %q (tag %s)", service, stream, replay.OwnerTag(stream))
 	}
-	e := entries[0]
+	return instanceOf(entries[0]), nil
+}
+
+// findPublisher finds where to replay stream from so that the messages are
+// what topic carries: a passing instance of a service tagged
+// publishes=<topic> that owns the stream, or else relays (a stage).
+func findPublisher(ctx context.Context, consul *api.Client, topic, stream string) (discovery.Instance, error) {
+	services, _, err := consul.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return discovery.Instance{}, fmt.Errorf("asking Consul which services publish %s: %w", topic, err)
+	}
+	tag := replay.PublishesTag(topic)
+	var relay *discovery.Instance
+	for name, tags := range services {
+		if !slices.Contains(tags, tag) {
+			continue
+		}
+		entries, _, err := consul.Health().Service(name, tag, true, (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return discovery.Instance{}, fmt.Errorf("asking Consul for the instances of %s: %w", name, err)
+		}
+		for _, e := range entries {
+			in := instanceOf(e)
+			switch {
+			case in.HasTag(replay.OwnerTag(stream)):
+				return in, nil
+			case relay == nil && in.HasTag(replay.RelayTag):
+				relay = &in
+			}
+		}
+	}
+	if relay != nil {
+		return *relay, nil
+	}
+	return discovery.Instance{}, fmt.Errorf("no passing service in Consul publishes topic %q for stream %q (tag %s, as the stream's owner or a stage): refusing to publish there what it does not carry", topic, stream, tag)
+}
+
+func instanceOf(e *api.ServiceEntry) discovery.Instance {
 	addr := e.Service.Address
 	if addr == "" {
 		addr = e.Node.Address
 	}
-	return discovery.Instance{ID: e.Service.ID, Address: addr, Port: e.Service.Port, Tags: e.Service.Tags}, nil
+	return discovery.Instance{ID: e.Service.ID, Address: addr, Port: e.Service.Port, Tags: e.Service.Tags, Node: e.Node.Node}
 }
 
 func getJSON(ctx context.Context, c replay.Client, addr, path string, v any) error {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -134,8 +135,44 @@ func statusError(resp *http.Response) error {
 		base = ErrUnknown
 	case http.StatusUnauthorized:
 		base = ErrUnauthorized
+	case http.StatusNotImplemented:
+		base = ErrNoSnapshot
 	default:
 		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, msg)
 	}
 	return fmt.Errorf("%w: %s", base, msg)
+}
+
+// Streams asks the replay server at addr for the streams it serves.
+func (c Client) Streams(ctx context.Context, addr string) ([]Status, error) {
+	var st []Status
+	if err := c.getJSON(ctx, addr, "/streams", nil, &st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// Snapshot asks the replay server at addr for its snapshot of stream: the
+// fold over 1..seq (ErrNoSnapshot when it offers none).
+func (c Client) Snapshot(ctx context.Context, addr, stream string) (uint64, []byte, error) {
+	var snap snapshotFile
+	if err := c.getJSON(ctx, addr, "/snapshot", url.Values{"stream": {stream}}, &snap); err != nil {
+		return 0, nil, err
+	}
+	return snap.Seq, snap.State, nil
+}
+
+func (c Client) getJSON(ctx context.Context, addr, path string, q url.Values, v any) error {
+	resp, err := c.Get(ctx, addr, path, q)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := statusError(resp); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("GET %s: decoding the answer: %w", path, err)
+	}
+	return nil
 }

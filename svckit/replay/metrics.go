@@ -12,44 +12,46 @@ import (
 
 // Metrics are the replay collectors.
 type Metrics struct {
-	GapsDetected       *prometheus.CounterVec // stream
-	Missing            *prometheus.GaugeVec   // stream
-	Requests           *prometheus.CounterVec // result
-	ReplayedMessages   prometheus.Counter
-	ReplayedBytes      prometheus.Counter
-	ReplaySeconds      prometheus.Histogram
-	Duplicates         *prometheus.CounterVec // stream
-	SnapshotRecoveries *prometheus.CounterVec // stream
-	ServedMessages     prometheus.Counter
-	ServedBytes        prometheus.Counter
-	LogTruncations     prometheus.Counter
-	NeverPublished     *prometheus.CounterVec // stream: live sequences the owner never published (refused)
-	DeadLettered       *prometheus.CounterVec // stream: replayed messages that could not be applied
-	Unpublished        *prometheus.GaugeVec   // stream: in the owner's log, not yet acknowledged by nsqd
-	Unpublishable      *prometheus.CounterVec // stream: refused by nsqd for good (replay only)
+	GapsDetected        *prometheus.CounterVec // stream
+	Missing             *prometheus.GaugeVec   // stream
+	Requests            *prometheus.CounterVec // result
+	ReplayedMessages    prometheus.Counter
+	ReplayedBytes       prometheus.Counter
+	ReplaySeconds       prometheus.Histogram
+	Duplicates          *prometheus.CounterVec // stream
+	SnapshotRecoveries  *prometheus.CounterVec // stream
+	ServedMessages      prometheus.Counter
+	ServedBytes         prometheus.Counter
+	LogTruncations      prometheus.Counter
+	NeverPublished      *prometheus.CounterVec // stream: live sequences the owner never published (refused)
+	SnapshotUnavailable *prometheus.GaugeVec   // stream: 1 while it needs a snapshot its upstream does not offer
+	DeadLettered        *prometheus.CounterVec // stream: replayed messages that could not be applied
+	Unpublished         *prometheus.GaugeVec   // stream: in the owner's log, not yet acknowledged by nsqd
+	Unpublishable       *prometheus.CounterVec // stream: refused by nsqd for good (replay only)
 }
 
 // NewMetrics registers the replay collectors in r.
 func NewMetrics(r prometheus.Registerer) *Metrics {
 	ns := metrics.Namespace
 	m := &Metrics{
-		GapsDetected:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_gaps_detected_total", Help: "Missing sequence ranges detected."}, []string{"stream"}),
-		Missing:            prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_missing_messages", Help: "Sequences currently missing below the highest known."}, []string{"stream"}),
-		Requests:           prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_requests_total", Help: "Replay requests sent to stream owners, by result."}, []string{"result"}),
-		ReplayedMessages:   prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_messages_total", Help: "Messages received through replay."}),
-		ReplayedBytes:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_bytes_total", Help: "Bytes received through replay."}),
-		ReplaySeconds:      prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "replay_request_duration_seconds", Help: "Duration of replay requests.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10)}),
-		Duplicates:         prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "duplicates_skipped_total", Help: "Messages skipped because their (stream, seq) was already applied."}, []string{"stream"}),
-		SnapshotRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_recoveries_total", Help: "Streams recovered from the owner's snapshot."}, []string{"stream"}),
-		ServedMessages:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_messages_total", Help: "Messages served from the retained log."}),
-		ServedBytes:        prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_bytes_total", Help: "Bytes served from the retained log."}),
-		LogTruncations:     prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn or corrupt log tails truncated on open."}),
-		NeverPublished:     prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_never_published_total", Help: "Live messages refused because their stream's owner never published their sequence."}, []string{"stream"}),
-		DeadLettered:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_dead_lettered_total", Help: "Replayed messages that could not be applied and were dead-lettered."}, []string{"stream"}),
-		Unpublished:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "owner_unpublished_messages", Help: "Messages in the owner's retained log that nsqd has not acknowledged yet."}, []string{"stream"}),
-		Unpublishable:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_unpublishable_total", Help: "Messages nsqd refused for good; consumers get them by replay only."}, []string{"stream"}),
+		GapsDetected:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_gaps_detected_total", Help: "Missing sequence ranges detected."}, []string{"stream"}),
+		Missing:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_missing_messages", Help: "Sequences currently missing below the highest known."}, []string{"stream"}),
+		Requests:            prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_requests_total", Help: "Replay requests sent to stream owners, by result."}, []string{"result"}),
+		ReplayedMessages:    prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_messages_total", Help: "Messages received through replay."}),
+		ReplayedBytes:       prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_received_bytes_total", Help: "Bytes received through replay."}),
+		ReplaySeconds:       prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "replay_request_duration_seconds", Help: "Duration of replay requests.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 10)}),
+		Duplicates:          prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "duplicates_skipped_total", Help: "Messages skipped because their (stream, seq) was already applied."}, []string{"stream"}),
+		SnapshotRecoveries:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_recoveries_total", Help: "Streams recovered from the owner's snapshot."}, []string{"stream"}),
+		ServedMessages:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_messages_total", Help: "Messages served from the retained log."}),
+		ServedBytes:         prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_bytes_total", Help: "Bytes served from the retained log."}),
+		LogTruncations:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn or corrupt log tails truncated on open."}),
+		SnapshotUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_snapshot_unavailable", Help: "1 while the stream needs a snapshot its upstream does not offer (it stays incomplete)."}, []string{"stream"}),
+		NeverPublished:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_never_published_total", Help: "Live messages refused because their stream's owner never published their sequence."}, []string{"stream"}),
+		DeadLettered:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_dead_lettered_total", Help: "Replayed messages that could not be applied and were dead-lettered."}, []string{"stream"}),
+		Unpublished:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "owner_unpublished_messages", Help: "Messages in the owner's retained log that nsqd has not acknowledged yet."}, []string{"stream"}),
+		Unpublishable:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_unpublishable_total", Help: "Messages nsqd refused for good; consumers get them by replay only."}, []string{"stream"}),
 	}
-	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable} {
+	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.SnapshotUnavailable, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable} {
 		r.MustRegister(c)
 	}
 	return m

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,10 +22,32 @@ import (
 // frames, each u32 big-endian length then that many bytes of envelope.
 const FramesContentType = "application/x-svckit-frames"
 
-// Server serves the owner side of the replay protocol for a set of owners.
+// Source is what a Server serves the replay protocol from: an Owner (its
+// own stream) or a stage's relay (every stream its upstream has, through
+// the stage's transform).
+type Source interface {
+	// Streams lists the streams served and their positions.
+	Streams(ctx context.Context) ([]Status, error)
+	// Replay emits stream's frames (encoded envelopes) in sequence order:
+	// [from, to], or from the first at or after since (when not zero) to
+	// the end. It fails with ErrUnknown, ErrNeverHad or ErrGone before it
+	// emits anything when the range cannot be served.
+	Replay(ctx context.Context, stream string, from, to uint64, since time.Time, emit func(frame []byte) error) error
+	// Snapshot is the stream's fold over 1..seq (ErrNoSnapshot if the
+	// source offers none, ErrUnknown for a stream it does not serve).
+	Snapshot(ctx context.Context, stream string) (seq uint64, state []byte, err error)
+}
+
+// ErrNoSnapshot: the source offers no snapshot of the stream (HTTP 501).
+var ErrNoSnapshot = errors.New("no snapshot offered (501)")
+
+// Server serves the replay protocol: GET /streams, /replay, /snapshot, for
+// the owners added to it and, for every other stream, its relay if it has
+// one.
 type Server struct {
 	mu      sync.RWMutex
 	owners  map[string]*Owner
+	relay   Source
 	secret  string
 	metrics *Metrics
 }
@@ -46,11 +69,25 @@ func (s *Server) Add(o *Owner) {
 	s.mu.Unlock()
 }
 
-func (s *Server) owner(stream string) (*Owner, bool) {
+// SetRelay serves every stream no owner of this server has from r (a
+// stage's relay).
+func (s *Server) SetRelay(r Source) {
+	s.mu.Lock()
+	s.relay = r
+	s.mu.Unlock()
+}
+
+// source is what serves stream.
+func (s *Server) source(stream string) Source {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	o, ok := s.owners[stream]
-	return o, ok
+	if o, ok := s.owners[stream]; ok {
+		return ownerSource{o}
+	}
+	if s.relay != nil {
+		return s.relay
+	}
+	return ownerSource{}
 }
 
 // Router is where Server adds its routes (health.Server, http.ServeMux).
@@ -79,35 +116,49 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 	})
 }
 
-func (s *Server) serveStreams(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) serveStreams(w http.ResponseWriter, r *http.Request) {
 	s.mu.RLock()
 	out := make([]Status, 0, len(s.owners))
 	for _, o := range s.owners {
 		out = append(out, o.Status())
 	}
+	relay := s.relay
 	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Status) int {
-		if a.Stream < b.Stream {
-			return -1
+	if relay != nil {
+		more, err := relay.Streams(r.Context())
+		if err != nil {
+			http.Error(w, "replay: "+err.Error(), http.StatusBadGateway)
+			return
 		}
-		if a.Stream > b.Stream {
-			return 1
-		}
-		return 0
-	})
+		out = append(out, more...)
+	}
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Stream, b.Stream) })
 	writeJSON(w, out)
+}
+
+// httpError answers err with the protocol's status for it.
+func httpError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, ErrUnknown):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrNeverHad):
+		code = http.StatusRequestedRangeNotSatisfiable
+	case errors.Is(err, ErrGone):
+		code = http.StatusGone
+	case errors.Is(err, ErrNoSnapshot):
+		code = http.StatusNotImplemented
+	case errors.Is(err, ErrUnauthorized):
+		code = http.StatusBadGateway // the upstream refused this relay's secret
+	}
+	http.Error(w, "replay: "+err.Error(), code)
 }
 
 func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("stream")
-	o, ok := s.owner(id)
-	if !ok {
-		http.Error(w, fmt.Sprintf("replay: unknown stream %q", id), http.StatusNotFound)
-		return
-	}
-	seq, state, ok := o.Snapshot()
-	if !ok {
-		http.Error(w, fmt.Sprintf("replay: stream %q offers no snapshot", id), http.StatusNotFound)
+	seq, state, err := s.source(id).Snapshot(r.Context(), id)
+	if err != nil {
+		httpError(w, err)
 		return
 	}
 	writeJSON(w, snapshotFile{Stream: id, Seq: seq, State: state})
@@ -116,81 +167,52 @@ func (s *Server) serveSnapshot(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id := q.Get("stream")
-	o, ok := s.owner(id)
-	if !ok {
-		http.Error(w, fmt.Sprintf("replay: unknown stream %q", id), http.StatusNotFound)
-		return
-	}
-	log := o.Log()
 	var from, to uint64
-	var err1, err2 error
-	if since := q.Get("since"); since != "" {
-		// "since" a time: the first retained record at or after it, to the end.
-		t, err := time.Parse(time.RFC3339Nano, since)
+	var since time.Time
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
 			http.Error(w, "replay: since: want an RFC 3339 time", http.StatusBadRequest)
 			return
 		}
-		if from, err = firstSince(r.Context(), log, t); err != nil {
-			http.Error(w, "replay: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		if from == 0 {
-			w.Header().Set("X-Svckit-Last-Seq", strconv.FormatUint(o.Status().LastSeq, 10))
-			w.Header().Set("Content-Type", FramesContentType)
-			return // nothing retained since then
-		}
-		to = o.Status().LastSeq
+		since = t
 	} else {
+		var err1, err2 error
 		from, err1 = strconv.ParseUint(q.Get("from"), 10, 64)
 		to, err2 = strconv.ParseUint(q.Get("to"), 10, 64)
+		if err1 != nil || err2 != nil || from == 0 || to < from {
+			http.Error(w, "replay: want from and to with 1 <= from <= to, or since=<RFC 3339 time>", http.StatusBadRequest)
+			return
+		}
 	}
-	if err1 != nil || err2 != nil || from == 0 || to < from {
-		http.Error(w, "replay: want from and to with 1 <= from <= to, or since=<RFC 3339 time>", http.StatusBadRequest)
-		return
-	}
-	last := o.Status().LastSeq
-	w.Header().Set("X-Svckit-Last-Seq", strconv.FormatUint(last, 10))
-	w.Header().Set("X-Svckit-Retained-First", strconv.FormatUint(log.FirstSeq(), 10))
-	switch {
-	case from > last:
-		http.Error(w, fmt.Sprintf("replay: stream %q has no sequence %d (last is %d)", id, from, last), http.StatusRequestedRangeNotSatisfiable)
-		return
-	case log.LastSeq() == 0 || from < log.FirstSeq():
-		http.Error(w, fmt.Sprintf("replay: stream %q no longer retains sequence %d (retained from %d): use a snapshot", id, from, log.FirstSeq()), http.StatusGone)
-		return
-	}
-	// Only what is durable (Status.LastSeq): a record a consumer applied
-	// must survive a power loss, or its sequence number would be handed
-	// out again.
-	to = min(to, last)
-	w.Header().Set("Content-Type", FramesContentType)
 	bw := bufio.NewWriterSize(w, 256<<10)
 	var hdr [4]byte
 	var n, bytes uint64
 	started := false
-	err := log.Read(r.Context(), from, to, func(rec retainlog.Record) error {
-		started = true
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(rec.Data)))
+	err := s.source(id).Replay(r.Context(), id, from, to, since, func(frame []byte) error {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", FramesContentType)
+		}
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(frame)))
 		if _, err := bw.Write(hdr[:]); err != nil {
 			return err
 		}
-		_, err := bw.Write(rec.Data)
+		_, err := bw.Write(frame)
 		n++
-		bytes += uint64(len(rec.Data)) + 4
+		bytes += uint64(len(frame)) + 4
 		return err
 	})
 	if err == nil {
+		if !started {
+			w.Header().Set("Content-Type", FramesContentType)
+		}
 		err = bw.Flush()
 	}
 	s.metrics.ServedMessages.Add(float64(n))
 	s.metrics.ServedBytes.Add(float64(bytes))
 	if err != nil && !started {
-		code := http.StatusInternalServerError
-		if errors.Is(err, retainlog.ErrTrimmed) {
-			code = http.StatusGone // retention ran between the check and the read
-		}
-		http.Error(w, "replay: "+err.Error(), code)
+		httpError(w, err)
 		return
 	}
 	if err != nil {
@@ -198,6 +220,56 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		// truncated response instead of a short one that looks complete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// ownerSource serves an Owner's stream (nil: a stream nobody here has).
+type ownerSource struct{ o *Owner }
+
+func (s ownerSource) Streams(context.Context) ([]Status, error) {
+	if s.o == nil {
+		return nil, nil
+	}
+	return []Status{s.o.Status()}, nil
+}
+
+func (s ownerSource) Snapshot(_ context.Context, stream string) (uint64, []byte, error) {
+	if s.o == nil {
+		return 0, nil, fmt.Errorf("%w: %q", ErrUnknown, stream)
+	}
+	seq, state, ok := s.o.Snapshot()
+	if !ok {
+		return 0, nil, fmt.Errorf("stream %q: %w", stream, ErrNoSnapshot)
+	}
+	return seq, state, nil
+}
+
+func (s ownerSource) Replay(ctx context.Context, stream string, from, to uint64, since time.Time, emit func([]byte) error) error {
+	if s.o == nil {
+		return fmt.Errorf("%w: %q", ErrUnknown, stream)
+	}
+	log := s.o.Log()
+	// Only what is durable (Status.LastSeq): a record a consumer applied
+	// must survive a power loss, or its sequence number would be handed
+	// out again.
+	last := s.o.Status().LastSeq
+	if !since.IsZero() {
+		first, err := firstSince(ctx, log, since)
+		if err != nil || first == 0 || first > last {
+			return err // nothing retained since then
+		}
+		from, to = first, last
+	}
+	switch {
+	case from > last:
+		return fmt.Errorf("%w: stream %q has no sequence %d (last is %d)", ErrNeverHad, stream, from, last)
+	case log.LastSeq() == 0 || from < log.FirstSeq():
+		return fmt.Errorf("%w: stream %q no longer retains sequence %d (retained from %d): use a snapshot", ErrGone, stream, from, log.FirstSeq())
+	}
+	err := log.Read(ctx, from, min(to, last), func(rec retainlog.Record) error { return emit(rec.Data) })
+	if errors.Is(err, retainlog.ErrTrimmed) {
+		return fmt.Errorf("%w: %v", ErrGone, err) // retention ran between the check and the read
+	}
+	return err
 }
 
 // firstSince finds the first retained sequence whose record time is at or

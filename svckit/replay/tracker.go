@@ -100,6 +100,14 @@ type Instances interface {
 // OwnerTag is the Consul tag an owner of stream carries.
 func OwnerTag(stream string) string { return "stream=" + stream }
 
+// PublishesTag is the Consul tag of a service that publishes topic: an
+// owner of a stream on it, or a stage whose outputs go there.
+func PublishesTag(topic string) string { return "publishes=" + topic }
+
+// RelayTag is the Consul tag of a stage: it serves the replay protocol for
+// every stream its upstream has, through its transform.
+const RelayTag = "replay-relay"
+
 // Tracker applies every (stream, seq) exactly once and recovers what is missing.
 type Tracker struct {
 	a Applier
@@ -130,6 +138,8 @@ type trackedStream struct {
 	refresh    chan struct{}
 	refreshAt  time.Time
 	refreshErr error
+	// noSnapshot: the stream needs a snapshot and its upstream offers none.
+	noSnapshot error
 	// failSeq failed to apply failures times in a row (replay).
 	failSeq    uint64
 	failures   int
@@ -257,12 +267,12 @@ func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 		return false, nil
 	}
 	switch {
-	case env.Marker && len(env.Payload) > 0:
+	case env.Marker && env.Parts <= 1 && len(env.Payload) > 0:
 		s.applied.Add(seq)
 		s.parked.Add(seq)
 		delete(s.partial, seq)
 		return false, nil
-	case env.Marker:
+	case env.Marker && env.Parts <= 1:
 		s.applied.Add(seq)
 		delete(s.partial, seq)
 		return false, nil
@@ -280,16 +290,27 @@ func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 			s.dups.Inc()
 			return false, nil
 		}
-		if err := t.a.Apply(env.Stream, env); err != nil {
-			return false, err
+		applied := false
+		if env.Marker {
+			// This part made nothing downstream (and, with a reason, was
+			// dead-lettered there): it counts, nothing is applied.
+			p.dead = p.dead || len(env.Payload) > 0
+		} else {
+			if err := t.a.Apply(env.Stream, env); err != nil {
+				return false, err
+			}
+			applied = true
 		}
 		p.got.Add(uint64(env.Part) + 1)
 		if p.got.Count() == uint64(p.parts) {
 			delete(s.partial, seq)
 			s.parked.Remove(seq)
+			if p.dead {
+				s.parked.Add(seq)
+			}
 			s.applied.Add(seq)
 		}
-		return true, nil
+		return applied, nil
 	}
 	if err := t.a.Apply(env.Stream, env); err != nil {
 		return false, err
@@ -304,6 +325,7 @@ func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 type partialSeq struct {
 	parts uint32
 	got   SeqSet // part index + 1
+	dead  bool   // a part was dead-lettered upstream
 }
 
 // NeverPublishedError refuses a live message whose sequence the stream's
@@ -426,6 +448,23 @@ func (t *Tracker) Status() []StreamStatus {
 		s.mu.Unlock()
 	}
 	return out
+}
+
+// Ready is nil unless a stream cannot be made complete: it needs a
+// snapshot its upstream does not offer (a readiness check).
+func (t *Tracker) Ready() error {
+	t.mu.RLock()
+	ss := slices.Collect(maps.Values(t.streams))
+	t.mu.RUnlock()
+	var errs []error
+	for _, s := range ss {
+		s.mu.Lock()
+		if s.noSnapshot != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", s.id, s.noSnapshot))
+		}
+		s.mu.Unlock()
+	}
+	return errors.Join(errs...)
 }
 
 // ServeStreams is the consumer's GET /streams handler.
@@ -563,6 +602,23 @@ func (t *Tracker) recover(ctx context.Context, s *trackedStream) {
 	s.fetching = false
 	if err == nil {
 		s.retryDelay = 0
+		if s.noSnapshot != nil {
+			s.noSnapshot = nil
+			t.o.Metrics.SnapshotUnavailable.WithLabelValues(s.id).Set(0)
+		}
+		return
+	}
+	if errors.Is(err, ErrNoSnapshot) {
+		// Asking again soon would get the same answer: until someone
+		// gives the upstream a snapshot, say so (log once, /ready, the
+		// metric) and look again only now and then.
+		if s.noSnapshot == nil {
+			t.o.Logger.Error("the stream needs a snapshot its upstream does not offer; it stays incomplete", "stream", s.id, "err", err)
+		}
+		s.noSnapshot = err
+		t.o.Metrics.SnapshotUnavailable.WithLabelValues(s.id).Set(1)
+		s.retryDelay = max(t.o.RetryMax, time.Minute)
+		s.retryAt = time.Now().Add(s.retryDelay)
 		return
 	}
 	if s.retryDelay == 0 {
@@ -606,17 +662,27 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 }
 
 // owner finds the passing instance that owns stream.
+//
+// The stream's origin owner carries the tag stream=<id>; a stage relays
+// every stream its upstream has (RelayTag), from any of its instances.
 func (t *Tracker) owner(stream string) (discovery.Instance, error) {
 	if t.o.Owners == nil {
 		return discovery.Instance{}, errors.New("no owner service configured")
 	}
 	tag := OwnerTag(stream)
+	var relays []discovery.Instance
 	for _, in := range t.o.Owners.Instances() {
 		if in.HasTag(tag) {
 			return in, nil
 		}
+		if in.HasTag(RelayTag) {
+			relays = append(relays, in)
+		}
 	}
-	return discovery.Instance{}, fmt.Errorf("no passing instance of %q carries tag %q", t.o.Owners.Service(), tag)
+	if len(relays) > 0 {
+		return relays[rand.N(len(relays))], nil
+	}
+	return discovery.Instance{}, fmt.Errorf("no passing instance of %q carries tag %q or %q", t.o.Owners.Service(), tag, RelayTag)
 }
 
 // fetch replays [from, to] of stream from its owner and applies it, and
@@ -759,15 +825,7 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 }
 
 func (t *Tracker) getJSON(ctx context.Context, addr, path string, q url.Values, v any) error {
-	resp, err := Client{HTTP: t.o.HTTP, Secret: t.o.Secret}.Get(ctx, addr, path, q)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := statusError(resp); err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
+	return Client{HTTP: t.o.HTTP, Secret: t.o.Secret}.getJSON(ctx, addr, path, q, v)
 }
 
 // checkpoint is the file format of the consumer's checkpoint.
@@ -779,6 +837,7 @@ type checkpoint struct {
 type partialCheckpoint struct {
 	Parts uint32      `json:"parts"`
 	Got   [][2]uint64 `json:"got"`
+	Dead  bool        `json:"dead,omitempty"`
 }
 
 type streamCheckpoint struct {
@@ -809,7 +868,7 @@ func (t *Tracker) Save() error {
 			if sc.Partial == nil {
 				sc.Partial = map[uint64]partialCheckpoint{}
 			}
-			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals()}
+			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals(), Dead: p.dead}
 		}
 		s.mu.Unlock()
 		if err != nil {
@@ -847,7 +906,7 @@ func (t *Tracker) load() error {
 		s.applied.SetIntervals(sc.Applied)
 		s.parked.SetIntervals(sc.Parked)
 		for seq, p := range sc.Partial {
-			ps := &partialSeq{parts: p.Parts}
+			ps := &partialSeq{parts: p.Parts, dead: p.Dead}
 			ps.got.SetIntervals(p.Got)
 			s.partial[seq] = ps
 		}

@@ -71,7 +71,7 @@ func (s *Service) OpenStream(ctx context.Context, o StreamOptions) (*replay.Owne
 		return nil, err
 	}
 	s.replayServer().Add(owner)
-	s.AddTags(replay.OwnerTag(o.Stream))
+	s.AddTags(replay.OwnerTag(o.Stream), replay.PublishesTag(o.Topic))
 	s.HTTP.AddCheck("stream "+o.Stream, lease.Held)
 	s.Go(func(ctx context.Context) { lease.Run(ctx) })
 	s.Go(func(ctx context.Context) { _ = owner.Run(ctx) })

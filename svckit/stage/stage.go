@@ -1,0 +1,282 @@
+// Package stage is a pipeline's middle: consume a topic, transform each
+// input into zero, one or several outputs, publish them, and finish the
+// input only once every output was acknowledged. The user's code is the
+// transform; svckit/service's Service.Stage wires the rest.
+//
+// A stage keeps its input's identity. Outputs carry the input's (stream,
+// seq): one output is a whole message, N outputs are parts 0..N-1 of it,
+// and no output is a marker, so a tracking consumer downstream knows when
+// (stream, seq) is complete and detects gaps exactly. An input the stage
+// dead-letters (its transform refused it for good) also leaves a marker,
+// carrying the reason, so downstream does not wait for it forever.
+//
+// A stage keeps no state and still serves the replay protocol (/streams,
+// /replay, /snapshot) for every stream it outputs: it relays a request to
+// its upstream (another stage, or the stream's owner, found in Consul),
+// runs the frames through the same transform and streams the outputs back
+// (Relay). Any passing instance can serve, so downstream consumers recover
+// what they missed from their direct upstream, and chains of stages work:
+// app → stage → stage → sensor.
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/logging"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+)
+
+// Output is one message a transform makes of its input.
+type Output struct {
+	ContentType string
+	Payload     []byte
+}
+
+// Transform makes the outputs of one input: none (the input is filtered
+// out), one, or several. It must depend on the input alone: a replay runs
+// it again on the same input and must get the same outputs. An error
+// wrapped by pubsub.Reject is permanent (the input is dead-lettered); any
+// other error is retried.
+type Transform func(ctx context.Context, in envelope.Envelope) ([]Output, error)
+
+// SnapshotMapper maps the upstream's snapshot of a stream (its fold over
+// 1..seq) onto what this stage's downstream expects of a snapshot.
+type SnapshotMapper func(stream string, seq uint64, upstream []byte) ([]byte, error)
+
+// Publisher is where outputs go: a *pubsub.Batcher.
+type Publisher interface {
+	PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error))
+}
+
+// Options configures a Stage.
+type Options struct {
+	// Name names the stage in markers' reasons and logs.
+	Name      string
+	Transform Transform
+	// Snapshot, if set, lets the stage serve snapshots of its outputs;
+	// without it a snapshot request is answered 501 (the consumer says so
+	// in /ready and a metric, and does not loop on it).
+	Snapshot SnapshotMapper
+	Out      Publisher
+	// Upstream is the live set of upstream instances (a *discovery.Watcher
+	// of the upstream service), asked when relaying replay requests.
+	Upstream replay.Instances
+	Secret   string       // the upstream's replay secret
+	HTTP     *http.Client // for the upstream; default: a client with a 60s timeout
+	Logger   *slog.Logger
+}
+
+// Stage is a running stage: a pubsub.Handler for its input, and a
+// replay.Source relaying for its outputs.
+type Stage struct {
+	o Options
+}
+
+// New checks the options and returns the stage.
+func New(o Options) (*Stage, error) {
+	if o.Transform == nil || o.Out == nil {
+		return nil, errors.New("stage: Transform and Out are required")
+	}
+	if o.Name == "" {
+		o.Name = "stage"
+	}
+	if o.HTTP == nil {
+		o.HTTP = &http.Client{Timeout: 60 * time.Second}
+	}
+	if o.Logger == nil {
+		o.Logger = logging.Discard()
+	}
+	return &Stage{o: o}, nil
+}
+
+// errNestedSplit: a stage may keep a split input's parts 1:1, not split
+// them again (a part's outputs would need parts of their own).
+var errNestedSplit = errors.New("an input that is a part of a split message may make at most one output")
+
+// outputs turns in into the envelopes the stage publishes for it.
+func (s *Stage) outputs(ctx context.Context, in envelope.Envelope) ([]envelope.Envelope, error) {
+	if in.Marker {
+		return []envelope.Envelope{in}, nil // nothing to transform: pass it on
+	}
+	outs, err := s.o.Transform(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	if in.Parts > 1 && len(outs) > 1 {
+		return nil, pubsub.Reject(fmt.Errorf("%s: %w (part %d of %d of %s/%d made %d)", s.o.Name, errNestedSplit, in.Part, in.Parts, in.Stream, in.Seq, len(outs)))
+	}
+	id := envelope.Envelope{Stream: in.Stream, Seq: in.Seq, Created: in.Created, CorrelationID: in.CorrelationID,
+		Part: in.Part, Parts: in.Parts}
+	switch len(outs) {
+	case 0:
+		m := id
+		m.Marker = true
+		return []envelope.Envelope{m}, nil
+	case 1:
+		e := id
+		e.ContentType, e.Payload = outs[0].ContentType, outs[0].Payload
+		return []envelope.Envelope{e}, nil
+	}
+	envs := make([]envelope.Envelope, len(outs))
+	for i, o := range outs {
+		e := id
+		e.ContentType, e.Payload = o.ContentType, o.Payload
+		e.Part, e.Parts = uint32(i), uint32(len(outs))
+		envs[i] = e
+	}
+	return envs, nil
+}
+
+// deadMarker stands for an input the stage dead-letters: downstream counts
+// (stream, seq) as handled, with the reason, and applies its message should
+// it come after all (the input requeued by an operator).
+func (s *Stage) deadMarker(in envelope.Envelope, err error) envelope.Envelope {
+	return envelope.Envelope{Stream: in.Stream, Seq: in.Seq, Created: in.Created, CorrelationID: in.CorrelationID,
+		Part: in.Part, Parts: in.Parts, Marker: true,
+		Payload: fmt.Appendf(nil, "dead-lettered by %s: %v", s.o.Name, err)}
+}
+
+// HandleMessage implements pubsub.Handler: the input is finished when
+// nsqd acknowledged all its outputs, so a crash means redelivery, never
+// loss.
+func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
+	in := m.Envelope
+	envs, err := s.outputs(ctx, in)
+	if err != nil {
+		var perm pubsub.PermanentError
+		if !errors.As(err, &perm) || in.Seq == 0 {
+			return err
+		}
+		// Dead-lettered here: tell downstream first, then let the
+		// consumer dead-letter the input.
+		done := m.Async()
+		s.o.Out.PublishEnvelopesAsync(ctx, []envelope.Envelope{s.deadMarker(in, err)}, func(merr error) {
+			if merr != nil {
+				done(merr) // the input comes again; so will the marker
+				return
+			}
+			done(err)
+		})
+		return nil
+	}
+	s.o.Out.PublishEnvelopesAsync(ctx, envs, m.Async())
+	return nil
+}
+
+// Streams implements replay.Source: the upstream's streams, as this stage
+// outputs them (the same sequences).
+func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
+	if s.o.Upstream == nil {
+		return nil, nil
+	}
+	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	last := map[string]replay.Status{}
+	var errs []error
+	answered := false
+	for _, in := range s.o.Upstream.Instances() {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := c.Streams(rctx, in.Addr())
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", in.ID, err))
+			continue
+		}
+		answered = true
+		for _, x := range st {
+			if cur, ok := last[x.Stream]; !ok || x.LastSeq > cur.LastSeq {
+				last[x.Stream] = replay.Status{Stream: x.Stream, LastSeq: x.LastSeq}
+			}
+		}
+	}
+	if !answered && len(errs) > 0 {
+		return nil, fmt.Errorf("asking %s for its streams: %w", s.o.Upstream.Service(), errors.Join(errs...))
+	}
+	out := make([]replay.Status, 0, len(last))
+	for _, x := range last {
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// upstream picks the instance that serves stream: its owner, else any
+// stage (relay).
+func (s *Stage) upstream(stream string) (string, error) {
+	if s.o.Upstream == nil {
+		return "", fmt.Errorf("%w: %s has no upstream to relay to", replay.ErrUnknown, s.o.Name)
+	}
+	tag := replay.OwnerTag(stream)
+	var relays []string
+	for _, in := range s.o.Upstream.Instances() {
+		if in.HasTag(tag) {
+			return in.Addr(), nil
+		}
+		if in.HasTag(replay.RelayTag) {
+			relays = append(relays, in.Addr())
+		}
+	}
+	if len(relays) == 0 {
+		return "", fmt.Errorf("no passing instance of %q serves stream %s", s.o.Upstream.Service(), stream)
+	}
+	return relays[rand.N(len(relays))], nil
+}
+
+// Replay implements replay.Source: the upstream's frames for the range,
+// each through the transform, as the stage publishes them live (an input
+// it would dead-letter comes back as its marker).
+func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, since time.Time, emit func([]byte) error) error {
+	addr, err := s.upstream(stream)
+	if err != nil {
+		return err
+	}
+	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	var buf []byte
+	_, err = c.ReplayFrames(ctx, addr, replay.Request{Stream: stream, From: from, To: to, Since: since}, func(in envelope.Envelope, _ []byte) error {
+		envs, err := s.outputs(ctx, in)
+		var perm pubsub.PermanentError
+		switch {
+		case errors.As(err, &perm):
+			envs = []envelope.Envelope{s.deadMarker(in, err)}
+		case err != nil:
+			return fmt.Errorf("%s: transforming %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
+		}
+		for i := range envs {
+			if buf, err = envs[i].Append(buf[:0]); err != nil {
+				return fmt.Errorf("%s: encoding the output of %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
+			}
+			if err := emit(buf); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// Snapshot implements replay.Source: the upstream's snapshot of stream,
+// through the stage's SnapshotMapper.
+func (s *Stage) Snapshot(ctx context.Context, stream string) (uint64, []byte, error) {
+	if s.o.Snapshot == nil {
+		return 0, nil, fmt.Errorf("%w: stage %s maps no snapshots (give it a SnapshotMapper)", replay.ErrNoSnapshot, s.o.Name)
+	}
+	addr, err := s.upstream(stream)
+	if err != nil {
+		return 0, nil, err
+	}
+	seq, upstream, err := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}.Snapshot(ctx, addr, stream)
+	if err != nil {
+		return 0, nil, fmt.Errorf("asking %s for the snapshot of %s: %w", addr, stream, err)
+	}
+	state, err := s.o.Snapshot(stream, seq, upstream)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%s: mapping the snapshot of %s at %d: %w", s.o.Name, stream, seq, err)
+	}
+	return seq, state, nil
+}
