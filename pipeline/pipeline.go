@@ -76,6 +76,7 @@ type Aggregate struct {
 	Count   uint64 `json:"count"`    // readings folded in
 	Sum     int64  `json:"sum"`      // Σ value
 	SumSq   int64  `json:"sum_sq"`   // Σ value²
+	Zeros   uint64 `json:"zeros"`    // readings of 0 (a stage may filter them out)
 	Last    int64  `json:"last"`     // value at LastSeq
 	LastSeq uint64 `json:"last_seq"` // sequence of Last: the highest folded, whatever the order
 }
@@ -85,6 +86,9 @@ func (a *Aggregate) Add(seq uint64, r Reading) {
 	a.Count++
 	a.Sum += r.Value
 	a.SumSq += r.Value * r.Value
+	if r.Value == 0 {
+		a.Zeros++
+	}
 	if seq >= a.LastSeq {
 		a.Last, a.LastSeq = r.Value, seq
 	}
@@ -112,6 +116,7 @@ type Totals struct {
 	Count      uint64 `json:"count"`       // results applied
 	Sum        int64  `json:"sum"`         // Σ value
 	SumResults int64  `json:"sum_results"` // Σ result (factor × value²)
+	Zeros      uint64 `json:"zeros"`       // results of a reading of 0
 	Last       int64  `json:"last"`        // value at LastSeq
 	LastSeq    uint64 `json:"last_seq"`    // the highest sequence applied, whatever the order
 }
@@ -121,6 +126,9 @@ func (t *Totals) Add(seq uint64, r Result) {
 	t.Count++
 	t.Sum += r.Value
 	t.SumResults += r.Result
+	if r.Value == 0 {
+		t.Zeros++
+	}
 	if seq >= t.LastSeq {
 		t.Last, t.LastSeq = r.Value, seq
 	}
@@ -129,7 +137,7 @@ func (t *Totals) Add(seq uint64, r Result) {
 // TotalsOf is what the app's state is after the results of every reading
 // the sensor folded into a, computed with factor.
 func TotalsOf(a Aggregate, factor int64) Totals {
-	return Totals{Count: a.Count, Sum: a.Sum, SumResults: factor * a.SumSq, Last: a.Last, LastSeq: a.LastSeq}
+	return Totals{Count: a.Count, Sum: a.Sum, SumResults: factor * a.SumSq, Zeros: a.Zeros, Last: a.Last, LastSeq: a.LastSeq}
 }
 
 // Marshal encodes the totals as JSON.
