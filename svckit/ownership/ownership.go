@@ -433,6 +433,30 @@ func (l *Lease) Claim() Claim {
 	return l.claim
 }
 
+// ShowClaim returns a stream's claim and whether a live session holds it.
+func ShowClaim(ctx context.Context, client *api.Client, prefix, stream string) (Claim, bool, error) {
+	key := Key(prefix, stream)
+	kv, _, err := client.KV().Get(key, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return Claim{}, false, fmt.Errorf("reading the claim of stream %s: %w", stream, err)
+	}
+	if kv == nil {
+		return Claim{}, false, fmt.Errorf("stream %s has no claim at %s", stream, key)
+	}
+	var c Claim
+	if err := json.Unmarshal(kv.Value, &c); err != nil {
+		return Claim{}, false, fmt.Errorf("decoding the claim of stream %s: %w", stream, err)
+	}
+	if c.Session == "" {
+		return c, false, nil
+	}
+	e, _, err := client.Session().Info(c.Session, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
+	if err != nil {
+		return c, false, fmt.Errorf("asking Consul about session %s: %w", c.Session, err)
+	}
+	return c, e != nil, nil
+}
+
 // ReleaseClaim deletes a stream's claim so that a process with another data
 // directory may take the stream (`svckit stream release`): only when no
 // live session holds it.
@@ -442,21 +466,15 @@ func ReleaseClaim(ctx context.Context, client *api.Client, prefix, stream string
 	if err != nil {
 		return Claim{}, fmt.Errorf("reading the claim of stream %s: %w", stream, err)
 	}
+	c, alive, err := ShowClaim(ctx, client, prefix, stream)
+	if err != nil {
+		return c, err
+	}
+	if alive {
+		return c, &HeldError{Holder: c}
+	}
 	if kv == nil {
-		return Claim{}, fmt.Errorf("stream %s has no claim at %s", stream, key)
-	}
-	var c Claim
-	if err := json.Unmarshal(kv.Value, &c); err != nil {
-		return Claim{}, fmt.Errorf("decoding the claim of stream %s: %w", stream, err)
-	}
-	if c.Session != "" {
-		e, _, err := client.Session().Info(c.Session, (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-		if err != nil {
-			return c, fmt.Errorf("asking Consul about session %s: %w", c.Session, err)
-		}
-		if e != nil {
-			return c, &HeldError{Holder: c}
-		}
+		return c, fmt.Errorf("stream %s has no claim at %s", stream, key)
 	}
 	ok, _, err := client.KV().DeleteCAS(&api.KVPair{Key: key, ModifyIndex: kv.ModifyIndex}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
