@@ -19,9 +19,11 @@ func TestBinariesLinkNoTestCode(t *testing.T) {
 	}
 	const mod = "github.com/svckit/svckit"
 	forbidden := map[string]bool{
-		"testing":                  true,
-		mod + "/svckit/testenv":    true,
-		mod + "/internal/pipetest": true,
+		"testing":                       true,
+		mod + "/svckit/testenv":         true,
+		mod + "/internal/pipetest":      true,
+		mod + "/internal/crashfuse":     true,
+		mod + "/svckit/durable/crashfs": true,
 	}
 	for _, pkg := range []string{mod + "/cmd/svckit", mod + "/sensor", mod + "/worker", mod + "/app", mod + "/internal/localstack"} {
 		cmd := exec.Command(goBin, "list", "-deps", "-f", "{{.ImportPath}}", pkg)
@@ -41,6 +43,59 @@ func TestBinariesLinkNoTestCode(t *testing.T) {
 		for _, d := range deps {
 			if forbidden[d] {
 				t.Errorf("%s links %s", pkg, d)
+			}
+		}
+	}
+}
+
+// The library's layers, as docs/architecture.md states them: no library
+// package imports the service wiring (service is on top: mains, the
+// reference services and the CLI's bench use it), and none imports test
+// support. A package that did would drag its dependants' weight into
+// every importer of the lower one.
+func TestLibraryLayers(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go not on PATH: %v", err)
+	}
+	const mod = "github.com/svckit/svckit"
+	out, err := exec.Command(goBin, "list", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", mod+"/svckit/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	never := []string{mod + "/svckit/service", mod + "/svckit/testenv", mod + "/internal/crashfuse", mod + "/internal/pipetest"}
+	// What each lower package may import from svckit (all else is above it).
+	below := map[string][]string{
+		"envelope": {}, "durable": {}, "config": {}, "logging": {}, "metrics": {}, "health": {},
+		"retainlog":  {"durable"},
+		"deadletter": {"durable", "logging", "metrics"},
+		"ownership":  {"logging"},
+		"pubsub":     {"deadletter", "discovery", "envelope", "logging", "metrics"},
+		"replay":     {"discovery", "durable", "envelope", "logging", "metrics", "retainlog"},
+		"stage":      {"envelope", "logging", "pubsub", "replay"},
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		pkg := f[0]
+		name := strings.TrimPrefix(pkg, mod+"/svckit/")
+		allowed, layered := below[name]
+		for _, imp := range f[1:] {
+			for _, n := range never {
+				// The CLI's own packages (bench runs a hop as a service) sit
+				// on top of service; no library package does.
+				top := name == "bench" || name == "operator"
+				if imp == n && pkg != n && !(top && n == mod+"/svckit/service") {
+					t.Errorf("%s imports %s", pkg, imp)
+				}
+			}
+			if layered && strings.HasPrefix(imp, mod+"/svckit/") {
+				ok := false
+				for _, a := range allowed {
+					ok = ok || imp == mod+"/svckit/"+a
+				}
+				if !ok {
+					t.Errorf("%s imports %s, above it", pkg, imp)
+				}
 			}
 		}
 	}
