@@ -9,7 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/svckit/svckit/internal/pipetest"
 	"github.com/svckit/svckit/pipeline"
+	"github.com/svckit/svckit/svckit/testenv"
 )
 
 // readLines decodes the JSON lines `svckit replay --out` wrote and checks they
@@ -126,4 +128,37 @@ func lastLine(log string) string {
 		}
 	}
 	return ""
+}
+
+// `svckit replay --publish T` publishes what T carries: for results, the
+// sensor's readings taken through a worker (it relays and computes), not
+// the raw readings. The app skips every one as a duplicate, stays exact,
+// and nothing lands in results.dead. A topic nobody publishes is refused
+// with one line.
+func TestCLIReplayPublishThroughStages(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	e := newEnv(t)
+	_, _, app := e.pipelineUp("app-1")
+	sensor := e.sensor("sensor-1", "s1", "--rate", "0", "--count", "300")
+	sensorAddr := sensor.Addr()
+	finish(t, app.addr, sensorAddr, "s1", n)
+	code, log := e.runCLI(t, "replay-publish", "--consul-addr", e.st.Consul.HTTPAddr, "replay", "--quiet",
+		"--stream", "s1", "--since", "10m", "--publish", pipeline.ResultsTopic)
+	if code != 0 {
+		t.Fatalf("svckit replay --publish results: exit %d:\n%s", code, log)
+	}
+	testenv.WaitFor(t, stepTimeout, "the app to skip the republished results", func() bool {
+		st, err := pipetest.AppStreamOf(app.addr, "s1")
+		return err == nil && st.Duplicates >= n
+	})
+	finish(t, app.addr, sensorAddr, "s1", n)
+	if got := e.topicMessages(pipeline.ResultsTopic + ".dead"); got != 0 {
+		t.Fatalf("%d dead letters in %s.dead after the replay", got, pipeline.ResultsTopic)
+	}
+	code, log = e.runCLI(t, "replay-publish-nobody", "--consul-addr", e.st.Consul.HTTPAddr, "replay", "--quiet",
+		"--stream", "s1", "--since", "10m", "--publish", "nobody-publishes-this")
+	if code == 0 || !strings.Contains(lastLine(log), "no passing service in Consul publishes topic") {
+		t.Fatalf("replay --publish to a topic nobody publishes: exit %d, want a refusal:\n%s", code, log)
+	}
 }

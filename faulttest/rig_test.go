@@ -144,7 +144,11 @@ type rig struct {
 	stream  string
 	sensor  *svc
 	workers []*svc
+	middle  []*svc // more stages between the workers and the app
 	app     *svc
+	// want is the app's state after the results of every reading the
+	// sensor folded (checkState); nil is the reference pipeline's.
+	want func(pipeline.Aggregate) pipeline.Totals
 	dir     string
 	began   time.Time
 }
@@ -158,6 +162,9 @@ type rigOptions struct {
 	// beforeStart runs for each nsqd before the services start (channels
 	// that must see every message).
 	beforeStart func(t *testing.T, n *testenv.NSQD)
+	// middle adds stages between the workers and the app (declared with
+	// r.newSvc; started after the workers) and may change r.want.
+	middle func(r *rig)
 	// sensorConsul, if set, returns the Consul address the sensor is given
 	// (a proxy the case can cut).
 	sensorConsul func(c *testenv.Consul) string
@@ -186,6 +193,9 @@ func newRig(t *testing.T, o rigOptions) *rig {
 	r.app = r.newSvc("app", "app-1", append([]string{"--replay-gap-grace=1s", "--replay-tail-interval=1s", "--summary-interval=0"}, o.appArgs...)...)
 	r.workers = []*svc{r.newSvc("worker", "worker-1", o.workerArgs...), r.newSvc("worker", "worker-2", o.workerArgs...)}
 	r.sensor = r.newSvc("sensor", "sensor-1", append([]string{"--stream-id=" + r.stream, "--rate=" + strconv.Itoa(rate)}, o.sensorArgs...)...)
+	if o.middle != nil {
+		o.middle(r)
+	}
 	if o.sensorConsul != nil {
 		r.sensor.extra = append(r.sensor.extra, "--consul-addr="+o.sensorConsul(r.consul))
 	}
@@ -207,11 +217,11 @@ func (r *rig) newSvc(bin, id string, extra ...string) *svc {
 func (r *rig) startAll() {
 	r.t.Helper()
 	r.app.start()
-	for _, w := range r.workers {
+	for _, w := range append(r.workers, r.middle...) {
 		w.start()
 	}
 	r.app.addr()
-	for _, w := range r.workers {
+	for _, w := range append(r.workers, r.middle...) {
 		w.addr()
 	}
 	r.sensor.start()
@@ -245,7 +255,9 @@ func (r *rig) observe(n *testenv.NSQD) {
 }
 
 // services lists the sensor, the workers and the app.
-func (r *rig) services() []*svc { return append([]*svc{r.sensor, r.app}, r.workers...) }
+func (r *rig) services() []*svc {
+	return append(append([]*svc{r.sensor, r.app}, r.workers...), r.middle...)
+}
 
 // appAddr is the app's address (waiting until it is passing).
 func (r *rig) appAddr() string { r.t.Helper(); return r.app.addr() }
@@ -378,7 +390,7 @@ func (r *rig) finish(res result, notes string) result {
 	})
 	st := pipetest.WaitAppExact(t, r.consul, r.stream, final)
 	appAddr := r.appAddr()
-	checkState(t, appAddr, sensorAddr, r.stream, final)
+	r.checkState(appAddr, sensorAddr, final)
 	res.published = final
 	res.replayed = metric(t, appAddr, "svckit_replay_received_messages_total")
 	res.dupMetric = metric(t, appAddr, "svckit_duplicates_skipped_total")
@@ -405,10 +417,14 @@ func savedSnapshotSeq(t *testing.T, dataDir, stream string) uint64 {
 }
 
 // checkState checks the app's state of stream against the sensor's fold
-// over 1..n (pipetest.CheckState; the workers run with factor 1).
-func checkState(t *testing.T, appAddr, sensorAddr, stream string, n uint64) {
-	t.Helper()
-	pipetest.CheckState(t, appAddr, sensorAddr, stream, n, 1)
+// over 1..n (pipetest.CheckStateWith; the workers run with factor 1).
+func (r *rig) checkState(appAddr, sensorAddr string, n uint64) {
+	r.t.Helper()
+	want := r.want
+	if want == nil {
+		want = func(a pipeline.Aggregate) pipeline.Totals { return pipeline.TotalsOf(a, 1) }
+	}
+	pipetest.CheckStateWith(r.t, appAddr, sensorAddr, r.stream, n, want)
 }
 
 // metric reads one metric (summed over labels) from a service, trying again

@@ -438,6 +438,13 @@ func AppTotals(addr, stream string) (pipeline.Totals, error) {
 // used for two readings shows here.
 func CheckState(t testing.TB, appAddr, sensorAddr, stream string, n uint64, factor int64) {
 	t.Helper()
+	CheckStateWith(t, appAddr, sensorAddr, stream, n, func(a pipeline.Aggregate) pipeline.Totals { return pipeline.TotalsOf(a, factor) })
+}
+
+// CheckStateWith is CheckState for any pipeline between the sensor and the
+// app: want is the app's state after all of it handled readings with fold a.
+func CheckStateWith(t testing.TB, appAddr, sensorAddr, stream string, n uint64, want func(a pipeline.Aggregate) pipeline.Totals) {
+	t.Helper()
 	var snap SensorSnapshot
 	if err := GetJSON(sensorAddr, "/snapshot?stream="+stream, &snap); err != nil {
 		t.Fatalf("sensor snapshot: %v", err)
@@ -449,7 +456,7 @@ func CheckState(t testing.TB, appAddr, sensorAddr, stream string, n uint64, fact
 	if err != nil {
 		t.Fatalf("app state: %v", err)
 	}
-	if want := pipeline.TotalsOf(snap.State, factor); got != want {
-		t.Fatalf("app state of %s differs from the results of the sensor's readings (factor %d):\n app  %+v\n want %+v", stream, factor, got, want)
+	if want := want(snap.State); got != want {
+		t.Fatalf("app state of %s differs from what the pipeline makes of the sensor's readings:\n app  %+v\n want %+v", stream, got, want)
 	}
 }
