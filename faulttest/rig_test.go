@@ -148,9 +148,9 @@ type rig struct {
 	app     *svc
 	// want is the app's state after the results of every reading the
 	// sensor folded (checkState); nil is the reference pipeline's.
-	want func(pipeline.Aggregate) pipeline.Totals
-	dir     string
-	began   time.Time
+	want  func(pipeline.Aggregate) pipeline.Totals
+	dir   string
+	began time.Time
 }
 
 // rigOptions varies the rig per case.
