@@ -53,6 +53,7 @@ type SnapshotMapper func(stream string, seq uint64, upstream []byte) ([]byte, er
 
 // Publisher is where outputs go: a *pubsub.Batcher.
 type Publisher interface {
+	PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error))
 	PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error))
 }
 
@@ -101,10 +102,13 @@ func New(o Options) (*Stage, error) {
 // them again (a part's outputs would need parts of their own).
 var errNestedSplit = errors.New("an input that is a part of a split message may make at most one output")
 
-// outputs turns in into the envelopes the stage publishes for it.
-func (s *Stage) outputs(ctx context.Context, in envelope.Envelope) ([]envelope.Envelope, error) {
+// outputs turns in into the envelopes the stage publishes for it: the only
+// one in *one (returning nil: the usual case costs no slice), else the
+// slice.
+func (s *Stage) outputs(ctx context.Context, in envelope.Envelope, one *envelope.Envelope) ([]envelope.Envelope, error) {
 	if in.Marker {
-		return []envelope.Envelope{in}, nil // nothing to transform: pass it on
+		*one = in // nothing to transform: pass it on
+		return nil, nil
 	}
 	outs, err := s.o.Transform(ctx, in)
 	if err != nil {
@@ -117,13 +121,13 @@ func (s *Stage) outputs(ctx context.Context, in envelope.Envelope) ([]envelope.E
 		Part: in.Part, Parts: in.Parts}
 	switch len(outs) {
 	case 0:
-		m := id
-		m.Marker = true
-		return []envelope.Envelope{m}, nil
+		*one = id
+		one.Marker = true
+		return nil, nil
 	case 1:
-		e := id
-		e.ContentType, e.Payload = outs[0].ContentType, outs[0].Payload
-		return []envelope.Envelope{e}, nil
+		*one = id
+		one.ContentType, one.Payload = outs[0].ContentType, outs[0].Payload
+		return nil, nil
 	}
 	envs := make([]envelope.Envelope, len(outs))
 	for i, o := range outs {
@@ -149,7 +153,8 @@ func (s *Stage) deadMarker(in envelope.Envelope, err error) envelope.Envelope {
 // loss.
 func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
-	envs, err := s.outputs(ctx, in)
+	var one envelope.Envelope
+	envs, err := s.outputs(ctx, in, &one)
 	if err != nil {
 		var perm pubsub.PermanentError
 		if !errors.As(err, &perm) || in.Seq == 0 {
@@ -158,13 +163,17 @@ func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 		// Dead-lettered here: tell downstream first, then let the
 		// consumer dead-letter the input.
 		done := m.Async()
-		s.o.Out.PublishEnvelopesAsync(ctx, []envelope.Envelope{s.deadMarker(in, err)}, func(merr error) {
+		s.o.Out.PublishEnvelopeAsync(ctx, s.deadMarker(in, err), func(merr error) {
 			if merr != nil {
 				done(merr) // the input comes again; so will the marker
 				return
 			}
 			done(err)
 		})
+		return nil
+	}
+	if envs == nil {
+		s.o.Out.PublishEnvelopeAsync(ctx, one, m.Async())
 		return nil
 	}
 	s.o.Out.PublishEnvelopesAsync(ctx, envs, m.Async())
@@ -238,14 +247,20 @@ func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, sinc
 	}
 	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
 	var buf []byte
+	single := make([]envelope.Envelope, 1) // reused: no slice per frame
 	_, err = c.ReplayFrames(ctx, addr, replay.Request{Stream: stream, From: from, To: to, Since: since}, func(in envelope.Envelope, _ []byte) error {
-		envs, err := s.outputs(ctx, in)
+		var one envelope.Envelope
+		envs, err := s.outputs(ctx, in, &one)
 		var perm pubsub.PermanentError
 		switch {
 		case errors.As(err, &perm):
-			envs = []envelope.Envelope{s.deadMarker(in, err)}
+			one, envs = s.deadMarker(in, err), nil
 		case err != nil:
 			return fmt.Errorf("%s: transforming %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
+		}
+		if envs == nil {
+			single[0] = one
+			envs = single
 		}
 		for i := range envs {
 			if buf, err = envs[i].Append(buf[:0]); err != nil {
