@@ -1,0 +1,203 @@
+package stage
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/retainlog"
+)
+
+// splitOdd filters 0, passes even values and splits odd ones in two.
+func splitOdd(_ context.Context, in envelope.Envelope) ([]Output, error) {
+	if len(in.Payload) != 8 {
+		return nil, pubsub.Reject(fmt.Errorf("want 8 bytes, got %d", len(in.Payload)))
+	}
+	v := binary.BigEndian.Uint64(in.Payload)
+	switch {
+	case v == 0:
+		return nil, nil
+	case v%2 == 0:
+		return []Output{{ContentType: "x", Payload: in.Payload}}, nil
+	}
+	return []Output{{ContentType: "x", Payload: []byte("a")}, {ContentType: "x", Payload: []byte("b")}}, nil
+}
+
+func value(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+type nopOut struct{}
+
+func (nopOut) PublishEnvelopeAsync(context.Context, envelope.Envelope, func(error))    {}
+func (nopOut) PublishEnvelopesAsync(context.Context, []envelope.Envelope, func(error)) {}
+
+// Outputs keep the input's identity: one output is a whole message,
+// several are its parts, none is a marker; a marker passes through; a part
+// may not be split again.
+func TestOutputsKeepIdentity(t *testing.T) {
+	s, err := New(Options{Transform: splitOdd, Out: nopOut{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	in := func(v uint64) envelope.Envelope { return envelope.Envelope{Stream: "s", Seq: 7, Payload: value(v)} }
+	var one envelope.Envelope
+	if envs, err := s.outputs(ctx, in(0), &one); err != nil || envs != nil || !one.Marker || one.Seq != 7 || one.Stream != "s" {
+		t.Fatalf("filtered: %v %v %+v, want a marker of s/7", envs, err, one)
+	}
+	if envs, err := s.outputs(ctx, in(4), &one); err != nil || envs != nil || one.Marker || one.Parts != 0 || one.Seq != 7 {
+		t.Fatalf("one output: %v %v %+v, want a whole s/7", envs, err, one)
+	}
+	envs, err := s.outputs(ctx, in(3), &one)
+	if err != nil || len(envs) != 2 || envs[0].Part != 0 || envs[1].Part != 1 || envs[0].Parts != 2 || envs[1].Seq != 7 {
+		t.Fatalf("split: %+v %v, want parts 0 and 1 of 2 of s/7", envs, err)
+	}
+	marker := envelope.Envelope{Stream: "s", Seq: 9, Marker: true, Payload: []byte("why")}
+	if envs, err := s.outputs(ctx, marker, &one); err != nil || envs != nil || !one.Marker || string(one.Payload) != "why" {
+		t.Fatalf("a marker in: %v %v %+v, want it passed on", envs, err, one)
+	}
+	part := in(3)
+	part.Part, part.Parts = 1, 3
+	if _, err := s.outputs(ctx, part, &one); !errors.Is(err, errNestedSplit) {
+		t.Fatalf("splitting a part: %v, want errNestedSplit", err)
+	}
+	part = in(4)
+	part.Part, part.Parts = 1, 3
+	if envs, err := s.outputs(ctx, part, &one); err != nil || envs != nil || one.Part != 1 || one.Parts != 3 {
+		t.Fatalf("a part with one output: %+v %v, want part 1 of 3 kept", one, err)
+	}
+}
+
+type staticUpstream []discovery.Instance
+
+func (u staticUpstream) Instances() []discovery.Instance { return u }
+func (u staticUpstream) Service() string                 { return "upstream" }
+
+type ackAll struct{}
+
+func (ackAll) PublishAsync(_ context.Context, _ []byte, done func(error)) { done(nil) }
+func (ackAll) Close(context.Context) error                                { return nil }
+
+type sumFold struct{ n, sum uint64 }
+
+func (f *sumFold) Apply(_ uint64, p []byte) error {
+	f.n++
+	f.sum += binary.BigEndian.Uint64(p)
+	return nil
+}
+func (f *sumFold) State() []byte        { return fmt.Appendf(nil, `{"n":%d,"sum":%d}`, f.n, f.sum) }
+func (f *sumFold) Restore([]byte) error { return nil }
+
+// serve runs h on a loopback HTTP server and returns it as an instance.
+func serve(t *testing.T, h http.Handler, tags ...string) discovery.Instance {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	p, _ := strconv.Atoi(port)
+	return discovery.Instance{ID: srv.URL, Address: host, Port: p, Tags: tags}
+}
+
+// A stage relays the replay protocol to its upstream through its
+// transform, and chains: a consumer asking the second stage of owner →
+// stage → stage gets what the second stage would have published live.
+// Trimmed ranges stay 410, snapshots are mapped, or 501 without a mapper.
+func TestRelayChains(t *testing.T) {
+	lo := retainlog.DefaultOptions("")
+	lo.SegmentBytes = 4096
+	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: t.TempDir(), Log: lo, Fold: &sumFold{}}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close(context.Background())
+	ctx := context.Background()
+	for v := uint64(0); v < 10; v++ {
+		if _, err := o.Publish(ctx, value(v), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mux := http.NewServeMux()
+	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
+	owner := serve(t, mux, replay.OwnerTag("s"))
+
+	pass := func(_ context.Context, in envelope.Envelope) ([]Output, error) {
+		return []Output{{ContentType: "x", Payload: in.Payload}}, nil
+	}
+	first, err := New(Options{Name: "first", Transform: pass, Out: nopOut{}, Upstream: staticUpstream{owner},
+		Snapshot: func(_ string, _ uint64, up []byte) ([]byte, error) {
+			return append([]byte(`{"mapped":`), append(up, '}')...), nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := http.NewServeMux()
+	srv1 := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
+	srv1.SetRelay(first)
+	srv1.Register(m1)
+	relay1 := serve(t, m1, replay.RelayTag)
+
+	second, err := New(Options{Name: "second", Transform: splitOdd, Out: nopOut{}, Upstream: staticUpstream{relay1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2 := http.NewServeMux()
+	srv2 := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
+	srv2.SetRelay(second)
+	srv2.Register(m2)
+	relay2 := serve(t, m2, replay.RelayTag)
+
+	var got []envelope.Envelope
+	c := replay.Client{}
+	n, err := c.Replay(ctx, relay2.Addr(), replay.Request{Stream: "s", From: 1, To: 10}, func(env envelope.Envelope, _ int) error {
+		env.Payload = append([]byte(nil), env.Payload...)
+		got = append(got, env)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Values 0..9 at seqs 1..10: 0 a marker, 5 odd ones two parts each, 4 even ones whole.
+	markers, parts, whole := 0, 0, 0
+	for _, e := range got {
+		switch {
+		case e.Marker:
+			markers++
+			if e.Seq != 1 {
+				t.Errorf("marker for seq %d, want 1 (value 0)", e.Seq)
+			}
+		case e.Parts == 2:
+			parts++
+		default:
+			whole++
+		}
+	}
+	if n != 15 || markers != 1 || parts != 10 || whole != 4 {
+		t.Fatalf("relayed %d frames: %d markers, %d parts, %d whole; want 15: 1, 10, 4", n, markers, parts, whole)
+	}
+
+	st, err := c.Streams(ctx, relay2.Addr())
+	if err != nil || len(st) != 1 || st[0].Stream != "s" || st[0].LastSeq != 10 {
+		t.Fatalf("relayed /streams: %+v %v", st, err)
+	}
+	if seq, state, err := c.Snapshot(ctx, relay1.Addr(), "s"); err != nil || seq != 10 || string(state) != `{"mapped":{"n":10,"sum":45}}` {
+		t.Fatalf("mapped snapshot: %d %s %v", seq, state, err)
+	}
+	if _, _, err := c.Snapshot(ctx, relay2.Addr(), "s"); !errors.Is(err, replay.ErrNoSnapshot) {
+		t.Fatalf("snapshot from a stage without a mapper: %v, want ErrNoSnapshot", err)
+	}
+	if _, err := c.Replay(ctx, relay2.Addr(), replay.Request{Stream: "s", From: 11, To: 20}, func(envelope.Envelope, int) error { return nil }); !errors.Is(err, replay.ErrNeverHad) {
+		t.Fatalf("beyond the owner's last, through two relays: %v, want ErrNeverHad", err)
+	}
+	if _, err := c.Replay(ctx, relay2.Addr(), replay.Request{Stream: "nope", From: 1, To: 2}, func(envelope.Envelope, int) error { return nil }); err == nil {
+		t.Fatal("an unknown stream through two relays: no error")
+	}
+}
