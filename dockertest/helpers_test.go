@@ -3,7 +3,8 @@
 // and the multi-host datacenter aws survives the loss of a host with
 // nothing lost. Every test uses its own compose projects, network and image
 // tag, and removes all of them (containers, networks, volumes, tags) when
-// it ends. Without a Docker engine the tests skip, saying so.
+// it ends. Without a Docker engine the tests skip, saying so; in CI
+// (CI=true) they fail instead.
 package dockertest
 
 import (
@@ -23,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/svckit/svckit/internal/skip"
 )
 
 // repoRoot is the repository (this package lives in dockertest/).
@@ -64,7 +67,10 @@ func TestMain(m *testing.M) {
 }
 
 // needDocker skips the test when no Docker engine (or no docker-compose)
-// answers here.
+// answers here; in CI (CI=true) it fails instead (skip.CannotRun). -short
+// skips it too, on purpose even in CI; CI does not pass -short (.ci/run runs
+// ./build.sh test, which adds only the arguments it is given), so it runs
+// there.
 func needDocker(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
@@ -89,7 +95,7 @@ func needDocker(t *testing.T) {
 		}
 	})
 	if dockerErr != "" {
-		t.Skipf("dockertest: skipped: %s", dockerErr)
+		skip.CannotRun(t, "dockertest: skipped: %s", dockerErr)
 	}
 }
 

@@ -112,9 +112,12 @@ func TestConsulKilled(t *testing.T) {
 }
 
 // Case 2: the Consul agent is stopped for a minute. The services keep running
-// and the pipeline keeps flowing on cached addresses; /ready reports the
-// registration (and discovery) not ok; within seconds of the agent's return
-// every service is registered and ready again.
+// and the pipeline keeps flowing on cached addresses: what the sensor
+// publishes during the outage reaches the app during the outage (the sensor
+// publishes only while it holds its stream's claim, so it stops within the
+// claim's TTL, 10 s, and goes on once the agent is back: see flow_test.go);
+// /ready reports the registration (and discovery) not ok; within seconds of
+// the agent's return every service is registered and ready again.
 func TestConsulStoppedForAMinute(t *testing.T) {
 	t.Parallel()
 	const outage = time.Minute // the "for a minute": kept in the default suite
@@ -124,6 +127,8 @@ func TestConsulStoppedForAMinute(t *testing.T) {
 		t.Fatalf("stopping consul: %v", err)
 	}
 	down := time.Now()
+	ends := r.appEnds()
+	from := ends.seqNow(t) // the sensor's last_seq as the outage begins
 	// Addresses found before the outage (s.at) are all the test can use now.
 	var notOK map[string][]string
 	testenv.WaitFor(t, stepTimeout, "every service to report consul_registration not ok on /ready", func() bool {
@@ -157,7 +162,10 @@ func TestConsulStoppedForAMinute(t *testing.T) {
 	}
 	mid := time.Now()
 
-	hold(time.Until(down.Add(outage)))
+	back := down.Add(outage)
+	hold(time.Until(down.Add(outage / 2))) // the outage's first half; the second is checked
+	fl := ends.flowsDuring(t, "consul is stopped", from, back)
+	hold(time.Until(back)) // the rest of the outage
 
 	a2, err := pipetest.AppStreamOf(r.app.at, r.stream)
 	if err != nil {
@@ -168,11 +176,6 @@ func TestConsulStoppedForAMinute(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := time.Since(mid)
-	// At least a third of the nominal rate, on a loaded machine.
-	if want := uint64(held.Seconds() * rate / 3); a2.Applied-a1.Applied < want || s2.LastSeq-s1.LastSeq < want {
-		t.Fatalf("during the outage (%s) the sensor published %d and the app applied %d readings; want at least %d each",
-			held.Round(time.Second), s2.LastSeq-s1.LastSeq, a2.Applied-a1.Applied, want)
-	}
 	for _, s := range r.services() {
 		rd, err := pipetest.Ready(s.at)
 		if err != nil || rd.CheckOK("consul_registration") {
@@ -191,15 +194,16 @@ func TestConsulStoppedForAMinute(t *testing.T) {
 	t.Logf("registered, passing and ready again after the agent's return: %s", fmtDurations(each))
 	r.stillRunning()
 	res := result{timeToExact: exact.wait()}
-	r.finish(res, fmt.Sprintf("agent stopped %s; not ready after %s; during the outage sensor +%d, app +%d in %s; registered+ready again %s after its return (%s)",
+	r.finish(res, fmt.Sprintf("agent stopped %s; not ready after %s; during the outage sensor +%d, app +%d in %s, kept flowing (%v); registered+ready again %s after its return (%s)",
 		up.Sub(down).Round(time.Second), notReadyAfter.Round(10*time.Millisecond), s2.LastSeq-s1.LastSeq, a2.Applied-a1.Applied,
-		held.Round(time.Second), slowest.Round(10*time.Millisecond), fmtDurations(each)))
+		held.Round(time.Second), fl, slowest.Round(10*time.Millisecond), fmtDurations(each)))
 }
 
 // Case 2b: the Consul agent hangs (SIGSTOP) for a while: it accepts
 // connections (the kernel does) but answers nothing. The services must keep
-// working on cached addresses and report their registration not ready, as
-// when the agent is stopped; after SIGCONT all is as before.
+// working on cached addresses (what the sensor publishes meanwhile reaches
+// the app) and report their registration not ready, as when the agent is
+// stopped; after SIGCONT all is as before.
 func TestConsulAgentHung(t *testing.T) {
 	t.Parallel()
 	frozen := holdFor(20*time.Second, 60*time.Second)
@@ -211,13 +215,18 @@ func TestConsulAgentHung(t *testing.T) {
 	stopped := time.Now()
 	// Resumed in any case, so that cleanups can stop it.
 	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	ends := r.appEnds()
+	from := ends.seqNow(t) // the sensor's last_seq as the agent hangs
 	a0, err := pipetest.AppStreamOf(r.app.at, r.stream)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Every service should notice within its verify interval (2 s) plus
 	// the Consul client's timeout; the hold gives it all of frozen.
-	hold(frozen)
+	resume := stopped.Add(frozen)
+	hold(time.Until(stopped.Add(frozen / 2))) // the first half; the second is checked
+	fl := ends.flowsDuring(t, "consul hangs", from, resume)
+	hold(time.Until(resume)) // the rest
 	a1, err := pipetest.AppStreamOf(r.app.at, r.stream)
 	if err != nil {
 		t.Fatal(err)
@@ -232,9 +241,6 @@ func TestConsulAgentHung(t *testing.T) {
 			stale = append(stale, s.id)
 		}
 	}
-	if want := uint64(frozen.Seconds() * rate / 3); a1.Applied-a0.Applied < want {
-		t.Fatalf("while consul hung for %s the app applied %d readings; want at least %d", frozen, a1.Applied-a0.Applied, want)
-	}
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -243,8 +249,8 @@ func TestConsulAgentHung(t *testing.T) {
 	each, slowest := r.waitRegistered(resumed, true)
 	r.stillRunning()
 	res := result{timeToExact: exact.wait()}
-	r.finish(res, fmt.Sprintf("agent SIGSTOPped %s; app +%d meanwhile; services still reporting consul_registration ok at the end: %v; all passing and ready %s after SIGCONT (%s)",
-		resumed.Sub(stopped).Round(time.Second), a1.Applied-a0.Applied, stale, slowest.Round(10*time.Millisecond), fmtDurations(each)))
+	r.finish(res, fmt.Sprintf("agent SIGSTOPped %s; app +%d meanwhile, kept flowing (%v); services still reporting consul_registration ok at the end: %v; all passing and ready %s after SIGCONT (%s)",
+		resumed.Sub(stopped).Round(time.Second), a1.Applied-a0.Applied, fl, stale, slowest.Round(10*time.Millisecond), fmtDurations(each)))
 	if len(stale) > 0 {
 		t.Fatalf("regression of the fixed bug in svckit/registry Registrar.ensure (and svckit/discovery Watcher.run, svckit/config Config.ConsulAPI): "+
 			"Consul requests have no deadline, so against a hung agent the registrar's verify call blocks forever and /ready keeps "+

@@ -54,13 +54,15 @@ func TestNSQLookupdKilled(t *testing.T) {
 	r.lookupd.Kill()
 	killed := time.Now()
 	a0 := r.appStream().Applied
-	hold(outage) // the lookupd stays away; consumers must not notice
+	// The lookupd stays away; consumers must not notice.
+	end := killed.Add(outage)
+	hold(time.Until(killed.Add(outage / 2))) // the first half; the second is checked
+	ends := r.appEnds()
+	fl := ends.flowsDuring(t, "nsqlookupd is down", ends.seqNow(t), end)
+	hold(time.Until(end)) // the rest
 	a1 := r.appStream().Applied
-	if want := uint64(outage.Seconds() * rate / 3); a1-a0 < want {
-		t.Fatalf("with nsqlookupd down for %s the app applied %d readings; want at least %d", outage, a1-a0, want)
-	}
 	ready := r.consumersNotReady()
-	t.Logf("nsqlookupd down %s: the app applied %d readings meanwhile; consumers: %s", outage, a1-a0, ready)
+	t.Logf("nsqlookupd down %s: the app applied %d readings meanwhile, kept flowing (%v); consumers: %s", outage, a1-a0, fl, ready)
 
 	// A new nsqd while the lookupd is still down.
 	second := r.addNSQD()
@@ -96,8 +98,8 @@ func TestNSQLookupdKilled(t *testing.T) {
 	})
 	t.Logf("first nsqd stopped; the sensor published %d readings to the new one within %s", rate, time.Since(moved).Round(10*time.Millisecond))
 	res := result{timeToExact: exact.wait()}
-	r.finish(res, fmt.Sprintf("lookupd down %s, app +%d meanwhile (%s); new nsqd picked up by all consumers %s after its registration (lookupd still down); lookupd knew both nsqds %s after its return; first nsqd then stopped",
-		back.Sub(killed).Round(time.Second), a1-a0, ready, pickedUp.Round(10*time.Millisecond), known.Round(10*time.Millisecond)))
+	r.finish(res, fmt.Sprintf("lookupd down %s, app +%d meanwhile (%s; kept flowing: %v); new nsqd picked up by all consumers %s after its registration (lookupd still down); lookupd knew both nsqds %s after its return; first nsqd then stopped",
+		back.Sub(killed).Round(time.Second), a1-a0, ready, fl, pickedUp.Round(10*time.Millisecond), known.Round(10*time.Millisecond)))
 }
 
 // Case 4: nsqd is SIGKILLed while readings wait in its memory queue (the
@@ -174,17 +176,19 @@ func TestNSQDStoppedWithTwoNSQDs(t *testing.T) {
 		return topicMessages(to, pipeline.ReadingsTopic) > base
 	})
 	movedAfter := time.Since(stopped)
-	hold(outage) // the first nsqd stays down
+	// The first nsqd stays down; the pipeline must not stall (readings the
+	// stopped nsqd kept, if any, the app replays from the sensor).
+	end := time.Now().Add(outage)
+	hold(outage / 2) // the first half; the second is checked
+	ends := r.appEnds()
+	fl := ends.flowsDuring(t, "the sensor's nsqd is stopped", ends.seqNow(t), end)
+	hold(time.Until(end)) // the rest
 	l1 := r.lastSeq()
 	a1 := r.appStream().Applied
 	held := time.Since(stopped)
-	if want := uint64(held.Seconds() * rate / 3); l1-l0 < want || a1-a0 < want {
-		t.Fatalf("in the %s after the stop the sensor published %d and the app applied %d readings; want at least %d each (no stall)",
-			held.Round(time.Second), l1-l0, a1-a0, want)
-	}
 	sensorAddr := r.sensor.addr()
 	errs := metric(t, sensorAddr, "svckit_publish_errors_total")
 	res := result{timeToExact: exact.wait()}
-	r.finish(res, fmt.Sprintf("the sensor's nsqd stopped and kept down; its first publish to the other nsqd %s later; in %s the sensor published %d and the app applied %d; sensor publish errors %.0f",
-		movedAfter.Round(10*time.Millisecond), held.Round(time.Second), l1-l0, a1-a0, errs))
+	r.finish(res, fmt.Sprintf("the sensor's nsqd stopped and kept down; its first publish to the other nsqd %s later; in %s the sensor published %d and the app applied %d, kept flowing (%v); sensor publish errors %.0f",
+		movedAfter.Round(10*time.Millisecond), held.Round(time.Second), l1-l0, a1-a0, fl, errs))
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/internal/skip"
 	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
@@ -1298,7 +1299,7 @@ func writeSyscalls(t *testing.T) int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/io")
 	if err != nil {
-		t.Skipf("no /proc/self/io: %v", err)
+		skip.CannotRun(t, "no /proc/self/io: %v", err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "syscw: "); ok {
@@ -1309,6 +1310,6 @@ func writeSyscalls(t *testing.T) int {
 			return n
 		}
 	}
-	t.Skip("/proc/self/io has no syscw")
+	skip.CannotRun(t, "/proc/self/io has no syscw")
 	return 0
 }
