@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/internal/localstack"
+	"github.com/svckit/svckit/internal/skip"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -50,14 +51,14 @@ var portVars = []string{
 // changes.
 func TestProcfileInFreshCheckout(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("finds goreman's children in /proc (Linux)")
+		skip.CannotRun(t, "finds goreman's children in /proc (Linux)")
 	}
 	git, err := exec.LookPath("git")
 	if err != nil {
-		t.Skip("no git")
+		skip.CannotRun(t, "no git")
 	}
 	if out, err := exec.Command(git, "rev-parse", "--is-inside-work-tree").Output(); err != nil || strings.TrimSpace(string(out)) != "true" {
-		t.Skip("not in a git checkout")
+		skip.CannotRun(t, "not in a git checkout")
 	}
 	binDir := testenv.BinDir(t)
 	for _, b := range []string{"consul", "nsqd", "nsqlookupd", "nsqadmin", "goreman", "sensor", "worker", "app"} {
