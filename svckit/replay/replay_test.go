@@ -493,3 +493,113 @@ func TestTrackerPartsAndMarkers(t *testing.T) {
 		t.Fatalf("parts of seq 9 disagreeing on their count: %v, want a permanent error", err)
 	}
 }
+
+// rejectingApplier is appState refusing some sequences: for good
+// (permanent) or always failing (transient).
+type rejectingApplier struct {
+	*appState
+	permanent, transient uint64
+}
+
+type permErr struct{ error }
+
+func (permErr) Permanent() bool { return true }
+
+func (a rejectingApplier) Apply(stream string, env envelope.Envelope) error {
+	switch env.Seq {
+	case a.permanent:
+		return permErr{errors.New("bad record")}
+	case a.transient:
+		return errors.New("the database is away")
+	}
+	return a.appState.Apply(stream, env)
+}
+
+// A replayed record that cannot be applied is dead-lettered with its
+// reason (for good at once, failing MaxAttempts times otherwise), and
+// replay goes on past it: the stream ends complete, those two counted as
+// dead-lettered, and nothing else is lost.
+func TestTrackerDeadLettersReplayedRecordAndGoesOn(t *testing.T) {
+	f := newOwner(t, "s5", retainlog.DefaultOptions(""), "")
+	f.publish(t, 50)
+	var mu sync.Mutex
+	dead := map[uint64]string{}
+	a := rejectingApplier{appState: newAppState(), permanent: 10, transient: 20}
+	tr, err := NewTracker(a, TrackerOptions{Owners: staticOwners{f.inst}, GapGrace: 20 * time.Millisecond, TailInterval: 50 * time.Millisecond,
+		RetryMin: time.Millisecond, RetryMax: 10 * time.Millisecond, MaxAttempts: 3,
+		DeadLetter: func(_ context.Context, stream string, seq uint64, frame []byte, reason string) error {
+			env, err := envelope.Decode(frame)
+			if err != nil || env.Seq != seq || stream != "s5" {
+				t.Errorf("dead letter of %s/%d holds %+v (%v)", stream, seq, env, err)
+			}
+			mu.Lock()
+			dead[seq] = reason
+			mu.Unlock()
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go tr.Run(ctx)
+	waitFor(t, "1..50 complete", func() bool {
+		s := tr.Status()
+		return len(s) == 1 && s[0].LastContiguous == 50
+	})
+	s := tr.Status()[0]
+	if s.Applied != 48 || !slices.Equal(s.DeadLettered, [][2]uint64{{10, 10}, {20, 20}}) {
+		t.Fatalf("status %+v, want 48 applied and 10, 20 dead-lettered", s)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(dead[10], "bad record") || !strings.Contains(dead[20], "database is away") || len(dead) != 2 {
+		t.Fatalf("dead letters %v", dead)
+	}
+}
+
+// An owner that accepts connections and never answers holds up neither
+// the checkpoint nor live messages.
+func TestTrackerHungOwnerDelaysNothing(t *testing.T) {
+	hung := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(hung)
+	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	p, _ := strconv.Atoi(port)
+	owner := discovery.Instance{ID: "hung", Address: host, Port: p, Tags: []string{OwnerTag("s6")}}
+	path := filepath.Join(t.TempDir(), "cp.json")
+	st := newAppState()
+	tr, err := NewTracker(st, TrackerOptions{CheckpointPath: path, CheckpointInterval: 20 * time.Millisecond,
+		Owners: staticOwners{owner}, GapGrace: 10 * time.Millisecond, TailInterval: 10 * time.Millisecond, Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); tr.Run(ctx) }()
+	// Live messages, one with a gap before it, apply while the owner hangs.
+	for _, seq := range []uint64{1, 2, 5} {
+		env := envelope.Envelope{Stream: "s6", Seq: seq, Payload: pipeline.MarshalReading(pipeline.Reading{Value: 1})}
+		if _, err := tr.Deliver(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The checkpoint holds them, though every request to the owner hangs.
+	waitFor(t, "a checkpoint with the live messages", func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && strings.Contains(string(b), "[5,5]")
+	})
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return with its context ended while the owner hangs")
+	}
+}
