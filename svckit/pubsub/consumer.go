@@ -508,13 +508,14 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
 			// Touch every half timeout until the message is responded
 			// to: when the handler returns, or later if it went Async.
-			m.stopTouch = make(chan struct{})
+			stop := make(chan struct{})
+			m.stopTouch = stop
 			go func() {
 				t := time.NewTicker(half)
 				defer t.Stop()
 				for {
 					select {
-					case <-m.stopTouch:
+					case <-stop:
 						return
 					case <-t.C:
 						nm.Touch()
