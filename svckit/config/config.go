@@ -119,7 +119,8 @@ func Flags() []cli.Flag {
 		&cli.IntFlag{Name: "nsq-max-msg-size", Value: 1 << 20, Usage: "nsqd's --max-msg-size: a larger message fails alone, before it is sent (nsqd would close the connection), and a dead letter above it is kept in the data directory", EnvVars: Env("nsq-max-msg-size")},
 		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: 16384, Usage: "bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message", EnvVars: Env("nsq-output-buffer-size")},
 		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: time.Millisecond, Usage: "longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this", EnvVars: Env("nsq-output-buffer-timeout")},
-		&cli.StringFlag{Name: "nsq-auth-secret", Usage: "secret sent to nsqd's auth server (AUTH)", EnvVars: Env("nsq-auth-secret")},
+		&cli.StringFlag{Name: "nsq-auth-secret", Usage: "secret sent to nsqd's auth server (AUTH): this service's identity", EnvVars: Env("nsq-auth-secret")},
+		&cli.StringFlag{Name: "nsq-auth-secret-file", Usage: "file holding the secret sent to nsqd's auth server (instead of --nsq-auth-secret; e.g. issued by svckit nsqauth serve --issue)", EnvVars: Env("nsq-auth-secret-file")},
 		&cli.BoolFlag{Name: "nsq-tls", Usage: "use TLS to nsqd", EnvVars: Env("nsq-tls")},
 		&cli.StringFlag{Name: "nsq-tls-cacert", Usage: "CA certificate file for TLS to nsqd", EnvVars: Env("nsq-tls-cacert")},
 		&cli.BoolFlag{Name: "nsq-tls-insecure-skip-verify", Usage: "do not verify nsqd's certificate (testing only)", EnvVars: Env("nsq-tls-insecure-skip-verify")},
@@ -128,6 +129,10 @@ func Flags() []cli.Flag {
 
 // FromCLI builds and validates a Config from parsed flags.
 func FromCLI(c *cli.Context, name, version string) (Config, error) {
+	authSecret, err := AuthSecret(c.String("nsq-auth-secret"), c.String("nsq-auth-secret-file"))
+	if err != nil {
+		return Config{}, err
+	}
 	cfg := Config{
 		Name:          name,
 		Version:       version,
@@ -164,13 +169,34 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 			MaxMsgSize:          c.Int("nsq-max-msg-size"),
 			OutputBufferSize:    c.Int64("nsq-output-buffer-size"),
 			OutputBufferTimeout: c.Duration("nsq-output-buffer-timeout"),
-			AuthSecret:          c.String("nsq-auth-secret"),
+			AuthSecret:          authSecret,
 			TLS:                 c.Bool("nsq-tls"),
 			TLSCACert:           c.String("nsq-tls-cacert"),
 			TLSInsecure:         c.Bool("nsq-tls-insecure-skip-verify"),
 		},
 	}
 	return cfg, cfg.Validate()
+}
+
+// AuthSecret is the NSQ auth secret given as --nsq-auth-secret or read
+// from --nsq-auth-secret-file (surrounding white space trimmed); at most
+// one of them may be set.
+func AuthSecret(secret, file string) (string, error) {
+	if file == "" {
+		return secret, nil
+	}
+	if secret != "" {
+		return "", fmt.Errorf("--nsq-auth-secret and --nsq-auth-secret-file: give one")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--nsq-auth-secret-file: %w", err)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("--nsq-auth-secret-file %s: empty", file)
+	}
+	return s, nil
 }
 
 // Validate reports the first invalid setting, naming its flag.

@@ -18,7 +18,6 @@ import (
 	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
-	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/pubsub"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 	"github.com/urfave/cli/v2"
@@ -93,6 +92,10 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 		return usagef("--to %q: invalid NSQ topic name", to)
 	}
 	ctx := c.Context
+	nsqCfg, err := nsqConfig(c)
+	if err != nil {
+		return err
+	}
 	consul, err := consulClient(c)
 	if err != nil {
 		return err
@@ -116,7 +119,7 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 		}
 		problems = append(problems, "no passing nsqd in Consul: the dead letters in "+pubsub.DeadLetterTopic(topic)+" are not listed")
 	} else {
-		fromNSQD, err = readNSQD(ctx, nsqds.Instances(), topic, limit, c.Duration("wait"))
+		fromNSQD, err = readNSQD(ctx, nsqCfg, nsqds.Instances(), topic, limit, c.Duration("wait"))
 		if err != nil {
 			return err
 		}
@@ -134,7 +137,7 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	sort.SliceStable(msgs, func(i, j int) bool { return msgs[i].info.Time.Before(msgs[j].info.Time) })
 
 	if requeue {
-		p := pubsub.NewProducer(nsqds, pubsub.ProducerOptions{})
+		p := pubsub.NewProducer(nsqds, pubsub.ProducerOptions{NSQ: nsqCfg})
 		defer p.Stop()
 		n, fromN, fromL, rp := requeueAll(ctx, p, client, fromNSQD, msgs, to)
 		problems = append(problems, rp...)
@@ -163,15 +166,18 @@ type nsqdReader struct {
 	done   map[nsq.MessageID]bool // finished
 }
 
-func readNSQD(ctx context.Context, nsqds []discovery.Instance, topic string, limit int, wait time.Duration) (*nsqdReader, error) {
+func readNSQD(ctx context.Context, base *nsq.Config, nsqds []discovery.Instance, topic string, limit int, wait time.Duration) (*nsqdReader, error) {
 	cfg := nsq.NewConfig()
+	// The operator's identity and TLS, from the global flags.
+	cfg.AuthSecret, cfg.TlsV1, cfg.TlsConfig = base.AuthSecret, base.TlsV1, base.TlsConfig
 	cfg.MaxInFlight = limit
 	cfg.MaxAttempts = 0
 	nc, err := nsq.NewConsumer(pubsub.DeadLetterTopic(topic), DeadLetterChannel, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating consumer: %w", err)
 	}
-	nc.SetLogger(logging.NSQLogger{L: logging.Discard()}, nsq.LogLevelError)
+	refused := &refusals{}
+	nc.SetLogger(refused, nsq.LogLevelError)
 	r := &nsqdReader{nc: nc, done: map[nsq.MessageID]bool{}}
 	seen := map[nsq.MessageID]bool{}
 	arrived := make(chan struct{}, 1)
@@ -236,7 +242,37 @@ collect:
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
+	if why := refused.first(); why != "" {
+		// nsqd answers SUB after the connection is made: a subscription
+		// its auth server refused would otherwise list nothing and exit 0.
+		r.close()
+		return nil, fmt.Errorf("nsqd refused reading %s/%s: %s (the operator's identity: --nsq-auth-secret or SVCKIT_NSQ_AUTH_SECRET)", pubsub.DeadLetterTopic(topic), DeadLetterChannel, why)
+	}
 	return r, nil
+}
+
+// refusals is go-nsq's logger for readNSQD: it keeps the first error nsqd
+// sent about the subscription (E_UNAUTHORIZED, E_AUTH_FAILED, …).
+type refusals struct {
+	mu  sync.Mutex
+	msg string
+}
+
+func (l *refusals) Output(_ int, s string) error {
+	if i := strings.Index(s, "E_"); i >= 0 && strings.Contains(s, "protocol error") {
+		l.mu.Lock()
+		if l.msg == "" {
+			l.msg = strings.TrimSpace(s[i:])
+		}
+		l.mu.Unlock()
+	}
+	return nil
+}
+
+func (l *refusals) first() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.msg
 }
 
 func (r *nsqdReader) finish(nm *nsq.Message) {

@@ -38,14 +38,14 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, version stri
 		Reader:    stdin,
 		Writer:    stdout,
 		ErrWriter: stderr,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "consul-addr", Value: "127.0.0.1:8500", Usage: "Consul agent HTTP address", EnvVars: []string{"CONSUL_HTTP_ADDR"}},
 			&cli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{"CONSUL_HTTP_TOKEN"}},
 			&cli.StringFlag{Name: "consul-cacert", Usage: "CA certificate for HTTPS to Consul", EnvVars: []string{"CONSUL_CACERT"}},
-		},
+		}, nsqFlags()...),
 		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return usageError{err} },
 		ExitErrHandler: func(*cli.Context, error) {},
-		Commands:       []*cli.Command{replayCommand(), deadletterCommand(), benchCommand(), infraCommand(), probeCommand(), streamCommand()},
+		Commands:       []*cli.Command{replayCommand(), deadletterCommand(), benchCommand(), infraCommand(), probeCommand(), streamCommand(), nsqauthCommand()},
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError
@@ -55,6 +55,10 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, version stri
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
+	}
+	var code exitCode
+	if errors.As(err, &code) {
+		return int(code) // the subcommand said why
 	}
 	fmt.Fprintf(stderr, "svckit: %v\n", err)
 	var ue usageError

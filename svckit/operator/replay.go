@@ -115,7 +115,11 @@ func runReplay(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		p := pubsub.NewProducer(w, pubsub.ProducerOptions{})
+		nsqCfg, err := nsqConfig(c)
+		if err != nil {
+			return err
+		}
+		p := pubsub.NewProducer(w, pubsub.ProducerOptions{NSQ: nsqCfg})
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
 		errs := make(chan error, 1)
 		sink = func(_ envelope.Envelope, frame []byte) error {

@@ -1,0 +1,36 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The NSQ auth secret comes from --nsq-auth-secret or from the file
+// --nsq-auth-secret-file names (as svckit nsqauth serve --issue writes it),
+// never both.
+func TestAuthSecret(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "secret")
+	if err := os.WriteFile(file, []byte("  0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ secret, file, want, err string }{
+		{"", "", "", ""},
+		{"s3cret", "", "s3cret", ""},
+		{"", file, "0123456789abcdef", ""},
+		{"s3cret", file, "", "give one"},
+		{"", filepath.Join(dir, "missing"), "", "no such file"},
+		{"", empty, "", "empty"},
+	} {
+		got, err := AuthSecret(c.secret, c.file)
+		if got != c.want || (err == nil) != (c.err == "") || (err != nil && !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("AuthSecret(%q, %q) = %q, %v; want %q, error containing %q", c.secret, c.file, got, err, c.want, c.err)
+		}
+	}
+}
