@@ -315,8 +315,9 @@ func TestNSQAuthWhoMayPublishWhere(t *testing.T) {
 // the environment, and nsqd registered without its HTTP port, so that
 // consumers cannot pre-create topics and channels through nsqd's HTTP API
 // and find nsqd through nsqlookupd only. Server b is down when the
-// services start; under way b comes back and a is killed. The app ends
-// exact, and neither server refused a service.
+// services start; under way b comes back and a is killed; then b is killed
+// too (no server at all: publishes fail) and a comes back. The app ends
+// exact, and no server refused a service.
 func TestNSQAuthPipeline(t *testing.T) {
 	c := testenv.StartConsul(t)
 	l := testenv.StartNSQLookupd(t)
@@ -365,7 +366,7 @@ func TestNSQAuthPipeline(t *testing.T) {
 	authB.Kill()
 	t.Logf("nsqauth-b killed: nsqd gets its answers from nsqauth-a")
 
-	const total = 4000
+	const total = 8000
 	pipetest.StartService(t, c, "app-auth", "app", nil, "--nsq-auth-secret-file="+appFile,
 		"--replay-gap-grace=1s", "--replay-tail-interval=1s", "--summary-interval=0")
 	for i := 1; i <= 2; i++ {
@@ -395,18 +396,48 @@ func TestNSQAuthPipeline(t *testing.T) {
 	st0, _ := pipetest.AppStreamOf(appAddr, "auth")
 	t.Logf("under way (app applied %d): nsqauth-a answered %v times and is killed; nsqauth-b is back", st0.Applied, grantedA)
 
+	// Every server down: nsqd cannot check again when a connection's
+	// answer expires (2s), refuses the next publish and closes the
+	// connection; producers fail over and retry. Then nsqauth-a is back.
+	var grantedB float64
+	testenv.WaitFor(t, 60*time.Second, "nsqauth-b to answer nsqd's checks (every 2s per connection)", func() bool {
+		v, err := pipetest.Metric(addrB, "svckit_nsqauth_answers_total")
+		grantedB = v
+		return err == nil && v >= 4
+	})
+	if v, err := refusals(addrB); err != nil || v != 0 {
+		t.Fatalf("nsqauth-b refused %v AUTH(s) of the pipeline's services (%v)", v, err)
+	}
+	errsBefore := pipetest.ReadMetric(t, sensorAddr, "svckit_publish_errors_total")
+	authB.Kill()
+	down := time.Now()
+	testenv.WaitFor(t, 30*time.Second, "the sensor's publishes to fail while no authorization server answers", func() bool {
+		v, err := pipetest.Metric(sensorAddr, "svckit_publish_errors_total")
+		return err == nil && v > errsBefore
+	})
+	sensorLast := pipetest.SensorLastSeq(t, sensorAddr, "auth")
+	authA.Restart(t)
+	testenv.WaitFor(t, 30*time.Second, "nsqauth-a ready again", func() bool {
+		r, err := pipetest.Ready(addrA)
+		return err == nil && r.Ready
+	})
+	t.Logf("no authorization server for %s: the sensor's publishes failed (it was at %d of %d); nsqauth-a is back", time.Since(down).Round(time.Millisecond), sensorLast, total)
+	if sensorLast >= total {
+		t.Fatalf("the sensor had published everything before the outage: it tested nothing")
+	}
+
 	st := pipetest.WaitAppExactAt(t, appAddr, "auth", total)
 	pipetest.CheckState(t, appAddr, sensorAddr, "auth", total, 1)
 	t.Logf("app exact: %v", st)
 
-	grantedB := pipetest.ReadMetric(t, addrB, "svckit_nsqauth_answers_total")
-	if v, err := refusals(addrB); err != nil || v != 0 {
-		t.Errorf("nsqauth-b refused %v AUTH(s) of the pipeline's services (%v)", v, err)
+	if v, err := refusals(addrA); err != nil || v != 0 {
+		t.Errorf("nsqauth-a (restarted) refused %v AUTH(s) of the pipeline's services (%v)", v, err)
 	}
-	if grantedA < 4 || grantedB < 4 {
-		t.Errorf("answers: nsqauth-a %v, nsqauth-b %v: want each to have answered the services' connections (and their repeats every ttl)", grantedA, grantedB)
+	grantedA2 := pipetest.ReadMetric(t, addrA, "svckit_nsqauth_answers_total")
+	if grantedA < 4 || grantedB < 4 || grantedA2 < 1 {
+		t.Errorf("answers: nsqauth-a %v (then %v after its restart), nsqauth-b %v: want each to have answered the services' connections (and their repeats every ttl)", grantedA, grantedA2, grantedB)
 	}
-	t.Logf("nsqauth-b answered %v times after nsqauth-a was killed, refusing none", grantedB)
+	t.Logf("answers, none refused: nsqauth-a %v, nsqauth-b %v after a was killed, nsqauth-a %v after the outage", grantedA, grantedB, grantedA2)
 }
 
 // refusals is the sum of svckit_nsqauth_answers_total with a result other
