@@ -603,3 +603,122 @@ func TestTrackerHungOwnerDelaysNothing(t *testing.T) {
 		t.Fatal("Run did not return with its context ended while the owner hangs")
 	}
 }
+
+// A split sequence parked because a part was dead-lettered upstream takes
+// that part when it comes again, and no other part a second time; parking
+// a replayed part parks only that part.
+func TestTrackerParkedSplitSequence(t *testing.T) {
+	a := &countingApplier{}
+	tr, err := NewTracker(a, TrackerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	deliver := func(env envelope.Envelope) {
+		t.Helper()
+		env.Stream = "s"
+		if _, err := tr.Deliver(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver(envelope.Envelope{Seq: 1, Part: 0, Parts: 3})
+	deliver(envelope.Envelope{Seq: 1, Part: 1, Parts: 3, Marker: true, Payload: []byte("dead-lettered by stage2")})
+	deliver(envelope.Envelope{Seq: 1, Part: 2, Parts: 3})
+	st := tr.Status()[0]
+	if st.LastContiguous != 1 || !slices.Equal(st.DeadLettered, [][2]uint64{{1, 1}}) {
+		t.Fatalf("after all parts, one dead: %+v", st)
+	}
+	deliver(envelope.Envelope{Seq: 1, Part: 0, Parts: 3}) // redelivered: a duplicate
+	deliver(envelope.Envelope{Seq: 1, Part: 1, Parts: 3}) // the dead part, requeued: applies
+	deliver(envelope.Envelope{Seq: 1, Part: 1, Parts: 3}) // and only once
+	st = tr.Status()[0]
+	if len(st.DeadLettered) != 0 || st.Applied != 1 {
+		t.Fatalf("after the requeued part: %+v", st)
+	}
+	for k, n := range a.n {
+		if n != 1 {
+			t.Errorf("seq %d part %d applied %d times", k[0], k[1], n)
+		}
+	}
+
+	// A replayed part that cannot be applied: the others are still wanted.
+	s := tr.stream("s")
+	if err := tr.park(ctx, s, envelope.Envelope{Stream: "s", Seq: 2, Part: 0, Parts: 3}, nil, "bad"); err != nil {
+		t.Fatal(err)
+	}
+	if st := tr.Status()[0]; st.LastContiguous != 1 || !slices.Equal(st.Gaps, [][2]uint64(nil)) && len(st.Gaps) != 0 {
+		t.Fatalf("one part of seq 2 parked: %+v, want seq 2 still incomplete", st)
+	}
+	deliver(envelope.Envelope{Seq: 2, Part: 1, Parts: 3})
+	deliver(envelope.Envelope{Seq: 2, Part: 2, Parts: 3})
+	if st := tr.Status()[0]; st.LastContiguous != 2 || !slices.Equal(st.DeadLettered, [][2]uint64{{2, 2}}) {
+		t.Fatalf("seq 2 with one part parked and two applied: %+v", st)
+	}
+}
+
+// What a forger can do: a stream's message without a sequence is refused;
+// forged sequences within MaxAhead of what the owner said cannot move the
+// bound; the first beyond it is asked about and refused.
+func TestTrackerForgedSequences(t *testing.T) {
+	f := newOwner(t, "s7", retainlog.DefaultOptions(""), "")
+	f.publish(t, 10)
+	tr, err := NewTracker(newAppState(), TrackerOptions{Owners: staticOwners{f.inst}, MaxAhead: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	reading := pipeline.MarshalReading(pipeline.Reading{Value: 1000})
+	if _, err := tr.Deliver(ctx, envelope.Envelope{Stream: "s7", Payload: reading}); !isPermanent(err) {
+		t.Fatalf("sequence 0 of a stream: %v, want refused for good", err)
+	}
+	// The owner says 10; 110 is within the bound (and cannot be told from
+	// a real message), 210 is not, whatever was applied meanwhile.
+	if _, err := tr.Deliver(ctx, envelope.Envelope{Stream: "s7", Seq: 50, Payload: reading}); err != nil {
+		t.Fatalf("within the bound of a stream the owner has not named yet: %v", err)
+	}
+	if _, err := tr.askLast(ctx, "s7"); err != nil {
+		t.Fatal(err)
+	}
+	tr.refreshOwnerLast(ctx, tr.stream("s7"), time.Now())
+	if _, err := tr.Deliver(ctx, envelope.Envelope{Stream: "s7", Seq: 110, Payload: reading}); err != nil {
+		t.Fatalf("within the bound: %v", err)
+	}
+	_, err = tr.Deliver(ctx, envelope.Envelope{Stream: "s7", Seq: 210, Payload: reading})
+	var never NeverPublishedError
+	if !errors.As(err, &never) || never.OwnerLast != 10 || !isPermanent(err) {
+		t.Fatalf("past the bound after forgeries within it: %v, want NeverPublishedError with the owner's last 10", err)
+	}
+}
+
+// A range that fails does not hold up the others: the tail still comes.
+func TestTrackerFailingGapDoesNotBlockTheRest(t *testing.T) {
+	f := newOwner(t, "s8", retainlog.DefaultOptions(""), "")
+	f.publish(t, 20)
+	a := rejectingApplier{appState: newAppState(), transient: 5}
+	tr, err := NewTracker(a, TrackerOptions{Owners: staticOwners{f.inst}, GapGrace: 10 * time.Millisecond, TailInterval: 20 * time.Millisecond,
+		RetryMin: time.Hour, RetryMax: time.Hour, MaxAttempts: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, seq := range []uint64{1, 2, 3, 4, 6, 7} {
+		var env envelope.Envelope
+		f.owner.Log().Read(ctx, seq, seq, func(r retainlog.Record) error {
+			env, err = envelope.Decode(append([]byte(nil), r.Data...))
+			return err
+		})
+		if _, err := tr.Deliver(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go tr.Run(ctx)
+	// 5 keeps failing (and is retried only in an hour); 8..20 must come.
+	waitFor(t, "the tail past the failing gap", func() bool {
+		s := tr.Status()
+		return len(s) == 1 && s[0].Applied == 19
+	})
+	if st := tr.Status()[0]; !slices.Equal(st.Gaps, [][2]uint64{{5, 5}}) {
+		t.Fatalf("%+v, want only 5 missing", st)
+	}
+}

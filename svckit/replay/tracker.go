@@ -238,8 +238,13 @@ func (t *Tracker) stream(id string) *trackedStream {
 // have published is checked with the owner first (ctx bounds that); one
 // the owner never published is refused with a NeverPublishedError.
 func (t *Tracker) Deliver(ctx context.Context, env envelope.Envelope) (bool, error) {
-	if env.Seq == 0 || env.Stream == "" {
-		return true, t.a.Apply(env.Stream, env)
+	switch {
+	case env.Stream == "" && env.Seq == 0:
+		return true, t.a.Apply(env.Stream, env) // not a stream's: not tracked
+	case env.Stream == "" || env.Seq == 0:
+		// No publisher of a stream writes these: applying one untracked
+		// would let anyone add to a stream's state.
+		return false, permanentError{fmt.Errorf("stream %q, sequence %d: a stream's message without a stream or a sequence", env.Stream, env.Seq)}
 	}
 	s := t.stream(env.Stream)
 	if err := t.checkPublished(ctx, s, env.Seq); err != nil {
@@ -261,56 +266,25 @@ func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 	defer s.mu.Unlock()
 	seq := env.Seq
 	parked := s.parked.Contains(seq)
-	if s.applied.Contains(seq) && (!parked || env.Marker) {
+	if s.applied.Contains(seq) && (!parked || env.Marker) && s.partial[seq] == nil {
 		s.duplicates++
 		s.dups.Inc()
 		return false, nil
 	}
+	if env.Parts > 1 {
+		return t.applyPart(s, env)
+	}
+	if s.partial[seq] != nil {
+		return false, permanentError{fmt.Errorf("stream %s seq %d: a whole message for a sequence sent in parts", s.id, seq)}
+	}
 	switch {
-	case env.Marker && env.Parts <= 1 && len(env.Payload) > 0:
+	case env.Marker && len(env.Payload) > 0:
 		s.applied.Add(seq)
 		s.parked.Add(seq)
-		delete(s.partial, seq)
 		return false, nil
-	case env.Marker && env.Parts <= 1:
+	case env.Marker:
 		s.applied.Add(seq)
-		delete(s.partial, seq)
 		return false, nil
-	case env.Parts > 1:
-		p := s.partial[seq]
-		if p == nil {
-			p = &partialSeq{parts: env.Parts}
-			s.partial[seq] = p
-		} else if p.parts != env.Parts {
-			return false, permanentError{fmt.Errorf("stream %s seq %d: part %d of %d, but earlier parts said %d", s.id, seq, env.Part, env.Parts, p.parts)}
-		}
-		// Parts are kept 1-based in the set (SeqSet has no 0).
-		if p.got.Contains(uint64(env.Part) + 1) {
-			s.duplicates++
-			s.dups.Inc()
-			return false, nil
-		}
-		applied := false
-		if env.Marker {
-			// This part made nothing downstream (and, with a reason, was
-			// dead-lettered there): it counts, nothing is applied.
-			p.dead = p.dead || len(env.Payload) > 0
-		} else {
-			if err := t.a.Apply(env.Stream, env); err != nil {
-				return false, err
-			}
-			applied = true
-		}
-		p.got.Add(uint64(env.Part) + 1)
-		if p.got.Count() == uint64(p.parts) {
-			delete(s.partial, seq)
-			s.parked.Remove(seq)
-			if p.dead {
-				s.parked.Add(seq)
-			}
-			s.applied.Add(seq)
-		}
-		return applied, nil
 	}
 	if err := t.a.Apply(env.Stream, env); err != nil {
 		return false, err
@@ -321,11 +295,62 @@ func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 	return true, nil
 }
 
+// applyPart applies one part of a split sequence once. Called with s.mu
+// held. The sequence is complete when every part was applied or marked;
+// if some were dead-lettered upstream it is parked, and its record kept, so
+// that exactly those parts apply should they come again (requeued), and
+// no other part twice.
+func (t *Tracker) applyPart(s *trackedStream, env envelope.Envelope) (bool, error) {
+	seq, part := env.Seq, uint64(env.Part)+1 // SeqSet has no 0
+	p := s.partial[seq]
+	if p == nil {
+		p = &partialSeq{parts: env.Parts}
+		s.partial[seq] = p
+	} else if p.parts != env.Parts {
+		return false, permanentError{fmt.Errorf("stream %s seq %d: part %d of %d, but earlier parts said %d", s.id, seq, env.Part, env.Parts, p.parts)}
+	}
+	if p.got.Contains(part) && (env.Marker || !p.dead.Contains(part)) {
+		s.duplicates++
+		s.dups.Inc()
+		return false, nil
+	}
+	applied := false
+	switch {
+	case env.Marker && len(env.Payload) > 0:
+		p.dead.Add(part) // dead-lettered upstream
+	case env.Marker:
+	default:
+		if err := t.a.Apply(env.Stream, env); err != nil {
+			return false, err
+		}
+		applied = true
+		p.dead.Remove(part)
+	}
+	p.got.Add(part)
+	t.settlePartsLocked(s, seq, p)
+	return applied, nil
+}
+
+// settlePartsLocked completes seq once every part is handled: parked while
+// some part is dead, else done with. Called with s.mu held.
+func (t *Tracker) settlePartsLocked(s *trackedStream, seq uint64, p *partialSeq) {
+	if p.got.Count() < uint64(p.parts) {
+		return
+	}
+	s.applied.Add(seq)
+	if p.dead.Count() > 0 {
+		s.parked.Add(seq)
+		return
+	}
+	s.parked.Remove(seq)
+	delete(s.partial, seq)
+}
+
 // partialSeq is a sequence split into parts, some applied.
 type partialSeq struct {
 	parts uint32
-	got   SeqSet // part index + 1
-	dead  bool   // a part was dead-lettered upstream
+	got   SeqSet // part index + 1: handled (applied or marked)
+	dead  SeqSet // part index + 1: handled by dead-lettering
 }
 
 // NeverPublishedError refuses a live message whose sequence the stream's
@@ -345,14 +370,22 @@ func (e NeverPublishedError) Error() string {
 func (e NeverPublishedError) Permanent() bool { return true }
 
 // checkPublished lets seq through when it is within MaxAhead of what the
-// owner is known to have published, and otherwise asks the owner.
+// owner is known to have published (its last answer, kept in the
+// checkpoint), and otherwise asks the owner. Within the bound a forged
+// message cannot be told from a real one: who may publish is nsqd's
+// authorization's to decide (svckit/nsqauth).
 func (t *Tracker) checkPublished(ctx context.Context, s *trackedStream, seq uint64) error {
+	if t.o.Owners == nil {
+		return nil // no owner to ask (and no replay)
+	}
 	arrived := time.Now()
 	s.mu.Lock()
-	known := max(s.ownerLast, s.applied.Max())
+	// Only what the owner said counts: what this consumer applied could
+	// be a forgery within the bound, which must not move it.
+	known := s.ownerLast
 	s.mu.Unlock()
-	if seq <= known+t.o.MaxAhead || t.o.Owners == nil {
-		return nil // within the bound, or no owner to ask (and no replay)
+	if seq <= known+t.o.MaxAhead {
+		return nil
 	}
 	last, err := t.refreshOwnerLast(ctx, s, arrived)
 	if err != nil {
@@ -420,7 +453,7 @@ func (t *Tracker) askLast(ctx context.Context, stream string) (uint64, error) {
 			return x.LastSeq, nil
 		}
 	}
-	return 0, fmt.Errorf("%s does not list stream %s", in.ID, stream)
+	return 0, nil // the owner answered, and never published anything of it
 }
 
 // Status reports every stream (sorted by id).
@@ -642,23 +675,29 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 		}
 	}
 	s.mu.Unlock()
+	// A range that fails does not hold up the others (the tail above all):
+	// the first error is returned once every range was tried.
+	var first error
 	for _, g := range due {
 		for from := g[0]; from <= g[1]; {
 			to := min(g[1], from+uint64(t.o.MaxBatch)-1)
-			got, err := t.fetch(ctx, s, from, to)
+			high, err := t.fetch(ctx, s, from, to)
 			if errors.Is(err, ErrGone) {
 				return t.recoverSnapshot(ctx, s)
 			}
 			if err != nil {
-				return err
+				if first == nil {
+					first = err
+				}
+				break
 			}
-			if got == 0 {
+			if high < from {
 				break // the owner has nothing more in this range now
 			}
-			from += got
+			from = high + 1
 		}
 	}
-	return nil
+	return first
 }
 
 // owner finds the passing instance that owns stream.
@@ -686,10 +725,13 @@ func (t *Tracker) owner(stream string) (discovery.Instance, error) {
 }
 
 // fetch replays [from, to] of stream from its owner and applies it, and
-// returns how many sequences the response carried. A frame that cannot be
-// applied for good is dead-lettered and replay goes on past it.
+// returns the highest sequence the response carried (0 if none). A frame
+// that cannot be applied for good is dead-lettered and replay goes on past
+// it.
 func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) (uint64, error) {
-	res, n, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
+	var high uint64
+	res, _, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
+		high = max(high, env.Seq)
 		if terr == nil {
 			_, terr = t.apply(s, env)
 		}
@@ -699,10 +741,10 @@ func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) 
 		if !isPermanent(terr) && !t.failedTooOften(s, env.Seq) {
 			return terr // the recovery backs off and asks again
 		}
-		return t.park(ctx, s, env.Seq, frame, terr.Error())
+		return t.park(ctx, s, env, frame, terr.Error())
 	})
 	t.o.Metrics.Requests.WithLabelValues(res).Inc()
-	return n, err
+	return high, err
 }
 
 // failedTooOften counts a failure to apply seq and reports whether it
@@ -726,7 +768,8 @@ func (e permanentError) Permanent() bool { return true }
 
 // park dead-letters a replayed frame that cannot be applied and counts its
 // sequence as handled, so that it is not requested again.
-func (t *Tracker) park(ctx context.Context, s *trackedStream, seq uint64, frame []byte, reason string) error {
+func (t *Tracker) park(ctx context.Context, s *trackedStream, env envelope.Envelope, frame []byte, reason string) error {
+	seq := env.Seq
 	reason = fmt.Sprintf("replayed message %d of stream %s cannot be applied: %s", seq, s.id, reason)
 	if t.o.DeadLetter != nil {
 		if err := t.o.DeadLetter(ctx, s.id, seq, frame, reason); err != nil {
@@ -734,7 +777,20 @@ func (t *Tracker) park(ctx context.Context, s *trackedStream, seq uint64, frame 
 		}
 	}
 	s.mu.Lock()
-	if !s.applied.Contains(seq) {
+	switch {
+	case env.Parts > 1:
+		// Only this part: its siblings still come, or are asked for.
+		p := s.partial[seq]
+		if p == nil {
+			p = &partialSeq{parts: env.Parts}
+			s.partial[seq] = p
+		}
+		if part := uint64(env.Part) + 1; !p.got.Contains(part) {
+			p.got.Add(part)
+			p.dead.Add(part)
+			t.settlePartsLocked(s, seq, p)
+		}
+	case !s.applied.Contains(seq):
 		s.applied.Add(seq)
 		s.parked.Add(seq)
 	}
@@ -837,7 +893,7 @@ type checkpoint struct {
 type partialCheckpoint struct {
 	Parts uint32      `json:"parts"`
 	Got   [][2]uint64 `json:"got"`
-	Dead  bool        `json:"dead,omitempty"`
+	Dead  [][2]uint64 `json:"dead,omitempty"`
 }
 
 type streamCheckpoint struct {
@@ -848,6 +904,9 @@ type streamCheckpoint struct {
 	Partial    map[uint64]partialCheckpoint `json:"partial,omitempty"`
 	Duplicates uint64                       `json:"duplicates"`
 	State      json.RawMessage              `json:"state"`
+	// OwnerLast is the owner's last answer: the bound of live sequences
+	// must not start again from 0 after a restart.
+	OwnerLast uint64 `json:"owner_last,omitempty"`
 }
 
 // Save writes the checkpoint: per stream, the applied set and the state,
@@ -863,12 +922,12 @@ func (t *Tracker) Save() error {
 	for _, s := range ss {
 		s.mu.Lock()
 		state, err := t.a.ExportState(s.id)
-		sc := streamCheckpoint{Applied: s.applied.Intervals(), Parked: s.parked.Intervals(), Duplicates: s.duplicates, State: state}
+		sc := streamCheckpoint{Applied: s.applied.Intervals(), Parked: s.parked.Intervals(), Duplicates: s.duplicates, State: state, OwnerLast: s.ownerLast}
 		for seq, p := range s.partial {
 			if sc.Partial == nil {
 				sc.Partial = map[uint64]partialCheckpoint{}
 			}
-			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals(), Dead: p.dead}
+			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals(), Dead: p.dead.Intervals()}
 		}
 		s.mu.Unlock()
 		if err != nil {
@@ -905,9 +964,11 @@ func (t *Tracker) load() error {
 		s := t.stream(id)
 		s.applied.SetIntervals(sc.Applied)
 		s.parked.SetIntervals(sc.Parked)
+		s.ownerLast = sc.OwnerLast
 		for seq, p := range sc.Partial {
-			ps := &partialSeq{parts: p.Parts, dead: p.Dead}
+			ps := &partialSeq{parts: p.Parts}
 			ps.got.SetIntervals(p.Got)
+			ps.dead.SetIntervals(p.Dead)
 			s.partial[seq] = ps
 		}
 		s.duplicates = sc.Duplicates
