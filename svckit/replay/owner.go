@@ -115,6 +115,7 @@ type Owner struct {
 
 	saveMu    sync.Mutex // one save at a time (Run's ticker, Close)
 	savedMark uint64     // under saveMu
+	savedSnap uint64     // under saveMu: the seq snapshot.json covers
 }
 
 // Status is an owner's entry in GET /streams.
@@ -213,8 +214,13 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		o.Logger.Warn("the retained log is empty; continuing after the published watermark (older sequences are not retained)", "published", mark)
 		w.seq, w.after = mark, mark
 	}
-	w.acked.Reset(mark)
+	// An empty log continuing after `after`: nothing up to it is left to
+	// publish, so the watermark (and retention) start there.
+	w.acked.Reset(max(mark, w.after))
 	w.savedMark = mark
+	if snap != nil {
+		w.savedSnap = snap.Seq
+	}
 	o.Metrics.Unpublished.WithLabelValues(o.Stream).Set(float64(w.seq - mark))
 	return w, nil
 }
@@ -301,6 +307,10 @@ func (w *Owner) Status() Status {
 // message is durable (the log's fsync policy; concurrent publishers share
 // an fsync): from then on it survives a crash or a power loss, and the
 // pump publishes it to nsqd as soon as nsqd takes it.
+//
+// An error with sequence 0 means nothing was published. An error with a
+// sequence means the message is in the log and will be published anyway
+// (its fold failed, or its fsync): do not publish it again.
 func (w *Owner) Publish(ctx context.Context, payload []byte, correlationID string) (uint64, error) {
 	return w.publishBatch(ctx, [][]byte{payload}, correlationID)
 }
@@ -324,17 +334,31 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 			return 0, fmt.Errorf("stream %s: not assigning sequence numbers: %w", w.o.Stream, err)
 		}
 	}
-	w.mu.Lock()
-	first, last, err := w.appendLocked(payloads, correlationID)
-	w.mu.Unlock()
-	if err != nil {
+	first, last, appended, err := w.append(payloads, correlationID)
+	if !appended {
 		return 0, err
 	}
 	w.signal()
-	if err := w.log.WaitDurable(ctx, last); err != nil {
-		return 0, fmt.Errorf("making messages %d-%d of stream %s durable: %w", first, last, w.o.Stream, err)
+	// Once appended the messages will be published whatever happens: the
+	// wait for their fsync is not cut short by ctx (it is bounded by the
+	// fsync policy), so that an error here never means "not published".
+	if werr := w.log.WaitDurable(context.WithoutCancel(ctx), last); werr != nil {
+		err = errors.Join(err, fmt.Errorf("making messages %d-%d of stream %s durable: %w", first, last, w.o.Stream, werr))
+	}
+	if err != nil {
+		return last, err
 	}
 	return last, nil
+}
+
+// append appends under mu; appended reports whether the messages are in
+// the log (then they will be published, even with an error).
+func (w *Owner) append(payloads [][]byte, correlationID string) (first, last uint64, appended bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock() // a panic below must not leave the owner locked
+	before := w.seq
+	first, last, err = w.appendLocked(payloads, correlationID)
+	return first, last, w.seq > before, err
 }
 
 // appendLocked encodes, appends and folds one batch. Caller holds mu.
@@ -384,7 +408,7 @@ func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, la
 				// if it fails again).
 				w.failed = fmt.Errorf("stream %s: folding message %d failed, publishing stopped until a restart rebuilds the fold from the log: %w", w.o.Stream, seq, err)
 				w.o.Logger.Error("fold failed; refusing to publish more", "seq", seq, "err", err)
-				return 0, 0, w.failed
+				return first, last, w.failed
 			}
 			w.foldSeq = seq
 		}
@@ -464,6 +488,9 @@ func (w *Owner) pump(ctx context.Context) {
 			// what is unacknowledged): consumers recover the rest from a
 			// snapshot.
 			w.o.Logger.Warn("messages never acknowledged are no longer in the log; skipping them", "from", next, "to", first-1)
+			w.mu.Lock()
+			w.acked.AddRange(next, first-1) // settled: the watermark moves past them
+			w.mu.Unlock()
 			next = first
 		}
 		upTo := min(last, next+uint64(room)-1)
@@ -567,7 +594,7 @@ func (w *Owner) save() error {
 	w.mu.Lock()
 	mark := w.acked.Contiguous()
 	var snap *snapshotFile
-	if w.o.Fold != nil {
+	if w.o.Fold != nil && w.failed == nil { // a failed fold is not saved
 		snap = &snapshotFile{Stream: w.o.Stream, Seq: w.foldSeq, State: w.o.Fold.State()}
 	}
 	w.mu.Unlock()
@@ -588,6 +615,7 @@ func (w *Owner) save() error {
 		if err := durable.WriteFileAtomic(w.o.FS, filepath.Join(w.o.Dir, "snapshot.json"), b); err != nil {
 			return err
 		}
+		w.savedSnap = snap.Seq
 	}
 	if mark != w.savedMark {
 		if err := durable.WriteFileAtomic(w.o.FS, filepath.Join(w.o.Dir, "published.seq"), []byte(strconv.FormatUint(mark, 10)+"\n")); err != nil {
@@ -599,30 +627,34 @@ func (w *Owner) save() error {
 	// after a restart) and what the durable snapshot does not cover (the
 	// fold is rebuilt from it).
 	floor := mark + 1
-	if snap != nil {
-		floor = min(floor, snap.Seq+1)
+	if w.o.Fold != nil {
+		floor = min(floor, w.savedSnap+1)
 	}
 	w.log.SetFloor(floor)
 	return nil
 }
 
 // Snapshot returns the fold and the sequence it covers, once the records
-// it covers are durable (a consumer that takes it has applied them).
-func (w *Owner) Snapshot() (uint64, []byte, bool) {
+// it covers are durable (a consumer that takes it has applied them). It
+// fails with ErrNoSnapshot when the owner has no Fold.
+func (w *Owner) Snapshot() (uint64, []byte, error) {
 	if w.o.Fold == nil {
-		return 0, nil, false
+		return 0, nil, fmt.Errorf("stream %s: %w (the owner has no Fold)", w.o.Stream, ErrNoSnapshot)
 	}
 	w.mu.Lock()
 	if w.failed != nil {
+		err := w.failed
 		w.mu.Unlock()
-		return 0, nil, false
+		return 0, nil, err
 	}
 	seq, state := w.foldSeq, w.o.Fold.State()
 	w.mu.Unlock()
-	if seq > 0 && w.log.SyncTo(seq) != nil {
-		return 0, nil, false
+	if seq > 0 {
+		if err := w.log.SyncTo(seq); err != nil {
+			return 0, nil, fmt.Errorf("stream %s: making the records the snapshot covers durable: %w", w.o.Stream, err)
+		}
 	}
-	return seq, state, true
+	return seq, state, nil
 }
 
 // Log is the retained log (read-only use: replay serving, status).

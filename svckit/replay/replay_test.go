@@ -2,6 +2,7 @@ package replay
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -721,4 +722,79 @@ func TestTrackerFailingGapDoesNotBlockTheRest(t *testing.T) {
 	if st := tr.Status()[0]; !slices.Equal(st.Gaps, [][2]uint64{{5, 5}}) {
 		t.Fatalf("%+v, want only 5 missing", st)
 	}
+}
+
+// After an operator moved a damaged log aside, the owner continues after
+// its snapshot, and its watermark moves on from there: published.seq is
+// written again, retention trims, and a restart publishes nothing twice.
+func TestOwnerAfterLogMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	lo := retainlog.DefaultOptions("")
+	lo.SegmentBytes = 1024
+	lo.RetainMessages = 10
+	run := func(pub Publisher, n int) *Owner {
+		t.Helper()
+		o, err := OpenOwner(OwnerOptions{Stream: "m", Dir: dir, Log: lo, Fold: &pipeline.ReadingFold{}, SnapshotInterval: 10 * time.Millisecond}, pub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan struct{})
+		go func() { defer close(ran); o.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-ran })
+		for range n {
+			if _, err := o.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: 1}), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return o
+	}
+	watermark := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "published.seq"))
+		return strings.TrimSpace(string(b))
+	}
+	// nsqd never answers the first run: its snapshot (50) is ahead of
+	// its watermark (0), as it usually is.
+	o := run(silentPublisher{}, 50)
+	if err := o.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if seq, _ := pipetestSavedSnapshot(dir); seq != 50 || watermark() != "" {
+		t.Fatalf("before the move: snapshot %d, watermark %q", seq, watermark())
+	}
+	if err := os.Rename(filepath.Join(dir, "log"), filepath.Join(dir, "log.damaged")); err != nil {
+		t.Fatal(err)
+	}
+	pub := &recordingPublisher{}
+	o = run(pub, 100)
+	waitFor(t, "the watermark to move past the moved log", func() bool { return watermark() == "150" })
+	waitFor(t, "retention to trim", func() bool { return o.Log().FirstSeq() > 51 })
+	if err := o.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	again := &recordingPublisher{}
+	o = run(again, 0)
+	defer o.Close(context.Background())
+	if n := len(again.published()); n != 0 {
+		t.Fatalf("a clean restart published %d messages again", n)
+	}
+	if got := len(pub.published()); got != 100 {
+		t.Fatalf("published %d messages after the log was moved aside, want 100", got)
+	}
+}
+
+// silentPublisher never answers (nsqd away).
+type silentPublisher struct{}
+
+func (silentPublisher) PublishAsync(context.Context, []byte, func(error)) {}
+func (silentPublisher) Close(context.Context) error                       { return nil }
+
+func pipetestSavedSnapshot(dir string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "snapshot.json"))
+	if err != nil {
+		return 0, err
+	}
+	var snap snapshotFile
+	err = json.Unmarshal(b, &snap)
+	return snap.Seq, err
 }

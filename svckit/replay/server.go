@@ -236,11 +236,7 @@ func (s ownerSource) Snapshot(_ context.Context, stream string) (uint64, []byte,
 	if s.o == nil {
 		return 0, nil, fmt.Errorf("%w: %q", ErrUnknown, stream)
 	}
-	seq, state, ok := s.o.Snapshot()
-	if !ok {
-		return 0, nil, fmt.Errorf("stream %q: %w", stream, ErrNoSnapshot)
-	}
-	return seq, state, nil
+	return s.o.Snapshot()
 }
 
 func (s ownerSource) Replay(ctx context.Context, stream string, from, to uint64, since time.Time, emit func([]byte) error) error {
