@@ -340,6 +340,9 @@ func (b *Batcher) run() {
 // with its own outcome; it returns the arena for reuse.
 func (b *Batcher) publishEach(arena []byte, items []batchItem) []byte {
 	for i := range items {
+		if items[i].done == nil {
+			continue // answered already, when the batch was encoded
+		}
 		var n int
 		arena, n, _ = b.encode(arena[:0], items[i:i+1])
 		var err error

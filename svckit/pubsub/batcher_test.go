@@ -157,3 +157,17 @@ func TestBatcherFailsOversizedMessageAlone(t *testing.T) {
 		t.Fatalf("oversized message: %v (answered: %v), want a PermanentError naming --max-msg-size", bigErr, items[1].done == nil)
 	}
 }
+
+// An item answered while its batch was encoded (too large) is not encoded
+// again when nsqd refused the batch and its items go one by one: its done
+// is gone, and calling it was a nil call that crashed the publisher.
+func TestBatcherPublishEachSkipsAnsweredItems(t *testing.T) {
+	bt := &Batcher{topic: "t", o: BatcherOptions{MaxMsgSize: 100, MaxBytes: 1 << 20}}
+	answers := 0
+	items := []batchItem{{kind: kindBody, env: envelope.Envelope{Payload: make([]byte, 101)}, done: func(error) { answers++ }}}
+	bt.encode(nil, items)
+	bt.publishEach(nil, items) // no producer: nothing may be sent
+	if answers != 1 {
+		t.Fatalf("the oversized item was answered %d times, want once", answers)
+	}
+}
