@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -421,7 +422,9 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 		return fmt.Errorf("%w: append seq %d, log ends at %d", ErrNotContiguous, first, l.last.Load())
 	}
 	act := l.active()
-	if act == nil || (act.count == 0 && act.base != first) ||
+	// act.f is nil when the last roll sealed it but could not create the
+	// next segment (too many open files, say): roll again.
+	if act == nil || act.f == nil || (act.count == 0 && act.base != first) ||
 		(act.size > 0 && act.size+int64(size) > l.opts.SegmentBytes) {
 		if err := l.roll(first); err != nil {
 			return err
@@ -522,7 +525,7 @@ func (l *Log) updateBounds() {
 // roll seals the active segment and starts a new one whose first record will
 // be first. Caller holds mu.
 func (l *Log) roll(first uint64) error {
-	if act := l.active(); act != nil {
+	if act := l.active(); act != nil && act.f != nil { // nil: sealed already
 		if act.count == 0 {
 			// An empty active segment (Open truncated all of it, or a crash
 			// came right after it was created) named for a seq other than the
@@ -552,8 +555,15 @@ func (l *Log) roll(first uint64) error {
 	}
 	path := filepath.Join(l.opts.Dir, segmentName(first))
 	// O_EXCL: a file with this name would be another segment with the same
-	// first seq; overwriting it could destroy data, so fail loudly instead.
+	// first seq; overwriting it could destroy data, so fail loudly instead,
+	// unless it is empty: what an earlier roll left when it failed after
+	// the create (its directory fsync, or the removal after it).
 	f, err := l.opts.FS.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		if fi, serr := l.opts.FS.Stat(path); serr == nil && fi.Size() == 0 {
+			f, err = l.opts.FS.OpenFile(path, os.O_RDWR, 0)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("retainlog: create segment: %w", err)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/svckit/svckit/svckit/durable/crashfs"
 )
 
 func TestParseFsyncPolicy(t *testing.T) {
@@ -464,4 +466,42 @@ func TestIgnoresForeignFiles(t *testing.T) {
 	}
 	appendN(t, l, 1, 3, 10, 3)
 	checkRange(t, l, 1, 3, 3, 10)
+}
+
+// A roll that sealed the active segment but could not create the next one
+// (the filesystem refused: too many open files, a full disk) leaves a log
+// that appends again once the filesystem does: it used to write to the
+// sealed segment's closed file (a nil one) and crash.
+func TestAppendAfterFailedRoll(t *testing.T) {
+	for k := 0; k < 6; k++ {
+		fsys := crashfs.New()
+		o := DefaultOptions("/log")
+		o.FS, o.SegmentBytes = fsys, 100
+		l, err := Open(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, 80)
+		if err := l.Append(Record{Seq: 1, Data: data}); err != nil {
+			t.Fatal(err)
+		}
+		fsys.StopAfter(k) // the roll for seq 2 stops at its k-th step
+		err1 := l.Append(Record{Seq: 2, Data: data})
+		fsys.StopAfter(-1)
+		if err1 != nil {
+			if err := l.Append(Record{Seq: 2, Data: data}); err != nil && !errors.Is(err, l.err) {
+				t.Fatalf("k=%d: append after the failed roll (%v): %v", k, err1, err)
+			}
+		}
+		if l.err == nil {
+			if err := l.Append(Record{Seq: 3, Data: data}); err != nil {
+				t.Fatalf("k=%d: append 3: %v", k, err)
+			}
+			n := 0
+			if err := l.Read(context.Background(), 1, 3, func(Record) error { n++; return nil }); err != nil || n != 3 {
+				t.Fatalf("k=%d: read %d records: %v", k, n, err)
+			}
+		}
+		l.Close()
+	}
 }
