@@ -36,6 +36,7 @@ func Check(t *Tree) []Problem {
 	}
 	for _, dc := range t.Datacenters {
 		checkNSQDFlush(dc, add)
+		checkNSQDAuth(dc, add)
 		type owner struct {
 			host, service string
 		}

@@ -36,7 +36,8 @@ type Container struct {
 
 	// Role is what the container runs: the image's name under svckit/
 	// (consul, sensor, …), or for the nsq image its program (nsqd,
-	// nsqlookupd, nsqadmin).
+	// nsqlookupd, nsqadmin), or nsqauth for the svckit image running
+	// `nsqauth serve`.
 	Role string
 }
 
@@ -425,6 +426,9 @@ func role(c Container) string {
 		if len(prog) > 0 {
 			return path.Base(prog[0])
 		}
+	}
+	if isNSQAuth(name, c) {
+		return NSQAuthRole // the svckit image running `nsqauth serve`
 	}
 	return name
 }

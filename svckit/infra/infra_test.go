@@ -56,7 +56,7 @@ func TestDevHost1IsTheProcfile(t *testing.T) {
 	for _, c := range h.Containers {
 		roles[c.Role]++
 	}
-	want := map[string]int{"consul": 1, "nsqlookupd": 1, "nsqd": 1, "nsqadmin": 1, "sensor": 1, "worker": 2, "app": 1}
+	want := map[string]int{"consul": 1, "nsqlookupd": 1, "nsqd": 1, "nsqadmin": 1, "nsqauth": 1, "sensor": 1, "worker": 2, "app": 1}
 	for r, n := range want {
 		if roles[r] != n {
 			t.Errorf("dev/host1 runs %d %s, want %d (roles %v)", roles[r], r, n, roles)
@@ -133,13 +133,19 @@ func TestDatacentersAreWiredConsistently(t *testing.T) {
 					if b != prefix+c.Role || !(b == c.Name || slices.Contains(c.Aliases, b)) {
 						t.Errorf("%s: %s broadcasts %q, want %q, a name it has on the network (aliases %v)", h.File, c.Name, b, prefix+c.Role, c.Aliases)
 					}
-					http := map[string]string{"nsqd": "4151", "nsqlookupd": "4161"}[c.Role]
-					for _, want := range []string{
-						`name    = "` + c.Role + `"`,
-						`address = "` + b + `"`,
-						`http = "http://` + b + `:` + http + `/ping"`,
-						`meta    = { http_port = "` + http + `" }`,
-					} {
+					wants := []string{`name    = "` + c.Role + `"`, `address = "` + b + `"`}
+					if c.Role == "nsqlookupd" {
+						wants = append(wants, `http = "http://`+b+`:4161/ping"`, `meta    = { http_port = "4161" }`)
+					} else {
+						// nsqd's HTTP API is on its container's loopback
+						// (NSQ's auth does not cover it): a TCP check, and
+						// no http_port for consumers to call.
+						wants = append(wants, `tcp = "`+b+`:4150"`)
+						if strings.Contains(hcl, `http_port = "4151"`) {
+							t.Errorf("%s: the consul agent registers nsqd with its HTTP port, which only its own container reaches", h.File)
+						}
+					}
+					for _, want := range wants {
 						if !strings.Contains(hcl, want) {
 							t.Errorf("%s: the consul agent does not register %s as %s", h.File, c.Name, want)
 						}

@@ -36,7 +36,10 @@ under images/; a host port published twice on one host (or by two hosts of
 one datacenter, which must be able to share one engine); a service of ours
 (sensor, worker, app) without CONSUL_HTTP_ADDR; a stateful container
 (consul, nsqd, sensor, app) without a volume for its state; a container
-without a healthcheck or a restart policy.`,
+without a healthcheck or a restart policy; an nsqd without
+--auth-http-address, with one that names no nsqauth container of its
+datacenter, or with its HTTP API (which NSQ's auth does not cover) beyond
+loopback.`,
 				Flags:  []cli.Flag{root()},
 				Action: runInfraCheck,
 			},
