@@ -476,16 +476,16 @@ func TestAppendAfterFailedRoll(t *testing.T) {
 	for k := 0; k < 6; k++ {
 		fsys := crashfs.New()
 		o := DefaultOptions("/log")
-		o.FS, o.SegmentBytes = fsys, 100
+		o.FS, o.SegmentBytes = fsys, 200
 		l, err := Open(o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		data := make([]byte, 80)
-		if err := l.Append(Record{Seq: 1, Data: data}); err != nil {
+		data := make([]byte, 180)
+		if err := l.Append(Record{Seq: 1, Data: data[:50]}); err != nil {
 			t.Fatal(err)
 		}
-		fsys.StopAfter(k) // the roll for seq 2 stops at its k-th step
+		fsys.StopAfter(k) // the roll for seq 2 (too big to fit) stops at its k-th step
 		err1 := l.Append(Record{Seq: 2, Data: data})
 		fsys.StopAfter(-1)
 		if err1 != nil {
@@ -495,7 +495,7 @@ func TestAppendAfterFailedRoll(t *testing.T) {
 			}
 		}
 		if l.err == nil {
-			if err := l.Append(Record{Seq: 3, Data: data}); err != nil {
+			if err := l.Append(Record{Seq: 3, Data: data[:5]}); err != nil {
 				t.Fatalf("k=%d: append 3: %v", k, err)
 			}
 			n := 0
