@@ -53,6 +53,7 @@ func Check(t *Tree) []Problem {
 				checkRunPolicy(h, c, add)
 				if ours[c.Role] {
 					checkOurs(h, c, add)
+					checkDataDir(t, h, c, add)
 				}
 				if stateful[c.Role] {
 					checkState(h, c, add)
