@@ -675,7 +675,10 @@ func (w *Owner) Close(ctx context.Context) error {
 	w.mu.Unlock()
 	if stop != nil {
 		stop()
-		<-done
+		select {
+		case <-done:
+		case <-ctx.Done(): // the pump is stuck (a hung disk): do not hang with it
+		}
 	}
 	var errs []error
 	if w.pub != nil {

@@ -946,7 +946,19 @@ func (l *Log) WaitDurable(ctx context.Context, seq uint64) error {
 	case FsyncNever:
 		return nil
 	case FsyncAlways:
-		return l.SyncTo(seq)
+		if l.synced.Load() >= seq {
+			return nil
+		}
+		// fsync takes no context: on a hung disk it never returns, and a
+		// caller that is shutting down must not hang with it.
+		done := make(chan error, 1)
+		go func() { done <- l.SyncTo(seq) }()
+		select {
+		case err := <-done:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	for {
 		l.syncedMu.Lock()

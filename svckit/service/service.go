@@ -396,7 +396,13 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopBackg
 	}
 	// 3. Background work (an owner's pump, a claim's renewal), then the
 	// hooks (state saves).
-	stopBackground()
+	bgDone := make(chan struct{})
+	go func() { stopBackground(); close(bgDone) }()
+	select {
+	case <-bgDone:
+	case <-sctx.Done():
+		errs = append(errs, errors.New("background work did not stop within --shutdown-timeout"))
+	}
 	for _, h := range s.stopHooks {
 		if err := h(sctx); err != nil {
 			errs = append(errs, err)
