@@ -13,10 +13,13 @@
 //   - none yet: take it;
 //   - held by a live session of another process: refuse (HeldError), unless
 //     it is this process's own predecessor: the same instance, on the same
-//     node, with the same data directory, which this process has locked
-//     (durable.LockDir), so the predecessor is dead though its session has
-//     not expired yet. That is a restart after kill -9, and it takes the
-//     stream back at once;
+//     node, with the same data directory, under the same running kernel
+//     (boot id). This process has locked the data directory
+//     (durable.LockDir), and flock is the kernel's, so the predecessor is
+//     dead though its session has not expired yet: that is a restart after
+//     kill -9, and it takes the stream back at once. Under another kernel
+//     (the machine rebooted, or a copy of the directory elsewhere) nothing
+//     proves it dead: the claim is taken once its session expired;
 //   - held by a dead session: take it over, if the data directory is the
 //     one the claim names (a moved volume keeps its DataID). A different
 //     data directory does not hold the stream's log: taking the stream
@@ -24,13 +27,16 @@
 //     until an operator releases the claim (Release, `svckit stream
 //     release`).
 //
-// Holding a claim: a Lease is valid for TTL after the start of its last
-// successful renewal that also found the claim still naming its session
-// (Consul expires a session no sooner than TTL after its last renewal, and
-// another process can take the claim only after that). Hold blocks while
-// the lease is not valid: an owner cut off from Consul stops assigning
-// sequence numbers before anyone else could take its stream, and goes on,
-// after the sequence it stopped at, once it holds the claim again.
+// Holding a claim: a Lease is valid for TTL minus a margin (TTL/5) after
+// the start of its last successful renewal that also found the claim still
+// naming its session (Consul expires a session no sooner than TTL after its
+// last renewal, and another process can take the claim only after that).
+// The margin covers the step from Hold to the append it guards (a GC
+// pause, a slow write); the clock is CLOCK_BOOTTIME, which counts a
+// suspended machine's sleep. Hold blocks while the lease is not valid: an
+// owner cut off from Consul stops assigning sequence numbers before anyone
+// else could take its stream, and goes on, after the sequence it stopped
+// at, once it holds the claim again.
 package ownership
 
 import (
@@ -77,6 +83,7 @@ type Claim struct {
 	DataID   string    `json:"data_id"`
 	Session  string    `json:"session"`
 	Since    time.Time `json:"since"`
+	BootID   string    `json:"boot_id,omitempty"` // the holder's kernel boot
 }
 
 // HeldError: another live process holds the stream.
@@ -153,7 +160,15 @@ func Acquire(ctx context.Context, o Options) (*Lease, error) {
 	return l, nil
 }
 
-func (l *Lease) now() int64 { return int64(time.Since(l.epoch)) }
+func (l *Lease) now() int64 {
+	if ns, ok := bootNanos(); ok {
+		return ns
+	}
+	return int64(time.Since(l.epoch))
+}
+
+// valid is how long a renewal started at start is good for.
+func (l *Lease) valid(start int64) int64 { return start + int64(l.o.TTL-l.o.TTL/5) }
 
 // take creates a session and writes the claim with it, by check-and-set.
 func (l *Lease) take(ctx context.Context) error {
@@ -181,7 +196,7 @@ func (l *Lease) take(ctx context.Context) error {
 				return err
 			}
 		}
-		c := Claim{Stream: l.o.Stream, Instance: l.o.Instance, Node: l.o.Node, PID: os.Getpid(),
+		c := Claim{Stream: l.o.Stream, Instance: l.o.Instance, Node: l.o.Node, PID: os.Getpid(), BootID: bootID(),
 			DataID: l.o.DataID, Session: sid, Since: time.Now().UTC()}
 		b, _ := json.Marshal(c)
 		rctx, cancel := context.WithTimeout(ctx, l.o.Timeout)
@@ -195,7 +210,7 @@ func (l *Lease) take(ctx context.Context) error {
 			l.mu.Lock()
 			l.session, l.claim, l.lost = sid, c, nil
 			l.mu.Unlock()
-			l.setValid(start + int64(l.o.TTL))
+			l.setValid(l.valid(start))
 			l.log.Info("holding the stream", "key", l.key, "session", sid)
 			return nil
 		}
@@ -221,13 +236,17 @@ func (l *Lease) mayTake(ctx context.Context, old Claim) error {
 	sameData := old.DataID == "" || old.DataID == l.o.DataID
 	sameInstance := old.Instance == l.o.Instance && old.Node == l.o.Node
 	switch {
-	case alive && sameInstance && old.DataID == l.o.DataID:
-		// This process locked the data directory, so the process that
-		// held the claim with it is gone: its session just has not
-		// expired yet. End it so that nothing lingers.
+	case alive && sameInstance && old.DataID == l.o.DataID && old.BootID != "" && old.BootID == bootID():
+		// This process locked the data directory under the same kernel,
+		// so the process that held the claim with it is gone: its session
+		// just has not expired yet. End it so that nothing lingers.
 		l.log.Info("taking the stream back from this instance's previous process", "pid", old.PID, "session", old.Session)
 		l.destroy(old.Session)
 		return nil
+	case alive && sameInstance && old.DataID == l.o.DataID:
+		// Under another kernel nothing proves the holder dead: wait for
+		// its session to expire.
+		return l.waitExpiry(ctx, old)
 	case alive && !sameInstance:
 		return &HeldError{Holder: old}
 	case !sameData:
@@ -236,6 +255,31 @@ func (l *Lease) mayTake(ctx context.Context, old Claim) error {
 		return &OtherDataError{Holder: old, DataID: l.o.DataID}
 	}
 	return nil
+}
+
+// waitExpiry waits up to three TTLs (Consul expires a session within two)
+// for old's session to expire.
+func (l *Lease) waitExpiry(ctx context.Context, old Claim) error {
+	l.log.Warn("the stream is held by this instance under another boot of the machine, or a copy of its data directory elsewhere; waiting for that session to expire",
+		"node", old.Node, "pid", old.PID, "session", old.Session)
+	deadline := time.Now().Add(3 * l.o.TTL)
+	for time.Now().Before(deadline) {
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		alive, err := l.sessionAlive(ctx, old.Session)
+		if err != nil {
+			return err
+		}
+		if !alive {
+			return nil
+		}
+	}
+	return &HeldError{Holder: old}
 }
 
 func (l *Lease) newSession(ctx context.Context) (string, error) {
@@ -308,17 +352,22 @@ func (l *Lease) Hold(ctx context.Context) error {
 			return nil
 		}
 		var expire <-chan time.Time
+		var t *time.Timer
 		if until > 0 {
 			// Valid until a renewal that may still be under way: look
 			// again when it lands (changed) or in a moment.
-			t := time.NewTimer(50 * time.Millisecond)
-			defer t.Stop()
+			t = time.NewTimer(50 * time.Millisecond)
 			expire = t.C
 		}
 		select {
 		case <-ch:
 		case <-expire:
 		case <-ctx.Done():
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
 			return fmt.Errorf("not holding stream %s: %w", l.o.Stream, context.Cause(ctx))
 		}
 	}
@@ -407,7 +456,7 @@ func (l *Lease) renew(ctx context.Context) error {
 		}
 		return nil
 	}
-	l.setValid(start + int64(l.o.TTL))
+	l.setValid(l.valid(start))
 	l.mu.Lock()
 	l.lost = nil
 	l.mu.Unlock()

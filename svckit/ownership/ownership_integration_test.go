@@ -2,6 +2,7 @@ package ownership_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -142,5 +143,45 @@ func TestLeaseLostWhenCutOffAndRetaken(t *testing.T) {
 	}
 	if got := l.Claim().Session; got == sid {
 		t.Fatalf("still the expired session %s", sid)
+	}
+}
+
+// A claim held by this instance under another boot of the kernel (the
+// machine rebooted, or a copy of its data directory runs elsewhere) is not
+// taken while its session lives: nothing proves that holder dead. It is
+// taken as soon as the session is gone.
+func TestClaimOfAnotherBootWaitsForItsSession(t *testing.T) {
+	c := testenv.StartConsul(t)
+	sid, _, err := c.Client.Session().CreateNoChecks(&api.SessionEntry{TTL: "60s", Behavior: api.SessionBehaviorRelease}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := json.Marshal(ownership.Claim{Stream: "s1", Instance: "sensor-a", Node: "node-1", PID: 1, DataID: "data-a", Session: sid, BootID: "another-boot"})
+	if _, err := c.Client.KV().Put(&api.KVPair{Key: ownership.Key("", "s1"), Value: old}, nil); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := ownership.Acquire(context.Background(), opts(c.Client, "sensor-a", "node-1", "data-a"))
+		done <- err
+	}()
+	// A hold, not synchronisation: the session stays alive on purpose for
+	// two of Acquire's looks at it (one a second).
+	<-time.After(2500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the claim of another boot was taken while its session lived (%v)", err)
+	default:
+	}
+	if _, err := c.Client.Session().Destroy(sid, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("after the session ended: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the claim was not taken after its session ended")
 	}
 }

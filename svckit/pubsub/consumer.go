@@ -549,8 +549,10 @@ func (c *Consumer) respond(m *Message, err error) {
 		return
 	}
 	c.failed.Inc()
-	var perm PermanentError
-	if errors.As(err, &perm) {
+	// Any error that says it is permanent (PermanentError, or one of
+	// replay's, which cannot import this package): retrying cannot help.
+	var perm interface{ Permanent() bool }
+	if errors.As(err, &perm) && perm.Permanent() {
 		c.o.Logger.Error("message cannot be handled; dead-lettering", append(m.LogAttrs(), "err", err)...)
 		c.deadLetterOrRequeue(nm, &m.Envelope, "rejected: "+err.Error())
 		return

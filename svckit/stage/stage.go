@@ -187,19 +187,35 @@ func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
 		return nil, nil
 	}
 	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	// Asked all at once, each for at most 2 s (the asker's own timeout is
+	// longer): one upstream that does not answer must not hide the others'
+	// streams.
+	type answer struct {
+		id  string
+		st  []replay.Status
+		err error
+	}
+	ins := s.o.Upstream.Instances()
+	answers := make(chan answer, len(ins))
+	for _, in := range ins {
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			st, err := c.Streams(rctx, in.Addr())
+			answers <- answer{in.ID, st, err}
+		}()
+	}
 	last := map[string]replay.Status{}
 	var errs []error
 	answered := false
-	for _, in := range s.o.Upstream.Instances() {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := c.Streams(rctx, in.Addr())
-		cancel()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", in.ID, err))
+	for range ins {
+		a := <-answers
+		if a.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.id, a.err))
 			continue
 		}
 		answered = true
-		for _, x := range st {
+		for _, x := range a.st {
 			if cur, ok := last[x.Stream]; !ok || x.LastSeq > cur.LastSeq {
 				last[x.Stream] = replay.Status{Stream: x.Stream, LastSeq: x.LastSeq}
 			}
