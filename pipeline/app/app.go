@@ -90,7 +90,9 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 		return nil, err
 	}
 	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
-		if m.Envelope.ContentType != pipeline.ResultType {
+		// A marker (a stage made nothing of a reading) has no content
+		// type: the tracker counts it, nothing is applied.
+		if !m.Envelope.Marker && m.Envelope.ContentType != pipeline.ResultType {
 			return pubsub.Reject(fmt.Errorf("content type %q, want %q", m.Envelope.ContentType, pipeline.ResultType))
 		}
 		st.observeLatency(m.Envelope.Created)
