@@ -115,4 +115,7 @@ func TestReplayThroughEveryStage(t *testing.T) {
 	}
 	res := result{}
 	r.finish(res, fmt.Sprintf("sensor → workers (factor 3) → 2 splitters → app: %v", notes))
+	if got := topicMessages(r.nsqds[0], splitTopic+".dead"); got != 0 {
+		t.Fatalf("%d dead letters in %s.dead: the app refused what the splitters published (markers?)", got, splitTopic)
+	}
 }

@@ -42,6 +42,14 @@ func TestForgedFarFutureSequence(t *testing.T) {
 	testenv.WaitFor(t, stepTimeout, "the forged message in "+pipeline.ResultsTopic+".dead", func() bool {
 		return topicMessages(n, pipeline.ResultsTopic+".dead") >= 1
 	})
+	// Refused for good at its first delivery: not requeued to be asked
+	// about again.
+	if got := metric(t, appAddr, "svckit_messages_requeued_total"); got != 0 {
+		t.Fatalf("the app requeued %v messages: the forged one was retried instead of dead-lettered at once", got)
+	}
+	if got := metric(t, appAddr, "svckit_replay_never_published_total"); got != 1 {
+		t.Fatalf("svckit_replay_never_published_total = %v, want 1", got)
+	}
 	st := r.appStream()
 	for _, g := range st.Gaps {
 		if g[1] >= forged/2 {
