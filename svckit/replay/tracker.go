@@ -222,12 +222,16 @@ func (t *Tracker) stream(id string) *trackedStream {
 	if s := t.streams[id]; s != nil { // added while we waited for the lock
 		return s
 	}
-	s := &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{}, partial: map[uint64]*partialSeq{},
-		dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
+	s := t.newStream(id)
 	t.streams[id] = s
 	byID := maps.Clone(t.streams)
 	t.byID.Store(&byID)
 	return s
+}
+
+func (t *Tracker) newStream(id string) *trackedStream {
+	return &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{}, partial: map[uint64]*partialSeq{},
+		dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
 }
 
 // Deliver applies a live env unless its (stream, seq) was handled before;
@@ -961,7 +965,8 @@ func (t *Tracker) load() error {
 		return fmt.Errorf("checkpoint %s: unknown version %d", t.o.CheckpointPath, cp.Version)
 	}
 	for id, sc := range cp.Streams {
-		s := t.stream(id)
+		s := t.newStream(id) // the lookup map is published once, below: not a copy per stream
+		t.streams[id] = s
 		s.applied.SetIntervals(sc.Applied)
 		s.parked.SetIntervals(sc.Parked)
 		s.ownerLast = sc.OwnerLast
@@ -976,6 +981,8 @@ func (t *Tracker) load() error {
 			return fmt.Errorf("restoring stream %s from checkpoint %s: %w", id, t.o.CheckpointPath, err)
 		}
 	}
+	byID := maps.Clone(t.streams)
+	t.byID.Store(&byID)
 	t.o.Logger.Info("checkpoint loaded", "path", t.o.CheckpointPath, "streams", len(cp.Streams))
 	return nil
 }
