@@ -26,9 +26,6 @@ import (
 	"github.com/svckit/svckit/internal/localstack"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
-	"github.com/svckit/svckit/svckit/logging"
-	svcmetrics "github.com/svckit/svckit/svckit/metrics"
-	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
@@ -36,12 +33,15 @@ import (
 // Options configures a run.
 type Options struct {
 	Quick bool // about a minute instead of several
-	// Only limits the run to one part, for profiling: "hop" (the ceiling
-	// and the hop ratio) or "pipeline" (the pipeline's throughput burst,
+	// Only limits the run to one part, for profiling: "hop" (the ceiling,
+	// the hop ratio and the importer's hop ratio), "importer" (only the
+	// importer's hop ratio) or "pipeline" (the pipeline's throughput burst,
 	// with per-process CPU and queue depths, then the latency rates). ""
 	// runs everything.
-	Only   string
-	BinDir string    // where consul, nsqd, nsqlookupd, sensor, worker, app are
+	Only string
+	// BinDir is where consul, nsqd, nsqlookupd, sensor, worker, app, svckit
+	// and hop are.
+	BinDir string
 	Log    io.Writer // progress lines (nil = discard)
 }
 
@@ -58,8 +58,17 @@ type Results struct {
 	Figures            map[string]float64 `json:"figures"`
 	// HopRounds are the hop's rounds as measured, in order: which side
 	// ran when and at what rate, the figures behind hop_ratio's median.
-	HopRounds []HopRound        `json:"hop_rounds,omitempty"`
-	Machine   map[string]string `json:"machine"`
+	HopRounds []HopRound `json:"hop_rounds,omitempty"`
+	// ImporterHopRatio is one hop through svckit built as a program that
+	// imports svckit is built (bin/hop: examples/, a module of its own
+	// requiring svckit through a replace to this checkout) over the same
+	// hop built by this repository (`svckit bench hop`, bin/svckit): both
+	// run Hop as programs, in alternating rounds. Below 1, importers get
+	// a slower svckit than the repository's own binaries.
+	ImporterHopRatio float64 `json:"importer_hop_ratio"`
+	// ImporterHopRounds are its rounds, sides "importer" and "repo".
+	ImporterHopRounds []HopRound        `json:"importer_hop_rounds,omitempty"`
+	Machine           map[string]string `json:"machine"`
 }
 
 // HopRound is one round of the hop: the sides in the order they ran and
@@ -88,17 +97,22 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		o.Log = io.Discard
 	}
 	switch o.Only {
-	case "", "hop", "pipeline":
+	case "", "hop", "importer", "pipeline":
 	default:
-		return nil, fmt.Errorf("--only %q: want hop or pipeline", o.Only)
+		return nil, fmt.Errorf("--only %q: want hop, importer or pipeline", o.Only)
 	}
 	abs, err := filepath.Abs(o.BinDir)
 	if err != nil {
 		return nil, err
 	}
-	for _, b := range []string{"consul", "nsqd", "nsqlookupd", "sensor", "worker", "app"} {
+	for _, b := range []string{"consul", "nsqd", "nsqlookupd", "sensor", "worker", "app", "svckit"} {
 		if _, err := os.Stat(filepath.Join(abs, b)); err != nil {
 			return nil, fmt.Errorf("--bin %s: %s is missing (run ./build.sh)", abs, b)
+		}
+	}
+	if o.Only != "pipeline" {
+		if _, err := os.Stat(filepath.Join(abs, "hop")); err != nil {
+			return nil, fmt.Errorf("--bin %s: hop is missing: the importer's hop (importer_hop_ratio) runs it; ./build.sh builds it from examples/hop, a module of its own", abs)
 		}
 	}
 	os.Setenv("SVCKIT_BIN", abs)
@@ -122,6 +136,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		r.env.Cleanup(r.disco.Stop)
 		if o.Only == "" || o.Only == "hop" {
 			r.ceilingAndHop(ctx)
+		}
+		if o.Only == "" || o.Only == "hop" || o.Only == "importer" {
+			r.importerHop(ctx)
 		}
 		if o.Only == "" {
 			r.discovery(ctx)
@@ -307,6 +324,98 @@ func (r *runner) ceilingAndHop(ctx context.Context) {
 		// Messages per MPUB: fewer, larger commands cost nsqd less per message.
 		r.fig(side.name+"_hop_msgs_per_mpub", median(side.perCmd))
 	}
+}
+
+// ---- 2b: the hop as an importer builds it ----
+
+// importerHop runs Hop as two programs, in alternating rounds: bin/hop,
+// built from examples/ (a module of its own that requires svckit through a
+// replace to this checkout, as an importer's module would require it), and
+// `svckit bench hop`, the same code built by this repository. Both are
+// fresh processes started the same way, so the ratio of their rates is the
+// build's doing: which go-nsq an importer gets, and which versions of
+// everything else.
+func (r *runner) importerHop(ctx context.Context) {
+	rounds, n := pick(r.o.Quick, 4, 8), pick(r.o.Quick, 100_000, 300_000)
+	type side struct {
+		name, bin string
+		pre       []string
+		rate, cmd []float64
+	}
+	importer := &side{name: "importer", bin: filepath.Join(r.bins, "hop")}
+	repo := &side{name: "repo", bin: filepath.Join(r.bins, "svckit"), pre: []string{"bench", "hop"}}
+	run := func(s *side, topic string) (float64, float64) {
+		res := r.procHop(ctx, s.name, s.bin, s.pre, topic, n)
+		r.env.check(r.st.NSQD.DeleteTopic(topic))
+		return res.MsgsPerSec, res.MsgsPerMPUB
+	}
+	// A warm-up round, not counted: the first program after the in-process
+	// sides ran while nsqd collected their deleted topics.
+	r.step("importer hop warm-up round (not counted): bin/hop, svckit bench hop, %d messages each", n)
+	run(importer, "hop-importer-warmup")
+	run(repo, "hop-repo-warmup")
+	var ratios []float64
+	for i := range rounds {
+		order := []*side{importer, repo}
+		if i%2 == 1 {
+			order[0], order[1] = repo, importer
+		}
+		round := HopRound{MsgsPerSec: map[string]float64{}}
+		for _, s := range order {
+			rate, cmd := run(s, fmt.Sprintf("hop-%s-%d", s.name, i))
+			s.rate, s.cmd = append(s.rate, rate), append(s.cmd, cmd)
+			round.Order = append(round.Order, s.name)
+			round.MsgsPerSec[s.name] = rate
+		}
+		r.res.ImporterHopRounds = append(r.res.ImporterHopRounds, round)
+		ratios = append(ratios, importer.rate[i]/repo.rate[i])
+		r.step("importer hop round %d/%d: %s, %s, %d messages each: importer %.0f, repo %.0f msg/s (%.3f)", i+1, rounds,
+			round.Order[0], round.Order[1], n, importer.rate[i], repo.rate[i], ratios[i])
+	}
+	r.res.ImporterHopRatio = median(ratios)
+	r.fig("importer_hop_ratio_min", slices.Min(ratios))
+	r.fig("importer_hop_ratio_max", slices.Max(ratios))
+	for _, s := range []*side{importer, repo} {
+		r.fig(s.name+"_hop_msgs_per_sec", median(s.rate))
+		r.fig(s.name+"_hop_msgs_per_mpub", median(s.cmd))
+	}
+}
+
+// procHop runs one hop as a program (bin/hop, or bin/svckit with pre =
+// bench hop) against the run's Consul and returns what it measured.
+func (r *runner) procHop(ctx context.Context, name, bin string, pre []string, topic string, n int) HopResult {
+	out := filepath.Join(r.env.TempDir(), "hop.json")
+	args := append(slices.Clone(pre), "--consul-addr="+r.st.Consul.HTTPAddr, "--http-addr=127.0.0.1:0",
+		"--data-dir="+r.env.TempDir(), "--instance-id=bench-hop-"+name, "--log-level=warn",
+		"--topic="+topic, "--count="+strconv.Itoa(n), "--group="+strconv.Itoa(hopGroup), "--json="+out)
+	p := r.env.StartProcess("hop-"+name, bin, args)
+	select {
+	case <-p.Exited():
+	case <-ctx.Done():
+		p.Kill()
+		r.fail("interrupted")
+	case <-time.After(6 * time.Minute):
+		p.Kill()
+		r.fail("%s (%s) did not finish a hop of %d messages in 6 minutes:\n%s", name, bin, n, tail(p.Log(), 20))
+	}
+	if code := p.ExitCode(); code != 0 {
+		r.fail("%s (%s) exited %d:\n%s", name, bin, code, tail(p.Log(), 20))
+	}
+	var res HopResult
+	b, err := os.ReadFile(out)
+	if err == nil {
+		err = json.Unmarshal(b, &res)
+	}
+	if err != nil || res.Messages != n || res.MsgsPerSec <= 0 {
+		r.fail("%s (%s): no result for %d messages in %s (%v): %s\n%s", name, bin, n, out, err, b, tail(p.Log(), 20))
+	}
+	return res
+}
+
+// tail is the last n lines of a log.
+func tail(log string, n int) string {
+	lines := strings.Split(strings.TrimSpace(log), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // hopSide is one way of hopping messages and what its rounds measured.
@@ -503,91 +612,13 @@ const memQueueSize = 100_000
 const hopGroup = 100
 
 // svckitHop: the same load with envelopes carrying stream and sequence,
-// published through the svckit Batcher group envelopes at a time (1: one
-// PublishEnvelopeAsync per message), consumed by the svckit Consumer with
-// metrics, and deduplicated by a replay.Tracker.
+// through svckit, in this process: Hop.
 func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (float64, float64) {
-	var got atomic.Int64
-	done := make(chan struct{})
-	tr, err := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+	res, err := Hop(ctx, HopOptions{Lookupds: r.disco.Watch("nsqlookupd"), NSQDs: r.disco.Watch("nsqd"), Topic: topic, Messages: n, Group: group})
 	if err != nil {
-		r.fail("tracker: %v", err)
+		r.fail("%v", err)
 	}
-	h := pubsub.HandlerFunc(func(hctx context.Context, m *pubsub.Message) error {
-		if _, err := tr.Deliver(hctx, m.Envelope); err != nil {
-			return err
-		}
-		if got.Add(1) == int64(n) {
-			close(done)
-		}
-		return nil
-	})
-	c, err := pubsub.NewConsumer(r.disco.Watch("nsqlookupd"), r.disco.Watch("nsqd"), h, pubsub.ConsumerOptions{
-		Topic: topic, Channel: "bench", NSQ: hopConfig(), Concurrency: 4, Logger: logging.Discard(),
-	})
-	if err != nil {
-		r.fail("svckit consumer: %v", err)
-	}
-	if err := c.Start(ctx); err != nil {
-		r.fail("svckit consumer start: %v", err)
-	}
-	defer c.Stop(context.Background())
-	pm := svcmetrics.Nop()
-	prod := pubsub.NewProducer(r.disco.Watch("nsqd"), pubsub.ProducerOptions{Logger: logging.Discard(), Metrics: pm})
-	defer prod.Stop()
-	b := prod.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: hopGroup})
-	payload := make([]byte, payloadSize)
-	var failed atomic.Value
-	onDone := func(err error) {
-		if err != nil {
-			failed.Store(err)
-		}
-	}
-	start := time.Now()
-	// Groups are reused once acknowledged, as a producer would reuse its
-	// buffers: a fresh slice per group would be 120 bytes of garbage per
-	// message that the raw sides do not make.
-	const groups = 8
-	free := make(chan []envelope.Envelope, groups)
-	for range groups {
-		free <- make([]envelope.Envelope, 0, hopGroup)
-	}
-	for i := 1; i <= n; i += hopGroup {
-		// One clock read per 100 messages, as replay.Owner's PublishBatch
-		// stamps what it publishes at once (a clock read is 30-50 ns here,
-		// 1 % of a message's cost); no message id, as the Owner sends
-		// none: (stream, seq) identifies the message.
-		now := time.Now()
-		if group == 1 {
-			for k := range min(hopGroup, n-i+1) {
-				b.PublishEnvelopeAsync(ctx, envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
-					ContentType: "application/octet-stream", Payload: payload}, onDone)
-			}
-			continue
-		}
-		envs := (<-free)[:0]
-		for k := range min(hopGroup, n-i+1) {
-			envs = append(envs, envelope.Envelope{Stream: "bench-hop", Seq: uint64(i + k), Created: now,
-				ContentType: "application/octet-stream", Payload: payload})
-		}
-		b.PublishEnvelopesAsync(ctx, envs, func(err error) {
-			onDone(err)
-			free <- envs
-		})
-	}
-	if err := b.Close(ctx); err != nil {
-		r.fail("svckit batcher: %v", err)
-	}
-	if err, _ := failed.Load().(error); err != nil {
-		r.fail("svckit publish: %v", err)
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Minute):
-		r.fail("svckit hop: %d of %d consumed", got.Load(), n)
-	}
-	rate := float64(n) / time.Since(start).Seconds()
-	return rate, counterValue(pm.Published.WithLabelValues(topic)) / counterValue(pm.PublishCmds.WithLabelValues(topic))
+	return res.MsgsPerSec, res.MsgsPerMPUB
 }
 
 func counterValue(c prometheus.Counter) float64 {

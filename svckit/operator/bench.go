@@ -12,6 +12,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/bench"
 	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/service"
 	"github.com/urfave/cli/v2"
 )
 
@@ -21,17 +22,21 @@ func benchCommand() *cli.Command {
 		Usage: "measure svckit against raw go-nsq and the nsqd ceiling on real consul/nsqd/nsqlookupd",
 		Description: `Starts its own consul, nsqlookupd and nsqd on free loopback ports, then the
 reference pipeline's binaries, and measures: the raw go-nsq ceiling, one hop
-through svckit against raw go-nsq (hop_ratio), the pipeline's throughput and
-end-to-end latency, replay throughput and gap-close time, discovery latency,
-and resident memory.`,
+through svckit against raw go-nsq (hop_ratio), the same hop built as a
+program importing svckit builds it (bin/hop, from the examples module)
+against this repository's build of it (importer_hop_ratio), the pipeline's
+throughput and end-to-end latency, replay throughput and gap-close time,
+discovery latency, and resident memory.`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
 			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the bench process to this file at the end (go tool pprof -sample_index=alloc_space)", EnvVars: config.Env("bench-memprofile")},
-			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling and the hop ratio) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates)", EnvVars: config.Env("bench-only")},
-			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
+			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling, the hop ratio and the importer's hop ratio), importer (only the importer's hop ratio: bin/hop against this build) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates)", EnvVars: config.Env("bench-only")},
+			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app, svckit and hop (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
+		Subcommands:     []*cli.Command{benchHopCommand()},
+		HideHelpCommand: true,
 		Action: func(c *cli.Context) error {
 			bin := c.String("bin")
 			if bin == "" {
@@ -82,6 +87,28 @@ and resident memory.`,
 	}
 }
 
+// benchHopCommand is `svckit bench hop`: one hop through svckit as a
+// service (bench.HopSpec), the repository's build of what bin/hop
+// (examples/hop) is built from as an importer's module. The bench runs
+// both as programs and compares them (importer_hop_ratio); it is hidden
+// because nobody else needs it.
+func benchHopCommand() *cli.Command {
+	return &cli.Command{
+		Name:            "hop",
+		Usage:           "one hop through svckit as a service (the repository's side of importer_hop_ratio)",
+		Hidden:          true,
+		SkipFlagParsing: true, // the service's own flags: service.Main parses them
+		Action: func(c *cli.Context) error {
+			args := append([]string{"svckit bench hop"}, c.Args().Slice()...)
+			if code := service.Main(args, c.App.Writer, c.App.ErrWriter, bench.HopSpec(c.App.Version)); code != service.ExitOK {
+				// service.Main printed why.
+				return fmt.Errorf("bench hop: exit %d", code)
+			}
+			return nil
+		},
+	}
+}
+
 func printBench(w io.Writer, r *bench.Results) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FIGURE\tVALUE\tTARGET")
@@ -89,6 +116,7 @@ func printBench(w io.Writer, r *bench.Results) {
 		fmt.Fprintf(tw, "%s\t%.2f %s\t%s\n", name, v, unit, target)
 	}
 	row("hop_ratio (svckit / raw go-nsq, both 4 MPUBs in flight)", r.HopRatio, "", ">= 0.9")
+	row("importer_hop_ratio (bin/hop, an importer's build / this build)", r.ImporterHopRatio, "", ">= 0.95")
 	row("pipeline_msgs_per_sec", r.PipelineMsgsPerSec, "msg/s", ">= 50000")
 	row("p99_ms_at_1k", r.P99MsAt1k, "ms", "<= 5")
 	row("replay_msgs_per_sec", r.ReplayMsgsPerSec, "msg/s", ">= 100000")

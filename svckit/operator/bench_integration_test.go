@@ -28,7 +28,7 @@ func TestBenchQuickWritesJSON(t *testing.T) {
 		t.Skip("bench --quick takes about a minute")
 	}
 	bin := testenv.BinDir(t)
-	for _, b := range []string{"sensor", "worker", "app"} {
+	for _, b := range []string{"sensor", "worker", "app", "svckit", "hop"} {
 		if _, err := os.Stat(filepath.Join(bin, b)); err != nil {
 			t.Fatalf("%s missing in %s: run ./build.sh first", b, bin)
 		}
@@ -55,6 +55,11 @@ func TestBenchQuickWritesJSON(t *testing.T) {
 // benchSides are the ways of hopping messages the bench compares (its
 // hop_rounds and the figures <side>_hop_…).
 var benchSides = []string{"raw", "raw_sync", "svckit", "svckit_single"}
+
+// importerSides are the two builds of the hop the bench compares (its
+// importer_hop_rounds): bin/hop, built as an importer builds svckit, and
+// `svckit bench hop`, this repository's build.
+var importerSides = []string{"importer", "repo"}
 
 // checkBenchJSON checks the values of a bench run's JSON (see
 // svckit/bench.Results for the keys and their units).
@@ -105,6 +110,7 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 		t.Errorf("bench JSON quick = %v (%T); want %v", m["quick"], m["quick"], quick)
 	}
 	hopRatio := ratio(m, "", "hop_ratio")
+	importerRatio := ratio(m, "", "importer_hop_ratio")
 	positive(m, "", "pipeline_msgs_per_sec")
 	p99 := positive(m, "", "p99_ms_at_1k")
 	positive(m, "", "replay_msgs_per_sec")
@@ -116,7 +122,8 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	if !ok {
 		t.Fatalf("bench JSON figures = %v (%T); want an object", m["figures"], m["figures"])
 	}
-	for _, k := range []string{"raw_hop_msgs_per_sec", "raw_sync_hop_msgs_per_sec", "svckit_hop_msgs_per_sec", "svckit_single_hop_msgs_per_sec", "hop_ratio_sync_mpub", "hop_ratio_single_publish", "raw_pub_msgs_per_sec", "raw_mpub_msgs_per_sec"} {
+	for _, k := range []string{"raw_hop_msgs_per_sec", "raw_sync_hop_msgs_per_sec", "svckit_hop_msgs_per_sec", "svckit_single_hop_msgs_per_sec", "hop_ratio_sync_mpub", "hop_ratio_single_publish", "raw_pub_msgs_per_sec", "raw_mpub_msgs_per_sec",
+		"importer_hop_msgs_per_sec", "repo_hop_msgs_per_sec", "importer_hop_ratio_min", "importer_hop_ratio_max"} {
 		if _, ok := figs[k]; !ok {
 			t.Errorf("bench JSON figures lack %q", k)
 		}
@@ -134,7 +141,7 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 		switch {
 		case f < 0:
 			t.Errorf("bench JSON figures %q = %v; no figure of the bench can be negative", k, f)
-		case strings.HasPrefix(k, "hop_ratio"):
+		case strings.HasPrefix(k, "hop_ratio"), strings.HasPrefix(k, "importer_hop_ratio"):
 			ratio(figs, " figures", k)
 		case strings.HasSuffix(k, "_msgs_per_mpub"):
 			if f < 1 {
@@ -158,6 +165,12 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	}
 	if hi, ok := fig("hop_ratio_max"); ok {
 		ordered("hop_ratio > hop_ratio_max", hopRatio, hi)
+	}
+	if lo, ok := fig("importer_hop_ratio_min"); ok {
+		ordered("importer_hop_ratio_min > importer_hop_ratio", lo, importerRatio)
+	}
+	if hi, ok := fig("importer_hop_ratio_max"); ok {
+		ordered("importer_hop_ratio > importer_hop_ratio_max", importerRatio, hi)
 	}
 	for _, r := range []string{"hop_ratio_sync_mpub", "hop_ratio_single_publish"} {
 		lo, ok1 := fig(r + "_min")
@@ -195,31 +208,63 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 		t.Errorf("bench JSON: idle_rss_mb %v is not the largest of the idle_rss_mb_* figures %v", idleRSS, idle)
 	}
 
-	// hop_rounds: each round runs every side once, at a rate above zero.
-	rounds, ok := m["hop_rounds"].([]any)
-	if !ok || len(rounds) == 0 {
-		t.Errorf("bench JSON hop_rounds = %v; want the rounds of the hop", m["hop_rounds"])
+	// hop_rounds and importer_hop_rounds: each round runs every side of
+	// its comparison once, at a rate above zero.
+	for _, rs := range []struct {
+		key   string
+		sides []string
+	}{{"hop_rounds", benchSides}, {"importer_hop_rounds", importerSides}} {
+		rounds, ok := m[rs.key].([]any)
+		if !ok || len(rounds) == 0 {
+			t.Errorf("bench JSON %s = %v; want the rounds of the hop", rs.key, m[rs.key])
+		}
+		for i, x := range rounds {
+			round, _ := x.(map[string]any)
+			order, _ := round["order"].([]any)
+			var names []string
+			for _, o := range order {
+				s, _ := o.(string)
+				names = append(names, s)
+			}
+			sorted := slices.Clone(names)
+			sort.Strings(sorted)
+			if want := slices.Sorted(slices.Values(rs.sides)); !slices.Equal(sorted, want) {
+				t.Errorf("bench JSON %s[%d] order %v; want each of %v once", rs.key, i, order, rs.sides)
+			}
+			rates, ok := round["msgs_per_sec"].(map[string]any)
+			if !ok {
+				t.Errorf("bench JSON %s[%d] msgs_per_sec = %v; want an object", rs.key, i, round["msgs_per_sec"])
+				continue
+			}
+			for _, s := range rs.sides {
+				positive(rates, fmt.Sprintf(" %s[%d] msgs_per_sec", rs.key, i), s)
+			}
+		}
 	}
-	for i, x := range rounds {
-		round, _ := x.(map[string]any)
-		order, _ := round["order"].([]any)
-		var names []string
-		for _, o := range order {
-			s, _ := o.(string)
-			names = append(names, s)
+	// importer_hop_ratio is the median of its rounds' ratios, and each
+	// side's rate figure the median of its rounds' rates.
+	if rounds, ok := m["importer_hop_rounds"].([]any); ok && len(rounds) > 0 {
+		var ratios []float64
+		rates := map[string][]float64{}
+		for _, x := range rounds {
+			r, _ := x.(map[string]any)
+			ms, _ := r["msgs_per_sec"].(map[string]any)
+			imp, _ := ms["importer"].(float64)
+			repo, _ := ms["repo"].(float64)
+			if imp > 0 && repo > 0 { // otherwise reported above
+				ratios = append(ratios, imp/repo)
+				rates["importer"], rates["repo"] = append(rates["importer"], imp), append(rates["repo"], repo)
+			}
 		}
-		sorted := slices.Clone(names)
-		sort.Strings(sorted)
-		if !slices.Equal(sorted, benchSides) {
-			t.Errorf("bench JSON hop_rounds[%d] order %v; want each of %v once", i, order, benchSides)
+		if len(ratios) < len(rounds) {
+			// reported above
+		} else if med := median(ratios); math.Abs(med-importerRatio) > 1e-9*med {
+			t.Errorf("bench JSON: importer_hop_ratio %v is not the median %v of its rounds' ratios %v", importerRatio, med, ratios)
 		}
-		rates, ok := round["msgs_per_sec"].(map[string]any)
-		if !ok {
-			t.Errorf("bench JSON hop_rounds[%d] msgs_per_sec = %v; want an object", i, round["msgs_per_sec"])
-			continue
-		}
-		for _, s := range benchSides {
-			positive(rates, fmt.Sprintf(" hop_rounds[%d] msgs_per_sec", i), s)
+		for side, v := range rates {
+			if f, ok := fig(side + "_hop_msgs_per_sec"); ok && len(v) == len(rounds) && math.Abs(f-median(v)) > 1e-9*f {
+				t.Errorf("bench JSON: %s_hop_msgs_per_sec %v is not the median %v of its rounds %v", side, f, median(v), v)
+			}
 		}
 	}
 
@@ -233,6 +278,15 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 			t.Errorf("bench JSON machine %q = %v; want a non-empty string", k, mach[k])
 		}
 	}
+}
+
+// median is the bench's median: the mean of the middle two of an even count.
+func median(v []float64) float64 {
+	s := slices.Sorted(slices.Values(v))
+	if len(s)%2 == 0 {
+		return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return s[len(s)/2]
 }
 
 // measured reports whether the figure k is a rate, a time, a size, a cost
