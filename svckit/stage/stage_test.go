@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -201,3 +204,57 @@ func TestRelayChains(t *testing.T) {
 		t.Fatal("an unknown stream through two relays: no error")
 	}
 }
+
+// What the owner no longer retains is 410 through relays too: the
+// consumer then asks for a snapshot.
+func TestRelayPassesGone(t *testing.T) {
+	dir := t.TempDir()
+	// An owner whose log was moved aside after 100 published messages:
+	// it answers 410 below 101.
+	if err := os.WriteFile(filepath.Join(dir, "published.seq"), []byte("100\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: dir, Log: retainlog.DefaultOptions("")}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close(context.Background())
+	mux := http.NewServeMux()
+	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
+	owner := serve(t, mux, replay.OwnerTag("s"))
+	st, err := New(Options{Transform: splitOdd, Out: nopOut{}, Upstream: staticUpstream{owner}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := http.NewServeMux()
+	srv := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
+	srv.SetRelay(st)
+	srv.Register(m)
+	relay := serve(t, m, replay.RelayTag)
+	_, err = replay.Client{}.Replay(context.Background(), relay.Addr(), replay.Request{Stream: "s", From: 1, To: 50}, func(envelope.Envelope, int) error { return nil })
+	if !errors.Is(err, replay.ErrGone) {
+		t.Fatalf("a trimmed range through a relay: %v, want ErrGone", err)
+	}
+}
+
+// An input the transform refuses for good leaves a marker with the reason
+// downstream (published before the input is dead-lettered), so a consumer
+// downstream does not wait for it forever.
+func TestDeadInputLeavesAMarker(t *testing.T) {
+	out := &capturingOut{}
+	s, err := New(Options{Name: "st", Transform: splitOdd, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := envelope.Envelope{Stream: "s", Seq: 3, Payload: []byte("not 8 bytes")}
+	marker := s.deadMarker(in, pubsub.Reject(errors.New("want 8 bytes")))
+	if !marker.Marker || marker.Seq != 3 || !strings.Contains(string(marker.Payload), "dead-lettered by st") {
+		t.Fatalf("dead marker %+v", marker)
+	}
+	var one envelope.Envelope
+	if _, err := s.outputs(context.Background(), in, &one); err == nil {
+		t.Fatal("a refused input made outputs")
+	}
+}
+
+type capturingOut struct{ nopOut }
