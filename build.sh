@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # build.sh — build everything the system needs, start it, test it.
 #
-#   ./build.sh          build bin/: sensor, worker, app, svckit and the real
-#                       programs (consul, nsqd, nsqlookupd, nsqadmin, goreman)
+#   ./build.sh          build bin/: sensor, worker, app, svckit, the examples
+#                       (producer, splitter, tracker, hop: built from examples/,
+#                       a module of its own, as a program importing svckit is)
+#                       and the real programs (consul, nsqd, nsqlookupd,
+#                       nsqadmin, goreman)
 #   ./build.sh start    build, then run the Procfile under goreman
-#   ./build.sh test     build, then run every test
+#   ./build.sh test     build, then run every test (the examples module's too)
 #   ./build.sh bench    build, then run the go benchmarks
 #   ./build.sh images   build, then docker build every images/<name>/Dockerfile
 #                       as svckit/<name>:<version> and svckit/<name>:latest
@@ -78,7 +81,16 @@ build_project() {
     || die "building the project's binaries failed (see the go output above)"
 }
 
-build() { build_tools; build_project; }
+# The examples are a module of their own (examples/go.mod requires svckit
+# through a replace to this checkout): built as an importer builds svckit.
+# `svckit bench` compares bin/hop with the same hop built here.
+build_examples() {
+  step "building the examples from their own module: producer, splitter, tracker, hop"
+  (cd examples && go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$BIN/" ./producer ./splitter ./tracker ./hop) \
+    || die "building the examples failed (examples/; see the go output above)"
+}
+
+build() { build_tools; build_project; build_examples; }
 
 need_docker() {
   command -v docker >/dev/null || die "docker is not on PATH"
@@ -200,6 +212,8 @@ case "$cmd" in
     CGO_ENABLED=1 go test -race -count=1 -timeout 40m "$@" $lib || die "tests failed (library, -race)"
     step "running the process-level suites (e2e, faulttest, securitytest, dockertest)"
     go test -count=1 -timeout 40m "$@" $(go list ./... | grep -vxF -f <(printf '%s\n' $lib)) || die "tests failed (process-level suites)"
+    step "running the examples module's tests (examples/: svckit used as an importer uses it)"
+    (cd examples && go test -count=1 -timeout 40m "$@" ./...) || die "tests failed (examples)"
     ;;
   bench)
     build

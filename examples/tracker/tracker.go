@@ -1,0 +1,169 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/pubsub"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/service"
+	"github.com/urfave/cli/v2"
+)
+
+// Spec is the tracker for service.Main.
+func Spec(version string) service.Spec {
+	return service.Spec{
+		Name:    "tracker",
+		Usage:   "count messages and payload bytes per stream, each (stream, seq) exactly once",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "topic", Value: "results", Usage: "topic to consume", EnvVars: config.Env("topic")},
+			&cli.StringFlag{Name: "channel", Value: "tracker", Usage: "channel base name (this instance's id is appended)", EnvVars: config.Env("channel")},
+			&cli.StringFlag{Name: "upstream", Value: "worker", Usage: "Consul service that publishes --topic: missed messages are replayed from it", EnvVars: config.Env("upstream")},
+		},
+		Setup: setup,
+	}
+}
+
+func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+	topic := c.String("topic")
+	// A channel of this instance's own, ephemeral: nsqd keeps nothing for
+	// it while the tracker is away, and replay is what recovers those
+	// messages. Every instance sees every message (a shared channel would
+	// split them between instances).
+	channel := pubsub.InstanceChannel(c.String("channel"), s.Config.InstanceID)
+	// A replayed message that cannot be applied becomes a dead letter of
+	// this topic and channel, like a live one (`svckit deadletter ls`).
+	deadLetter, err := s.TrackerDeadLetter(topic, channel)
+	if err != nil {
+		return nil, err
+	}
+	st := &State{streams: map[string]*Counts{}}
+	// The tracker applies each (stream, seq) once (a redelivery or a
+	// replayed copy is counted as a duplicate, not applied), notices gaps
+	// (a sequence still missing after a grace period, or beyond what it
+	// has while the stream's owner says there is more), asks the upstream
+	// for them, and saves the state with what it applied in one file:
+	// after a restart it neither applies a message twice nor loses one.
+	tr, err := replay.NewTracker(st, replay.TrackerOptions{
+		CheckpointPath: filepath.Join(s.Config.DataDir, "checkpoint.json"),
+		Owners:         s.Discovery.Watch(c.String("upstream")),
+		Secret:         s.Config.ReplaySecret,
+		DeadLetter:     deadLetter,
+		Logger:         s.Log, Metrics: s.ReplayMetrics(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The consumer hands each message to the tracker. An error requeues
+	// it (it comes again); pubsub.Reject would dead-letter it at once.
+	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
+		_, err := tr.Deliver(ctx, m.Envelope)
+		return err
+	})
+	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: topic, Channel: channel, Ephemeral: true}, h); err != nil {
+		return nil, service.UsageError{Err: err} // a bad topic or channel name
+	}
+	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
+	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
+	s.HTTP.AddCheck("replay", tr.Ready) // /ready says when a stream cannot be completed
+	s.Go(tr.Run)                        // gap detection, replay, checkpoints every second
+	// After the consumer drained at shutdown: the last checkpoint.
+	s.OnStop(func(context.Context) error { return tr.Save() })
+	return nil, nil
+}
+
+// Counts is one stream's state.
+type Counts struct {
+	// Messages applied. A split message counts once per part.
+	Messages uint64 `json:"messages"`
+	// Bytes of payload applied since SnapshotSeq.
+	Bytes uint64 `json:"bytes"`
+	// SnapshotSeq is the sequence of the upstream snapshot the stream was
+	// last restored from (0: never): Messages includes the snapshot's
+	// count, Bytes only what came after it (see ApplySnapshot).
+	SnapshotSeq uint64 `json:"snapshot_seq,omitempty"`
+}
+
+// State is the tracker's state: a replay.Applier. The tracker calls its
+// methods with the stream's lock held, so per stream they never run
+// concurrently; mu guards the map against other streams and /state.
+type State struct {
+	mu      sync.Mutex
+	streams map[string]*Counts
+}
+
+func (s *State) counts(stream string) *Counts {
+	c := s.streams[stream]
+	if c == nil {
+		c = &Counts{}
+		s.streams[stream] = c
+	}
+	return c
+}
+
+// Apply applies one message: at most once per (stream, seq), or per part
+// of it, over the tracker's life, restarts included.
+func (s *State) Apply(stream string, env envelope.Envelope) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.counts(stream)
+	c.Messages++
+	c.Bytes += uint64(len(env.Payload))
+	return nil
+}
+
+// ApplySnapshot replaces the stream's state with the upstream's snapshot
+// over sequences 1..seq, taken when the upstream's log no longer reaches
+// back to what this tracker misses. A snapshot is the upstream's own
+// format: this one reads its "count" (the reference pipeline's totals
+// and the producer example's fold have one), and counts bytes from there.
+func (s *State) ApplySnapshot(stream string, seq uint64, state []byte) error {
+	var snap struct {
+		Count *uint64 `json:"count"`
+	}
+	if err := json.Unmarshal(state, &snap); err != nil || snap.Count == nil {
+		return fmt.Errorf("snapshot of %s at %d: want a JSON object with a count (%v): %.100s", stream, seq, err, state)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	*s.counts(stream) = Counts{Messages: *snap.Count, SnapshotSeq: seq}
+	return nil
+}
+
+// ExportState encodes the stream's state for the checkpoint.
+func (s *State) ExportState(stream string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return json.Marshal(s.counts(stream))
+}
+
+// ImportState restores the stream's state from the checkpoint.
+func (s *State) ImportState(stream string, b []byte) error {
+	var c Counts
+	if err := json.Unmarshal(b, &c); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	*s.counts(stream) = c
+	return nil
+}
+
+// ServeState serves GET /state: stream → counts.
+func (s *State) ServeState(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	out := make(map[string]Counts, len(s.streams))
+	for k, v := range s.streams {
+		out[k] = *v
+	}
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
