@@ -646,7 +646,13 @@ func stalePID(name string) (int, bool) {
 	if err != nil || pid <= 0 || pid == os.Getpid() {
 		return 0, false
 	}
-	return pid, syscall.Kill(pid, 0) == syscall.ESRCH
+	if syscall.Kill(pid, 0) == syscall.ESRCH {
+		return pid, true
+	}
+	// The pid may have been given to another program since: only a test
+	// binary (go test's <package>.test) still owns the names.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return pid, err == nil && !bytes.Contains(b, []byte(".test"))
 }
 
 // removeStaleEngines removes what runs killed before their cleanups left:
