@@ -2,6 +2,7 @@ package securitytest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -438,6 +439,36 @@ func TestNSQAuthPipeline(t *testing.T) {
 		t.Errorf("answers: nsqauth-a %v (then %v after its restart), nsqauth-b %v: want each to have answered the services' connections (and their repeats every ttl)", grantedA, grantedA2, grantedB)
 	}
 	t.Logf("answers, none refused: nsqauth-a %v, nsqauth-b %v after a was killed, nsqauth-a %v after the outage", grantedA, grantedB, grantedA2)
+
+	// The operator's `svckit replay --publish results`: with the sensor's
+	// secret (which may not publish to results) nothing is published; with
+	// the operator's, 1..100 go to results again and the app skips them.
+	replay := func(secret string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testenv.Bin(t, "svckit"), "--consul-addr="+c.HTTPAddr, "replay", "--stream=auth", "--from=1", "--to=100", "--publish=results", "--quiet")
+		cmd.Env = append(os.Environ(), "SVCKIT_NSQ_AUTH_SECRET="+secret)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		if ctx.Err() != nil {
+			t.Fatalf("svckit replay --publish did not end within 60s:\n%s", out.String())
+		}
+		return out.String(), err
+	}
+	dupBefore := st.Duplicates
+	if out, err := replay(secret["sensor"]); err == nil || !strings.Contains(out, "E_UNAUTHORIZED") {
+		t.Fatalf("svckit replay --publish results with the sensor's secret: %v\n%s", err, out)
+	} else {
+		t.Logf("svckit replay --publish results with the sensor's secret: refused: %s", firstLine(out, "E_UNAUTHORIZED"))
+	}
+	if out, err := replay(secret["operator"]); err != nil {
+		t.Fatalf("svckit replay --publish results with the operator's secret: %v\n%s", err, out)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the app to skip the 100 republished results", func() bool {
+		s, err := pipetest.AppStreamOf(appAddr, "auth")
+		return err == nil && s.Duplicates >= dupBefore+100 && s.Exact(total)
+	})
 }
 
 // refusals is the sum of svckit_nsqauth_answers_total with a result other

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -122,16 +124,24 @@ func runReplay(c *cli.Context) error {
 		p := pubsub.NewProducer(w, pubsub.ProducerOptions{NSQ: nsqCfg})
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
 		errs := make(chan error, 1)
+		// The producer retries for ever (a service waits out an nsqd or
+		// an authorization server that is away); the CLI gives up when
+		// nsqd acknowledged nothing for publishStall, with the last error
+		// (an nsqd refusing the operator's secret: E_UNAUTHORIZED).
+		pctx, stall := stallGuard(ctx, publishStall)
+		defer stall.stop()
 		sink = func(_ envelope.Envelope, frame []byte) error {
 			// The frame as the source serves it (markers and parts
 			// included): consumers handle it as they handle live ones.
 			body := append([]byte(nil), frame...)
-			b.PublishAsync(ctx, body, func(err error) {
-				if err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
+			b.PublishAsync(pctx, body, func(err error) {
+				if err == nil {
+					stall.progress()
+					return
+				}
+				select {
+				case errs <- err:
+				default:
 				}
 			})
 			select {
@@ -143,8 +153,16 @@ func runReplay(c *cli.Context) error {
 		}
 		closeSink = func() error {
 			defer p.Stop()
-			if err := b.Close(ctx); err != nil {
-				return err
+			if err := b.Close(pctx); err != nil {
+				select {
+				case perr := <-errs:
+					err = perr
+				default:
+				}
+				if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
+					return fmt.Errorf("republishing to %s: %v: %w", topic, cause, err)
+				}
+				return fmt.Errorf("republishing to %s: %w", topic, err)
 			}
 			select {
 			case err := <-errs:
@@ -305,4 +323,48 @@ func getJSON(ctx context.Context, c replay.Client, addr, path string, v any) err
 		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// publishStall is how long replay --publish waits for nsqd to acknowledge
+// anything before it gives up.
+const publishStall = 30 * time.Second
+
+// stall cancels a context when progress was not reported for a while.
+type stall struct {
+	last   atomic.Int64 // unix nanoseconds of the last progress
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// stallGuard returns a context that ends, with a cause saying so, when
+// progress was not reported for max.
+func stallGuard(ctx context.Context, max time.Duration) (context.Context, *stall) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	s := &stall{cancel: cancel, done: make(chan struct{})}
+	s.progress()
+	go func() {
+		t := time.NewTicker(max / 10)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.done:
+				return
+			case <-cctx.Done():
+				return
+			case <-t.C:
+				if time.Since(time.Unix(0, s.last.Load())) > max {
+					cancel(fmt.Errorf("nsqd acknowledged nothing for %s", max))
+					return
+				}
+			}
+		}
+	}()
+	return cctx, s
+}
+
+func (s *stall) progress() { s.last.Store(time.Now().UnixNano()) }
+
+func (s *stall) stop() {
+	close(s.done)
+	s.cancel(nil)
 }
