@@ -663,7 +663,10 @@ func (d *awsDC) nodeLoss(x, watch *machine) time.Duration {
 	}
 	started := time.Now()
 	x.start(t)
-	x.waitReady(t, 2*time.Minute)
+	// A restarted engine of the swarm answers only once it has restarted
+	// its containers, each attached to the overlay by the swarm's leader:
+	// minutes on a loaded machine.
+	x.waitReady(t, 6*time.Minute)
 	ready := time.Since(started)
 	took := d.waitExactUnderLoad(started, d.lastSeqs(), 5*time.Minute)
 	healthy := d.waitHealthy(d.m.nodes, 5*time.Minute)
