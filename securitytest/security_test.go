@@ -127,6 +127,9 @@ func TestReplaySecret(t *testing.T) {
 		out, err := cli("--secret=sesame")
 		return err == nil && strings.Count(out, "\n") == 300
 	})
+	// The app recovers through a worker, which relays to the sensor: both
+	// need the secret, the worker to serve and to ask.
+	pipetest.StartService(t, c, "worker-secret", "worker", nil, "--replay-secret=sesame")
 	pipetest.StartService(t, c, "app-secret", "app", nil, "--replay-secret=sesame", "--replay-gap-grace=200ms", "--replay-tail-interval=500ms")
 	pipetest.WaitAppExact(t, c, "secret", 300)
 }

@@ -33,7 +33,7 @@ var portVars = []string{
 	"LAPTOP_CONSUL_HTTP_PORT", "LAPTOP_CONSUL_SERVER_PORT", "LAPTOP_CONSUL_SERF_LAN_PORT",
 	"LAPTOP_CONSUL_SERF_WAN_PORT", "LAPTOP_CONSUL_DNS_PORT", "LAPTOP_CONSUL_GRPC_PORT",
 	"LAPTOP_CONSUL_GRPC_TLS_PORT", "LAPTOP_NSQLOOKUPD_TCP_PORT", "LAPTOP_NSQLOOKUPD_HTTP_PORT",
-	"LAPTOP_NSQD_TCP_PORT", "LAPTOP_NSQD_HTTP_PORT", "LAPTOP_NSQADMIN_HTTP_PORT",
+	"LAPTOP_NSQD_TCP_PORT", "LAPTOP_NSQD_HTTP_PORT", "LAPTOP_NSQADMIN_HTTP_PORT", "LAPTOP_NSQAUTH_HTTP_PORT",
 }
 
 // TestProcfileInFreshCheckout clones the repository (its tracked files only:
@@ -287,7 +287,7 @@ func procfileEntries(t *testing.T, repo string) []string {
 			names = append(names, strings.TrimSpace(name))
 		}
 	}
-	want := []string{"consul", "nsqlookupd", "nsqd", "nsqadmin", "sensor", "worker1", "worker2", "app"}
+	want := []string{"consul", "nsqlookupd", "nsqd", "nsqadmin", "nsqauth", "sensor", "worker1", "worker2", "app"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Procfile entries %v, want %v", names, want)
 	}
