@@ -36,7 +36,8 @@ type Options struct {
 	// Only limits the run to one part, for profiling: "hop" (the ceiling,
 	// the hop ratio and the importer's hop ratio), "importer" (only the
 	// importer's hop ratio) or "pipeline" (the pipeline's throughput burst,
-	// with per-process CPU and queue depths, then the latency rates). ""
+	// with per-process CPU and queue depths, then the latency rates) or
+	// "replay" (the burst, then replay direct and through a relay). ""
 	// runs everything.
 	Only string
 	// BinDir is where consul, nsqd, nsqlookupd, sensor, worker, app, svckit
@@ -48,14 +49,19 @@ type Options struct {
 // Results are the headline figures (the issue's JSON keys) and every raw
 // figure behind them.
 type Results struct {
-	Quick              bool               `json:"quick"`
-	HopRatio           float64            `json:"hop_ratio"`
-	PipelineMsgsPerSec float64            `json:"pipeline_msgs_per_sec"`
-	P99MsAt1k          float64            `json:"p99_ms_at_1k"`
-	ReplayMsgsPerSec   float64            `json:"replay_msgs_per_sec"`
-	DiscoveryMs        float64            `json:"discovery_ms"`
-	IdleRSSMB          float64            `json:"idle_rss_mb"`
-	Figures            map[string]float64 `json:"figures"`
+	Quick              bool    `json:"quick"`
+	HopRatio           float64 `json:"hop_ratio"`
+	PipelineMsgsPerSec float64 `json:"pipeline_msgs_per_sec"`
+	P99MsAt1k          float64 `json:"p99_ms_at_1k"`
+	ReplayMsgsPerSec   float64 `json:"replay_msgs_per_sec"`
+	// RelayReplayMsgsPerSec is replay through one relay stage (a worker
+	// asking the sensor and transforming every frame), RelayRatio its
+	// ratio to replay directly from the owner, in alternating rounds.
+	RelayReplayMsgsPerSec float64            `json:"relay_replay_msgs_per_sec"`
+	RelayRatio            float64            `json:"relay_ratio"`
+	DiscoveryMs           float64            `json:"discovery_ms"`
+	IdleRSSMB             float64            `json:"idle_rss_mb"`
+	Figures               map[string]float64 `json:"figures"`
 	// HopRounds are the hop's rounds as measured, in order: which side
 	// ran when and at what rate, the figures behind hop_ratio's median.
 	HopRounds []HopRound `json:"hop_rounds,omitempty"`
@@ -97,9 +103,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		o.Log = io.Discard
 	}
 	switch o.Only {
-	case "", "hop", "importer", "pipeline":
+	case "", "hop", "importer", "pipeline", "replay":
 	default:
-		return nil, fmt.Errorf("--only %q: want hop, importer or pipeline", o.Only)
+		return nil, fmt.Errorf("--only %q: want hop, importer, pipeline or replay", o.Only)
 	}
 	abs, err := filepath.Abs(o.BinDir)
 	if err != nil {
@@ -110,7 +116,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			return nil, fmt.Errorf("--bin %s: %s is missing (run ./build.sh)", abs, b)
 		}
 	}
-	if o.Only != "pipeline" {
+	if o.Only == "" || o.Only == "hop" || o.Only == "importer" {
 		if _, err := os.Stat(filepath.Join(abs, "hop")); err != nil {
 			return nil, fmt.Errorf("--bin %s: hop is missing: the importer's hop (importer_hop_ratio) runs it; ./build.sh builds it from examples/hop, a module of its own", abs)
 		}
@@ -143,7 +149,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		if o.Only == "" {
 			r.discovery(ctx)
 		}
-		if o.Only == "" || o.Only == "pipeline" {
+		if o.Only == "" || o.Only == "pipeline" || o.Only == "replay" {
 			r.pipeline(ctx)
 		}
 	})
@@ -786,6 +792,11 @@ func (r *runner) pipeline(ctx context.Context) {
 	})
 	r.res.PipelineMsgsPerSec = float64(uint64(n)-a0) / time.Since(t0).Seconds()
 	use.stop()
+	if r.o.Only == "replay" {
+		r.replayRounds(ctx, n)
+		sensor.Stop()
+		return
+	}
 	if r.o.Only == "" {
 		r.replayAndGap(ctx, app, sensor, sensorArgs, n)
 	}
@@ -850,19 +861,7 @@ func (r *runner) pipeline(ctx context.Context) {
 // replayAndGap measures replay throughput from the burst's sensor log, then
 // the time for the app to close a gap left while it was stopped.
 func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Process, sensorArgs []string, n int) {
-	// Replay throughput: the whole stream from the sensor's retained log.
-	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
-	r.step("replay throughput: %d messages from the sensor's log", n)
-	tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
-	start := time.Now()
-	got, err := replay.Client{}.Replay(ctx, sensorAddr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
-		_, err := tr.Deliver(context.Background(), env)
-		return err
-	})
-	if err != nil || got != uint64(n) {
-		r.fail("replay: %d of %d: %v", got, n, err)
-	}
-	r.res.ReplayMsgsPerSec = float64(n) / time.Since(start).Seconds()
+	r.replayRounds(ctx, n)
 
 	// Gap close: the app away while the sensor publishes G more.
 	g := pick(r.o.Quick, 20_000, 100_000)
@@ -878,7 +877,7 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Proce
 		_ = getJSON("http://"+addrOf(r.waitPassing("sensor", 1)[0])+"/streams", &st)
 		return len(st) == 1 && st[0].LastSeq == total
 	})
-	start = time.Now()
+	start := time.Now()
 	r.env.check(app.Restart())
 	r.env.WaitFor(5*time.Minute, "the app to close the gap", func() bool {
 		e := r.passing("app")
@@ -888,6 +887,53 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Proce
 	r.fig("gap_close_seconds", time.Since(start).Seconds())
 	sensor.Stop()
 
+}
+
+// replayRounds measures replay of the burst's n readings into a tracker,
+// directly from the sensor's retained log and relayed through a worker
+// (the worker asks the sensor for the range, runs every frame through its
+// transform and streams the results back), in alternating rounds after a
+// warm-up of each. replay_msgs_per_sec and relay_replay_msgs_per_sec are
+// the sides' medians, relay_ratio the median of the rounds' ratios.
+func (r *runner) replayRounds(ctx context.Context, n int) {
+	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
+	workerAddr := addrOf(r.waitPassing("worker", 2)[0])
+	once := func(addr string) float64 {
+		tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+		start := time.Now()
+		got, err := replay.Client{}.Replay(ctx, addr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
+			_, err := tr.Deliver(context.Background(), env)
+			return err
+		})
+		if err != nil || got != uint64(n) {
+			r.fail("replay from %s: %d of %d: %v", addr, got, n, err)
+		}
+		return float64(n) / time.Since(start).Seconds()
+	}
+	rounds := pick(r.o.Quick, 3, 6)
+	r.step("replay throughput: %d messages, directly from the sensor and through a worker's relay, a warm-up and %d rounds", n, rounds)
+	once(sensorAddr)
+	once(workerAddr)
+	var direct, relayed, ratios []float64
+	for i := range rounds {
+		var d, rl float64
+		if i%2 == 0 {
+			d = once(sensorAddr)
+			rl = once(workerAddr)
+		} else {
+			rl = once(workerAddr)
+			d = once(sensorAddr)
+		}
+		direct, relayed, ratios = append(direct, d), append(relayed, rl), append(ratios, rl/d)
+		r.step("replay round %d/%d: direct %.0f, relayed %.0f msg/s (%.3f)", i+1, rounds, d, rl, rl/d)
+	}
+	r.res.ReplayMsgsPerSec = median(direct)
+	r.res.RelayReplayMsgsPerSec = median(relayed)
+	r.res.RelayRatio = median(ratios)
+	r.fig("replay_msgs_per_sec_min", slices.Min(direct))
+	r.fig("relay_replay_msgs_per_sec_min", slices.Min(relayed))
+	r.fig("relay_ratio_min", slices.Min(ratios))
+	r.fig("relay_ratio_max", slices.Max(ratios))
 }
 
 // latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the

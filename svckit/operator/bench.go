@@ -32,7 +32,7 @@ discovery latency, and resident memory.`,
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
 			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the bench process to this file at the end (go tool pprof -sample_index=alloc_space)", EnvVars: config.Env("bench-memprofile")},
-			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling, the hop ratio and the importer's hop ratio), importer (only the importer's hop ratio: bin/hop against this build) or pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates)", EnvVars: config.Env("bench-only")},
+			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling, the hop ratio and the importer's hop ratio), importer (only the importer's hop ratio: bin/hop against this build) pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates) or replay (the burst, then replay directly from the sensor and through a worker's relay)", EnvVars: config.Env("bench-only")},
 			&cli.StringFlag{Name: "bin", Usage: "directory with consul, nsqd, nsqlookupd, sensor, worker, app, svckit and hop (default: this executable's directory)", EnvVars: config.Env("bench-bin")},
 		},
 		Subcommands:     []*cli.Command{benchHopCommand()},
@@ -120,6 +120,8 @@ func printBench(w io.Writer, r *bench.Results) {
 	row("pipeline_msgs_per_sec", r.PipelineMsgsPerSec, "msg/s", ">= 50000")
 	row("p99_ms_at_1k", r.P99MsAt1k, "ms", "<= 5")
 	row("replay_msgs_per_sec", r.ReplayMsgsPerSec, "msg/s", ">= 100000")
+	row("relay_replay_msgs_per_sec (through one relay stage)", r.RelayReplayMsgsPerSec, "msg/s", ">= 1000000")
+	row("relay_ratio (relayed / direct)", r.RelayRatio, "", ">= 0.5")
 	row("discovery_ms (median)", r.DiscoveryMs, "ms", "<= 200")
 	row("idle_rss_mb (largest service)", r.IdleRSSMB, "MB", "<= 20")
 	keys := make([]string, 0, len(r.Figures))

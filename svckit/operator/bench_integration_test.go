@@ -113,7 +113,9 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	importerRatio := ratio(m, "", "importer_hop_ratio")
 	positive(m, "", "pipeline_msgs_per_sec")
 	p99 := positive(m, "", "p99_ms_at_1k")
-	positive(m, "", "replay_msgs_per_sec")
+	replayDirect := positive(m, "", "replay_msgs_per_sec")
+	relayed := positive(m, "", "relay_replay_msgs_per_sec")
+	relayRatio := ratio(m, "", "relay_ratio")
 	discovery := positive(m, "", "discovery_ms")
 	idleRSS := positive(m, "", "idle_rss_mb")
 
@@ -123,7 +125,8 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 		t.Fatalf("bench JSON figures = %v (%T); want an object", m["figures"], m["figures"])
 	}
 	for _, k := range []string{"raw_hop_msgs_per_sec", "raw_sync_hop_msgs_per_sec", "svckit_hop_msgs_per_sec", "svckit_single_hop_msgs_per_sec", "hop_ratio_sync_mpub", "hop_ratio_single_publish", "raw_pub_msgs_per_sec", "raw_mpub_msgs_per_sec",
-		"importer_hop_msgs_per_sec", "repo_hop_msgs_per_sec", "importer_hop_ratio_min", "importer_hop_ratio_max"} {
+		"importer_hop_msgs_per_sec", "repo_hop_msgs_per_sec", "importer_hop_ratio_min", "importer_hop_ratio_max",
+		"relay_ratio_min", "relay_ratio_max", "replay_msgs_per_sec_min", "relay_replay_msgs_per_sec_min"} {
 		if _, ok := figs[k]; !ok {
 			t.Errorf("bench JSON figures lack %q", k)
 		}
@@ -141,7 +144,7 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 		switch {
 		case f < 0:
 			t.Errorf("bench JSON figures %q = %v; no figure of the bench can be negative", k, f)
-		case strings.HasPrefix(k, "hop_ratio"), strings.HasPrefix(k, "importer_hop_ratio"):
+		case strings.HasPrefix(k, "hop_ratio"), strings.HasPrefix(k, "importer_hop_ratio"), strings.HasPrefix(k, "relay_ratio"):
 			ratio(figs, " figures", k)
 		case strings.HasSuffix(k, "_msgs_per_mpub"):
 			if f < 1 {
@@ -171,6 +174,18 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	}
 	if hi, ok := fig("importer_hop_ratio_max"); ok {
 		ordered("importer_hop_ratio > importer_hop_ratio_max", importerRatio, hi)
+	}
+	if lo, ok := fig("relay_ratio_min"); ok {
+		ordered("relay_ratio_min > relay_ratio", lo, relayRatio)
+	}
+	if hi, ok := fig("relay_ratio_max"); ok {
+		ordered("relay_ratio > relay_ratio_max", relayRatio, hi)
+	}
+	if lo, ok := fig("replay_msgs_per_sec_min"); ok {
+		ordered("replay_msgs_per_sec_min > replay_msgs_per_sec", lo, replayDirect)
+	}
+	if lo, ok := fig("relay_replay_msgs_per_sec_min"); ok {
+		ordered("relay_replay_msgs_per_sec_min > relay_replay_msgs_per_sec", lo, relayed)
 	}
 	for _, r := range []string{"hop_ratio_sync_mpub", "hop_ratio_single_publish"} {
 		lo, ok1 := fig(r + "_min")

@@ -67,7 +67,9 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 	var hdr [4]byte
 	buf := make([]byte, 0, 4096)
 	var n uint64
-	dec := envelope.Decoder{}
+	// One stream: its id (and the few content types) interned, not a new
+	// string per frame.
+	dec := envelope.Decoder{Strings: &envelope.StringCache{}}
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {

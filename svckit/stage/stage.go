@@ -267,12 +267,12 @@ func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, sinc
 	_, err = c.ReplayFrames(ctx, addr, replay.Request{Stream: stream, From: from, To: to, Since: since}, func(in envelope.Envelope, _ []byte) error {
 		var one envelope.Envelope
 		envs, err := s.outputs(ctx, in, &one)
-		var perm pubsub.PermanentError
-		switch {
-		case errors.As(err, &perm):
+		if err != nil {
+			var perm pubsub.PermanentError
+			if !errors.As(err, &perm) {
+				return fmt.Errorf("%s: transforming %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
+			}
 			one, envs = s.deadMarker(in, err), nil
-		case err != nil:
-			return fmt.Errorf("%s: transforming %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
 		}
 		if envs == nil {
 			single[0] = one

@@ -102,7 +102,7 @@ func (f *sumFold) State() []byte        { return fmt.Appendf(nil, `{"n":%d,"sum"
 func (f *sumFold) Restore([]byte) error { return nil }
 
 // serve runs h on a loopback HTTP server and returns it as an instance.
-func serve(t *testing.T, h http.Handler, tags ...string) discovery.Instance {
+func serve(t testing.TB, h http.Handler, tags ...string) discovery.Instance {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
