@@ -56,8 +56,11 @@ func UnmarshalReading(b []byte) (Reading, error) {
 }
 
 // MarshalResult encodes a result as 16 bytes big-endian.
-func MarshalResult(r Result) []byte {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(r.Value))
+func MarshalResult(r Result) []byte { return AppendResult(make([]byte, 0, 16), r) }
+
+// AppendResult appends r's 16 bytes to b.
+func AppendResult(b []byte, r Result) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Value))
 	return binary.BigEndian.AppendUint64(b, uint64(r.Result))
 }
 

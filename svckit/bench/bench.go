@@ -758,7 +758,7 @@ func appStatus(addr, stream string) appStream {
 func (r *runner) pipeline(ctx context.Context) {
 	r.step("pipeline: app, two workers, sensor as processes")
 	app := r.service("app", "app", "--instance-id=bench-app", "--summary-interval=0", "--replay-tail-interval=1s")
-	w1 := r.service("worker1", "worker", "--instance-id=bench-worker-1")
+	w1 := r.service("worker1", "worker", "--instance-id="+relayWorkerID)
 	w2 := r.service("worker2", "worker", "--instance-id=bench-worker-2")
 	appAddr := addrOf(r.waitPassing("app", 1)[0])
 	r.waitPassing("worker", 2)
@@ -793,12 +793,12 @@ func (r *runner) pipeline(ctx context.Context) {
 	r.res.PipelineMsgsPerSec = float64(uint64(n)-a0) / time.Since(t0).Seconds()
 	use.stop()
 	if r.o.Only == "replay" {
-		r.replayRounds(ctx, n)
+		r.replayRounds(ctx, n, sensor, w1)
 		sensor.Stop()
 		return
 	}
 	if r.o.Only == "" {
-		r.replayAndGap(ctx, app, sensor, sensorArgs, n)
+		r.replayAndGap(ctx, app, sensor, w1, sensorArgs, n)
 	}
 	sensor.Stop()
 
@@ -860,8 +860,8 @@ func (r *runner) pipeline(ctx context.Context) {
 
 // replayAndGap measures replay throughput from the burst's sensor log, then
 // the time for the app to close a gap left while it was stopped.
-func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Process, sensorArgs []string, n int) {
-	r.replayRounds(ctx, n)
+func (r *runner) replayAndGap(ctx context.Context, app, sensor, worker *localstack.Process, sensorArgs []string, n int) {
+	r.replayRounds(ctx, n, sensor, worker)
 
 	// Gap close: the app away while the sensor publishes G more.
 	g := pick(r.o.Quick, 20_000, 100_000)
@@ -895,11 +895,27 @@ func (r *runner) replayAndGap(ctx context.Context, app, sensor *localstack.Proce
 // transform and streams the results back), in alternating rounds after a
 // warm-up of each. replay_msgs_per_sec and relay_replay_msgs_per_sec are
 // the sides' medians, relay_ratio the median of the rounds' ratios.
-func (r *runner) replayRounds(ctx context.Context, n int) {
+// relayWorkerID is the worker whose relay replayRounds measures (w1).
+const relayWorkerID = "bench-worker-1"
+
+func (r *runner) replayRounds(ctx context.Context, n int, sensor, worker *localstack.Process) {
 	sensorAddr := addrOf(r.waitPassing("sensor", 1)[0])
-	workerAddr := addrOf(r.waitPassing("worker", 2)[0])
-	once := func(addr string) float64 {
+	var workerAddr string
+	for _, e := range r.waitPassing("worker", 2) {
+		if e.Service.ID == relayWorkerID {
+			workerAddr = addrOf(e)
+		}
+	}
+	if workerAddr == "" {
+		r.fail("replay: %s is not among the passing workers", relayWorkerID)
+	}
+	// CPU per message of each process on the way: where a relay's time
+	// goes.
+	self := os.Getpid()
+	type cpu struct{ sensor, worker, bench float64 }
+	once := func(addr string) (float64, cpu) {
 		tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+		c0 := cpu{cpuSeconds(sensor.Pid()), cpuSeconds(worker.Pid()), cpuSeconds(self)}
 		start := time.Now()
 		got, err := replay.Client{}.Replay(ctx, addr, replay.Request{Stream: "bench-tp", From: 1, To: uint64(n)}, func(env envelope.Envelope, _ int) error {
 			_, err := tr.Deliver(context.Background(), env)
@@ -908,24 +924,30 @@ func (r *runner) replayRounds(ctx context.Context, n int) {
 		if err != nil || got != uint64(n) {
 			r.fail("replay from %s: %d of %d: %v", addr, got, n, err)
 		}
-		return float64(n) / time.Since(start).Seconds()
+		rate := float64(n) / time.Since(start).Seconds()
+		us := func(a, b float64) float64 { return (b - a) * 1e6 / float64(n) }
+		return rate, cpu{us(c0.sensor, cpuSeconds(sensor.Pid())), us(c0.worker, cpuSeconds(worker.Pid())), us(c0.bench, cpuSeconds(self))}
 	}
-	rounds := pick(r.o.Quick, 3, 6)
-	r.step("replay throughput: %d messages, directly from the sensor and through a worker's relay, a warm-up and %d rounds", n, rounds)
+	rounds := pick(r.o.Quick, 3, 12)
+	r.step("replay throughput: %d messages, directly from the sensor and through %s's relay, a warm-up and %d rounds", n, relayWorkerID, rounds)
 	once(sensorAddr)
 	once(workerAddr)
 	var direct, relayed, ratios []float64
+	var dcpu, rcpu []cpu
 	for i := range rounds {
 		var d, rl float64
+		var dc, rc cpu
 		if i%2 == 0 {
-			d = once(sensorAddr)
-			rl = once(workerAddr)
+			d, dc = once(sensorAddr)
+			rl, rc = once(workerAddr)
 		} else {
-			rl = once(workerAddr)
-			d = once(sensorAddr)
+			rl, rc = once(workerAddr)
+			d, dc = once(sensorAddr)
 		}
 		direct, relayed, ratios = append(direct, d), append(relayed, rl), append(ratios, rl/d)
-		r.step("replay round %d/%d: direct %.0f, relayed %.0f msg/s (%.3f)", i+1, rounds, d, rl, rl/d)
+		dcpu, rcpu = append(dcpu, dc), append(rcpu, rc)
+		r.step("replay round %d/%d: direct %.0f, relayed %.0f msg/s (%.3f); CPU µs per message: direct sensor %.2f bench %.2f, relayed sensor %.2f worker %.2f bench %.2f",
+			i+1, rounds, d, rl, rl/d, dc.sensor, dc.bench, rc.sensor, rc.worker, rc.bench)
 	}
 	r.res.ReplayMsgsPerSec = median(direct)
 	r.res.RelayReplayMsgsPerSec = median(relayed)
@@ -934,6 +956,11 @@ func (r *runner) replayRounds(ctx context.Context, n int) {
 	r.fig("relay_replay_msgs_per_sec_min", slices.Min(relayed))
 	r.fig("relay_ratio_min", slices.Min(ratios))
 	r.fig("relay_ratio_max", slices.Max(ratios))
+	r.fig("replay_cpu_us_per_msg_sensor", median(field(dcpu, func(c cpu) float64 { return c.sensor })))
+	r.fig("replay_cpu_us_per_msg_bench", median(field(dcpu, func(c cpu) float64 { return c.bench })))
+	r.fig("relay_cpu_us_per_msg_sensor", median(field(rcpu, func(c cpu) float64 { return c.sensor })))
+	r.fig("relay_cpu_us_per_msg_worker", median(field(rcpu, func(c cpu) float64 { return c.worker })))
+	r.fig("relay_cpu_us_per_msg_bench", median(field(rcpu, func(c cpu) float64 { return c.bench })))
 }
 
 // latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the

@@ -789,3 +789,34 @@ func TestPartsAndMarkerLayout(t *testing.T) {
 		}
 	}
 }
+
+// TestStringCacheHotAndMap: the first strings are found in the list
+// checked before the map, later ones in the map, every one interned and
+// none allocated when found; a lookup of a prefix or an extension of a
+// cached string is not taken for it.
+func TestStringCacheHotAndMap(t *testing.T) {
+	var c StringCache
+	want := map[string]string{}
+	for i := range 3 * stringCacheHot {
+		s := fmt.Sprintf("stream-%d", i)
+		want[s] = c.get([]byte(s))
+	}
+	if h := c.hot.Load(); h == nil || len(*h) != stringCacheHot {
+		t.Fatalf("hot list %v, want the first %d strings", h, stringCacheHot)
+	}
+	for s, first := range want {
+		b := []byte(s)
+		var got string
+		if allocs := testing.AllocsPerRun(10, func() { got = c.get(b) }); allocs != 0 {
+			t.Errorf("get(%q) allocated %v times once cached", s, allocs)
+		}
+		if got != s || unsafe.StringData(got) != unsafe.StringData(first) {
+			t.Errorf("get(%q) = %q, not the interned string", s, got)
+		}
+	}
+	for _, s := range []string{"stream-", "stream-00", "stream-1x", ""} {
+		if got := c.get([]byte(s)); got != s {
+			t.Errorf("get(%q) = %q", s, got)
+		}
+	}
+}
