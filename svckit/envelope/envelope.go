@@ -302,6 +302,11 @@ type Decoder struct {
 // relaying worker spent a tenth of its CPU hashing its stream id and
 // content type).
 type StringCache struct {
+	// Max bounds how many strings it keeps; 0 means 4096. Past it,
+	// strings are allocated as if there were no cache. Each insertion
+	// copies the map, so a short-lived cache that may see many strings
+	// wants a small Max.
+	Max int
 	m   atomic.Pointer[map[string]string]
 	hot atomic.Pointer[[]string]
 	mu  sync.Mutex // serialises insertions
@@ -337,7 +342,11 @@ func (c *StringCache) get(b []byte) string {
 	if v, ok := (*old)[s]; ok {
 		return v
 	}
-	if len(*old) >= stringCacheMax {
+	limit := c.Max
+	if limit <= 0 {
+		limit = stringCacheMax
+	}
+	if len(*old) >= limit {
 		return s
 	}
 	m := maps.Clone(*old)

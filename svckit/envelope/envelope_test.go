@@ -820,3 +820,17 @@ func TestStringCacheHotAndMap(t *testing.T) {
 		}
 	}
 }
+
+// TestStringCacheMax: past Max, strings are returned but not kept.
+func TestStringCacheMax(t *testing.T) {
+	c := StringCache{Max: 3}
+	for i := range 10 {
+		s := fmt.Sprint("s", i)
+		if got := c.get([]byte(s)); got != s {
+			t.Fatalf("get(%q) = %q", s, got)
+		}
+	}
+	if m := c.m.Load(); m == nil || len(*m) != 3 {
+		t.Fatalf("the cache keeps %v strings, want Max = 3", m)
+	}
+}

@@ -68,8 +68,9 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 	buf := make([]byte, 0, 4096)
 	var n uint64
 	// One stream: its id (and the few content types) interned, not a new
-	// string per frame.
-	dec := envelope.Decoder{Strings: &envelope.StringCache{}}
+	// string per frame. A cache per replay, so bounded small: each string
+	// it takes copies its map.
+	dec := envelope.Decoder{Strings: &envelope.StringCache{Max: 16}}
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
