@@ -284,3 +284,50 @@ func roundAll(ds []time.Duration) []time.Duration {
 	}
 	return out
 }
+
+// Case 22: shutdown with the disk hung. The sensor's and the app's data
+// directories are on crashfs over FUSE, and the disk stops answering
+// fsyncs (writes still reach the kernel's page cache). The sensor stops
+// showing new readings (it shows only what is durable), and SIGTERM to
+// the sensor and the app must still end each within --shutdown-timeout
+// plus the teardown budget. Then the disk answers again, both start on
+// what they left, and the app ends exact: nothing accepted was lost.
+func TestShutdownBoundedDiskHung(t *testing.T) {
+	t.Parallel()
+	const shutdown = 5 * time.Second
+	flag := fmt.Sprintf("--shutdown-timeout=%s", shutdown)
+	srv, dir := mountCrashFS(t)
+	r := newRig(t, rigOptions{stateDir: dir, sensorArgs: []string{flag}, appArgs: []string{flag}})
+	r.waitApplied(r.appStream().Applied + rate)
+	srv.HangSyncs()
+	t.Cleanup(srv.ResumeSyncs) // before the unmount (cleanups run last-in first-out)
+	var hungAt uint64
+	testenv.WaitFor(t, stepTimeout, "the sensor to stop showing readings (its fsyncs hang)", func() bool {
+		a := r.sensorLast()
+		hold(time.Second) // a second with the fault in place: did it move?
+		hungAt = r.sensorLast()
+		return a == hungAt
+	})
+	var wg sync.WaitGroup
+	took := make([]time.Duration, 2)
+	for i, s := range []*svc{r.sensor, r.app} {
+		wg.Add(1)
+		go func() { defer wg.Done(); took[i] = stopWithin(t, s, shutdown) }()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	srv.ResumeSyncs()
+	r.app.start()
+	r.sensor.start()
+	r.sensor.addr()
+	r.app.addr()
+	if last := r.sensorLast(); last < hungAt {
+		t.Fatalf("the sensor had shown %d; after its restart its log ends at %d", hungAt, last)
+	}
+	exact := r.watchExact(time.Now())
+	res := result{timeToExact: exact.wait()}
+	r.finish(res, fmt.Sprintf("every fsync hung at the sensor's shown %d; SIGTERM with --shutdown-timeout %s: sensor exited after %s, app after %s",
+		hungAt, shutdown, took[0].Round(10*time.Millisecond), took[1].Round(10*time.Millisecond)))
+}

@@ -24,6 +24,7 @@
 package crashfuse
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -69,6 +70,24 @@ type mount struct {
 	// opendir so that one opened before a cut fails like a file handle
 	// does (crashfs itself only tracks file handles).
 	gen atomic.Uint64
+	// hung, while set, is closed when fsyncs may answer again
+	// (Server.HangSyncs).
+	hung atomic.Pointer[chan struct{}]
+}
+
+// waitSync holds an fsync while the disk hangs. It gives up only when the
+// kernel interrupts the request (the caller was killed).
+func (m *mount) waitSync(ctx context.Context) syscall.Errno {
+	ch := m.hung.Load()
+	if ch == nil {
+		return 0
+	}
+	select {
+	case <-*ch:
+		return 0
+	case <-ctx.Done():
+		return syscall.EINTR
+	}
 }
 
 // Mount mounts fsys on mountpoint (an existing, empty directory) and
@@ -145,6 +164,7 @@ func (s *Server) waitAnswers(deadline time.Time) error {
 // cleanup never hangs; processes still using it get ENOTCONN. Calling it
 // again returns what the first call returned.
 func (s *Server) Unmount() error {
+	s.ResumeSyncs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.done {
@@ -204,6 +224,22 @@ func (s *Server) PowerCut() {
 		return
 	}
 	forget(s.m.root.EmbeddedInode())
+}
+
+// HangSyncs makes the disk stop answering fsyncs: every fsync of a file or
+// a directory waits until ResumeSyncs, while reads and writes go on (the
+// kernel's page cache still takes them), as when a disk or its controller
+// hangs. Unmount resumes them.
+func (s *Server) HangSyncs() {
+	ch := make(chan struct{})
+	s.m.hung.CompareAndSwap(nil, &ch)
+}
+
+// ResumeSyncs lets the fsyncs held by HangSyncs, and later ones, answer.
+func (s *Server) ResumeSyncs() {
+	if ch := s.m.hung.Swap(nil); ch != nil {
+		close(*ch)
+	}
 }
 
 // forget drops dir's subtree from go-fuse's tree and the kernel's caches.

@@ -746,3 +746,45 @@ func TestRenamedBackFileUsable(t *testing.T) {
 		t.Fatalf("stat after the cut: %v, %v", fi, err)
 	}
 }
+
+// TestHangSyncs: while the disk hangs, writes and reads go on and fsyncs
+// of files and directories wait; ResumeSyncs answers them, and what they
+// synced survives a power cut. Unmount resumes a hung disk by itself.
+func TestHangSyncs(t *testing.T) {
+	_, s, dir := mount(t)
+	p := filepath.Join(dir, "f")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s.HangSyncs()
+	if _, err := f.Write([]byte("kept")); err != nil {
+		t.Fatalf("write while the disk hangs: %v", err)
+	}
+	if got := readFile(t, p); got != "kept" {
+		t.Fatalf("read while the disk hangs: %q", got)
+	}
+	synced := make(chan error, 2)
+	go func() { synced <- f.Sync() }()
+	go func() { synced <- syncDirErr(dir) }()
+	select {
+	case err := <-synced:
+		t.Fatalf("an fsync answered (%v) while the disk hangs", err)
+	case <-time.After(200 * time.Millisecond): // a while for it not to answer: the negative can only be timed
+	}
+	s.ResumeSyncs()
+	for range 2 {
+		if err := <-synced; err != nil {
+			t.Fatalf("fsync after ResumeSyncs: %v", err)
+		}
+	}
+	s.PowerCut()
+	if got := readFile(t, p); got != "kept" {
+		t.Fatalf("after the power cut: %q, want what the resumed fsyncs made durable", got)
+	}
+	s.HangSyncs()
+	if err := s.Unmount(); err != nil {
+		t.Fatalf("unmount with the disk hung: %v", err)
+	}
+}

@@ -256,6 +256,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fusefs.InodeEm
 // kernel would take that as "fsync is a no-op here" and stop asking,
 // making every later fsync succeed without making anything durable.
 func (n *node) Fsync(ctx context.Context, f fusefs.FileHandle, flags uint32) syscall.Errno {
+	if errno := n.m.waitSync(ctx); errno != 0 {
+		return errno
+	}
 	switch h := f.(type) {
 	case *handle:
 		return errnoOf(h.f.Sync())
@@ -402,6 +405,9 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 // Fsyncdir is FSYNCDIR, what (*os.File).Sync on a directory sends: it
 // makes the directory's entries durable (crashfs.FS.SyncDir).
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	if errno := d.n.m.waitSync(ctx); errno != 0 {
+		return errno
+	}
 	if d.stale() {
 		return syscall.EIO
 	}

@@ -663,7 +663,8 @@ func (w *Owner) Log() *retainlog.Log { return w.log }
 // Close stops the pump, lets answers already on their way arrive for at
 // most CloseGrace (bounded by ctx), closes the publisher, saves state and
 // closes the log. It never waits for nsqd beyond that: what nsqd did not
-// acknowledge stays in the log and is published on the next start.
+// acknowledge stays in the log and is published on the next start. It
+// returns by ctx's end even on a disk that does not answer.
 func (w *Owner) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if w.closed {
@@ -688,7 +689,19 @@ func (w *Owner) Close(ctx context.Context) error {
 		}
 		cancel()
 	}
-	errs = append(errs, w.save(), w.log.Close())
+	// Saving syncs the log and writes state files: on a disk that does not
+	// answer it would never return. Stop waiting at ctx's end; the state
+	// files then stay behind the log, which OpenOwner accepts (it never
+	// trusts them past the log), and the save finishes by itself if the
+	// disk answers before the process ends.
+	finished := make(chan error, 1)
+	go func() { finished <- errors.Join(w.save(), w.log.Close()) }()
+	select {
+	case err := <-finished:
+		errs = append(errs, err)
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("stream %s: saving state and closing the retained log did not finish in time (does the disk answer?): %w", w.o.Stream, ctx.Err()))
+	}
 	return errors.Join(errs...)
 }
 

@@ -404,7 +404,7 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopBackg
 		errs = append(errs, errors.New("background work did not stop within --shutdown-timeout"))
 	}
 	for _, h := range s.stopHooks {
-		if err := h(sctx); err != nil {
+		if err := runStopHook(sctx, h); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -418,6 +418,22 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopBackg
 		s.producer.Stop()
 	}
 	return errors.Join(append(errs, s.teardown(stopReg, regDone, httpErr))...)
+}
+
+// runStopHook runs h and stops waiting for it at ctx's end: a hook that
+// does not honour its context (a checkpoint's fsync on a disk that stopped
+// answering) must not hold the process past --shutdown-timeout. The hook
+// is abandoned, not interrupted; it finishes if it can before the process
+// ends.
+func runStopHook(ctx context.Context, h func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- h(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("a stop hook (a state save) did not return within --shutdown-timeout: %w", ctx.Err())
+	}
 }
 
 // teardown deregisters from Consul and stops the HTTP server and discovery.
