@@ -183,6 +183,7 @@ type crashMode struct {
 	writeback bool
 	lie       func(name string) bool
 	limit     int // explore at most about this many crash points (see crashPoints)
+	interval  bool // the log's fsync policy is interval (1 ms), not always
 }
 
 const (
@@ -250,11 +251,14 @@ func (r *crashRun) newFS() *crashFaultFS {
 
 // crashLogOptions: small segments and count retention, so a short
 // workload rolls and deletes segments.
-func crashLogOptions() retainlog.Options {
+func crashLogOptions(interval bool) retainlog.Options {
 	lo := retainlog.DefaultOptions("")
 	lo.SegmentBytes = 240 // three of the workload's records (75 bytes each)
 	lo.RetainMessages = 6
 	lo.Fsync = retainlog.FsyncAlways
+	if interval {
+		lo.Fsync, lo.FsyncInterval = retainlog.FsyncInterval, time.Millisecond
+	}
 	return lo
 }
 
@@ -294,7 +298,7 @@ func (crashPub) Close(context.Context) error { return nil }
 
 func (r *crashRun) openOwner() (*Owner, *pipeline.ReadingFold, error) {
 	fold := &pipeline.ReadingFold{}
-	o, err := OpenOwner(OwnerOptions{Stream: crashStream, Dir: crashOwnerDir, Log: crashLogOptions(), ContentType: pipeline.ReadingType,
+	o, err := OpenOwner(OwnerOptions{Stream: crashStream, Dir: crashOwnerDir, Log: crashLogOptions(r.mode.interval), ContentType: pipeline.ReadingType,
 		Fold: fold, SnapshotInterval: time.Hour, CloseGrace: time.Second, FS: r.fsys}, crashPub{r})
 	return o, fold, err
 }
@@ -929,6 +933,9 @@ func TestCrashPointsOwnerTracker(t *testing.T) {
 		// Only the processes die, mid-write: the page cache keeps torn
 		// tails. N is about 410: sampled likewise.
 		{name: "process-crash-torn", chunk: 16, limit: 300},
+		// The interval policy: the log's own goroutine fsyncs every 1 ms,
+		// and nothing is shown or published before one covered it.
+		{name: "power-cut-fsync-interval", powerCut: true, interval: true, limit: 300},
 	}
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
@@ -985,7 +992,7 @@ func TestOwnerRestartKeepsUnsavedRecords(t *testing.T) {
 	dir := t.TempDir()
 	open := func() (*Owner, *pipeline.ReadingFold, error) {
 		fold := &pipeline.ReadingFold{}
-		o, err := OpenOwner(OwnerOptions{Stream: "s", Dir: dir, Log: crashLogOptions(), Fold: fold}, ackAll{})
+		o, err := OpenOwner(OwnerOptions{Stream: "s", Dir: dir, Log: crashLogOptions(false), Fold: fold}, ackAll{})
 		return o, fold, err
 	}
 	o, fold, err := open()

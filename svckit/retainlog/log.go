@@ -931,6 +931,12 @@ func (l *Log) raiseSynced(seq uint64) {
 			break
 		}
 	}
+	l.wake()
+}
+
+// wake makes WaitDurable's waiters look again: at a raised DurableSeq, or
+// at an error that means the fsync they wait for will not come.
+func (l *Log) wake() {
 	l.syncedMu.Lock()
 	close(l.syncedCh)
 	l.syncedCh = make(chan struct{})
@@ -1071,6 +1077,9 @@ func (l *Log) tick() {
 		return
 	}
 	l.enforceRetentionLocked()
+	// A log that failed takes no more fsyncs: waiters must hear so rather
+	// than wait for one that will not come.
+	failed := l.err != nil
 	var f durable.File
 	var act *segment
 	var upTo uint64
@@ -1083,6 +1092,9 @@ func (l *Log) tick() {
 	}
 	l.mu.Unlock()
 	if f == nil {
+		if failed {
+			l.wake()
+		}
 		return
 	}
 	// fsync without mu so appends continue meanwhile. If a roll or Close
@@ -1098,5 +1110,6 @@ func (l *Log) tick() {
 		l.mu.Lock()
 		l.failSync(act, err)
 		l.mu.Unlock()
+		l.wake()
 	}
 }

@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/durable/crashfs"
 )
 
@@ -504,5 +507,58 @@ func TestAppendAfterFailedRoll(t *testing.T) {
 			}
 		}
 		l.Close()
+	}
+}
+
+// failSyncFS is a filesystem whose file fsyncs fail once fail is set.
+type failSyncFS struct {
+	durable.FS
+	fail *atomic.Bool
+}
+
+func (f failSyncFS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return failSyncFile{file, f.fail}, nil
+}
+
+type failSyncFile struct {
+	durable.File
+	fail *atomic.Bool
+}
+
+func (f failSyncFile) Sync() error {
+	if f.fail.Load() {
+		return errors.New("test: the disk refuses fsync")
+	}
+	return f.File.Sync()
+}
+
+// TestWaitDurableIntervalFailedFsync: under FsyncInterval a waiter hears
+// of a failed background fsync and returns its error, instead of waiting
+// for an fsync that will not come (it waited for ever: found by the
+// owner's crash-point exploration with this policy).
+func TestWaitDurableIntervalFailedFsync(t *testing.T) {
+	var fail atomic.Bool
+	o := DefaultOptions("/log")
+	o.FS = failSyncFS{crashfs.New(), &fail}
+	o.Fsync, o.FsyncInterval = FsyncInterval, time.Millisecond
+	l := mustOpen(t, o)
+	if err := l.AppendNoWait(mkRecs(1, 1, 16)...); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := l.WaitDurable(ctx, 1); err != nil {
+		t.Fatalf("the first record: %v", err)
+	}
+	fail.Store(true)
+	if err := l.AppendNoWait(mkRecs(2, 1, 16)...); err != nil {
+		t.Fatalf("the second append (written, not yet synced): %v", err)
+	}
+	if err := l.WaitDurable(ctx, 2); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitDurable with the fsync failing: %v, want the log's error", err)
 	}
 }
