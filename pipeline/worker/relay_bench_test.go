@@ -68,7 +68,7 @@ func BenchmarkRelay(b *testing.B) {
 	mux := http.NewServeMux()
 	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
 	owner := serve(b, mux, replay.OwnerTag("s"))
-	st, err := stage.New(stage.Options{Name: "worker", Transform: worker.Transform(3), Out: nopOut{}, Upstream: upstream{owner}})
+	st, err := stage.New(stage.Options{Name: "worker", Append: worker.AppendTransform(3), Out: nopOut{}, Upstream: upstream{owner}})
 	if err != nil {
 		b.Fatal(err)
 	}

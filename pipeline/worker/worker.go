@@ -46,29 +46,36 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}
 	_, err := s.Stage(service.StageOptions{
 		InTopic: c.String("in-topic"), Channel: c.String("channel"), OutTopic: c.String("out-topic"),
-		Upstream: c.String("upstream"), Transform: Transform(factor), Snapshot: Snapshot(factor),
+		Upstream: c.String("upstream"), Append: AppendTransform(factor), Snapshot: Snapshot(factor),
 	})
 	return nil, err
 }
 
 // Transform is the worker's stage: one result per reading.
 func Transform(factor int64) stage.Transform {
-	return func(_ context.Context, in envelope.Envelope) ([]stage.Output, error) {
+	t := AppendTransform(factor)
+	return func(ctx context.Context, in envelope.Envelope) ([]stage.Output, error) {
+		outs, _, err := t(ctx, in, nil, nil)
+		return outs, err
+	}
+}
+
+// AppendTransform is Transform in its allocation-free form, which the
+// worker runs: a relayed replay computes every result again, and one
+// small allocation per result cost the relaying worker about a third of
+// its CPU in garbage collection.
+func AppendTransform(factor int64) stage.AppendTransform {
+	return func(_ context.Context, in envelope.Envelope, outs []stage.Output, buf []byte) ([]stage.Output, []byte, error) {
 		if in.ContentType != pipeline.ReadingType {
-			return nil, pubsub.Reject(fmt.Errorf("content type %q, want %q", in.ContentType, pipeline.ReadingType))
+			return outs, buf, pubsub.Reject(fmt.Errorf("content type %q, want %q", in.ContentType, pipeline.ReadingType))
 		}
 		r, err := pipeline.UnmarshalReading(in.Payload)
 		if err != nil {
-			return nil, pubsub.Reject(err)
+			return outs, buf, pubsub.Reject(err)
 		}
-		// The output and its payload in one allocation, not two: a
-		// relayed replay runs this for every message.
-		o := new(struct {
-			out     [1]stage.Output
-			payload [16]byte
-		})
-		o.out[0] = stage.Output{ContentType: pipeline.ResultType, Payload: pipeline.AppendResult(o.payload[:0], pipeline.Compute(r, factor))}
-		return o.out[:], nil
+		start := len(buf)
+		buf = pipeline.AppendResult(buf, pipeline.Compute(r, factor))
+		return append(outs, stage.Output{ContentType: pipeline.ResultType, Payload: buf[start:]}), buf, nil
 	}
 }
 

@@ -182,7 +182,7 @@ type crashMode struct {
 	chunk     int
 	writeback bool
 	lie       func(name string) bool
-	limit     int // explore at most about this many crash points (see crashPoints)
+	limit     int  // explore at most about this many crash points (see crashPoints)
 	interval  bool // the log's fsync policy is interval (1 ms), not always
 }
 

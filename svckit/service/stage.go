@@ -16,6 +16,9 @@ type StageOptions struct {
 	// are relayed to it.
 	Upstream  string
 	Transform stage.Transform
+	// Append, if set instead of Transform, is the transform in its
+	// allocation-free form (stage.AppendTransform).
+	Append stage.AppendTransform
 	// Snapshot, if set, maps the upstream's snapshots for downstream.
 	Snapshot stage.SnapshotMapper
 }
@@ -36,7 +39,7 @@ func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
 		up = s.Discovery.Watch(o.Upstream)
 	}
 	st, err := stage.New(stage.Options{
-		Name: s.Config.Name, Transform: o.Transform, Snapshot: o.Snapshot, Out: out,
+		Name: s.Config.Name, Transform: o.Transform, Append: o.Append, Snapshot: o.Snapshot, Out: out,
 		Upstream: up, Secret: s.Config.ReplaySecret, Logger: s.Log,
 	})
 	if err != nil {

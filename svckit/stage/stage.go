@@ -47,6 +47,17 @@ type Output struct {
 // other error is retried.
 type Transform func(ctx context.Context, in envelope.Envelope) ([]Output, error)
 
+// AppendTransform is a Transform that allocates nothing per input: it
+// appends the outputs of in to outs and their payloads to buf (an output's
+// Payload a part of buf), and returns both. The stage hands it slices it
+// reuses where it can: a relayed replay encodes each input's outputs
+// before the next one, so for replay it runs with the same memory
+// throughout (profiled: a relaying worker spent about a third of its CPU
+// collecting the garbage of one small allocation per message). Live inputs
+// get fresh slices, which must then live until the outputs are published.
+// The rules of Transform apply otherwise.
+type AppendTransform func(ctx context.Context, in envelope.Envelope, outs []Output, buf []byte) ([]Output, []byte, error)
+
 // SnapshotMapper maps the upstream's snapshot of a stream (its fold over
 // 1..seq) onto what this stage's downstream expects of a snapshot.
 type SnapshotMapper func(stream string, seq uint64, upstream []byte) ([]byte, error)
@@ -62,6 +73,9 @@ type Options struct {
 	// Name names the stage in markers' reasons and logs.
 	Name      string
 	Transform Transform
+	// Append, if set instead of Transform, is the transform in its
+	// allocation-free form.
+	Append AppendTransform
 	// Snapshot, if set, lets the stage serve snapshots of its outputs;
 	// without it a snapshot request is answered 501 (the consumer says so
 	// in /ready and a metric, and does not loop on it).
@@ -83,8 +97,8 @@ type Stage struct {
 
 // New checks the options and returns the stage.
 func New(o Options) (*Stage, error) {
-	if o.Transform == nil || o.Out == nil {
-		return nil, errors.New("stage: Transform and Out are required")
+	if (o.Transform == nil) == (o.Append == nil) || o.Out == nil {
+		return nil, errors.New("stage: Out and one of Transform and Append are required")
 	}
 	if o.Name == "" {
 		o.Name = "stage"
@@ -105,12 +119,29 @@ var errNestedSplit = errors.New("an input that is a part of a split message may 
 // outputs turns in into the envelopes the stage publishes for it: the only
 // one in *one (returning nil: the usual case costs no slice), else the
 // slice.
-func (s *Stage) outputs(ctx context.Context, in envelope.Envelope, one *envelope.Envelope) ([]envelope.Envelope, error) {
+func (s *Stage) outputs(ctx context.Context, in envelope.Envelope, one *envelope.Envelope, sc *scratch) ([]envelope.Envelope, error) {
 	if in.Marker {
 		*one = in // nothing to transform: pass it on
 		return nil, nil
 	}
-	outs, err := s.o.Transform(ctx, in)
+	var outs []Output
+	var err error
+	if s.o.Append != nil {
+		if sc != nil {
+			sc.outs, sc.buf, err = s.o.Append(ctx, in, sc.outs[:0], sc.buf[:0])
+			outs = sc.outs
+		} else {
+			// A live input's outputs live until published: fresh memory,
+			// in one allocation for the usual one small output.
+			fresh := new(struct {
+				outs [1]Output
+				buf  [64]byte
+			})
+			outs, _, err = s.o.Append(ctx, in, fresh.outs[:0], fresh.buf[:0])
+		}
+	} else {
+		outs, err = s.o.Transform(ctx, in)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -139,6 +170,13 @@ func (s *Stage) outputs(ctx context.Context, in envelope.Envelope, one *envelope
 	return envs, nil
 }
 
+// scratch is memory an AppendTransform reuses from one input to the next,
+// when the outputs are done with before the next input (a relay).
+type scratch struct {
+	outs []Output
+	buf  []byte
+}
+
 // deadMarker stands for an input the stage dead-letters: downstream counts
 // (stream, seq) as handled, with the reason, and applies its message should
 // it come after all (the input requeued by an operator).
@@ -154,7 +192,7 @@ func (s *Stage) deadMarker(in envelope.Envelope, err error) envelope.Envelope {
 func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
 	var one envelope.Envelope
-	envs, err := s.outputs(ctx, in, &one)
+	envs, err := s.outputs(ctx, in, &one, nil)
 	if err != nil {
 		var perm pubsub.PermanentError
 		if !errors.As(err, &perm) || in.Seq == 0 {
@@ -264,9 +302,10 @@ func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, sinc
 	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
 	var buf []byte
 	single := make([]envelope.Envelope, 1) // reused: no slice per frame
+	var sc scratch                         // each frame's outputs are encoded before the next
 	_, err = c.ReplayFrames(ctx, addr, replay.Request{Stream: stream, From: from, To: to, Since: since}, func(in envelope.Envelope, _ []byte) error {
 		var one envelope.Envelope
-		envs, err := s.outputs(ctx, in, &one)
+		envs, err := s.outputs(ctx, in, &one, &sc)
 		if err != nil {
 			var perm pubsub.PermanentError
 			if !errors.As(err, &perm) {

@@ -1,6 +1,7 @@
 package stage
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,9 +11,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/discovery"
@@ -55,28 +58,28 @@ func TestOutputsKeepIdentity(t *testing.T) {
 	ctx := context.Background()
 	in := func(v uint64) envelope.Envelope { return envelope.Envelope{Stream: "s", Seq: 7, Payload: value(v)} }
 	var one envelope.Envelope
-	if envs, err := s.outputs(ctx, in(0), &one); err != nil || envs != nil || !one.Marker || one.Seq != 7 || one.Stream != "s" {
+	if envs, err := s.outputs(ctx, in(0), &one, nil); err != nil || envs != nil || !one.Marker || one.Seq != 7 || one.Stream != "s" {
 		t.Fatalf("filtered: %v %v %+v, want a marker of s/7", envs, err, one)
 	}
-	if envs, err := s.outputs(ctx, in(4), &one); err != nil || envs != nil || one.Marker || one.Parts != 0 || one.Seq != 7 {
+	if envs, err := s.outputs(ctx, in(4), &one, nil); err != nil || envs != nil || one.Marker || one.Parts != 0 || one.Seq != 7 {
 		t.Fatalf("one output: %v %v %+v, want a whole s/7", envs, err, one)
 	}
-	envs, err := s.outputs(ctx, in(3), &one)
+	envs, err := s.outputs(ctx, in(3), &one, nil)
 	if err != nil || len(envs) != 2 || envs[0].Part != 0 || envs[1].Part != 1 || envs[0].Parts != 2 || envs[1].Seq != 7 {
 		t.Fatalf("split: %+v %v, want parts 0 and 1 of 2 of s/7", envs, err)
 	}
 	marker := envelope.Envelope{Stream: "s", Seq: 9, Marker: true, Payload: []byte("why")}
-	if envs, err := s.outputs(ctx, marker, &one); err != nil || envs != nil || !one.Marker || string(one.Payload) != "why" {
+	if envs, err := s.outputs(ctx, marker, &one, nil); err != nil || envs != nil || !one.Marker || string(one.Payload) != "why" {
 		t.Fatalf("a marker in: %v %v %+v, want it passed on", envs, err, one)
 	}
 	part := in(3)
 	part.Part, part.Parts = 1, 3
-	if _, err := s.outputs(ctx, part, &one); !errors.Is(err, errNestedSplit) {
+	if _, err := s.outputs(ctx, part, &one, nil); !errors.Is(err, errNestedSplit) {
 		t.Fatalf("splitting a part: %v, want errNestedSplit", err)
 	}
 	part = in(4)
 	part.Part, part.Parts = 1, 3
-	if envs, err := s.outputs(ctx, part, &one); err != nil || envs != nil || one.Part != 1 || one.Parts != 3 {
+	if envs, err := s.outputs(ctx, part, &one, nil); err != nil || envs != nil || one.Part != 1 || one.Parts != 3 {
 		t.Fatalf("a part with one output: %+v %v, want part 1 of 3 kept", one, err)
 	}
 }
@@ -252,9 +255,110 @@ func TestDeadInputLeavesAMarker(t *testing.T) {
 		t.Fatalf("dead marker %+v", marker)
 	}
 	var one envelope.Envelope
-	if _, err := s.outputs(context.Background(), in, &one); err == nil {
+	if _, err := s.outputs(context.Background(), in, &one, nil); err == nil {
 		t.Fatal("a refused input made outputs")
 	}
 }
 
 type capturingOut struct{ nopOut }
+
+// splitOddAppend is splitOdd as an AppendTransform.
+func splitOddAppend(ctx context.Context, in envelope.Envelope, outs []Output, buf []byte) ([]Output, []byte, error) {
+	made, err := splitOdd(ctx, in)
+	if err != nil {
+		return outs, buf, err
+	}
+	for _, o := range made {
+		start := len(buf)
+		buf = append(buf, o.Payload...)
+		outs = append(outs, Output{ContentType: o.ContentType, Payload: buf[start:]})
+	}
+	return outs, buf, nil
+}
+
+// recordingOut keeps every envelope published, encoded at once (as the
+// Batcher encodes it later: the memory must stay valid until then, so it
+// is encoded again at the end and compared).
+type recordingOut struct {
+	envs []envelope.Envelope
+	now  [][]byte
+}
+
+func (r *recordingOut) PublishEnvelopeAsync(_ context.Context, env envelope.Envelope, done func(error)) {
+	r.PublishEnvelopesAsync(context.Background(), []envelope.Envelope{env}, done)
+}
+
+func (r *recordingOut) PublishEnvelopesAsync(_ context.Context, envs []envelope.Envelope, done func(error)) {
+	for _, e := range envs {
+		b, _ := e.Marshal()
+		r.envs, r.now = append(r.envs, e), append(r.now, b)
+	}
+	// done is not called: a Message made by a test has no consumer to
+	// answer, and the outputs stay "in flight", which is what is checked.
+}
+
+// An AppendTransform makes the same outputs as its Transform, live and
+// relayed (where the stage reuses its memory from frame to frame), and a
+// live input's outputs keep their bytes until published.
+func TestAppendTransformSameOutputs(t *testing.T) {
+	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: t.TempDir(), Log: retainlog.DefaultOptions("")}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close(context.Background())
+	ctx := context.Background()
+	for v := uint64(0); v < 50; v++ {
+		if _, err := o.Publish(ctx, value(v), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mux := http.NewServeMux()
+	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
+	owner := serve(t, mux, replay.OwnerTag("s"))
+	frames := func(opts Options) [][]byte {
+		t.Helper()
+		opts.Out, opts.Upstream = nopOut{}, staticUpstream{owner}
+		st, err := New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got [][]byte
+		if err := st.Replay(ctx, "s", 1, 50, time.Time{}, func(f []byte) error { got = append(got, bytes.Clone(f)); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	want, got := frames(Options{Transform: splitOdd}), frames(Options{Append: splitOddAppend})
+	if len(want) != 75 || !slices.EqualFunc(want, got, bytes.Equal) {
+		t.Fatalf("relayed: %d frames with Append, %d with Transform (want 75), or different bytes", len(got), len(want))
+	}
+
+	live := func(opts Options) *recordingOut {
+		t.Helper()
+		out := &recordingOut{}
+		opts.Out = out
+		st, err := New(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for v := uint64(0); v < 50; v++ {
+			m := &pubsub.Message{Envelope: envelope.Envelope{Stream: "s", Seq: v + 1, Payload: value(v)}}
+			if err := st.HandleMessage(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out
+	}
+	lw, lg := live(Options{Transform: splitOdd}), live(Options{Append: splitOddAppend})
+	if !slices.EqualFunc(lw.now, lg.now, bytes.Equal) {
+		t.Fatalf("live: Append and Transform published different envelopes (%d and %d)", len(lg.now), len(lw.now))
+	}
+	for i, e := range lg.envs {
+		if b, _ := e.Marshal(); !bytes.Equal(b, lg.now[i]) {
+			t.Fatalf("live output %d changed after it was handed over: its memory was reused", i)
+		}
+	}
+	if _, err := New(Options{Transform: splitOdd, Append: splitOddAppend, Out: nopOut{}}); err == nil {
+		t.Fatal("New took both Transform and Append")
+	}
+}
