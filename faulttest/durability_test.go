@@ -15,6 +15,7 @@ import (
 	"github.com/svckit/svckit/svckit/durable/crashfs"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/service"
 	"github.com/svckit/svckit/svckit/testenv"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
@@ -198,10 +199,11 @@ func TestNSQDDownSensorStopped(t *testing.T) {
 
 // stopWithin sends SIGTERM to s and fails the test unless it exits within
 // its shutdown timeout plus the teardown budget (service.TeardownTimeout,
-// 3s) and a second of slack. It returns how long it took.
+// 3s), the stop hooks' grace (service.StopHookGrace, 1s) and a second of
+// slack. It returns how long it took.
 func stopWithin(t *testing.T, s *svc, shutdown time.Duration) time.Duration {
 	t.Helper()
-	bound := shutdown + 3*time.Second + time.Second
+	bound := shutdown + service.StopHookGrace + service.TeardownTimeout + time.Second
 	start := time.Now()
 	if err := syscall.Kill(s.proc.Pid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
@@ -95,5 +97,31 @@ func TestOwnerCloseReturnsOnHungDisk(t *testing.T) {
 	next, err := again.Publish(ctx, []byte("after"), "")
 	if err != nil || next <= last+1 {
 		t.Fatalf("after the hung close the next sequence is %d (%v), want past %d", next, err, last+1)
+	}
+}
+
+// TestOwnerCloseSavesAfterItsContextEnded: a context used up before Close
+// (by a publisher waiting for a hung nsqd, say) does not cost a healthy
+// disk its final save: snapshot.json covers every message published.
+func TestOwnerCloseSavesAfterItsContextEnded(t *testing.T) {
+	dir := t.TempDir()
+	o, err := OpenOwner(OwnerOptions{Stream: "s", Dir: dir, Log: retainlog.DefaultOptions(""), Fold: &pipeline.ReadingFold{}, SnapshotInterval: time.Hour}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for v := int64(1); v <= 10; v++ {
+		if last, err = o.Publish(context.Background(), pipeline.MarshalReading(pipeline.Reading{Value: v}), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := o.Close(ended); err != nil {
+		t.Fatalf("Close with an ended context on a healthy disk: %v", err)
+	}
+	snap, err := readSnapshot(durable.OS(), filepath.Join(dir, "snapshot.json"))
+	if err != nil || snap == nil || snap.Seq != last {
+		t.Fatalf("snapshot.json after Close: %+v, %v; want it at %d", snap, err, last)
 	}
 }

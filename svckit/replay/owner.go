@@ -660,11 +660,15 @@ func (w *Owner) Snapshot() (uint64, []byte, error) {
 // Log is the retained log (read-only use: replay serving, status).
 func (w *Owner) Log() *retainlog.Log { return w.log }
 
+// closeSaveGrace is the least Close waits for its save.
+const closeSaveGrace = time.Second
+
 // Close stops the pump, lets answers already on their way arrive for at
 // most CloseGrace (bounded by ctx), closes the publisher, saves state and
 // closes the log. It never waits for nsqd beyond that: what nsqd did not
 // acknowledge stays in the log and is published on the next start. It
-// returns by ctx's end even on a disk that does not answer.
+// returns by ctx's end (or a second after Close began, if later) even on a
+// disk that does not answer.
 func (w *Owner) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if w.closed {
@@ -694,13 +698,23 @@ func (w *Owner) Close(ctx context.Context) error {
 	// files then stay behind the log, which OpenOwner accepts (it never
 	// trusts them past the log), and the save finishes by itself if the
 	// disk answers before the process ends.
+	// It gets at least closeSaveGrace even when ctx was used up before
+	// (by a publisher waiting for a hung nsqd): a healthy disk saves in
+	// far less.
 	finished := make(chan error, 1)
 	go func() { finished <- errors.Join(w.save(), w.log.Close()) }()
+	grace := time.NewTimer(closeSaveGrace)
+	defer grace.Stop()
 	select {
 	case err := <-finished:
 		errs = append(errs, err)
 	case <-ctx.Done():
-		errs = append(errs, fmt.Errorf("stream %s: saving state and closing the retained log did not finish in time (does the disk answer?): %w", w.o.Stream, ctx.Err()))
+		select {
+		case err := <-finished:
+			errs = append(errs, err)
+		case <-grace.C:
+			errs = append(errs, fmt.Errorf("stream %s: saving state and closing the retained log did not finish in time (does the disk answer?): %w", w.o.Stream, ctx.Err()))
+		}
 	}
 	return errors.Join(errs...)
 }

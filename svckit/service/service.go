@@ -403,8 +403,17 @@ func (s *Service) shutdown(runCtx context.Context, loopErr chan error, stopBackg
 	case <-sctx.Done():
 		errs = append(errs, errors.New("background work did not stop within --shutdown-timeout"))
 	}
+	hctx := sctx
+	if sctx.Err() != nil {
+		// The timeout went on waiting for something else (a hung nsqd, a
+		// loop stuck in a publish): the state saves still get a moment,
+		// far more than a healthy disk needs, rather than none.
+		var hcancel context.CancelFunc
+		hctx, hcancel = context.WithTimeout(context.Background(), StopHookGrace)
+		defer hcancel()
+	}
 	for _, h := range s.stopHooks {
-		if err := runStopHook(sctx, h); err != nil {
+		if err := runStopHook(hctx, h); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -466,6 +475,11 @@ func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, ht
 // which come after the --shutdown-timeout drain: a service exits within
 // --shutdown-timeout plus this, whatever is down.
 const TeardownTimeout = 3 * time.Second
+
+// StopHookGrace is how long the stop hooks (state saves) still get when
+// --shutdown-timeout was used up before them; a service then exits within
+// --shutdown-timeout plus StopHookGrace plus TeardownTimeout.
+const StopHookGrace = time.Second
 
 // Hostname is os.Hostname with a fallback, for default ids.
 func Hostname() string {
