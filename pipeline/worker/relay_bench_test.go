@@ -41,10 +41,11 @@ func serve(b *testing.B, h http.Handler, tags ...string) discovery.Instance {
 	return discovery.Instance{ID: srv.URL, Address: host, Port: p, Tags: tags}
 }
 
-// BenchmarkRelay is the worker's relay: the sensor's readings (its
-// content type and fold) replayed through the worker's transform, as
-// svckit bench's relay rounds do with processes. msgs/s is what the relay
-// passes on; run with -cpuprofile to see the relay's own cost.
+// BenchmarkRelay replays the sensor's readings (its content type and
+// fold) over loopback HTTP into a tracker, directly from the owner and
+// through the worker's relay (its transform), in one process: svckit
+// bench's replay rounds without nsqd and Consul around them. msgs/s is
+// what reaches the tracker; run with -cpuprofile to see the relay's cost.
 func BenchmarkRelay(b *testing.B) {
 	const n = 100_000
 	lo := retainlog.DefaultOptions("")
@@ -77,11 +78,26 @@ func BenchmarkRelay(b *testing.B) {
 	srv.SetRelay(st)
 	srv.Register(m)
 	relay := serve(b, m, replay.RelayTag)
-	for b.Loop() {
-		got, err := replay.Client{}.ReplayFrames(ctx, relay.Addr(), replay.Request{Stream: "s", From: 1, To: n}, func(envelope.Envelope, []byte) error { return nil })
-		if err != nil || got != n {
-			b.Fatalf("%d of %d: %v", got, n, err)
-		}
+	for _, side := range []struct{ name, addr string }{{"direct", owner.Addr()}, {"relayed", relay.Addr()}} {
+		b.Run(side.name, func(b *testing.B) {
+			for b.Loop() {
+				tr, _ := replay.NewTracker(nopApplier{}, replay.TrackerOptions{})
+				got, err := replay.Client{}.Replay(ctx, side.addr, replay.Request{Stream: "s", From: 1, To: n}, func(env envelope.Envelope, _ int) error {
+					_, err := tr.Deliver(ctx, env)
+					return err
+				})
+				if err != nil || got != n {
+					b.Fatalf("%d of %d: %v", got, n, err)
+				}
+			}
+			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
 	}
-	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
+
+type nopApplier struct{}
+
+func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
+func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
+func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
+func (nopApplier) ImportState(string, []byte) error           { return nil }

@@ -51,19 +51,10 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	return nil, err
 }
 
-// Transform is the worker's stage: one result per reading.
-func Transform(factor int64) stage.Transform {
-	t := AppendTransform(factor)
-	return func(ctx context.Context, in envelope.Envelope) ([]stage.Output, error) {
-		outs, _, err := t(ctx, in, nil, nil)
-		return outs, err
-	}
-}
-
-// AppendTransform is Transform in its allocation-free form, which the
-// worker runs: a relayed replay computes every result again, and one
-// small allocation per result cost the relaying worker about a third of
-// its CPU in garbage collection.
+// AppendTransform is the worker's stage, one result per reading, in the
+// allocation-free form (stage.AppendTransform): a relayed replay computes
+// every result again, and one small allocation per result cost the
+// relaying worker about a third of its CPU in garbage collection.
 func AppendTransform(factor int64) stage.AppendTransform {
 	return func(_ context.Context, in envelope.Envelope, outs []stage.Output, buf []byte) ([]stage.Output, []byte, error) {
 		if in.ContentType != pipeline.ReadingType {

@@ -694,13 +694,11 @@ func (w *Owner) Close(ctx context.Context) error {
 		cancel()
 	}
 	// Saving syncs the log and writes state files: on a disk that does not
-	// answer it would never return. Stop waiting at ctx's end; the state
-	// files then stay behind the log, which OpenOwner accepts (it never
-	// trusts them past the log), and the save finishes by itself if the
-	// disk answers before the process ends.
-	// It gets at least closeSaveGrace even when ctx was used up before
-	// (by a publisher waiting for a hung nsqd): a healthy disk saves in
-	// far less.
+	// answer it would never return. Stop waiting at ctx's end, but not
+	// before closeSaveGrace (ctx may have been used up by a publisher
+	// waiting for a hung nsqd; a healthy disk saves in far less). The state
+	// files then stay behind the log, which OpenOwner accepts, and the save
+	// finishes by itself if the disk answers before the process ends.
 	finished := make(chan error, 1)
 	go func() { finished <- errors.Join(w.save(), w.log.Close()) }()
 	grace := time.NewTimer(closeSaveGrace)

@@ -328,6 +328,15 @@ func TestServiceGracefulShutdownFinishesInFlight(t *testing.T) {
 	case <-time.After(waitLong):
 		t.Fatalf("only %d messages handled within %s", started.Load(), waitLong)
 	}
+	// Handlers past the gate hold their messages, so nsqd's in-flight
+	// count fills the consumer's window and nsqd stops sending. Cancel
+	// then: a message still on the wire when the consumer sends CLS is
+	// left in flight at nsqd by go-nsq (its read loop stops at CLOSE_WAIT)
+	// and redelivered after the message timeout, which is not what this
+	// test is about (seen on a loaded machine).
+	testenv.WaitFor(t, waitLong, "nsqd to have the consumer's whole window in flight", func() bool {
+		return channelState(stack.NSQD, topic, channel).inFlight == int64(cfg.NSQ.MaxInFlight)
+	})
 	cancel()
 	close(cancelled)
 	if err := waitRun(t, runErr); err != nil {

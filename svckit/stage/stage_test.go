@@ -105,7 +105,7 @@ func (f *sumFold) State() []byte        { return fmt.Appendf(nil, `{"n":%d,"sum"
 func (f *sumFold) Restore([]byte) error { return nil }
 
 // serve runs h on a loopback HTTP server and returns it as an instance.
-func serve(t testing.TB, h http.Handler, tags ...string) discovery.Instance {
+func serve(t *testing.T, h http.Handler, tags ...string) discovery.Instance {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
@@ -262,6 +262,23 @@ func TestDeadInputLeavesAMarker(t *testing.T) {
 
 type capturingOut struct{ nopOut }
 
+// servedOwner is the owner of stream "s" holding payloads (sequences
+// 1..len), serving the replay protocol on loopback.
+func servedOwner(t *testing.T, payloads [][]byte) discovery.Instance {
+	t.Helper()
+	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: t.TempDir(), Log: retainlog.DefaultOptions("")}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close(context.Background()) })
+	if _, err := o.PublishBatch(context.Background(), payloads); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
+	return serve(t, mux, replay.OwnerTag("s"))
+}
+
 // splitOddAppend is splitOdd as an AppendTransform.
 func splitOddAppend(ctx context.Context, in envelope.Envelope, outs []Output, buf []byte) ([]Output, []byte, error) {
 	made, err := splitOdd(ctx, in)
@@ -301,20 +318,12 @@ func (r *recordingOut) PublishEnvelopesAsync(_ context.Context, envs []envelope.
 // relayed (where the stage reuses its memory from frame to frame), and a
 // live input's outputs keep their bytes until published.
 func TestAppendTransformSameOutputs(t *testing.T) {
-	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: t.TempDir(), Log: retainlog.DefaultOptions("")}, ackAll{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close(context.Background())
 	ctx := context.Background()
+	var values [][]byte
 	for v := uint64(0); v < 50; v++ {
-		if _, err := o.Publish(ctx, value(v), ""); err != nil {
-			t.Fatal(err)
-		}
+		values = append(values, value(v))
 	}
-	mux := http.NewServeMux()
-	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
-	owner := serve(t, mux, replay.OwnerTag("s"))
+	owner := servedOwner(t, values)
 	frames := func(opts Options) [][]byte {
 		t.Helper()
 		opts.Out, opts.Upstream = nopOut{}, staticUpstream{owner}
@@ -368,22 +377,12 @@ func TestAppendTransformSameOutputs(t *testing.T) {
 // replay of 2000 messages less those of 200, per extra message, are
 // about zero (the Transform form allocates at least one per message).
 func TestRelayAppendAllocatesNothingPerMessage(t *testing.T) {
-	o, err := replay.OpenOwner(replay.OwnerOptions{Stream: "s", Dir: t.TempDir(), Log: retainlog.DefaultOptions("")}, ackAll{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close(context.Background())
 	ctx := context.Background()
-	batch := make([][]byte, 0, 2000)
+	values := make([][]byte, 0, 2000)
 	for v := uint64(0); v < 2000; v++ {
-		batch = append(batch, value(2*v+2)) // even and non-zero: one output each
+		values = append(values, value(2*v+2)) // even and non-zero: one output each
 	}
-	if _, err := o.PublishBatch(ctx, batch); err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()), o).Register(mux)
-	owner := serve(t, mux, replay.OwnerTag("s"))
+	owner := servedOwner(t, values)
 	perMessage := func(opts Options) float64 {
 		opts.Out, opts.Upstream = nopOut{}, staticUpstream{owner}
 		st, err := New(opts)
