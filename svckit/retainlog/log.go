@@ -7,8 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +74,12 @@ const (
 	// maxRetentionTick is how often retention runs at the least, so that age
 	// retention happens even without appends.
 	maxRetentionTick = time.Second
+	// DefaultScrubRate reads a 1 GiB log in about four minutes: little
+	// enough beside appends and replays, often enough to find rot before
+	// a consumer needs the records.
+	DefaultScrubRate = 4 << 20
+	// DefaultScrubEvery is the time between the starts of two scrub passes.
+	DefaultScrubEvery = time.Hour
 	// maxKeptWriteBuf is the largest encode buffer kept between appends; one
 	// huge batch should not pin its buffer forever.
 	maxKeptWriteBuf = 4 << 20
@@ -94,17 +102,35 @@ type Options struct {
 	// SetFloor, callable only once Open returned, comes too late for. An
 	// owner that restarts knows it from its state files. 0 = no floor.
 	Floor uint64
+	// Durable is the highest sequence number its owner knows was made
+	// durable before (its state files say so). A record at or below it
+	// that fails validation is damage, never a torn tail: Open keeps it
+	// and goes on after Durable. 0 = nothing known.
+	Durable uint64
+	// ScrubRate is how many bytes a second the background scrubber reads
+	// to verify every segment (0 = no scrubbing); a pass starts at Open
+	// and then every ScrubEvery. Damage it finds is reported like damage
+	// found by a read, before any reader needs the records.
+	ScrubRate  int64
+	ScrubEvery time.Duration // default 1h
+	// OnDamage, if set, is called once for every damaged run found (at
+	// Open, by a read or by the scrubber), from the goroutine that found
+	// it, with no lock of the log held.
+	OnDamage func(Damage)
 }
 
 // DefaultOptions returns the defaults for a log in dir: 64 MiB segments,
 // fsync as soon as a record is waited for (FsyncAlways, group commit), no
-// retention limits.
+// retention limits, a scrub pass over every segment at Open and every hour
+// at DefaultScrubRate.
 func DefaultOptions(dir string) Options {
 	return Options{
 		Dir:           dir,
 		SegmentBytes:  DefaultSegmentBytes,
 		Fsync:         FsyncAlways,
 		FsyncInterval: DefaultFsyncInterval,
+		ScrubRate:     DefaultScrubRate,
+		ScrubEvery:    DefaultScrubEvery,
 	}
 }
 
@@ -126,6 +152,12 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.RetainAge < 0 {
 		return o, fmt.Errorf("retainlog: negative RetainAge %s", o.RetainAge)
+	}
+	if o.ScrubRate < 0 {
+		return o, fmt.Errorf("retainlog: negative ScrubRate %d", o.ScrubRate)
+	}
+	if o.ScrubEvery <= 0 {
+		o.ScrubEvery = DefaultScrubEvery
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -150,6 +182,7 @@ type Recovery struct {
 	Segment        string // path of the segment that was truncated
 	TruncatedBytes int64  // bytes removed from its end
 	Reason         string // what was found at the cut, e.g. "crc mismatch at offset 4096"
+	Copy           string // the quarantine file keeping the cut bytes ("" if it could not be written)
 }
 
 // Stats is a snapshot of the log for metrics.
@@ -159,6 +192,8 @@ type Stats struct {
 	Segments          int
 	Appended          uint64 // records appended since Open
 	Fsyncs            uint64 // successful fsyncs of segment files since Open
+	ScrubbedBytes     uint64 // bytes the scrubber read since Open
+	ScrubPasses       uint64 // complete scrub passes since Open
 }
 
 // Errors returned by Append and Read; they are wrapped with the sequence
@@ -209,6 +244,10 @@ type Log struct {
 	bufPool  sync.Pool // *[]byte read buffers, so a Read allocates nothing per record
 	stop     chan struct{}
 	done     chan struct{}
+	// scrubDone is closed when the scrubber stopped (at once without one).
+	scrubDone   chan struct{}
+	scrubbed    atomic.Uint64 // bytes read by the scrubber
+	scrubPasses atomic.Uint64 // complete passes
 }
 
 // Open opens (or creates) the log in opts.Dir, repairing a torn tail of the
@@ -227,11 +266,12 @@ func Open(opts Options) (*Log, error) {
 		return nil, fmt.Errorf("retainlog: list segments: %w", err)
 	}
 	l := &Log{
-		opts:     opts,
-		log:      opts.Logger,
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		syncedCh: make(chan struct{}),
+		opts:      opts,
+		log:       opts.Logger,
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		scrubDone: make(chan struct{}),
+		syncedCh:  make(chan struct{}),
 	}
 	l.floor.Store(opts.Floor)
 	l.bufPool.New = func() any {
@@ -286,11 +326,19 @@ func Open(opts Options) (*Log, error) {
 		tick = min(tick, opts.FsyncInterval)
 	}
 	go l.run(tick)
+	if opts.ScrubRate > 0 {
+		go l.scrubLoop()
+	} else {
+		close(l.scrubDone)
+	}
 	return l, nil
 }
 
-// openActive scans the last segment, truncates a bad tail and keeps the file
-// open for appending.
+// openActive scans the last segment and keeps the file open for
+// appending. Damage with intact records after it, or at or below
+// Options.Durable, is kept and noted (Damage); only a torn tail, which
+// nothing intact follows and nobody knew was durable, is cut (after a copy
+// of it went to the quarantine directory).
 func (l *Log) openActive(s *segment) error {
 	f, err := l.opts.FS.OpenFile(s.path, os.O_RDWR, 0)
 	if err != nil {
@@ -305,37 +353,88 @@ func (l *Log) openActive(s *segment) error {
 	bufp := l.getBuf()
 	defer l.putBuf(bufp)
 	s.idxMu.Lock()
-	res, err := scan(newSegReader(f, 0, size, *bufp), s.base, s)
+	res, err := scan(newSegReader(f, 0, size, *bufp), s, math.MaxUint64, true)
 	s.indexed = true
 	s.idxMu.Unlock()
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("retainlog: scan %s: %w", s.path, err)
 	}
-	if res.good < size {
-		reason := res.fault
-		if reason == "" {
-			reason = fmt.Sprintf("file shrank to %d bytes during scan", res.good)
-		}
-		if err := f.Truncate(res.good); err != nil {
-			f.Close()
-			return fmt.Errorf("retainlog: truncate %s: %w", s.path, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("retainlog: fsync %s: %w", s.path, err)
-		}
-		l.recovery = Recovery{Segment: s.path, TruncatedBytes: size - res.good, Reason: reason}
-		l.log.Warn("retainlog: truncated torn or corrupt tail",
-			"segment", s.path, "offset", res.good, "truncated_bytes", size-res.good,
-			"records_kept", res.count, "reason", reason)
+	for _, d := range res.damage {
+		l.noteDamage(s, f, d)
 	}
 	s.f = f
 	s.size = res.good
-	s.count = res.count
+	s.count = res.last + 1 - s.base
 	s.lastNanos = res.lastNanos
-	s.lastKnown = res.count > 0
+	s.lastKnown = res.intact > 0
+	if res.good == size && res.fault == "" {
+		return nil
+	}
+	reason := res.fault
+	if reason == "" {
+		reason = fmt.Sprintf("file shrank to %d bytes during scan", res.good)
+	}
+	if want := res.last + 1; want <= l.opts.Durable {
+		// Not a torn tail: the owner knew these records were durable,
+		// so the disk damaged them. Keep the bytes; the log goes on
+		// after what was durable, in a new segment from the next append.
+		d := Damage{Segment: s.path, Offset: res.good, Bytes: size - res.good, First: want, Last: l.opts.Durable, Reason: reason}
+		l.noteDamage(s, f, d)
+		s.size = size
+		s.count = l.opts.Durable + 1 - s.base
+		s.sealNext = true
+		return nil
+	}
+	// A torn tail: a write that never completed before a crash (nothing
+	// above Options.Durable was known to be durable, nothing intact
+	// follows). Keep a copy, then cut it so appends go on at a record
+	// boundary.
+	copyPath, qerr := l.quarantine(f, s.path, res.good, size-res.good, "torn")
+	if qerr != nil {
+		l.log.Warn("retainlog: could not keep a copy of a torn tail before cutting it", "segment", s.path, "error", qerr)
+	}
+	if err := f.Truncate(res.good); err != nil {
+		f.Close()
+		return fmt.Errorf("retainlog: truncate %s: %w", s.path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("retainlog: fsync %s: %w", s.path, err)
+	}
+	l.recovery = Recovery{Segment: s.path, TruncatedBytes: size - res.good, Reason: reason, Copy: copyPath}
+	l.log.Warn("retainlog: truncated torn tail",
+		"segment", s.path, "offset", res.good, "truncated_bytes", size-res.good,
+		"last_seq", res.last, "reason", reason, "copy", copyPath)
 	return nil
+}
+
+// noteDamage records damage found in s (f reads it): a quarantine copy,
+// the log, Options.OnDamage. Known damage (same offset) is ignored.
+func (l *Log) noteDamage(s *segment, f io.ReaderAt, d Damage) {
+	s.idxMu.Lock()
+	_, known := s.damageAt(d.Offset)
+	s.idxMu.Unlock()
+	if known {
+		return
+	}
+	path, err := l.quarantine(f, s.path, d.Offset, d.Bytes, "damaged")
+	if err != nil {
+		l.log.Warn("retainlog: could not copy damaged bytes to quarantine (retried later)", "segment", s.path, "offset", d.Offset, "error", err)
+	}
+	d.Quarantine = path
+	s.idxMu.Lock()
+	added := s.addDamage(d)
+	s.idxMu.Unlock()
+	if !added {
+		return
+	}
+	l.log.Error("retainlog: damaged records found; kept in place and skipped by reads",
+		"segment", s.path, "offset", d.Offset, "bytes", d.Bytes, "first_seq", d.First, "last_seq", d.Last,
+		"reason", d.Reason, "quarantine", d.Quarantine)
+	if l.opts.OnDamage != nil {
+		l.opts.OnDamage(d)
+	}
 }
 
 // Recovery reports what Open truncated; the zero value means a clean open.
@@ -356,12 +455,14 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return Stats{
-		FirstSeq: l.first.Load(),
-		LastSeq:  l.last.Load(),
-		Bytes:    l.bytes,
-		Segments: len(l.segs),
-		Appended: l.appended.Load(),
-		Fsyncs:   l.fsyncs.Load(),
+		FirstSeq:      l.first.Load(),
+		LastSeq:       l.last.Load(),
+		Bytes:         l.bytes,
+		Segments:      len(l.segs),
+		Appended:      l.appended.Load(),
+		Fsyncs:        l.fsyncs.Load(),
+		ScrubbedBytes: l.scrubbed.Load(),
+		ScrubPasses:   l.scrubPasses.Load(),
 	}
 }
 
@@ -424,7 +525,7 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 	act := l.active()
 	// act.f is nil when the last roll sealed it but could not create the
 	// next segment (too many open files, say): roll again.
-	if act == nil || act.f == nil || (act.count == 0 && act.base != first) ||
+	if act == nil || act.f == nil || act.sealNext || (act.count == 0 && act.base != first) ||
 		(act.size > 0 && act.size+int64(size) > l.opts.SegmentBytes) {
 		if err := l.roll(first); err != nil {
 			return err
@@ -613,6 +714,11 @@ func (l *Log) enforceRetentionLocked() {
 			// resumes its sequence from it.
 			break
 		}
+		if s.uncopied.Load() {
+			// Damaged bytes with no quarantine copy yet (the disk was
+			// full): deleting the segment would delete them.
+			break
+		}
 		if f := l.floor.Load(); f > 0 && s.base+s.count > f {
 			// The segment holds a record at or above the floor: one its
 			// owner still needs (not yet acknowledged by nsqd, or not yet
@@ -773,12 +879,14 @@ func (l *Log) Read(ctx context.Context, from, to uint64, fn func(Record) error) 
 	}()
 	bufp := l.getBuf()
 	defer l.putBuf(bufp)
+	var damaged [][2]uint64
 	for _, r := range refs {
 		if r.count > 0 {
 			segFrom := max(from, r.s.base)
 			segTo := min(to, r.s.base+r.count-1)
 			if segFrom <= segTo {
-				if err := l.readSegment(ctx, r, segFrom, segTo, *bufp, fn); err != nil {
+				var err error
+				if damaged, err = l.readSegment(ctx, r, segFrom, segTo, *bufp, fn, damaged); err != nil {
 					return err
 				}
 			}
@@ -786,67 +894,155 @@ func (l *Log) Read(ctx context.Context, from, to uint64, fn func(Record) error) 
 		done++
 		l.release(r.s)
 	}
+	if len(damaged) > 0 {
+		return &DamagedError{Ranges: damaged}
+	}
 	return nil
 }
 
-// readSegment delivers from..to (all within r) to fn.
-func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []byte, fn func(Record) error) error {
+// readSegment delivers the intact records of from..to (all within r) to
+// fn, skipping damaged runs (known, or found now) and adding their
+// sequence numbers within from..to to damaged, which it returns.
+func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []byte, fn func(Record) error, damaged [][2]uint64) ([][2]uint64, error) {
 	s := r.s
 	f, err := l.opts.FS.OpenFile(s.path, os.O_RDONLY, 0)
 	if err != nil {
-		return fmt.Errorf("retainlog: %w", err)
+		return damaged, fmt.Errorf("retainlog: %w", err)
 	}
 	defer f.Close()
+	maxSeq := s.base + r.count - 1
 
 	s.idxMu.Lock()
+	var found []Damage
 	if !s.indexed {
 		// First read of a segment found at Open: build its sparse index with
-		// one sequential scan so that this and later reads can seek.
-		res, err := scan(newSegReader(f, 0, r.limit, buf), s.base, s)
+		// one sequential scan so that this and later reads can seek. The
+		// scan finds what damage there is too.
+		res, err := scan(newSegReader(f, 0, r.limit, buf), s, maxSeq, true)
 		if err != nil {
 			s.index = s.index[:0]
 			s.idxMu.Unlock()
-			return fmt.Errorf("retainlog: index %s: %w", s.path, err)
+			return damaged, fmt.Errorf("retainlog: index %s: %w", s.path, err)
 		}
 		s.indexed = true
-		if res.fault != "" || res.count != r.count {
-			l.log.Warn("retainlog: sealed segment is damaged; records after the damage cannot be read",
-				"segment", s.path, "good_records", res.count, "expected_records", r.count, "fault", res.fault)
-		}
+		found = sealedDamage(s, res, r.limit, maxSeq)
 	}
 	seq, off := s.lookup(from)
 	s.idxMu.Unlock()
+	for _, d := range found {
+		l.noteDamage(s, f, d)
+	}
 
 	rd := newSegReader(f, off, r.limit, buf)
 	var n uint
-	for want := seq; want <= to; want++ {
+	for want := seq; want <= to; {
 		rec, roff, fault, err := rd.next()
-		switch {
-		case err == io.EOF:
-			return fmt.Errorf("%w: %s ends at offset %d, before seq %d", ErrCorrupt, s.path, roff, want)
-		case err != nil:
-			return fmt.Errorf("retainlog: read %s: %w", s.path, err)
-		case fault != faultNone:
-			return fmt.Errorf("%w: %s: %s at offset %d (seq %d)", ErrCorrupt, s.path, fault, roff, want)
-		case rec.Seq != want:
-			return fmt.Errorf("%w: %s: seq %d at offset %d, want %d", ErrCorrupt, s.path, rec.Seq, roff, want)
+		if err != nil && err != io.EOF {
+			return damaged, fmt.Errorf("retainlog: read %s: %w", s.path, err)
 		}
-		if want < from {
+		if err == io.EOF || fault != faultNone || rec.Seq != want {
+			d, err := l.damageAt(s, f, rd, roff, r.limit, want, maxSeq, fault, rec.Seq, err == io.EOF)
+			if err != nil {
+				return damaged, err
+			}
+			if d.Last >= d.First && d.Last >= from {
+				damaged = addRange(damaged, max(d.First, from), min(d.Last, to))
+			}
+			rd.seek(d.Offset + d.Bytes)
+			want = d.Last + 1
+			continue
+		}
+		want++
+		if rec.Seq < from {
 			continue
 		}
 		// ctx.Err takes a lock; checking every 256 records keeps it off the
 		// per-record cost while still stopping promptly.
 		if n%256 == 0 {
 			if err := ctx.Err(); err != nil {
-				return err
+				return damaged, err
 			}
 		}
 		n++
 		if err := fn(rec); err != nil {
-			return err
+			return damaged, err
 		}
 	}
-	return nil
+	return damaged, nil
+}
+
+// damageAt returns the damage a read met at off, where it wanted seq want:
+// the segment's known damage there, or damage found now (resync, noted).
+func (l *Log) damageAt(s *segment, f io.ReaderAt, rd *segReader, off, limit int64, want, maxSeq uint64, fault decodeFault, got uint64, eof bool) (Damage, error) {
+	s.idxMu.Lock()
+	d, ok := s.damageAt(off)
+	s.idxMu.Unlock()
+	if ok && d.First == want {
+		return d, nil
+	}
+	reason := fault.String()
+	switch {
+	case eof:
+		reason = "segment ends early"
+	case fault == faultNone:
+		reason = fmt.Sprintf("seq %d, want %d", got, want)
+	}
+	d = Damage{Segment: s.path, Offset: off, Bytes: limit - off, First: want, Last: maxSeq, Reason: fmt.Sprintf("%s at offset %d", reason, off)}
+	if !eof {
+		p, q, found, err := resync(f, off, limit, want, maxSeq, nil)
+		if err != nil {
+			return Damage{}, fmt.Errorf("retainlog: read %s: %w", s.path, err)
+		}
+		if found {
+			d.Bytes, d.Last = p-off, q-1
+		}
+	} else {
+		d.Bytes = 0
+	}
+	l.noteDamage(s, f, d)
+	return d, nil
+}
+
+// sealedDamage turns a scan of a segment whose extent is known (sealed, or
+// the active one up to a read's limit) into damage: the runs the scan found,
+// and a bad or missing end, which in such a segment is damage, never a torn
+// tail. Caller holds s.idxMu.
+func sealedDamage(s *segment, res scanResult, limit int64, maxSeq uint64) []Damage {
+	out := res.damage
+	if res.last < maxSeq {
+		reason := res.fault
+		if reason == "" {
+			reason = fmt.Sprintf("segment ends at offset %d, before seq %d", res.good, res.last+1)
+		}
+		out = append(out, Damage{Segment: s.path, Offset: res.good, Bytes: limit - res.good, First: res.last + 1, Last: maxSeq, Reason: reason})
+	}
+	return out
+}
+
+// Damaged lists the damage known in the retained segments, oldest first
+// (found at Open, by reads and by the scrubber).
+func (l *Log) Damaged() []Damage {
+	l.mu.Lock()
+	segs := slices.Clone(l.segs)
+	l.mu.Unlock()
+	var out []Damage
+	for _, s := range segs {
+		s.idxMu.Lock()
+		out = append(out, s.damage...)
+		s.idxMu.Unlock()
+	}
+	return out
+}
+
+// DamagedRanges is Damaged as merged [first, last] sequence ranges.
+func (l *Log) DamagedRanges() [][2]uint64 {
+	var rs [][2]uint64
+	for _, d := range l.Damaged() {
+		if d.Last >= d.First { // garbage between two intact records holds none
+			rs = addRange(rs, d.First, d.Last)
+		}
+	}
+	return rs
 }
 
 // Sync fsyncs the active segment now, whatever the policy.
@@ -1028,9 +1224,10 @@ func (l *Log) Close() error {
 	l.closed = true
 	l.mu.Unlock()
 
-	// The goroutine takes mu, so wait for it without holding mu.
+	// The goroutines take mu, so wait for them without holding mu.
 	close(l.stop)
 	<-l.done
+	<-l.scrubDone
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1066,6 +1263,7 @@ func (l *Log) run(every time.Duration) {
 			return
 		case <-t.C:
 			l.tick()
+			l.retryQuarantine()
 		}
 	}
 }

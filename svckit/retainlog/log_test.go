@@ -337,8 +337,9 @@ func TestTornTailEmptiesLog(t *testing.T) {
 	}
 }
 
-// Sealed segments are trusted by Open, but Read checks every record.
-func TestSealedCorruptionFailsRead(t *testing.T) {
+// Sealed segments are trusted by Open, but Read checks every record: a
+// damaged one is skipped and reported, every other record is served.
+func TestSealedCorruptionSkipped(t *testing.T) {
 	dir, o := tornLog(t, 50)
 	first := segmentFiles(t, dir)[0]
 	b, _ := os.ReadFile(first)
@@ -355,12 +356,25 @@ func TestSealedCorruptionFailsRead(t *testing.T) {
 		return nil
 	})
 	wantErr(t, err, ErrCorrupt)
-	if len(got) != 5 {
-		t.Fatalf("delivered %v before the corrupt record", got)
+	var de *DamagedError
+	if !errors.As(err, &de) || FormatRanges(de.Ranges) != "6-6" {
+		t.Fatalf("error %v, want damaged 6-6", err)
 	}
-	wantErr(t, l.Read(context.Background(), 7, 8, func(Record) error { return nil }), ErrCorrupt)
+	if len(got) != 49 || got[4] != 5 || got[5] != 7 {
+		t.Fatalf("delivered %v, want all but 6", got)
+	}
+	err = l.Read(context.Background(), 6, 6, func(Record) error { t.Fatal("served the damaged record"); return nil })
+	if !errors.As(err, &de) || FormatRanges(de.Ranges) != "6-6" {
+		t.Fatalf("Read(6, 6) = %v, want damaged 6-6", err)
+	}
 	checkRange(t, l, 1, 5, 5, 200)
-	checkRange(t, l, 19, 50, 50, 200) // other segments unaffected
+	checkRange(t, l, 7, 50, 50, 200) // the rest of the segment and the others unaffected
+	if d := l.Damaged(); len(d) != 1 || d[0].First != 6 || d[0].Last != 6 || d[0].Quarantine == "" {
+		t.Fatalf("Damaged() = %+v", d)
+	}
+	if fileSize(t, first) != int64(len(b)) {
+		t.Fatal("the damaged segment changed size")
+	}
 }
 
 func TestReadStops(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/svckit/svckit/svckit/durable"
 )
@@ -43,12 +44,22 @@ type segment struct {
 	lastKnown bool
 	refs      int  // readers currently using the file
 	removed   bool // dropped by retention; the last reader to leave unlinks it
+	// sealNext: Open found damage at the end of this (active) segment that
+	// its owner knew was durable; the damaged bytes stay, and the next
+	// append starts a new segment after them.
+	sealNext bool
+	// uncopied: some damage of this segment has no quarantine copy yet
+	// (the disk was full); retention keeps the segment until it has.
+	uncopied atomic.Bool
 
 	// idxMu guards the sparse index. It is separate from Log.mu so that building
 	// the index of a sealed segment (a full scan) does not stall appends.
 	idxMu   sync.Mutex
 	index   []indexEntry
 	indexed bool // index covers the segment (built on append, at Open, or lazily)
+	// damage lists the damaged runs found in the file, by offset (see
+	// Damage): reads skip them.
+	damage []Damage
 }
 
 func segmentName(base uint64) string {
@@ -114,6 +125,11 @@ func newSegReader(f io.ReaderAt, off, limit int64, buf []byte) *segReader {
 
 // offset is the file offset of the next record.
 func (r *segReader) offset() int64 { return r.pos + int64(r.start) }
+
+// seek moves the reader to off (past damage), dropping what it buffered.
+func (r *segReader) seek(off int64) {
+	r.pos, r.start, r.end = off, 0, 0
+}
 
 // next returns the next record and its offset. At the limit it returns io.EOF;
 // a record that is torn or invalid is reported as a fault (with a nil error)
@@ -201,17 +217,26 @@ func (r *segReader) fill(need int) error {
 
 // scanResult is what scanning a segment from its start found.
 type scanResult struct {
-	good      int64  // offset just past the last good record
-	count     uint64 // good records
-	lastNanos int64  // time of the last good record
-	fault     string // why the scan stopped before the limit; "" = clean
+	good      int64  // offset just past the last intact record
+	last      uint64 // seq of the last intact record; base-1 if none
+	intact    uint64 // intact records
+	lastNanos int64  // time of the last intact record
+	// damage: damaged runs with intact records after them.
+	damage []Damage
+	// fault says why the scan stopped at good before the limit, with no
+	// intact record after it; "" = the records ran up to the limit.
+	fault string
 }
 
-// scan reads every record from the reader's position, checking CRCs and that
-// sequence numbers run from want upwards by one, and feeds the index. It stops
-// at the limit or at the first bad record.
-func scan(r *segReader, want uint64, s *segment) (scanResult, error) {
-	res := scanResult{good: r.offset()}
+// scan reads every record from the reader's position (the segment's
+// start), checking CRCs and that sequence numbers run up by one from the
+// segment's base. Where a record fails, it looks for intact records again
+// (resync) and notes the damaged run; it stops where nothing intact
+// follows. With index set it feeds the segment's sparse index (caller
+// holds s.idxMu). maxSeq bounds the sequence numbers the segment may hold.
+func scan(r *segReader, s *segment, maxSeq uint64, index bool) (scanResult, error) {
+	want := s.base
+	res := scanResult{good: r.offset(), last: want - 1}
 	for {
 		rec, off, fault, err := r.next()
 		if err == io.EOF {
@@ -220,21 +245,33 @@ func scan(r *segReader, want uint64, s *segment) (scanResult, error) {
 		if err != nil {
 			return res, err
 		}
-		if fault != faultNone {
-			res.fault = fmt.Sprintf("%s at offset %d", fault, off)
+		if fault == faultNone && rec.Seq == want {
+			if index && res.intact%indexEvery == 0 {
+				s.addIndex(rec.Seq, off)
+			}
+			res.intact++
+			res.last = want
+			want++
+			res.good = r.offset()
+			res.lastNanos = rec.Time.UnixNano()
+			continue
+		}
+		reason := fault.String()
+		if fault == faultNone {
+			reason = fmt.Sprintf("seq %d, want %d", rec.Seq, want)
+		}
+		reason = fmt.Sprintf("%s at offset %d", reason, off)
+		p, q, found, err := resync(r.f, off, r.limit, want, maxSeq, nil)
+		if err != nil {
+			return res, err
+		}
+		if !found {
+			res.fault = reason
 			return res, nil
 		}
-		if rec.Seq != want {
-			res.fault = fmt.Sprintf("seq %d at offset %d, want %d", rec.Seq, off, want)
-			return res, nil
-		}
-		if res.count%indexEvery == 0 {
-			s.addIndex(rec.Seq, off)
-		}
-		res.count++
-		want++
-		res.good = r.offset()
-		res.lastNanos = rec.Time.UnixNano()
+		res.damage = append(res.damage, Damage{Segment: s.path, Offset: off, Bytes: p - off, First: want, Last: q - 1, Reason: reason})
+		want = q
+		r.seek(p)
 	}
 }
 
