@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -88,7 +89,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}
 	s.SetMeta("stream", stream)
 	s.Log.Info("sensor stream", "stream", stream, "next_seq", owner.Status().LastSeq+1, "retained_first", owner.Status().RetainedFirst)
-	return func(ctx context.Context) error { return publishLoop(ctx, owner, rate, count, maxValue) }, nil
+	return func(ctx context.Context) error { return publishLoop(ctx, s.Log, owner, rate, count, maxValue) }, nil
 }
 
 // publishBatchMax bounds one PublishBatch: what is due is published with
@@ -100,7 +101,7 @@ const publishBatchMax = 1000
 // publishLoop publishes at rate (per second) until ctx ends or count readings
 // were published. It paces by elapsed time, so a slow tick catches up instead
 // of drifting, but never bursts more than 100 ms worth at once.
-func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count uint64, maxValue int64) error {
+func publishLoop(ctx context.Context, log *slog.Logger, owner *replay.Owner, rate float64, count uint64, maxValue int64) error {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
 	var sent uint64
 	batch := make([][]byte, 0, publishBatchMax)
@@ -115,6 +116,11 @@ func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count u
 			if _, err := owner.PublishBatch(ctx, batch); err != nil {
 				if ctx.Err() != nil {
 					return nil // stopping: the wait for a fence or an fsync ended
+				}
+				if errors.Is(err, replay.ErrNotAccepting) {
+					// The log cannot be written (a full disk): pause
+					// until it can, rather than exit and crash-loop.
+					return waitAccepting(ctx, log, owner, batch, &sent, &n, k)
 				}
 				return err
 			}
@@ -161,6 +167,37 @@ func publishLoop(ctx context.Context, owner *replay.Owner, rate float64, count u
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+	}
+}
+
+// waitAccepting retries the batch the owner refused because its log cannot
+// be written, with backoff, until it is taken or ctx ends; readings that
+// fall due meanwhile are skipped by the pacing (it does not burst).
+func waitAccepting(ctx context.Context, log *slog.Logger, owner *replay.Owner, batch [][]byte, sent, n *uint64, k uint64) error {
+	start := time.Now()
+	log.Warn("readings paused: the retained log cannot be written", "err", owner.Accepting())
+	delay := 100 * time.Millisecond
+	for {
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+		_, err := owner.PublishBatch(ctx, batch)
+		switch {
+		case err == nil:
+			*sent += k
+			*n = 0 // what fell due meanwhile is skipped, not burst
+			log.Info("readings resumed: the retained log can be written again", "paused", time.Since(start).Round(time.Millisecond))
+			return nil
+		case ctx.Err() != nil:
+			return nil
+		case !errors.Is(err, replay.ErrNotAccepting):
+			return err
 		}
 	}
 }

@@ -3,11 +3,14 @@ package operator
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/ownership"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/retainlog"
 	"github.com/urfave/cli/v2"
 )
 
@@ -18,9 +21,11 @@ func streamCommand() *cli.Command {
 		Usage: "inspect and release a stream's claim (one owner per stream, in Consul KV)",
 		Subcommands: []*cli.Command{
 			{
-				Name:   "show",
-				Usage:  "print who holds the stream's claim",
-				Flags:  []cli.Flag{stream},
+				Name: "show",
+				Usage: "print who holds the stream's claim and, from the owner itself, its positions, " +
+					"damaged records and whether it accepts messages",
+				Flags: []cli.Flag{stream,
+					&cli.StringFlag{Name: "secret", Usage: "the owners' replay shared secret", EnvVars: config.Env("replay-secret")}},
 				Action: func(c *cli.Context) error { return runStream(c, false) },
 			},
 			{
@@ -54,6 +59,9 @@ func runStream(c *cli.Context, release bool) error {
 		}
 		fmt.Fprintf(c.App.Writer, "stream %s: %s by instance %s on node %s (pid %d, data directory %s, since %s)\n",
 			id, state, claim.Instance, claim.Node, claim.PID, claim.DataID, claim.Since.Format(time.RFC3339))
+		if alive {
+			return showOwnerStatus(c, consul, id)
+		}
 		return nil
 	}
 	claim, err := ownership.ReleaseClaim(c.Context, consul, "", id)
@@ -65,5 +73,55 @@ func runStream(c *cli.Context, release bool) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "released stream %s (last held by instance %s on node %s with data directory %s)\n", id, claim.Instance, claim.Node, claim.DataID)
+	return nil
+}
+
+// showOwnerStatus prints the owner's own account of the stream (GET
+// /streams on the instance tagged stream=<id>): positions, damaged records,
+// whether it accepts messages.
+func showOwnerStatus(c *cli.Context, consul *api.Client, id string) error {
+	ctx := c.Context
+	services, _, err := consul.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("asking Consul for the owner of %s: %w", id, err)
+	}
+	tag := replay.OwnerTag(id)
+	for name, tags := range services {
+		if !slices.Contains(tags, tag) {
+			continue
+		}
+		in, err := findOwner(ctx, consul, name, id)
+		if err != nil {
+			return err
+		}
+		var st []replay.Status
+		if err := getJSON(ctx, replay.Client{Secret: c.String("secret")}, in.Addr(), "/streams", &st); err != nil {
+			return fmt.Errorf("asking the owner %s (%s) for its streams: %w", in.ID, in.Addr(), err)
+		}
+		for _, s := range st {
+			if s.Stream != id {
+				continue
+			}
+			w := c.App.Writer
+			fmt.Fprintf(w, "owner %s at %s: last seq %d, retained %d-%d\n", in.ID, in.Addr(), s.LastSeq, s.RetainedFirst, s.RetainedLast)
+			if len(s.Damaged) > 0 {
+				var n uint64
+				for _, r := range s.Damaged {
+					n += r[1] - r[0] + 1
+				}
+				fmt.Fprintf(w, "damaged: %d records (%s), kept in the log's quarantine directory, served to consumers only through the snapshot\n",
+					n, retainlog.FormatRanges(s.Damaged))
+			} else {
+				fmt.Fprintln(w, "damaged: none found")
+			}
+			if s.NotAccepting != "" {
+				fmt.Fprintf(w, "not accepting messages: %s\n", s.NotAccepting)
+			} else {
+				fmt.Fprintln(w, "accepting messages")
+			}
+			return nil
+		}
+	}
+	fmt.Fprintf(c.App.Writer, "no passing service in Consul carries tag %s\n", tag)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/retainlog"
 )
 
 // Errors of a replay request, by the owner's answer.
@@ -40,7 +41,9 @@ type Client struct {
 
 // Replay streams the requested range from the owner at addr (host:port of
 // its HTTP server) and calls fn for each envelope with its frame size. The
-// envelope's payload is only valid during fn. It returns the number of frames.
+// envelope's payload is only valid during fn. It returns the number of
+// frames, and a *DamagedError (after every frame) when the owner could not
+// serve some sequences of the range because its disk damaged them.
 func (c Client) Replay(ctx context.Context, addr string, r Request, fn func(envelope.Envelope, int) error) (uint64, error) {
 	return c.ReplayFrames(ctx, addr, r, func(env envelope.Envelope, frame []byte) error { return fn(env, len(frame)+4) })
 }
@@ -74,7 +77,7 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			if errors.Is(err, io.EOF) {
-				return n, nil
+				return n, damagedTrailer(r.Stream, resp)
 			}
 			return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
 		}
@@ -101,6 +104,19 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 		}
 		n++
 	}
+}
+
+// damagedTrailer reads the trailer of a replay response read to its end.
+func damagedTrailer(stream string, resp *http.Response) error {
+	v := resp.Trailer.Get(DamagedTrailer)
+	if v == "" {
+		return nil
+	}
+	ranges, err := retainlog.ParseRanges(v)
+	if err != nil {
+		return fmt.Errorf("replay of %s: %s trailer: %w", stream, DamagedTrailer, err)
+	}
+	return &DamagedError{Stream: stream, Ranges: ranges}
 }
 
 // Get performs an authenticated GET on the owner.

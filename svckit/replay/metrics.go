@@ -28,6 +28,8 @@ type Metrics struct {
 	DeadLettered        *prometheus.CounterVec // stream: replayed messages that could not be applied
 	Unpublished         *prometheus.GaugeVec   // stream: in the owner's log, not yet acknowledged by nsqd
 	Unpublishable       *prometheus.CounterVec // stream: refused by nsqd for good (replay only)
+	DamagedRecords      *prometheus.GaugeVec   // stream: records of the owner's log found damaged (kept in quarantine)
+	WriteFailures       *prometheus.CounterVec // stream: appends to the owner's log that failed (a full disk)
 }
 
 // NewMetrics registers the replay collectors in r.
@@ -44,14 +46,16 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		SnapshotRecoveries:  prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_recoveries_total", Help: "Streams recovered from the owner's snapshot."}, []string{"stream"}),
 		ServedMessages:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_messages_total", Help: "Messages served from the retained log."}),
 		ServedBytes:         prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "replay_served_bytes_total", Help: "Bytes served from the retained log."}),
-		LogTruncations:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn or corrupt log tails truncated on open."}),
+		LogTruncations:      prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "retainlog_truncations_total", Help: "Torn log tails cut on open (a copy is kept in the log's quarantine directory)."}),
 		SnapshotUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_snapshot_unavailable", Help: "1 while the stream needs a snapshot its upstream does not offer (it stays incomplete)."}, []string{"stream"}),
 		NeverPublished:      prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_never_published_total", Help: "Live messages refused because their stream's owner never published their sequence."}, []string{"stream"}),
 		DeadLettered:        prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_dead_lettered_total", Help: "Replayed messages that could not be applied and were dead-lettered."}, []string{"stream"}),
 		Unpublished:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "owner_unpublished_messages", Help: "Messages in the owner's retained log that nsqd has not acknowledged yet."}, []string{"stream"}),
 		Unpublishable:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_unpublishable_total", Help: "Messages nsqd refused for good; consumers get them by replay only."}, []string{"stream"}),
+		DamagedRecords:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "retainlog_damaged_records", Help: "Records of the owner's retained log found damaged (CRC, length or sequence), kept in quarantine and not served."}, []string{"stream"}),
+		WriteFailures:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_write_failures_total", Help: "Appends to the owner's retained log that failed (a full disk): the owner does not accept messages until one succeeds."}, []string{"stream"}),
 	}
-	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.SnapshotUnavailable, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable} {
+	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.SnapshotUnavailable, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable, m.DamagedRecords, m.WriteFailures} {
 		r.MustRegister(c)
 	}
 	return m

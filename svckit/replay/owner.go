@@ -113,6 +113,10 @@ type Owner struct {
 	stopPump context.CancelFunc
 	pumpDone chan struct{}
 
+	// notAccepting is why the last append failed (a full disk); nil once
+	// one succeeds. Under mu.
+	notAccepting error
+
 	saveMu    sync.Mutex // one save at a time (Run's ticker, Close)
 	savedMark uint64     // under saveMu
 	savedSnap uint64     // under saveMu: the seq snapshot.json covers
@@ -124,6 +128,13 @@ type Status struct {
 	LastSeq       uint64 `json:"last_seq"`
 	RetainedFirst uint64 `json:"retained_first"`
 	RetainedLast  uint64 `json:"retained_last"`
+	// Damaged are the retained sequences whose records the disk damaged
+	// (kept in quarantine, never served; consumers that need them recover
+	// through the snapshot), as [first, last] ranges.
+	Damaged [][2]uint64 `json:"damaged,omitempty"`
+	// NotAccepting says why the owner takes no new messages (its log
+	// cannot be written: a full disk); empty while it does.
+	NotAccepting string `json:"not_accepting,omitempty"`
 }
 
 func streamIDOK(s string) bool {
@@ -143,6 +154,13 @@ func ValidStreamID(s string) bool { return streamIDOK(s) }
 
 // ErrOwnerClosed is returned by Publish after Close.
 var ErrOwnerClosed = errors.New("owner closed")
+
+// ErrNotAccepting is returned (wrapped, with the cause) by Publish while
+// the owner's retained log cannot be written, a full disk above all: the
+// message was not taken. The owner keeps serving replay and publishing
+// what it has, and takes messages again as soon as an append succeeds, with
+// no restart; a producer pauses and tries again.
+var ErrNotAccepting = errors.New("not accepting messages: the retained log cannot be written")
 
 // OpenOwner opens (or creates) the stream's log and restores its fold and
 // sequence. Run publishes what nsqd had not acknowledged before the last
@@ -186,15 +204,32 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		}
 		o.Log.Floor = min(o.Log.Floor, snap.Seq+1)
 	}
+	// What the state files cover was durable: a bad record there is
+	// damage (kept, reported), never a torn tail to cut, and the stream
+	// goes on after it whatever the disk did to the log.
+	o.Log.Durable = max(o.Log.Durable, mark)
+	if snap != nil {
+		o.Log.Durable = max(o.Log.Durable, snap.Seq)
+	}
+	w := &Owner{o: o, pub: pub, wake: make(chan struct{}, 1)}
+	userOnDamage := o.Log.OnDamage
+	o.Log.OnDamage = func(d retainlog.Damage) {
+		w.damageFound(d)
+		if userOnDamage != nil {
+			userOnDamage(d)
+		}
+	}
 	l, err := retainlog.Open(o.Log)
 	if err != nil {
 		return nil, fmt.Errorf("opening retained log of stream %s: %w", o.Stream, err)
 	}
+	w.log = l
+	w.o.Log = o.Log
 	if rec := l.Recovery(); rec.TruncatedBytes > 0 {
 		o.Metrics.LogTruncations.Inc()
-		o.Logger.Warn("retained log had a torn or corrupt tail; truncated", "segment", rec.Segment, "bytes", rec.TruncatedBytes, "reason", rec.Reason)
+		o.Logger.Warn("retained log had a torn tail (a write no fsync had covered); cut, a copy kept", "segment", rec.Segment, "bytes", rec.TruncatedBytes, "reason", rec.Reason, "copy", rec.Copy)
 	}
-	w := &Owner{o: o, log: l, pub: pub, wake: make(chan struct{}, 1)}
+	w.updateDamaged()
 	w.seq = l.LastSeq()
 	if o.Fold != nil {
 		if err := w.restoreFold(snap); err != nil {
@@ -278,6 +313,16 @@ func (w *Owner) restoreFold(snap *snapshotFile) error {
 			w.foldSeq = r.Seq
 			return w.o.Fold.Apply(r.Seq, env.Payload)
 		})
+		var damaged *retainlog.DamagedError
+		if errors.As(err, &damaged) {
+			// The fold cannot hold what the disk destroyed. It goes on
+			// without those records and covers their sequences, so that
+			// a consumer that needs them takes a snapshot past them
+			// instead of asking for them for ever.
+			w.o.Logger.Error("rebuilding the fold without damaged records: snapshots lack their effect", "damaged", retainlog.FormatRanges(damaged.Ranges))
+			w.foldSeq = w.log.LastSeq()
+			err = nil
+		}
 		if err != nil {
 			return fmt.Errorf("rebuilding fold of stream %s from its log: %w", w.o.Stream, err)
 		}
@@ -299,7 +344,45 @@ func (w *Owner) Stream() string { return w.o.Stream }
 // treat it as the end of the stream.
 func (w *Owner) Status() Status {
 	visible := w.log.VisibleSeq()
-	return Status{Stream: w.o.Stream, LastSeq: max(visible, w.after), RetainedFirst: w.log.FirstSeq(), RetainedLast: visible}
+	st := Status{Stream: w.o.Stream, LastSeq: max(visible, w.after), RetainedFirst: w.log.FirstSeq(), RetainedLast: visible,
+		Damaged: w.log.DamagedRanges()}
+	if err := w.Accepting(); err != nil {
+		st.NotAccepting = err.Error()
+	}
+	return st
+}
+
+// Accepting returns why the owner takes no new messages (its log cannot be
+// written: the last append failed, or an fsync did, which is final until a
+// restart), nil while it does: a readiness check.
+func (w *Owner) Accepting() error {
+	if err := w.log.Err(); err != nil {
+		return fmt.Errorf("stream %s: the retained log failed (restart needed): %w", w.o.Stream, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.notAccepting != nil {
+		return fmt.Errorf("stream %s: %w: %v", w.o.Stream, ErrNotAccepting, w.notAccepting)
+	}
+	return nil
+}
+
+// damageFound is the log's OnDamage: the log has logged the damage; the
+// gauge follows (during OpenOwner, once the log is open).
+func (w *Owner) damageFound(retainlog.Damage) {
+	if w.log != nil {
+		w.updateDamaged()
+	}
+}
+
+// updateDamaged sets the damaged-records gauge from the retained segments
+// (retention may have deleted damaged ones).
+func (w *Owner) updateDamaged() {
+	var n uint64
+	for _, r := range w.log.DamagedRanges() {
+		n += r[1] - r[0] + 1
+	}
+	w.o.Metrics.DamagedRecords.WithLabelValues(w.o.Stream).Set(float64(n))
 }
 
 // Publish assigns the next sequence number, appends the message to the
@@ -394,7 +477,21 @@ func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, la
 		w.buf = buf
 	}
 	if err != nil {
+		if !errors.Is(err, retainlog.ErrClosed) && w.log.Err() == nil {
+			// A write that failed (a full disk) and was undone: nothing
+			// was taken, and the next append tries again.
+			if w.notAccepting == nil {
+				w.o.Logger.Error("the retained log cannot be written; not accepting messages until it can", "err", err)
+			}
+			w.notAccepting = err
+			w.o.Metrics.WriteFailures.WithLabelValues(w.o.Stream).Inc()
+			return 0, 0, fmt.Errorf("stream %s: %w: %w", w.o.Stream, ErrNotAccepting, err)
+		}
 		return 0, 0, fmt.Errorf("appending messages %d-%d to the retained log of %s: %w", first, last, w.o.Stream, err)
+	}
+	if w.notAccepting != nil {
+		w.o.Logger.Info("the retained log can be written again; accepting messages", "seq", first)
+		w.notAccepting = nil
 	}
 	w.seq = last
 	if w.o.Fold != nil {
@@ -505,6 +602,13 @@ func (w *Owner) pump(ctx context.Context) {
 			continue
 		}
 		n, err := w.handOver(ctx, next, upTo)
+		var damaged *retainlog.DamagedError
+		if errors.As(err, &damaged) {
+			// Every intact record was handed over; the damaged ones can
+			// never be: consumers recover them through the snapshot.
+			w.skipDamaged(damaged.Ranges)
+			n, err = upTo-next+1, nil
+		}
 		next += n
 		if err != nil && ctx.Err() == nil {
 			w.o.Logger.Error("reading the retained log to publish it", "from", next, "err", err)
@@ -539,6 +643,20 @@ func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
 		return nil
 	})
 	return n, err
+}
+
+// skipDamaged counts damaged sequences as settled: nsqd can never have
+// them, and the watermark (and retention) must move past them.
+func (w *Owner) skipDamaged(ranges [][2]uint64) {
+	w.mu.Lock()
+	for _, r := range ranges {
+		w.acked.AddRange(r[0], r[1])
+	}
+	unpublished := w.seq - w.acked.Contiguous()
+	w.mu.Unlock()
+	w.o.Metrics.Unpublished.WithLabelValues(w.o.Stream).Set(float64(unpublished))
+	w.o.Logger.Error("damaged records are not published; consumers that need them recover through the snapshot", "damaged", retainlog.FormatRanges(ranges))
+	w.signal()
 }
 
 // settle records nsqd's answer for seq.
@@ -631,6 +749,7 @@ func (w *Owner) save() error {
 		floor = min(floor, w.savedSnap+1)
 	}
 	w.log.SetFloor(floor)
+	w.updateDamaged() // retention may have deleted damaged segments
 	return nil
 }
 

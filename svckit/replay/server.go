@@ -22,6 +22,29 @@ import (
 // frames, each u32 big-endian length then that many bytes of envelope.
 const FramesContentType = "application/x-svckit-frames"
 
+// DamagedTrailer is the HTTP trailer of a replay response that could not
+// serve some sequences of the range because the disk damaged them
+// ("first-last,first-last"): every other frame was sent.
+const DamagedTrailer = "Svckit-Damaged"
+
+// ErrDamaged: some sequences asked for were damaged on the owner's disk
+// (see DamagedError). They are not coming back: recover through a snapshot.
+var ErrDamaged = errors.New("damaged on the owner's disk: recover from a snapshot")
+
+// DamagedError is a replay that delivered every frame it could; the
+// sequences in Ranges ([first, last]) were damaged on the owner's disk.
+// errors.Is(err, ErrDamaged) holds.
+type DamagedError struct {
+	Stream string
+	Ranges [][2]uint64
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("stream %s: sequences %s: %v", e.Stream, retainlog.FormatRanges(e.Ranges), ErrDamaged)
+}
+
+func (e *DamagedError) Unwrap() error { return ErrDamaged }
+
 // Source is what a Server serves the replay protocol from: an Owner (its
 // own stream) or a stage's relay (every stream its upstream has, through
 // the stage's transform).
@@ -31,7 +54,8 @@ type Source interface {
 	// Replay emits stream's frames (encoded envelopes) in sequence order:
 	// [from, to], or from the first at or after since (when not zero) to
 	// the end. It fails with ErrUnknown, ErrNeverHad or ErrGone before it
-	// emits anything when the range cannot be served.
+	// emits anything when the range cannot be served, and returns a
+	// *DamagedError after every other frame when some were damaged.
 	Replay(ctx context.Context, stream string, from, to uint64, since time.Time, emit func(frame []byte) error) error
 	// Snapshot is the stream's fold over 1..seq (ErrNoSnapshot if the
 	// source offers none, ErrUnknown for a stream it does not serve).
@@ -185,6 +209,8 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// Declared before the body: a damaged range is named after it.
+	w.Header().Set("Trailer", DamagedTrailer)
 	bw := bufio.NewWriterSize(w, 256<<10)
 	var hdr [4]byte
 	var n, bytes uint64
@@ -203,6 +229,12 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		bytes += uint64(len(frame)) + 4
 		return err
 	})
+	var damaged *DamagedError
+	if errors.As(err, &damaged) {
+		// Every frame that could be served was: name what could not.
+		w.Header().Set(DamagedTrailer, retainlog.FormatRanges(damaged.Ranges))
+		err = nil
+	}
 	if err == nil {
 		if !started {
 			w.Header().Set("Content-Type", FramesContentType)
@@ -262,8 +294,12 @@ func (s ownerSource) Replay(ctx context.Context, stream string, from, to uint64,
 		return fmt.Errorf("%w: stream %q no longer retains sequence %d (retained from %d): use a snapshot", ErrGone, stream, from, log.FirstSeq())
 	}
 	err := log.Read(ctx, from, min(to, last), func(rec retainlog.Record) error { return emit(rec.Data) })
-	if errors.Is(err, retainlog.ErrTrimmed) {
+	var damaged *retainlog.DamagedError
+	switch {
+	case errors.Is(err, retainlog.ErrTrimmed):
 		return fmt.Errorf("%w: %v", ErrGone, err) // retention ran between the check and the read
+	case errors.As(err, &damaged):
+		return &DamagedError{Stream: stream, Ranges: damaged.Ranges}
 	}
 	return err
 }
@@ -284,7 +320,8 @@ func firstSince(ctx context.Context, log *retainlog.Log, t time.Time) (uint64, e
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, stop) {
+	var damaged *retainlog.DamagedError
+	if err != nil && !errors.Is(err, stop) && !errors.As(err, &damaged) {
 		return 0, err
 	}
 	return found, nil

@@ -120,6 +120,12 @@ type Tracker struct {
 	// up for every message and t.mu's read lock was a cache line they all
 	// wrote to.
 	byID atomic.Pointer[map[string]*trackedStream]
+
+	// saveErr is why the last checkpoint could not be written (a full
+	// disk), nil once one is: the state stays in memory and Run tries
+	// again every CheckpointInterval.
+	saveMu  sync.Mutex
+	saveErr error
 }
 
 type trackedStream struct {
@@ -487,13 +493,19 @@ func (t *Tracker) Status() []StreamStatus {
 	return out
 }
 
-// Ready is nil unless a stream cannot be made complete: it needs a
-// snapshot its upstream does not offer (a readiness check).
+// Ready is nil unless a stream cannot be made complete (it needs a
+// snapshot its upstream does not offer) or the checkpoint cannot be
+// written (a readiness check).
 func (t *Tracker) Ready() error {
 	t.mu.RLock()
 	ss := slices.Collect(maps.Values(t.streams))
 	t.mu.RUnlock()
 	var errs []error
+	t.saveMu.Lock()
+	if t.saveErr != nil {
+		errs = append(errs, fmt.Errorf("checkpoint not saved (state kept in memory, retried): %w", t.saveErr))
+	}
+	t.saveMu.Unlock()
 	for _, s := range ss {
 		s.mu.Lock()
 		if s.noSnapshot != nil {
@@ -527,9 +539,7 @@ func (t *Tracker) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-save.C:
-			if err := t.Save(); err != nil {
-				t.o.Logger.Error("saving checkpoint", "err", err)
-			}
+			_ = t.Save() // a failure is logged once and reported by Ready
 		case <-scan.C:
 			t.scan(ctx, &wg)
 		}
@@ -686,7 +696,12 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 		for from := g[0]; from <= g[1]; {
 			to := min(g[1], from+uint64(t.o.MaxBatch)-1)
 			high, err := t.fetch(ctx, s, from, to)
-			if errors.Is(err, ErrGone) {
+			if errors.Is(err, ErrGone) || errors.Is(err, ErrDamaged) {
+				// Trimmed, or damaged on the owner's disk: either way
+				// only a snapshot brings those sequences back.
+				if errors.Is(err, ErrDamaged) {
+					t.o.Logger.Warn("the upstream's disk damaged sequences this stream needs; recovering through its snapshot", "stream", s.id, "err", err)
+				}
 				return t.recoverSnapshot(ctx, s)
 			}
 			if err != nil {
@@ -846,6 +861,8 @@ func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint6
 		return "ok", n, nil
 	case errors.Is(err, ErrGone):
 		return "gone", n, err
+	case errors.Is(err, ErrDamaged):
+		return "damaged", n, err
 	default:
 		return "error", n, fmt.Errorf("from %s: %w", in.ID, err)
 	}
@@ -914,8 +931,24 @@ type streamCheckpoint struct {
 }
 
 // Save writes the checkpoint: per stream, the applied set and the state,
-// taken together under the stream's lock.
+// taken together under the stream's lock. A failure (a full disk) loses
+// nothing: the state stays in memory, the previous checkpoint on disk,
+// Ready reports it and the next Save tries again.
 func (t *Tracker) Save() error {
+	err := t.save()
+	t.saveMu.Lock()
+	switch {
+	case err != nil && t.saveErr == nil:
+		t.o.Logger.Error("the checkpoint cannot be written; keeping the state in memory and trying again", "err", err)
+	case err == nil && t.saveErr != nil:
+		t.o.Logger.Info("the checkpoint is written again")
+	}
+	t.saveErr = err
+	t.saveMu.Unlock()
+	return err
+}
+
+func (t *Tracker) save() error {
 	if t.o.CheckpointPath == "" {
 		return nil
 	}

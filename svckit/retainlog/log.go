@@ -444,6 +444,15 @@ func (l *Log) Recovery() Recovery {
 	return l.recovery
 }
 
+// Err is the log's sticky failure (a failed fsync, or a failed write that
+// could not be undone), nil while appends may succeed. A failed write
+// alone (a full disk) is not sticky: the next Append tries again.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
 // FirstSeq is the oldest retained sequence number, 0 if the log is empty.
 func (l *Log) FirstSeq() uint64 { return l.first.Load() }
 

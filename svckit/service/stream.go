@@ -73,6 +73,9 @@ func (s *Service) OpenStream(ctx context.Context, o StreamOptions) (*replay.Owne
 	s.replayServer().Add(owner)
 	s.AddTags(replay.OwnerTag(o.Stream), replay.PublishesTag(o.Topic))
 	s.HTTP.AddCheck("stream "+o.Stream, lease.Held)
+	// A full disk is a state, not a crash: /ready says why no message is
+	// taken, until an append succeeds again.
+	s.HTTP.AddCheck("stream "+o.Stream+" log", owner.Accepting)
 	s.Go(func(ctx context.Context) { lease.Run(ctx) })
 	s.Go(func(ctx context.Context) { _ = owner.Run(ctx) })
 	// Hooks run in order: the owner saves what nsqd acknowledged, then
