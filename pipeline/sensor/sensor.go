@@ -43,6 +43,8 @@ func Spec(version string) service.Spec {
 			&cli.Int64Flag{Name: "log-segment-bytes", Value: 64 << 20, Usage: "retained log segment size (retention deletes whole segments)", EnvVars: config.Env("log-segment-bytes")},
 			&cli.StringFlag{Name: "log-fsync", Value: "always", Usage: "retained log fsync policy: always (fsync as soon as a reading is due to be published; concurrent ones share it), interval (fsync every --log-fsync-interval: fewer fsyncs, readings wait for it) or never (no fsync: a power loss can take back published readings and reuse their sequence numbers)", EnvVars: config.Env("log-fsync")},
 			&cli.DurationFlag{Name: "log-fsync-interval", Value: 200 * time.Millisecond, Usage: "fsync period of the interval policy", EnvVars: config.Env("log-fsync-interval")},
+			&cli.Int64Flag{Name: "log-scrub-rate", Value: retainlog.DefaultScrubRate, Usage: "bytes per second the scrubber reads to verify the retained log, at start and every --log-scrub-every (0 = no scrubbing)", EnvVars: config.Env("log-scrub-rate")},
+			&cli.DurationFlag{Name: "log-scrub-every", Value: retainlog.DefaultScrubEvery, Usage: "time between the starts of two scrub passes", EnvVars: config.Env("log-scrub-every")},
 		},
 		Setup: setup,
 	}
@@ -80,6 +82,12 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	lo.RetainAge = c.Duration("retain-age")
 	lo.Fsync = fsync
 	lo.FsyncInterval = c.Duration("log-fsync-interval")
+	if lo.ScrubRate = c.Int64("log-scrub-rate"); lo.ScrubRate < 0 {
+		return nil, service.UsageError{Err: fmt.Errorf("--log-scrub-rate %d: must not be negative", lo.ScrubRate)}
+	}
+	if lo.ScrubEvery = c.Duration("log-scrub-every"); lo.ScrubEvery <= 0 {
+		return nil, service.UsageError{Err: fmt.Errorf("--log-scrub-every %s: must be positive", lo.ScrubEvery)}
+	}
 	owner, err := s.OpenStream(c.Context, service.StreamOptions{
 		Stream: stream, Topic: c.String("topic"),
 		Owner: replay.OwnerOptions{Log: lo, ContentType: pipeline.ReadingType, Fold: &pipeline.ReadingFold{}},
