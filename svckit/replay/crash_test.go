@@ -236,6 +236,9 @@ type crashRun struct {
 	deliver          []*Tracker // trackers the publisher delivers to
 	problems         []string   // what the publisher saw go wrong
 	err              error      // the first error of the run
+	// damaged is the seq whose record a test flipped a bit in after the
+	// crash (0: none): check expects it, and only it, reported damaged.
+	damaged uint64
 }
 
 func newCrashRun(mode crashMode) *crashRun {
@@ -700,6 +703,18 @@ func (r *crashRun) check(stats *crashRecoveryStats) []string {
 			}
 			return nil
 		})
+		var de *retainlog.DamagedError
+		if r.damaged != 0 && r.damaged >= first {
+			want := fmt.Sprintf("%d-%d", r.damaged, r.damaged)
+			switch {
+			case !errors.As(err, &de) || retainlog.FormatRanges(de.Ranges) != want:
+				fail("bit rot: reading %d..%d after the flip in seq %d: %v (want exactly that record damaged)", first, last, r.damaged, err)
+			case retainlog.FormatRanges(o.Status().Damaged) != want:
+				fail("bit rot: the owner's status names %v damaged, want %s", o.Status().Damaged, want)
+			default:
+				err = nil
+			}
+		}
 		if err != nil {
 			fail("invariants 1+2: reading %d..%d after the crash: %v", first, last, err)
 		}

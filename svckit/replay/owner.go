@@ -113,6 +113,10 @@ type Owner struct {
 	stopPump context.CancelFunc
 	pumpDone chan struct{}
 
+	// opened is the log once OpenOwner has it: the log's OnDamage may run
+	// (from its scrubber) before OpenOwner returns.
+	opened atomic.Pointer[retainlog.Log]
+
 	// notAccepting is why the last append failed (a full disk); nil once
 	// one succeeds. Under mu.
 	notAccepting error
@@ -224,6 +228,7 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		return nil, fmt.Errorf("opening retained log of stream %s: %w", o.Stream, err)
 	}
 	w.log = l
+	w.opened.Store(l)
 	w.o.Log = o.Log
 	if rec := l.Recovery(); rec.TruncatedBytes > 0 {
 		o.Metrics.LogTruncations.Inc()
@@ -370,7 +375,7 @@ func (w *Owner) Accepting() error {
 // damageFound is the log's OnDamage: the log has logged the damage; the
 // gauge follows (during OpenOwner, once the log is open).
 func (w *Owner) damageFound(retainlog.Damage) {
-	if w.log != nil {
+	if w.opened.Load() != nil {
 		w.updateDamaged()
 	}
 }
@@ -379,7 +384,7 @@ func (w *Owner) damageFound(retainlog.Damage) {
 // (retention may have deleted damaged ones).
 func (w *Owner) updateDamaged() {
 	var n uint64
-	for _, r := range w.log.DamagedRanges() {
+	for _, r := range w.opened.Load().DamagedRanges() {
 		n += r[1] - r[0] + 1
 	}
 	w.o.Metrics.DamagedRecords.WithLabelValues(w.o.Stream).Set(float64(n))
