@@ -235,8 +235,9 @@ func SensorLastSeq(t testing.TB, addr, stream string) uint64 {
 type Readiness struct {
 	Ready  bool `json:"ready"`
 	Checks map[string]struct {
-		OK    bool   `json:"ok"`
-		Error string `json:"error,omitempty"`
+		OK     bool   `json:"ok"`
+		Error  string `json:"error,omitempty"`
+		Detail string `json:"detail,omitempty"`
 	} `json:"checks"`
 }
 

@@ -39,13 +39,19 @@ type Server struct {
 	mux    *http.ServeMux
 	srv    *http.Server
 	ln     net.Listener
-	mu     sync.RWMutex
-	checks map[string]CheckFunc
+	mu      sync.RWMutex
+	checks  map[string]CheckFunc
+	details map[string]DetailFunc
 }
+
+// DetailFunc reports something an operator should know that does not make
+// the service unready (damaged records it kept, say): "" when there is
+// nothing to say.
+type DetailFunc func() string
 
 // New creates a server; call Listen then Serve.
 func New(o Options) *Server {
-	s := &Server{opts: o, mux: http.NewServeMux(), checks: map[string]CheckFunc{}}
+	s := &Server{opts: o, mux: http.NewServeMux(), checks: map[string]CheckFunc{}, details: map[string]DetailFunc{}}
 	s.mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("OK\n"))
@@ -65,6 +71,14 @@ func New(o Options) *Server {
 func (s *Server) AddCheck(name string, fn CheckFunc) {
 	s.mu.Lock()
 	s.checks[name] = fn
+	s.mu.Unlock()
+}
+
+// AddDetail adds (or replaces) a named detail of the /ready answer: shown
+// with its check of the same name (or alone, ok), never failing readiness.
+func (s *Server) AddDetail(name string, fn DetailFunc) {
+	s.mu.Lock()
+	s.details[name] = fn
 	s.mu.Unlock()
 }
 
@@ -100,8 +114,9 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx
 
 // CheckState is one dependency's entry in the /ready answer.
 type CheckState struct {
-	OK    bool   `json:"ok"`
-	Error string `json:"error,omitempty"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+	Detail string `json:"detail,omitempty"`
 }
 
 // Readiness is the /ready answer.
@@ -122,6 +137,10 @@ func (s *Server) Ready() Readiness {
 	for i, n := range names {
 		fns[i] = s.checks[n]
 	}
+	details := make(map[string]DetailFunc, len(s.details))
+	for n, fn := range s.details {
+		details[n] = fn
+	}
 	s.mu.RUnlock()
 	r := Readiness{Ready: true, Checks: make(map[string]CheckState, len(names))}
 	for i, n := range names {
@@ -130,6 +149,18 @@ func (s *Server) Ready() Readiness {
 			st = CheckState{OK: false, Error: err.Error()}
 			r.Ready = false
 		}
+		r.Checks[n] = st
+	}
+	for n, fn := range details {
+		d := fn()
+		if d == "" {
+			continue
+		}
+		st, ok := r.Checks[n]
+		if !ok {
+			st.OK = true
+		}
+		st.Detail = d
 		r.Checks[n] = st
 	}
 	return r

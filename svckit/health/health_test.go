@@ -31,3 +31,19 @@ func TestPprofOnlyWhenAskedAndNeverOnDefaultMux(t *testing.T) {
 		}
 	}
 }
+
+// A detail shows in /ready without making the service unready; an empty one
+// is left out.
+func TestReadyDetail(t *testing.T) {
+	s := New(Options{})
+	s.AddCheck("log", func() error { return nil })
+	s.AddDetail("log", func() string { return "2 damaged records" })
+	s.AddDetail("quiet", func() string { return "" })
+	r := s.Ready()
+	if !r.Ready || r.Checks["log"] != (CheckState{OK: true, Detail: "2 damaged records"}) {
+		t.Fatalf("Ready() = %+v", r)
+	}
+	if _, ok := r.Checks["quiet"]; ok {
+		t.Fatalf("an empty detail is listed: %+v", r)
+	}
+}

@@ -372,6 +372,21 @@ func (w *Owner) Accepting() error {
 	return nil
 }
 
+// DamageSummary says which records of the log the disk damaged ("" when
+// none): a readiness detail.
+func (w *Owner) DamageSummary() string {
+	rs := w.log.DamagedRanges()
+	if len(rs) == 0 {
+		return ""
+	}
+	var n uint64
+	for _, r := range rs {
+		n += r[1] - r[0] + 1
+	}
+	return fmt.Sprintf("%d damaged records (%s) kept in %s, served only through the snapshot",
+		n, retainlog.FormatRanges(rs), filepath.Join(w.o.Log.Dir, "quarantine"))
+}
+
 // damageFound is the log's OnDamage: the log has logged the damage; the
 // gauge follows (during OpenOwner, once the log is open).
 func (w *Owner) damageFound(retainlog.Damage) {

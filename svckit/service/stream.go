@@ -76,6 +76,9 @@ func (s *Service) OpenStream(ctx context.Context, o StreamOptions) (*replay.Owne
 	// A full disk is a state, not a crash: /ready says why no message is
 	// taken, until an append succeeds again.
 	s.HTTP.AddCheck("stream "+o.Stream+" log", owner.Accepting)
+	// Damage the disk did is kept and served around: worth knowing, not a
+	// reason to stop routing to this instance.
+	s.HTTP.AddDetail("stream "+o.Stream+" log", owner.DamageSummary)
 	s.Go(func(ctx context.Context) { lease.Run(ctx) })
 	s.Go(func(ctx context.Context) { _ = owner.Run(ctx) })
 	// Hooks run in order: the owner saves what nsqd acknowledged, then
