@@ -788,3 +788,57 @@ func TestHangSyncs(t *testing.T) {
 		t.Fatalf("unmount with the disk hung: %v", err)
 	}
 }
+
+// TestNoSpaceThroughMount: a full crashfs (SetSpace) makes a process's
+// write short by what still fit and the next one fail with ENOSPC, as a
+// full tmpfs does; nothing turns it into EIO, and the space returns.
+func TestNoSpaceThroughMount(t *testing.T) {
+	fsys, _, dir := mount(t)
+	p := filepath.Join(dir, "f")
+	fsys.SetSpace(10)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// os.File.Write retries a short write, so it reports what fit and ENOSPC.
+	n, err := f.Write([]byte("0123456789abcdef"))
+	if n != 10 || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write of 16 bytes into 10: %d, %v; want 10 and ENOSPC", n, err)
+	}
+	// write(2) itself: first the short count, then the error.
+	fsys.SetSpace(13)
+	fd := int(f.Fd())
+	if k, err := syscall.Pwrite(fd, []byte("ABCDE"), 10); k != 3 || err != nil {
+		t.Fatalf("pwrite of 5 bytes into 3: %d, %v; want a short write of 3", k, err)
+	}
+	if k, err := syscall.Pwrite(fd, []byte("x"), 13); k > 0 || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("pwrite on a full disk: %d, %v; want ENOSPC", k, err)
+	}
+	if got := readFile(t, p); got != "0123456789ABC" {
+		t.Fatalf("after the short writes: %q", got)
+	}
+	if err := os.Truncate(p, 20); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("growing truncate on a full disk: %v, want ENOSPC", err)
+	}
+	// Metadata still works, and removing a file frees its space.
+	q := filepath.Join(dir, "g")
+	writeSynced(t, q, nil)
+	if err := os.Rename(q, q+"2"); err != nil {
+		t.Fatal(err)
+	}
+	syncDir(t, dir)
+	if err := os.Remove(q + "2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(3); err != nil {
+		t.Fatal(err)
+	}
+	if got := fsys.Used(); got != 3 {
+		t.Fatalf("Used() = %d after truncating to 3", got)
+	}
+	fsys.SetSpace(-1)
+	if _, err := f.WriteAt([]byte("more than the old limit"), 3); err != nil {
+		t.Fatalf("with the space back: %v", err)
+	}
+}

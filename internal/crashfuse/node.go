@@ -334,7 +334,15 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	} else {
 		k, err = h.f.WriteAt(data, off)
 	}
-	return uint32(k), errnoOf(err)
+	if k > 0 {
+		// A short write (crashfs out of space: SetSpace): FUSE's answer
+		// carries either a count or an error, and an error would tell
+		// the program that none of the k bytes now in the file were
+		// written. The count is what write(2) on a full disk returns;
+		// the program's next write for the rest gets the error.
+		return uint32(k), 0
+	}
+	return 0, errnoOf(err)
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {

@@ -12,6 +12,10 @@
 // PowerCut and opens what is left. Running a workload once per n explores
 // every write, fsync, create, rename and remove boundary in turn.
 //
+// SetSpace gives the filesystem a size, as a small tmpfs has: writes that
+// would grow its files beyond it fail with ENOSPC (partially, as Linux's
+// do), while creating, renaming, removing and fsyncing keep working.
+//
 // The repository's internal/crashfuse serves an FS over FUSE, so that
 // whole processes (not only code calling the FS directly) can keep their
 // data on it, be killed, and restart on what a power cut left.
@@ -50,7 +54,15 @@ type inode struct {
 	ents    map[string]*inode // dirs: what programs see
 	dents   map[string]*inode // dirs: what survives a power cut
 	mtime   time.Time
+	// Files only, for the space accounting (see FS.Used): links is the
+	// number of entries naming the file in the programs' view, opens the
+	// number of handles opened since the last PowerCut and not closed.
+	links, opens int
 }
+
+// counted reports whether n's data takes space: a file that a name in the
+// programs' view or an open handle still reaches. Caller holds mu.
+func (n *inode) counted() bool { return !n.dir && (n.links > 0 || n.opens > 0) }
 
 // RootIno is the root directory's inode number (the one FUSE gives its
 // root); every other inode gets a higher one.
@@ -81,11 +93,14 @@ type FS struct {
 	stopped bool
 	trace   []string
 	lastIno uint64 // the highest inode number handed out
+	space   int64  // SetSpace's limit on used; <0 none
+	used    int64  // bytes of data of the counted files (see Used)
 }
 
-// New returns an empty filesystem whose root directory exists durably.
+// New returns an empty filesystem whose root directory exists durably,
+// with no limit on its space.
 func New() *FS {
-	c := &FS{stopAt: -1, lastIno: RootIno - 1}
+	c := &FS{stopAt: -1, lastIno: RootIno - 1, space: -1}
 	c.root = c.newDir(0o755)
 	return c
 }
@@ -119,6 +134,89 @@ func (c *FS) Stopped() bool {
 	return c.stopped
 }
 
+// SetSpace limits the filesystem to n bytes of file data from now on
+// (n < 0: no limit, what New starts with), as a tmpfs mounted with
+// size=n; calling it again resizes it at once, as `mount -o remount,size=`
+// does.
+//
+// What counts is the size of every regular file in the programs' view
+// (see Used): a write (WriteAt, Write) or a truncate that would take Used
+// beyond n fails with a *fs.PathError whose Err is syscall.ENOSPC. A write
+// is partial then, as on a full tmpfs: it writes the bytes that still fit
+// and returns their count with the error, so callers must cope with a
+// short write. Writes that do not grow a file (overwrites), shrinking a
+// file and the metadata operations (create, mkdir, rename, remove, fsync)
+// never fail for space: directories and durability cost nothing here.
+//
+// A limit below Used is allowed: everything that would grow a file fails
+// until enough is freed (removing a file that nothing holds open any
+// more, or truncating one) or the limit is raised.
+//
+// An operation that fails for space is counted by StopAfter and traced
+// like any other (with ": ENOSPC" added to its line), so a workload does
+// the same numbered operations whatever the limit; a stop comes first,
+// so a stopped machine answers ErrStopped, never ENOSPC.
+func (c *FS) SetSpace(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.space = max(n, -1)
+}
+
+// Used is the space in use: the total size of the regular files that a
+// name in the programs' view reaches, plus that of the files removed (or
+// replaced by a rename) while a handle opened since the last PowerCut
+// still holds them open; a file under several names counts once. A
+// file's durable image is not counted on top: a real filesystem writes
+// the same blocks back. Directories take nothing.
+//
+// After a PowerCut it is the durable size of the files that are left,
+// which may exceed the limit: a removal that was not made durable brings
+// its file back.
+func (c *FS) Used() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.used
+}
+
+// room is how many bytes the files may still grow by. Caller holds mu.
+func (c *FS) room() int64 {
+	if c.space < 0 {
+		return 1<<63 - 1
+	}
+	return max(c.space-c.used, 0)
+}
+
+// noSpace marks the operation just counted by mutate as refused for
+// space and returns the error the OS gives. Caller holds mu.
+func (c *FS) noSpace(op, name string) error {
+	if len(c.trace) > 0 {
+		c.trace[len(c.trace)-1] += ": ENOSPC"
+	}
+	return &fs.PathError{Op: op, Path: name, Err: syscall.ENOSPC}
+}
+
+// unlinked drops one name of n from the programs' view. Caller holds mu.
+func (c *FS) unlinked(n *inode) {
+	if n.dir {
+		return
+	}
+	n.links--
+	c.forgetIfFree(n)
+}
+
+// forgetIfFree gives n's bytes back when nothing reaches it any more.
+// Caller holds mu.
+func (c *FS) forgetIfFree(n *inode) {
+	if !n.dir && n.links <= 0 && n.opens <= 0 {
+		c.used -= int64(len(n.data))
+		// Nothing can read it any more (a PowerCut that brings the file
+		// back restores it from its durable image); dropping it makes a
+		// second call subtract nothing.
+		n.data = nil
+		n.links, n.opens = 0, 0
+	}
+}
+
 // Trace returns the mutating operations done so far, one line each (for
 // a failing test's message).
 func (c *FS) Trace() []string {
@@ -139,24 +237,35 @@ func (c *FS) Trace() []string {
 // renamed across directories where only one of the two was fsynced may
 // come back under both names (as a hard link); that is a state a real
 // filesystem can reach too.
+//
+// The space limit (SetSpace) stays; Used is counted afresh from what is
+// left: the durable size of every file a name reaches, since no handle
+// survives the cut. It may exceed the limit (see Used).
 func (c *FS) PowerCut() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.used = 0
 	seen := map[*inode]bool{}
-	var walk func(n *inode)
-	walk = func(n *inode) {
-		if seen[n] {
-			return
-		}
-		seen[n] = true
-		if !n.dir {
-			n.data = slices.Clone(n.durable)
-			return
-		}
-		n.ents = make(map[string]*inode, len(n.dents))
-		for name, ch := range n.dents {
-			n.ents[name] = ch
-			walk(ch)
+	var walk func(d *inode)
+	walk = func(d *inode) {
+		seen[d] = true
+		d.ents = make(map[string]*inode, len(d.dents))
+		for name, ch := range d.dents {
+			d.ents[name] = ch
+			switch {
+			case ch.dir:
+				if !seen[ch] {
+					walk(ch)
+				}
+			default:
+				if !seen[ch] {
+					seen[ch] = true
+					ch.data = slices.Clone(ch.durable)
+					ch.links, ch.opens = 0, 0 // no handle survives the cut
+					c.used += int64(len(ch.data))
+				}
+				ch.links++ // once per entry naming it
+			}
 		}
 	}
 	walk(c.root)
@@ -232,14 +341,16 @@ func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, er
 			return nil, err
 		}
 		n = c.newFile(perm)
+		n.links = 1
 		parent.ents[base] = n
 	}
 	if flag&os.O_TRUNC != 0 && len(n.data) > 0 {
 		if err := c.mutate("truncate " + name + " 0"); err != nil {
 			return nil, err
 		}
-		n.data = n.data[:0]
+		c.resize(n, 0)
 	}
+	n.opens++
 	return &file{c: c, n: n, name: name, gen: c.gen,
 		write: flag&(os.O_WRONLY|os.O_RDWR) != 0, append: flag&os.O_APPEND != 0}, nil
 }
@@ -317,6 +428,7 @@ func (c *FS) Remove(name string) error {
 		return err
 	}
 	delete(parent.ents, base)
+	c.unlinked(n)
 	return nil
 }
 
@@ -358,6 +470,9 @@ func (c *FS) Rename(oldpath, newpath string) error {
 	}
 	delete(op.ents, ob)
 	np.ents[nb] = n
+	if old != nil {
+		c.unlinked(old)
+	}
 	return nil
 }
 
@@ -394,7 +509,9 @@ func (c *FS) Truncate(name string, size int64) error {
 	if err := c.mutate(fmt.Sprintf("truncate %s %d", name, size)); err != nil {
 		return err
 	}
-	n.resize(size)
+	if !c.resize(n, size) {
+		return c.noSpace("truncate", name)
+	}
 	return nil
 }
 
@@ -416,15 +533,24 @@ func (c *FS) Chmod(name string, mode fs.FileMode) error {
 	return nil
 }
 
-// resize sets a file's visible size, zero-filling when it grows. Caller
-// holds mu.
-func (n *inode) resize(size int64) {
-	if size <= int64(len(n.data)) {
+// resize sets a file's visible size, zero-filling when it grows, unless
+// growing takes more space than is left: then it changes nothing and
+// returns false. Caller holds mu.
+func (c *FS) resize(n *inode, size int64) bool {
+	old := int64(len(n.data))
+	if size > old && size-old > c.room() {
+		return false
+	}
+	if size <= old {
 		n.data = n.data[:size]
 	} else {
-		n.data = append(n.data, make([]byte, size-int64(len(n.data)))...)
+		n.data = append(n.data, make([]byte, size-old)...)
+	}
+	if n.counted() {
+		c.used += size - old
 	}
 	n.mtime = time.Now()
+	return true
 }
 
 // SyncDir makes the directory's current entries durable.
@@ -514,9 +640,9 @@ func (f *file) Write(p []byte) (int, error) {
 		off = int64(len(f.n.data))
 	}
 	n, err := f.writeLocked(p, off)
-	if err == nil {
-		f.off = off + int64(n)
-	}
+	// A short write (no space for the rest) moves the offset too, as
+	// write(2)'s does.
+	f.off = off + int64(n)
 	return n, err
 }
 
@@ -534,12 +660,23 @@ func (f *file) writeLocked(p []byte, off int64) (int, error) {
 	if err := f.c.mutate(fmt.Sprintf("write %s %d+%d", f.name, off, len(p))); err != nil {
 		return 0, err
 	}
-	if end := off + int64(len(p)); end > int64(len(f.n.data)) {
-		f.n.data = append(f.n.data, make([]byte, end-int64(len(f.n.data)))...)
+	// Without room for all of p, write what fits (possibly nothing) and
+	// say ENOSPC, as Linux does on a full tmpfs.
+	k := int64(len(p))
+	var err error
+	if size, room := int64(len(f.n.data)), f.c.room(); off+k-size > room {
+		k = max(size+room-off, 0) // room < off+k-size: no overflow
+		err = f.c.noSpace("write", f.name)
 	}
-	copy(f.n.data[off:], p)
+	if k == 0 {
+		return 0, err
+	}
+	if end := off + k; end > int64(len(f.n.data)) {
+		f.c.resize(f.n, end) // fits: k was cut to the room
+	}
+	copy(f.n.data[off:], p[:k])
 	f.n.mtime = time.Now()
-	return len(p), nil
+	return int(k), err
 }
 
 func (f *file) Truncate(size int64) error {
@@ -554,7 +691,9 @@ func (f *file) Truncate(size int64) error {
 	if err := f.c.mutate(fmt.Sprintf("truncate %s %d", f.name, size)); err != nil {
 		return err
 	}
-	f.n.resize(size)
+	if !f.c.resize(f.n, size) {
+		return f.c.noSpace("truncate", f.name)
+	}
 	return nil
 }
 
@@ -587,6 +726,10 @@ func (f *file) Close() error {
 		return &fs.PathError{Op: "close", Path: f.name, Err: fs.ErrClosed}
 	}
 	f.shut = true
+	if f.gen == f.c.gen { // PowerCut already forgot older handles
+		f.n.opens--
+		f.c.forgetIfFree(f.n)
+	}
 	return nil
 }
 
