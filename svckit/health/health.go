@@ -35,10 +35,10 @@ type CheckFunc func() error
 
 // Server is the HTTP server of one service.
 type Server struct {
-	opts   Options
-	mux    *http.ServeMux
-	srv    *http.Server
-	ln     net.Listener
+	opts    Options
+	mux     *http.ServeMux
+	srv     *http.Server
+	ln      net.Listener
 	mu      sync.RWMutex
 	checks  map[string]CheckFunc
 	details map[string]DetailFunc

@@ -58,7 +58,7 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 		q.Set("from", strconv.FormatUint(r.From, 10))
 		q.Set("to", strconv.FormatUint(r.To, 10))
 	}
-	resp, err := c.Get(ctx, addr, "/replay", q)
+	resp, err := c.get(ctx, addr, "/replay", q, http.Header{AcceptDamagedHeader: {"1"}})
 	if err != nil {
 		return 0, err
 	}
@@ -121,6 +121,10 @@ func damagedTrailer(stream string, resp *http.Response) error {
 
 // Get performs an authenticated GET on the owner.
 func (c Client) Get(ctx context.Context, addr, path string, q url.Values) (*http.Response, error) {
+	return c.get(ctx, addr, path, q, nil)
+}
+
+func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http.Header) (*http.Response, error) {
 	u := "http://" + addr + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -128,6 +132,9 @@ func (c Client) Get(ctx context.Context, addr, path string, q url.Values) (*http
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range h {
+		req.Header[k] = v
 	}
 	if c.Secret != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Secret)

@@ -3,6 +3,7 @@ package replay
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/durable/crashfs"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/retainlog"
@@ -136,6 +140,16 @@ func TestOwnerBitRotRecoveredThroughSnapshot(t *testing.T) {
 	waitFor(t, "the scrubber and reads to find both", func() bool {
 		return retainlog.FormatRanges(o.Status().Damaged) == "10-10,295-295"
 	})
+	// A client from before damage was reported (no Svckit-Accept-Damaged)
+	// gets 410 Gone for a range with known damage: it takes a snapshot.
+	resp, err := http.Get("http://" + inst.Addr() + "/replay?stream=rot&from=1&to=300")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGone {
+		t.Fatalf("legacy replay over damage: %s, want 410", resp.Status)
+	}
 	if v := metricValue(m.DamagedRecords.WithLabelValues("rot")); v != 2 {
 		t.Fatalf("damaged records gauge %v, want 2", v)
 	}
@@ -238,4 +252,116 @@ func metricValue(c prometheus.Collector) float64 {
 		return m.Gauge.GetValue()
 	}
 	return m.Counter.GetValue()
+}
+
+// A message the log refuses for what it is (too large), not for a failed
+// write, is not a full disk: Publish fails, and the owner still accepts
+// others.
+func TestOwnerOversizedMessageIsNotAFullDisk(t *testing.T) {
+	o, err := OpenOwner(OwnerOptions{Stream: "big", Dir: t.TempDir(), Log: retainlog.DefaultOptions("")}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close(context.Background())
+	_, err = o.Publish(context.Background(), make([]byte, retainlog.MaxDataLen+1), "")
+	if err == nil || errors.Is(err, ErrNotAccepting) {
+		t.Fatalf("publishing an oversized message: %v, want an error that is not ErrNotAccepting", err)
+	}
+	if err := o.Accepting(); err != nil {
+		t.Fatalf("Accepting() after an oversized message: %v", err)
+	}
+}
+
+// An owner without a fold whose nsqd acknowledged nothing: its state files
+// say nothing was published, but durable.seq says what was fsynced, so a
+// bit flipped in its last record is damage, kept, not a torn tail cut and
+// its sequence number given again.
+func TestOwnerDurableSeqKeepsARottenLastRecord(t *testing.T) {
+	dir := t.TempDir()
+	lo := retainlog.DefaultOptions("")
+	open := func() *Owner {
+		o, err := OpenOwner(OwnerOptions{Stream: "nofold", Dir: dir, Log: lo}, silentPublisher{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	o := open()
+	for range 20 {
+		if _, err := o.Publish(context.Background(), []byte("reading"), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := o.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "published.seq")); len(b) > 0 && string(b) != "0\n" {
+		t.Fatalf("published.seq %q: nsqd acknowledged something", b)
+	}
+	seg := segments(t, dir)[0]
+	b, _ := os.ReadFile(seg)
+	b[recordAt(t, seg, 20)+30] ^= 0x08
+	os.WriteFile(seg, b, 0o644)
+	o = open()
+	defer o.Close(context.Background())
+	if st := o.Status(); st.LastSeq != 20 || retainlog.FormatRanges(st.Damaged) != "20-20" || o.Log().Recovery().TruncatedBytes != 0 {
+		t.Fatalf("status %+v, recovery %+v; want 20 kept as damage", st, o.Log().Recovery())
+	}
+	if seq, err := o.Publish(context.Background(), []byte("next"), ""); err != nil || seq != 21 {
+		t.Fatalf("next publish: %d, %v; want 21", seq, err)
+	}
+}
+
+// failSyncFS fails every fsync of a file once fail is set.
+type failSyncFS struct {
+	durable.FS
+	fail *atomic.Bool
+}
+
+func (f failSyncFS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return failSyncFile{file, f.fail}, nil
+}
+
+type failSyncFile struct {
+	durable.File
+	fail *atomic.Bool
+}
+
+func (f failSyncFile) Sync() error {
+	if f.fail.Load() {
+		return &fs.PathError{Op: "fsync", Path: "log", Err: syscall.EIO}
+	}
+	return f.File.Sync()
+}
+
+// A failed fsync is not a full disk: it stays (the kernel may have dropped
+// the pages), the owner refuses appends until a restart, and Accepting
+// says so.
+func TestOwnerFailedFsyncIsSticky(t *testing.T) {
+	var fail atomic.Bool
+	o, err := OpenOwner(OwnerOptions{Stream: "eio", Dir: t.TempDir(), Log: retainlog.DefaultOptions(""),
+		FS: failSyncFS{durable.OS(), &fail}}, ackAll{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close(context.Background())
+	if _, err := o.Publish(context.Background(), []byte("a"), ""); err != nil {
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	if _, err := o.Publish(context.Background(), []byte("b"), ""); err == nil {
+		t.Fatal("publish with a failing fsync succeeded")
+	}
+	fail.Store(false)
+	_, err = o.Publish(context.Background(), []byte("c"), "")
+	if err == nil || errors.Is(err, ErrNotAccepting) {
+		t.Fatalf("publish after a failed fsync: %v, want the sticky failure", err)
+	}
+	if err := o.Accepting(); err == nil || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("Accepting() = %v, want the failed fsync", err)
+	}
 }

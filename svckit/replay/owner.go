@@ -123,6 +123,7 @@ type Owner struct {
 
 	saveMu    sync.Mutex // one save at a time (Run's ticker, Close)
 	savedMark uint64     // under saveMu
+	savedDur  uint64     // under saveMu: what durable.seq says
 	savedSnap uint64     // under saveMu: the seq snapshot.json covers
 }
 
@@ -208,10 +209,15 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		}
 		o.Log.Floor = min(o.Log.Floor, snap.Seq+1)
 	}
-	// What the state files cover was durable: a bad record there is
-	// damage (kept, reported), never a torn tail to cut, and the stream
-	// goes on after it whatever the disk did to the log.
-	o.Log.Durable = max(o.Log.Durable, mark)
+	// What the state files cover was durable (durable.seq is the log's
+	// last fsync as of the last save): a bad record there is damage
+	// (kept, reported), never a torn tail to cut, and the stream goes on
+	// after it whatever the disk did to the log.
+	dur, err := readUint(o.FS, filepath.Join(o.Dir, "durable.seq"))
+	if err != nil {
+		return nil, err
+	}
+	o.Log.Durable = max(o.Log.Durable, mark, dur)
 	if snap != nil {
 		o.Log.Durable = max(o.Log.Durable, snap.Seq)
 	}
@@ -243,6 +249,9 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		}
 	}
 	switch {
+	case dur > w.seq && l.LastSeq() > 0 && dur > mark:
+		l.Close()
+		return nil, fmt.Errorf("stream %s: durable.seq says %d was fsynced but the retained log in %s ends at %d: the log lost durable records; refusing to reuse sequence numbers (move the log directory aside to start a new log after %d)", o.Stream, dur, o.Log.Dir, w.seq, dur)
 	case mark > w.seq && l.LastSeq() > 0:
 		// save makes the log durable before it writes the watermark, so
 		// this means the disk lost fsynced data (or files were copied by
@@ -250,14 +259,14 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 		// acknowledged: refuse, and delete nothing.
 		l.Close()
 		return nil, fmt.Errorf("stream %s: published.seq says %d was acknowledged but the retained log in %s ends at %d: the log lost durable records; refusing to reuse sequence numbers (move the log directory aside to start a new log after %d)", o.Stream, mark, o.Log.Dir, w.seq, mark)
-	case mark > w.seq:
-		o.Logger.Warn("the retained log is empty; continuing after the published watermark (older sequences are not retained)", "published", mark)
-		w.seq, w.after = mark, mark
+	case max(mark, dur) > w.seq:
+		o.Logger.Warn("the retained log is empty; continuing after the published watermark (older sequences are not retained)", "published", mark, "durable", dur)
+		w.seq, w.after = max(mark, dur), max(mark, dur)
 	}
 	// An empty log continuing after `after`: nothing up to it is left to
 	// publish, so the watermark (and retention) start there.
 	w.acked.Reset(max(mark, w.after))
-	w.savedMark = mark
+	w.savedMark, w.savedDur = mark, dur
 	if snap != nil {
 		w.savedSnap = snap.Seq
 	}
@@ -497,7 +506,7 @@ func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, la
 		w.buf = buf
 	}
 	if err != nil {
-		if !errors.Is(err, retainlog.ErrClosed) && w.log.Err() == nil {
+		if errors.Is(err, retainlog.ErrWrite) && w.log.Err() == nil {
 			// A write that failed (a full disk) and was undone: nothing
 			// was taken, and the next append tries again.
 			if w.notAccepting == nil {
@@ -722,8 +731,8 @@ func (w *Owner) sleep(ctx context.Context, delay *time.Duration) {
 	*delay = min(*delay*2, 5*time.Second)
 }
 
-// save persists the fold and the published watermark (each atomically),
-// after the log records they describe: metadata is never durable ahead of
+// save persists the fold, the published watermark and the log's last fsync
+// (each atomically), after the log records they describe: metadata is never durable ahead of
 // its data, so after a power loss the snapshot and the watermark never
 // point past the log.
 func (w *Owner) save() error {
@@ -760,6 +769,15 @@ func (w *Owner) save() error {
 			return err
 		}
 		w.savedMark = mark
+	}
+	// The log's last fsync, so that a restart knows what was durable
+	// (Options.Durable) even while nsqd acknowledges nothing and there is
+	// no fold: a bad record there is damage, not a torn tail to cut.
+	if dur := w.log.DurableSeq(); dur > w.savedDur {
+		if err := durable.WriteFileAtomic(w.o.FS, filepath.Join(w.o.Dir, "durable.seq"), []byte(strconv.FormatUint(dur, 10)+"\n")); err != nil {
+			return err
+		}
+		w.savedDur = dur
 	}
 	// Retention keeps what is not yet acknowledged (the pump publishes it
 	// after a restart) and what the durable snapshot does not cover (the

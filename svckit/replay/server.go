@@ -27,6 +27,12 @@ const FramesContentType = "application/x-svckit-frames"
 // ("first-last,first-last"): every other frame was sent.
 const DamagedTrailer = "Svckit-Damaged"
 
+// AcceptDamagedHeader is the request header ("1") by which a replay client
+// says it reads DamagedTrailer. A client that does not send it (one from
+// before damage was reported) gets 410 Gone for a range with known damage,
+// which it answers with a snapshot, as for a trimmed range.
+const AcceptDamagedHeader = "Svckit-Accept-Damaged"
+
 // ErrDamaged: some sequences asked for were damaged on the owner's disk
 // (see DamagedError). They are not coming back: recover through a snapshot.
 var ErrDamaged = errors.New("damaged on the owner's disk: recover from a snapshot")
@@ -209,6 +215,13 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	legacy := r.Header.Get(AcceptDamagedHeader) == ""
+	if legacy && since.IsZero() {
+		if rs := s.knownDamage(id, from, to); len(rs) > 0 {
+			httpError(w, fmt.Errorf("%w: sequences %s were damaged on the owner's disk", ErrGone, retainlog.FormatRanges(rs)))
+			return
+		}
+	}
 	// Declared before the body: a damaged range is named after it.
 	w.Header().Set("Trailer", DamagedTrailer)
 	bw := bufio.NewWriterSize(w, 256<<10)
@@ -230,6 +243,16 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	var damaged *DamagedError
+	if errors.As(err, &damaged) && legacy {
+		// Damage found during this replay, for a client that cannot read
+		// the trailer: cut the response, as before; asked again, it gets
+		// 410 above.
+		if !started {
+			httpError(w, fmt.Errorf("%w: %v", ErrGone, err))
+			return
+		}
+		panic(http.ErrAbortHandler)
+	}
 	if errors.As(err, &damaged) {
 		// Every frame that could be served was: name what could not.
 		w.Header().Set(DamagedTrailer, retainlog.FormatRanges(damaged.Ranges))
@@ -252,6 +275,24 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		// truncated response instead of a short one that looks complete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// knownDamage is the damage this server's owner of stream knows within
+// [from, to].
+func (s *Server) knownDamage(stream string, from, to uint64) [][2]uint64 {
+	s.mu.RLock()
+	o := s.owners[stream]
+	s.mu.RUnlock()
+	if o == nil {
+		return nil
+	}
+	var out [][2]uint64
+	for _, r := range o.Log().DamagedRanges() {
+		if r[1] >= from && r[0] <= to {
+			out = append(out, [2]uint64{max(r[0], from), min(r[1], to)})
+		}
+	}
+	return out
 }
 
 // ownerSource serves an Owner's stream (nil: a stream nobody here has).

@@ -117,19 +117,40 @@ func addRange(rs [][2]uint64, first, last uint64) [][2]uint64 {
 const minRecordLen = headerLen + bodyFixedLen
 
 // resync looks for where intact records start again after damage found at
-// off, the start of the record that should have had sequence want. A
-// candidate at p must decode (length, CRC), have a sequence number q with
-// want <= q <= maxSeq that the bytes in between could have held
-// ((q-want)*minRecordLen <= p-off: damage replaces bytes, it does not remove
-// them), and be followed by the end of the data or by an intact record with
-// sequence q+1. The last condition keeps a record-shaped payload inside a
-// damaged record (a publisher's data can be anything) from being taken for
-// the stream going on. It returns the candidate's offset and sequence, or
-// found = false when nothing intact follows off before limit.
+// off, the start of the record that should have had sequence want.
+//
+// First it trusts the damaged record's own length field: when the bytes
+// right after it are an intact record with sequence want+1, only the
+// record at off is damaged (its CRC or data took the hit) — the real layout
+// of the file, which no payload can fake.
+//
+// Otherwise it scans. A candidate at p must decode (length, CRC) and have a
+// sequence number q with want < q <= maxSeq that the damaged bytes could
+// have held ((q-want)*minRecordLen <= p-off: damage replaces bytes, it does
+// not insert or remove them, so the record at off, want, is never found
+// again further on). A candidate is strong when it is followed by the end
+// of the data or by an intact record with sequence q+1, weak when it is
+// followed by bytes that are no intact record (damage, or a torn tail).
+// The first weak candidate before the first strong one (with a smaller
+// sequence number) wins: an intact record between two damaged ones, or
+// before a torn tail, is kept. Otherwise the first strong one. A
+// record-shaped payload inside a damaged record can pass only as a weak
+// candidate, when the records after it are damaged too.
+//
+// It returns the candidate's offset and sequence, or found = false when
+// nothing intact follows off before limit.
 func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p int64, q uint64, found bool, err error) {
+	if p, q, ok, err := byOwnLength(f, off, limit, want, maxSeq); err != nil || ok {
+		return p, q, ok, err
+	}
 	const window = headerLen + bodyFixedLen // what a candidate test needs in buf
 	if len(buf) < 2*window {
 		buf = make([]byte, 64<<10)
+	}
+	var weak struct {
+		p     int64
+		q     uint64
+		found bool
 	}
 	var rec []byte // a candidate's whole record, when it is not in buf
 	for pos := off + 1; pos+minRecordLen <= limit; {
@@ -139,7 +160,7 @@ func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p
 			return 0, 0, false, rerr
 		}
 		if m < minRecordLen {
-			return 0, 0, false, nil // the file ends before limit
+			break // the file ends before limit
 		}
 		chunk := buf[:m]
 		// Candidates start at pos+i for i <= m-window; the next chunk
@@ -156,7 +177,7 @@ func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p
 				continue
 			}
 			seq := binary.BigEndian.Uint64(chunk[i+headerLen:])
-			if seq < want || seq > maxSeq || (seq-want) > uint64(at-off)/minRecordLen {
+			if seq <= want || seq > maxSeq || (seq-want) > uint64(at-off)/minRecordLen {
 				continue
 			}
 			var whole []byte
@@ -177,70 +198,122 @@ func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p
 			if crc32.Checksum(whole[headerLen:], castagnoli) != binary.BigEndian.Uint32(whole[4:]) {
 				continue
 			}
-			ok, err := chained(f, end, limit, seq+1)
+			next, err := successor(f, end, limit, seq+1)
 			if err != nil {
 				return 0, 0, false, err
 			}
-			if ok {
+			switch {
+			case next == chainContinues:
+				if weak.found && weak.q < seq {
+					return weak.p, weak.q, true, nil
+				}
 				return at, seq, true, nil
+			case next == chainBroken && !weak.found:
+				weak.p, weak.q, weak.found = at, seq, true
 			}
 		}
 		pos += int64(last + 1)
 	}
+	if weak.found {
+		return weak.p, weak.q, true, nil
+	}
 	return 0, 0, false, nil
 }
 
-// chained reports whether off is the end of the data or the start of an
-// intact record with sequence number seq.
-func chained(f io.ReaderAt, off, limit int64, seq uint64) (bool, error) {
-	if off == limit {
-		return true, nil
-	}
-	var hdr [headerLen + bodyFixedLen]byte
-	if off+int64(len(hdr)) > limit {
-		return false, nil
+// byOwnLength reports the record right after the damaged one at off, by the
+// damaged record's length field, when it is intact with sequence want+1.
+func byOwnLength(f io.ReaderAt, off, limit int64, want, maxSeq uint64) (int64, uint64, bool, error) {
+	var hdr [headerLen]byte
+	if off+headerLen > limit || want+1 > maxSeq {
+		return 0, 0, false, nil
 	}
 	if _, err := f.ReadAt(hdr[:], off); err != nil {
 		if errors.Is(err, io.EOF) {
-			return false, nil
+			return 0, 0, false, nil
 		}
-		return false, err
+		return 0, 0, false, err
 	}
 	n, ok := peekBodyLen(hdr[:])
-	if !ok || off+headerLen+int64(n) > limit || binary.BigEndian.Uint64(hdr[headerLen:]) != seq {
-		return false, nil
+	if !ok {
+		return 0, 0, false, nil
+	}
+	next := off + headerLen + int64(n)
+	if next >= limit {
+		return 0, 0, false, nil
+	}
+	s, err := successor(f, next, limit, want+1)
+	if err != nil || s != chainContinues {
+		return 0, 0, false, err
+	}
+	return next, want + 1, true, nil
+}
+
+// What follows a resync candidate.
+const (
+	chainContinues    = iota // the end of the data, or an intact record with the next sequence
+	chainBroken              // bytes that are no intact record: damage or a torn tail
+	chainContradicted        // an intact record with another sequence
+)
+
+// successor says what follows a candidate ending at off whose successor
+// should have sequence seq.
+func successor(f io.ReaderAt, off, limit int64, seq uint64) (int, error) {
+	if off == limit {
+		return chainContinues, nil
+	}
+	var hdr [headerLen + bodyFixedLen]byte
+	if off+int64(len(hdr)) > limit {
+		return chainBroken, nil
+	}
+	if _, err := f.ReadAt(hdr[:], off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return chainBroken, nil
+		}
+		return 0, err
+	}
+	n, ok := peekBodyLen(hdr[:])
+	if !ok || off+headerLen+int64(n) > limit {
+		return chainBroken, nil
 	}
 	b := make([]byte, headerLen+n)
 	if _, err := f.ReadAt(b, off); err != nil {
 		if errors.Is(err, io.EOF) {
-			return false, nil
+			return chainBroken, nil
 		}
-		return false, err
+		return 0, err
 	}
-	_, _, fault := decodeRecord(b)
-	return fault == faultNone, nil
+	r, _, fault := decodeRecord(b)
+	switch {
+	case fault != faultNone:
+		return chainBroken, nil
+	case r.Seq == seq:
+		return chainContinues, nil
+	}
+	return chainContradicted, nil
 }
 
 // quarantineDir is where copies of damaged bytes (and of cut torn tails)
 // are kept, inside the log's directory.
 const quarantineDir = "quarantine"
 
-// quarantine copies n bytes of the segment at off into the quarantine
-// directory, durably, under a name that says where they came from, and
-// returns its path. An existing copy is kept (the same damage found again).
-func (l *Log) quarantine(f io.ReaderAt, segPath string, off, n int64, kind string) (string, error) {
+// maxQuarantineCopy bounds one quarantine copy: a whole garbage segment's
+// first part names it well enough.
+const maxQuarantineCopy = 2 * MaxBodyLen
+
+// quarantine copies n bytes, read from src at at, that stood at off of the
+// segment segPath, into the quarantine directory, durably, under a name
+// that says where they came from, and returns its path. An existing copy
+// is kept (the same damage found again).
+func (l *Log) quarantine(src io.ReaderAt, at int64, segPath string, off, n int64, kind string) (string, error) {
 	dir := filepath.Join(l.opts.Dir, quarantineDir)
 	name := fmt.Sprintf("%s.%d.%s", strings.TrimSuffix(filepath.Base(segPath), segSuffix), off, kind)
 	path := filepath.Join(dir, name)
 	if _, err := l.opts.FS.Stat(path); err == nil {
 		return path, nil
 	}
-	if n > MaxBodyLen*2 {
-		n = MaxBodyLen * 2 // a whole garbage segment: its first part names it well enough
-	}
-	b := make([]byte, n)
-	if n > 0 {
-		m, err := f.ReadAt(b, off)
+	b := make([]byte, min(n, maxQuarantineCopy))
+	if len(b) > 0 {
+		m, err := src.ReadAt(b, at)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return "", fmt.Errorf("reading damaged bytes of %s at %d: %w", segPath, off, err)
 		}
@@ -275,6 +348,18 @@ func (s *segment) addDamage(d Damage) bool {
 		s.uncopied.Store(true)
 	}
 	return true
+}
+
+// damageOf returns the known damage a read at off meets when it wants
+// sequence want: the run holding want that the read is at or in (whatever
+// record it started from). Caller holds s.idxMu.
+func (s *segment) damageOf(want uint64, off int64) (Damage, bool) {
+	for _, d := range s.damage {
+		if d.First <= want && want <= d.Last && d.Offset <= off && off <= d.Offset+d.Bytes {
+			return d, true
+		}
+	}
+	return Damage{}, false
 }
 
 // damageAt returns the known damage starting at off. Caller holds s.idxMu.

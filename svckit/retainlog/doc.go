@@ -21,18 +21,29 @@
 // Options.SegmentBytes (a single batch larger than that still goes into one
 // segment), so a batch is never split across files.
 //
-// # Crash safety
+// # Crash safety and damage
 //
 // Append writes a whole batch with one write(2) at the committed end of the
 // active segment and only then advances the committed size that readers see. A
 // crash can therefore leave at most a torn or garbage tail after the last
 // complete record. Open scans the active segment, validating every CRC and that
-// sequence numbers go up by exactly one, truncates the file at the last good
-// record (and fsyncs it), logs a warning and reports it through Recovery. A
-// truncated tail is never served. Sealed segments are trusted at Open (they
-// were complete, and fsynced unless the policy is never, before the next
-// segment was created), but Read still checks every CRC and sequence number and
-// returns an error wrapping ErrCorrupt instead of serving a bad record.
+// sequence numbers go up by exactly one.
+//
+// A torn tail and a damaged record are different things, and only the first
+// is ever cut. Where a record fails validation, the scan looks for intact
+// records again (resync, see Damage). A bad run with an intact record after
+// it, or at or below Options.Durable (what its owner knew was durable), is
+// damage: kept where it is, copied to the quarantine directory, reported
+// (Damaged, Options.OnDamage) and skipped by Read, which serves every intact
+// record and then returns a DamagedError naming the damaged sequences. A bad
+// run at the end that nobody knew was durable is a torn tail: copied to the
+// quarantine directory, then truncated (and fsynced) and reported through
+// Recovery; it is never served. Sealed segments are trusted at Open (their
+// extent follows from the file names) and checked by every Read and by the
+// background scrubber (Options.ScrubRate), where anything bad is damage.
+//
+// A failed write (a full disk) is undone and wraps ErrWrite; the next Append
+// tries again.
 //
 // # Fsync policy
 //

@@ -1,6 +1,7 @@
 package retainlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -208,6 +209,11 @@ var (
 	ErrNotContiguous = errors.New("retainlog: sequence not contiguous")
 	// ErrClosed: the Log has been closed.
 	ErrClosed = errors.New("retainlog: log closed")
+	// ErrWrite: an append's write, or the creation of its segment, failed
+	// (a full disk, above all) and was undone: nothing of the batch is in
+	// the log, and the next Append tries again. Not sticky, unlike a failed
+	// fsync (Err).
+	ErrWrite = errors.New("retainlog: write failed")
 )
 
 // Log is an open retained log. Create it with Open; it is safe for concurrent
@@ -390,7 +396,7 @@ func (l *Log) openActive(s *segment) error {
 	// above Options.Durable was known to be durable, nothing intact
 	// follows). Keep a copy, then cut it so appends go on at a record
 	// boundary.
-	copyPath, qerr := l.quarantine(f, s.path, res.good, size-res.good, "torn")
+	copyPath, qerr := l.quarantine(f, res.good, s.path, res.good, size-res.good, "torn")
 	if qerr != nil {
 		l.log.Warn("retainlog: could not keep a copy of a torn tail before cutting it", "segment", s.path, "error", qerr)
 	}
@@ -418,7 +424,7 @@ func (l *Log) noteDamage(s *segment, f io.ReaderAt, d Damage) {
 	if known {
 		return
 	}
-	path, err := l.quarantine(f, s.path, d.Offset, d.Bytes, "damaged")
+	path, err := l.quarantine(f, d.Offset, s.path, d.Offset, d.Bytes, "damaged")
 	if err != nil {
 		l.log.Warn("retainlog: could not copy damaged bytes to quarantine (retried later)", "segment", s.path, "offset", d.Offset, "error", err)
 	}
@@ -575,7 +581,7 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 			l.err = fmt.Errorf("retainlog: %s is unusable after a failed write (%v) and truncate: %w", act.path, err, terr)
 			l.log.Error("retainlog: failed write could not be undone", "segment", act.path, "error", l.err)
 		}
-		return fmt.Errorf("retainlog: write %s: %w", act.path, err)
+		return fmt.Errorf("%w: %s: %w", ErrWrite, act.path, err)
 	}
 	act.idxMu.Lock()
 	act.index = append(act.index, pend...)
@@ -675,13 +681,13 @@ func (l *Log) roll(first uint64) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("retainlog: create segment: %w", err)
+		return fmt.Errorf("%w: creating segment %s: %w", ErrWrite, path, err)
 	}
 	if l.opts.Fsync != FsyncNever {
 		if err := l.opts.FS.SyncDir(l.opts.Dir); err != nil {
 			f.Close()
 			l.opts.FS.Remove(path)
-			return fmt.Errorf("retainlog: fsync dir %s: %w", l.opts.Dir, err)
+			return fmt.Errorf("%w: fsync of directory %s after creating a segment: %w", ErrWrite, l.opts.Dir, err)
 		}
 	}
 	l.segs = append(l.segs, &segment{base: first, path: path, f: f, indexed: true})
@@ -721,11 +727,6 @@ func (l *Log) enforceRetentionLocked() {
 			// Everything newer is empty (Open cut the active segment back to
 			// nothing). Keep the last records so LastSeq survives: a publisher
 			// resumes its sequence from it.
-			break
-		}
-		if s.uncopied.Load() {
-			// Damaged bytes with no quarantine copy yet (the disk was
-			// full): deleting the segment would delete them.
 			break
 		}
 		if f := l.floor.Load(); f > 0 && s.base+s.count > f {
@@ -808,12 +809,55 @@ func (l *Log) dropSegment(s *segment) {
 }
 
 func (l *Log) unlink(s *segment) {
+	// Damaged bytes with no quarantine copy yet (the disk was full when
+	// they were found) go to memory first and to the quarantine directory
+	// once the segment's removal made room: retention must not wait for
+	// space that only it can free, nor delete the only copy.
+	kept := l.keepUncopied(s)
 	// No directory fsync: a removal lost in a power cut brings an old
 	// segment back, which only retains more (segments go oldest first, so
 	// what remains is still contiguous).
 	if err := l.opts.FS.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		l.log.Warn("retainlog: remove segment", "segment", s.path, "error", err)
 	}
+	for _, k := range kept {
+		path, err := l.quarantine(bytes.NewReader(k.b), 0, s.path, k.d.Offset, int64(len(k.b)), "damaged")
+		if err != nil {
+			l.log.Error("retainlog: retention deleted a segment whose damaged bytes could not be copied to quarantine", "segment", s.path, "offset", k.d.Offset, "error", err)
+			continue
+		}
+		l.log.Info("retainlog: damaged bytes of a deleted segment copied to quarantine", "segment", s.path, "quarantine", path)
+	}
+}
+
+type keptDamage struct {
+	d Damage
+	b []byte
+}
+
+// keepUncopied reads the damaged runs of s that have no quarantine copy.
+func (l *Log) keepUncopied(s *segment) []keptDamage {
+	if !s.uncopied.Load() {
+		return nil
+	}
+	f, err := l.opts.FS.OpenFile(s.path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	s.idxMu.Lock()
+	ds := slices.Clone(s.damage)
+	s.idxMu.Unlock()
+	var out []keptDamage
+	for _, d := range ds {
+		if d.Quarantine != "" {
+			continue
+		}
+		b := make([]byte, min(d.Bytes, maxQuarantineCopy))
+		n, _ := f.ReadAt(b, d.Offset)
+		out = append(out, keptDamage{d: d, b: b[:n]})
+	}
+	return out
 }
 
 // release drops a reader's reference. Caller must not hold mu.
@@ -836,11 +880,12 @@ type segRef struct {
 	count uint64
 }
 
-// Read calls fn for every record from..to inclusive, in order; to is clamped
-// to LastSeq. It returns an error wrapping ErrTrimmed if from is below
-// FirstSeq, ErrBeyondEnd if from is above LastSeq (or the log is empty), and
-// ErrCorrupt if a record fails its CRC or sequence check (records before it
-// have been delivered). It stops with fn's error, unwrapped, or ctx.Err().
+// Read calls fn for every intact record from..to inclusive, in order; to is
+// clamped to LastSeq. It returns an error wrapping ErrTrimmed if from is below
+// FirstSeq, ErrBeyondEnd if from is above LastSeq (or the log is empty), and,
+// after every intact record was delivered, a *DamagedError (wrapping
+// ErrCorrupt) naming the damaged sequences of the range, which it skipped. It
+// stops with fn's error, unwrapped, or ctx.Err().
 //
 // Read sees the log as it was when it started: records appended meanwhile are
 // not delivered, and segments removed by retention meanwhile stay readable
@@ -984,9 +1029,9 @@ func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []
 // the segment's known damage there, or damage found now (resync, noted).
 func (l *Log) damageAt(s *segment, f io.ReaderAt, rd *segReader, off, limit int64, want, maxSeq uint64, fault decodeFault, got uint64, eof bool) (Damage, error) {
 	s.idxMu.Lock()
-	d, ok := s.damageAt(off)
+	d, ok := s.damageOf(want, off)
 	s.idxMu.Unlock()
-	if ok && d.First == want {
+	if ok {
 		return d, nil
 	}
 	reason := fault.String()

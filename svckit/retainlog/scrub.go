@@ -143,7 +143,7 @@ func (l *Log) copyDamage(s *segment) {
 		if d.Quarantine != "" {
 			continue
 		}
-		path, err := l.quarantine(f, s.path, d.Offset, d.Bytes, "damaged")
+		path, err := l.quarantine(f, d.Offset, s.path, d.Offset, d.Bytes, "damaged")
 		if err != nil {
 			all = false
 			continue
@@ -159,8 +159,12 @@ func (l *Log) copyDamage(s *segment) {
 			}
 		}
 	}
-	s.idxMu.Unlock()
-	if all {
-		s.uncopied.Store(false)
+	// Looked at again under the lock: damage found meanwhile may have no
+	// copy either.
+	all = true
+	for _, d := range s.damage {
+		all = all && d.Quarantine != ""
 	}
+	s.uncopied.Store(!all)
+	s.idxMu.Unlock()
 }
