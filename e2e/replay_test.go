@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/retainlog"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -249,34 +249,33 @@ func TestReplayTornTailGarbage(t *testing.T) {
 }
 
 // (e') The last record itself torn after it was published and its
-// snapshot saved: that only happens when the disk loses data it said was
-// durable (the owner fsyncs before anyone sees a record), so the sensor
-// refuses to start, with one line saying what is wrong and what to do,
-// instead of reusing the lost record's sequence number or deleting the
-// log. The operator moves the log aside; the sensor continues after the
-// snapshot and the app stays exact.
+// snapshot saved: the disk damaged data it said was durable (the owner
+// fsyncs before anyone sees a record, and its snapshot covered it). That is
+// damage, not a torn tail: the sensor keeps the bytes (a copy in
+// quarantine), starts, names the record damaged, never gives its sequence
+// number again, and the app stays exact. (Before, the sensor refused to
+// start and told the operator to move the log aside.)
 func TestReplayTornTailTruncatedRecord(t *testing.T) {
 	t.Parallel()
-	app, _, sensor, last := tornTail(t, false, func(seg segment) {
+	app, first, sensor, last := tornTail(t, false, func(seg segment) {
 		if err := os.Truncate(seg.path, seg.size-5); err != nil {
 			t.Fatal(err)
 		}
 	})
-	testenv.WaitFor(t, stepTimeout, "the sensor to refuse to start", func() bool { return !sensor.proc.Running() })
-	if code := sensor.proc.ExitCode(); code != 1 {
-		t.Fatalf("sensor exited with %d, want 1:\n%s", code, sensor.proc.Log())
+	addr := sensor.Addr(first.addr)
+	l := sensor.proc.Log()
+	if !strings.Contains(l, "damaged records found") || !strings.Contains(l, fmt.Sprintf("next_seq=%d ", last+1)) {
+		t.Fatalf("the sensor does not report the damaged record and continue at %d:\n%s", last+1, l)
 	}
-	if l := sensor.proc.Log(); !strings.Contains(l, "lost durable records") || !strings.Contains(l, "move the log directory aside") {
-		t.Fatalf("sensor's refusal does not say what is wrong and what to do (%s):\n%s", sensor.proc.LogPath(), l)
+	var st []replay.Status
+	if err := pipetest.GetJSON(addr, "/streams", &st); err != nil || len(st) != 1 || retainlog.FormatRanges(st[0].Damaged) != fmt.Sprintf("%d-%d", last, last) {
+		t.Fatalf("/streams %+v (%v): want %d named damaged", st, err, last)
 	}
-	logDir := filepath.Join(sensor.dataDir, "streams", "s1", "log")
-	if err := os.Rename(logDir, logDir+".damaged"); err != nil {
-		t.Fatal(err)
+	if got := pipetest.ReadMetric(t, addr, "svckit_retainlog_damaged_records"); got != 1 {
+		t.Errorf("svckit_retainlog_damaged_records = %v, want 1", got)
 	}
-	again := sensor.e.sensor("sensor-1", "s1", "--rate", "300", "--count", "300")
-	addr := again.Addr()
-	if l := again.proc.Log(); !strings.Contains(l, fmt.Sprintf("next_seq=%d ", last+1)) {
-		t.Fatalf("sensor with a new log does not continue after the snapshot (%d):\n%s", last, l)
+	if got := pipetest.ReadMetric(t, addr, "svckit_retainlog_truncations_total"); got != 0 {
+		t.Errorf("svckit_retainlog_truncations_total = %v, want 0: nothing may be cut", got)
 	}
 	finish(t, app.addr, addr, "s1", sensorFinal(t, addr, "s1", last+300))
 }
