@@ -395,6 +395,11 @@ func (c *Conn) identify() (*IdentifyResponse, error) {
 	// check to see if the server was able to respond w/ capabilities
 	// i.e. it was a JSON response
 	if data[0] != '{' {
+		// svckit patch: TLS asked for and not negotiated is an error, never
+		// a quiet fall back to clear text (see below).
+		if c.config.TlsV1 {
+			return nil, ErrIdentify{"nsqd did not negotiate TLS (tls_v1 is set): refusing to go on in clear"}
+		}
 		return nil, nil
 	}
 
@@ -407,6 +412,15 @@ func (c *Conn) identify() (*IdentifyResponse, error) {
 	c.log(LogLevelDebug, "IDENTIFY response: %+v", resp)
 
 	c.maxRdyCount = resp.MaxRdyCount
+
+	// svckit patch: upstream goes on in clear when the server does not
+	// agree to TLS, so anything answering on nsqd's address (a process
+	// registered with nsqlookupd, which has no authentication) would get
+	// the AUTH secret and the messages in clear text. With tls_v1 set,
+	// TLS is required.
+	if c.config.TlsV1 && !resp.TLSv1 {
+		return nil, ErrIdentify{"nsqd did not negotiate TLS (tls_v1 is set): refusing to go on in clear"}
+	}
 
 	if resp.TLSv1 {
 		c.log(LogLevelInfo, "upgrading to TLS")
