@@ -34,3 +34,18 @@ func TestAuthSecret(t *testing.T) {
 		}
 	}
 }
+
+// The replay secret comes the same way, from --replay-secret or
+// --replay-secret-file, and the errors name those flags.
+func TestReplaySecret(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "replay")
+	if err := os.WriteFile(file, []byte("r3play\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReplaySecret("", file); got != "r3play" || err != nil {
+		t.Fatalf("ReplaySecret from a file = %q, %v", got, err)
+	}
+	if _, err := ReplaySecret("x", file); err == nil || !strings.Contains(err.Error(), "--replay-secret and --replay-secret-file") {
+		t.Fatalf("both given: %v", err)
+	}
+}

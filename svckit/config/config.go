@@ -94,7 +94,8 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:0", Usage: "listen address for /health, /ready, /metrics and service routes (port 0 = any free port)", EnvVars: Env("http-addr")},
 		&cli.StringFlag{Name: "advertise-addr", Usage: "address registered in Consul (default: the local address used to reach the Consul agent)", EnvVars: Env("advertise-addr")},
 		&cli.StringFlag{Name: "data-dir", Value: "data", Usage: "directory for durable state (locked: one process per directory)", EnvVars: Env("data-dir")},
-		&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the replay endpoints (/streams, /replay, /snapshot): required by those this service serves, sent to those it asks", EnvVars: Env("replay-secret")},
+		&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the replay endpoints (/streams, /replay, /snapshot, /deadletters): required by those this service serves, sent to those it asks", EnvVars: Env("replay-secret")},
+		&cli.StringFlag{Name: "replay-secret-file", Usage: "file holding the replay endpoints' shared secret (instead of --replay-secret)", EnvVars: Env("replay-secret-file")},
 		&cli.StringFlag{Name: "consul-addr", Value: "127.0.0.1:8500", Usage: "local Consul agent HTTP address", EnvVars: []string{"CONSUL_HTTP_ADDR"}},
 		&cli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{"CONSUL_HTTP_TOKEN"}},
 		&cli.StringFlag{Name: "consul-cacert", Usage: "CA certificate file for HTTPS to Consul", EnvVars: []string{"CONSUL_CACERT"}},
@@ -133,6 +134,10 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
+	replaySecret, err := ReplaySecret(c.String("replay-secret"), c.String("replay-secret-file"))
+	if err != nil {
+		return Config{}, err
+	}
 	cfg := Config{
 		Name:          name,
 		Version:       version,
@@ -141,7 +146,7 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 		HTTPAddr:      c.String("http-addr"),
 		AdvertiseAddr: c.String("advertise-addr"),
 		DataDir:       c.String("data-dir"),
-		ReplaySecret:  c.String("replay-secret"),
+		ReplaySecret:  replaySecret,
 		Consul: ConsulConfig{
 			Addr:         c.String("consul-addr"),
 			Token:        c.String("consul-token"),
@@ -182,19 +187,32 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 // from --nsq-auth-secret-file (surrounding white space trimmed); at most
 // one of them may be set.
 func AuthSecret(secret, file string) (string, error) {
+	return secretOrFile("nsq-auth-secret", secret, file)
+}
+
+// ReplaySecret is the replay endpoints' shared secret given as
+// --replay-secret or read from --replay-secret-file, like AuthSecret: a
+// secret in a file (a mounted secret) stays out of the process list and the
+// environment.
+func ReplaySecret(secret, file string) (string, error) {
+	return secretOrFile("replay-secret", secret, file)
+}
+
+// secretOrFile is --<flag> or the trimmed content of --<flag>-file.
+func secretOrFile(flag, secret, file string) (string, error) {
 	if file == "" {
 		return secret, nil
 	}
 	if secret != "" {
-		return "", fmt.Errorf("--nsq-auth-secret and --nsq-auth-secret-file: give one")
+		return "", fmt.Errorf("--%s and --%s-file: give one", flag, flag)
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return "", fmt.Errorf("--nsq-auth-secret-file: %w", err)
+		return "", fmt.Errorf("--%s-file: %w", flag, err)
 	}
 	s := strings.TrimSpace(string(b))
 	if s == "" {
-		return "", fmt.Errorf("--nsq-auth-secret-file %s: empty", file)
+		return "", fmt.Errorf("--%s-file %s: empty", flag, file)
 	}
 	return s, nil
 }
