@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +143,100 @@ func firstLine(log, substr string) string {
 		}
 	}
 	return ""
+}
+
+// TestConsulLeastPrivilege: `svckit acl apply` gives every service of the
+// pipeline its own token; with them (and Consul denying by default) the
+// pipeline runs and the app ends exact. Each token does only its job: the
+// worker's cannot rewrite nsqd's authorization policy, register as the
+// sensor, deregister it or take the sensor's stream; the sensor's cannot
+// take another stream; without a token nothing at all. Applying again
+// changes nothing (the same secrets).
+func TestConsulLeastPrivilege(t *testing.T) {
+	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
+		HCL: []string{fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+enable_token_persistence = false
+tokens { initial_management = %q
+agent = %q } }`, managementToken, managementToken)},
+		Token: managementToken,
+	})
+	tokens := t.TempDir()
+	apply := func() string {
+		cmd := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", tokens,
+			"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=lp", "--nsqauth", "nsqauth", "--agent", c.NodeName)
+		cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR="+c.HTTPAddr, "CONSUL_HTTP_TOKEN="+managementToken)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("svckit acl apply: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	apply()
+	secret := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(tokens, name+".token"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	before := secret("worker")
+
+	l := testenv.StartNSQLookupd(t)
+	n := testenv.StartNSQD(t, testenv.NSQDOptions{LookupdTCPAddrs: []string{l.TCPAddr}})
+	testenv.RegisterNSQLookupd(t, c, l)
+	testenv.RegisterNSQD(t, c, n)
+	tokenEnv := func(name string) []string {
+		return []string{"CONSUL_HTTP_TOKEN=", "CONSUL_HTTP_TOKEN_FILE=" + filepath.Join(tokens, name+".token")}
+	}
+	pipetest.StartService(t, c, "app-lp", "app", tokenEnv("app"), "--replay-gap-grace=1s")
+	pipetest.StartService(t, c, "worker-lp", "worker", tokenEnv("worker"))
+	pipetest.AddrOf(t, c, "app", "")
+	pipetest.AddrOf(t, c, "worker", "")
+	pipetest.StartService(t, c, "sensor-lp", "sensor", tokenEnv("sensor"), "--stream-id=lp", "--rate=0", "--count=500")
+	pipetest.WaitAppExact(t, c, "lp", 500)
+
+	client := func(token string) *api.Client {
+		cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr, Token: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cl
+	}
+	denied := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "Permission denied") && !strings.Contains(err.Error(), "ACL not found") && !strings.Contains(err.Error(), "403") {
+			t.Errorf("%s: %v, want permission denied", what, err)
+		}
+	}
+	for _, who := range []struct{ name, token string }{{"the worker's token", secret("worker")}, {"no token", ""}} {
+		cl := client(who.token)
+		_, err := cl.KV().Put(&api.KVPair{Key: "svckit/nsqauth/policy", Value: []byte(`{"identities":{}}`)}, nil)
+		denied(who.name+": writing nsqd's authorization policy", err)
+		_, err = cl.KV().Put(&api.KVPair{Key: "svckit/nsqauth/issued/intruder", Value: []byte("x")}, nil)
+		denied(who.name+": registering a secret", err)
+		denied(who.name+": registering as the sensor", cl.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "fake-sensor", Name: "sensor", Port: 1, Tags: []string{"stream=lp"}}))
+		denied(who.name+": deregistering the sensor", cl.Agent().ServiceDeregister("sensor-lp"))
+		_, _, err = cl.Session().CreateNoChecks(&api.SessionEntry{TTL: "15s"}, nil)
+		denied(who.name+": creating a session", err)
+		_, err = cl.KV().Put(&api.KVPair{Key: "svckit/streams/lp/owner", Value: []byte("{}")}, nil)
+		denied(who.name+": writing the stream's claim", err)
+		if kvs, _, err := cl.KV().List("svckit/", nil); err == nil && len(kvs) > 0 {
+			t.Errorf("%s: read %d KV entries under svckit/", who.name, len(kvs))
+		}
+	}
+	_, err := client(secret("sensor")).KV().Put(&api.KVPair{Key: "svckit/streams/other/owner", Value: []byte("{}")}, nil)
+	denied("the sensor's token: writing another stream's claim", err)
+	_, err = client(secret("sensor")).KV().Put(&api.KVPair{Key: "svckit/nsqauth/policy", Value: []byte("{}")}, nil)
+	denied("the sensor's token: writing nsqd's authorization policy", err)
+	if _, _, err := client(secret("nsqauth")).KV().Get("svckit/nsqauth/policy", nil); err != nil {
+		t.Errorf("nsqauth's token reading the policy: %v", err)
+	}
+	_, err = client(secret("nsqauth")).KV().Put(&api.KVPair{Key: "svckit/nsqauth/policy", Value: []byte("{}")}, nil)
+	denied("nsqauth's token: writing the policy", err)
+
+	apply()
+	if after := secret("worker"); after != before {
+		t.Fatalf("applying again changed the worker's token")
+	}
 }

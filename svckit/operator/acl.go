@@ -1,0 +1,252 @@
+package operator
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/svckit/nsqauth"
+	"github.com/svckit/svckit/svckit/ownership"
+	"github.com/svckit/svckit/svckit/replay"
+	"github.com/urfave/cli/v2"
+)
+
+func aclCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "acl",
+		Usage: "Consul ACLs for a pipeline: one least-privilege token per service",
+		Subcommands: []*cli.Command{{
+			Name:  "apply",
+			Usage: "create or update the policies and tokens (needs a management token: CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE)",
+			Description: `Each service NAME (--service) gets the policy svckit-service-NAME and a
+token whose secret is written to --tokens/NAME.token (0600): it may register
+and deregister instances of NAME only, and read the catalog (services and
+nodes, which discovery needs) and its agent's own description.
+
+--owner NAME=STREAM lets NAME own STREAM: create sessions and write its
+claim under svckit/streams/STREAM/ (one owner per stream), nothing else in KV.
+--nsqauth NAME lets NAME read the nsqd authorization policy
+(svckit/nsqauth/policy) and register the secrets it issues
+(svckit/nsqauth/issued/). --agent NODE gives the Consul agent of NODE its
+token (--tokens/agent-NODE.token): write its node, register the services its
+configuration names (--agent-service, default nsqd and nsqlookupd).
+
+A token file that exists is kept: its secret is the token's, so that applying
+again, or on a datacenter whose Consul lost its data, gives every service the
+token it already has. Applying twice changes nothing.`,
+			Flags: []cli.Flag{
+				&cli.StringFlag{Name: "tokens", Required: true, Usage: "directory for the token files (created 0700)"},
+				&cli.StringSliceFlag{Name: "service", Usage: "a service name (repeatable)"},
+				&cli.StringSliceFlag{Name: "owner", Usage: "NAME=STREAM: the service may own the stream (repeatable)"},
+				&cli.StringSliceFlag{Name: "nsqauth", Usage: "the nsqd authorization server's service name (repeatable)"},
+				&cli.StringSliceFlag{Name: "agent", Usage: "a Consul agent's node name (repeatable)"},
+				&cli.StringSliceFlag{Name: "agent-service", Value: cli.NewStringSlice("nsqd", "nsqlookupd"), Usage: "services the agents register from their configuration"},
+			},
+			Action: runACLApply,
+		}},
+	}
+}
+
+// aclRole is one token: its policy's rules.
+type aclRole struct {
+	name  string // token file name, policy svckit-<kind>-<name>
+	kind  string // service or agent
+	rules []string
+}
+
+func (r aclRole) policyName() string { return "svckit-" + r.kind + "-" + r.name }
+func (r aclRole) fileName() string {
+	if r.kind == "agent" {
+		return "agent-" + r.name + ".token"
+	}
+	return r.name + ".token"
+}
+
+// aclRoles turns the flags into roles, each with the least its job needs.
+func aclRoles(services, owners, auths, agents, agentServices []string) ([]aclRole, error) {
+	// Discovery reads the catalog; a service asks its agent who it is
+	// (/v1/agent/self: its node, the address it reaches Consul from).
+	catalogRead := []string{`service_prefix "" { policy = "read" }`, `node_prefix "" { policy = "read" }`, `agent_prefix "" { policy = "read" }`}
+	byName := map[string]*aclRole{}
+	var order []string
+	role := func(name string) (*aclRole, error) {
+		if !validName(name) {
+			return nil, fmt.Errorf("service name %q: want [A-Za-z0-9_-]", name)
+		}
+		if r, ok := byName[name]; ok {
+			return r, nil
+		}
+		r := &aclRole{name: name, kind: "service", rules: append([]string{fmt.Sprintf(`service %q { policy = "write" }`, name)}, catalogRead...)}
+		byName[name] = r
+		order = append(order, name)
+		return r, nil
+	}
+	for _, s := range services {
+		if _, err := role(s); err != nil {
+			return nil, fmt.Errorf("--service: %w", err)
+		}
+	}
+	for _, o := range owners {
+		name, stream, ok := strings.Cut(o, "=")
+		if !ok || !replay.ValidStreamID(stream) {
+			return nil, fmt.Errorf("--owner %q: want NAME=STREAM", o)
+		}
+		r, err := role(name)
+		if err != nil {
+			return nil, fmt.Errorf("--owner: %w", err)
+		}
+		if !slices.Contains(r.rules, `session_prefix "" { policy = "write" }`) {
+			// A session lives on the node of the agent the service talks
+			// to; which node that is, is the deployment's business.
+			r.rules = append(r.rules, `session_prefix "" { policy = "write" }`)
+		}
+		r.rules = append(r.rules, fmt.Sprintf(`key_prefix %q { policy = "write" }`, ownership.DefaultKeyPrefix+"/"+stream+"/"))
+	}
+	for _, a := range auths {
+		r, err := role(a)
+		if err != nil {
+			return nil, fmt.Errorf("--nsqauth: %w", err)
+		}
+		r.rules = append(r.rules,
+			fmt.Sprintf(`key %q { policy = "read" }`, nsqauth.DefaultKVPrefix+"/policy"),
+			fmt.Sprintf(`key_prefix %q { policy = "write" }`, nsqauth.DefaultKVPrefix+"/issued/"))
+	}
+	roles := make([]aclRole, 0, len(order)+len(agents))
+	for _, n := range order {
+		roles = append(roles, *byName[n])
+	}
+	for _, node := range agents {
+		if !validName(node) {
+			return nil, fmt.Errorf("--agent %q: want [A-Za-z0-9_-]", node)
+		}
+		rules := append([]string{fmt.Sprintf(`node %q { policy = "write" }`, node)}, catalogRead...)
+		for _, s := range agentServices {
+			rules = append(rules, fmt.Sprintf(`service %q { policy = "write" }`, s))
+		}
+		roles = append(roles, aclRole{name: node, kind: "agent", rules: rules})
+	}
+	if len(roles) == 0 {
+		return nil, errors.New("nothing to apply: give --service, --owner, --nsqauth or --agent")
+	}
+	return roles, nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func runACLApply(c *cli.Context) error {
+	roles, err := aclRoles(c.StringSlice("service"), c.StringSlice("owner"), c.StringSlice("nsqauth"), c.StringSlice("agent"), c.StringSlice("agent-service"))
+	if err != nil {
+		return usageError{err}
+	}
+	dir := c.String("tokens")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating --tokens %s: %w", dir, err)
+	}
+	consul, err := consulClient(c)
+	if err != nil {
+		return err
+	}
+	acl := consul.ACL()
+	q := (&api.QueryOptions{}).WithContext(c.Context)
+	w := (&api.WriteOptions{}).WithContext(c.Context)
+	existing, _, err := acl.TokenList(q)
+	if err != nil {
+		return fmt.Errorf("listing ACL tokens (is CONSUL_HTTP_TOKEN a management token?): %w", err)
+	}
+	for _, r := range roles {
+		pol := &api.ACLPolicy{Name: r.policyName(), Description: "svckit: " + r.kind + " " + r.name, Rules: strings.Join(r.rules, "\n")}
+		old, _, err := acl.PolicyReadByName(pol.Name, q)
+		switch {
+		case err != nil:
+			return fmt.Errorf("reading ACL policy %s: %w", pol.Name, err)
+		case old == nil:
+			if pol, _, err = acl.PolicyCreate(pol, w); err != nil {
+				return fmt.Errorf("creating ACL policy %s: %w", pol.Name, err)
+			}
+		default:
+			pol.ID = old.ID
+			if pol, _, err = acl.PolicyUpdate(pol, w); err != nil {
+				return fmt.Errorf("updating ACL policy %s: %w", pol.Name, err)
+			}
+		}
+		path := filepath.Join(dir, r.fileName())
+		secret, err := tokenSecret(path)
+		if err != nil {
+			return err
+		}
+		desc := "svckit: " + r.kind + " " + r.name
+		tok := &api.ACLToken{Description: desc, SecretID: secret, Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}
+		if i := slices.IndexFunc(existing, func(e *api.ACLTokenListEntry) bool { return e.Description == desc }); i >= 0 {
+			tok.AccessorID = existing[i].AccessorID
+			if _, _, err := acl.TokenUpdate(tok, w); err != nil {
+				return fmt.Errorf("updating the ACL token of %s %s: %w", r.kind, r.name, err)
+			}
+		} else if _, _, err := acl.TokenCreate(tok, w); err != nil {
+			return fmt.Errorf("creating the ACL token of %s %s: %w", r.kind, r.name, err)
+		}
+		fmt.Fprintf(c.App.Writer, "%s %s: policy %s, token in %s\n", r.kind, r.name, pol.Name, path)
+	}
+	return nil
+}
+
+// tokenSecret is the secret in path, or a new one written there (0600).
+func tokenSecret(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if !validUUID(s) {
+			return "", fmt.Errorf("%s: not a token secret (a UUID)", path)
+		}
+		return s, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	s := newUUID()
+	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func validUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, r := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
