@@ -365,3 +365,53 @@ func TestOwnerFailedFsyncIsSticky(t *testing.T) {
 		t.Fatalf("Accepting() = %v, want the failed fsync", err)
 	}
 }
+
+// A tracker whose checkpoint cannot be written (a full disk) keeps its
+// state, says so in Ready, and writes the checkpoint once it can.
+func TestTrackerCheckpointOnFullDisk(t *testing.T) {
+	fsys := crashfs.New()
+	st := newAppState()
+	tr, err := NewTracker(st, TrackerOptions{CheckpointPath: "/app/checkpoint.json", FS: fsys, CheckpointInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deliver := func(seq uint64) {
+		env := envelope.Envelope{Stream: "cp", Seq: seq, ContentType: pipeline.ReadingType, Payload: pipeline.MarshalReading(pipeline.Reading{Value: int64(seq)})}
+		if _, err := tr.Deliver(context.Background(), env); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := durable.MkdirAll(fsys, "/app"); err != nil {
+		t.Fatal(err)
+	}
+	deliver(1)
+	if err := tr.Save(); err != nil {
+		t.Fatal(err)
+	}
+	deliver(2)
+	fsys.SetSpace(fsys.Used())
+	if err := tr.Save(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Save on a full disk: %v, want ENOSPC", err)
+	}
+	if err := tr.Ready(); err == nil || !strings.Contains(err.Error(), "checkpoint not saved") {
+		t.Fatalf("Ready() = %v, want the checkpoint failure", err)
+	}
+	deliver(3) // still applying, in memory
+	if s := tr.Status(); len(s) != 1 || s[0].Applied != 3 {
+		t.Fatalf("status %+v", s)
+	}
+	fsys.SetSpace(-1)
+	if err := tr.Save(); err != nil {
+		t.Fatalf("Save once space is back: %v", err)
+	}
+	if err := tr.Ready(); err != nil {
+		t.Fatalf("Ready() after the save: %v", err)
+	}
+	tr2, err := NewTracker(newAppState(), TrackerOptions{CheckpointPath: "/app/checkpoint.json", FS: fsys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := tr2.Status(); len(s) != 1 || s[0].Applied != 3 {
+		t.Fatalf("reloaded checkpoint %+v, want 3 applied", s)
+	}
+}
