@@ -2,6 +2,8 @@ package securitytest
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -146,26 +148,44 @@ func firstLine(log, substr string) string {
 }
 
 // TestConsulLeastPrivilege: `svckit acl apply` gives every service of the
-// pipeline its own token; with them (and Consul denying by default) the
-// pipeline runs and the app ends exact. Each token does only its job: the
+// pipeline its own token; with them (Consul denying by default, gossip
+// encrypted, the services on its HTTPS API verifying its certificate) the
+// pipeline runs and the app ends exact. A client that does not verify
+// against the CA, or speaks plain HTTP to the HTTPS port, gets nothing. Each token does only its job: the
 // worker's cannot rewrite nsqd's authorization policy, register as the
 // sensor, deregister it or take the sensor's stream; the sensor's cannot
 // take another stream; without a token nothing at all. Applying again
 // changes nothing (the same secrets).
 func TestConsulLeastPrivilege(t *testing.T) {
+	ca, cert, key := certs(t, t.TempDir())
+	gossip := make([]byte, 32)
+	rand.Read(gossip)
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
 		HCL: []string{fmt.Sprintf(`acl { enabled = true
 default_policy = "deny"
 enable_token_persistence = false
 tokens { initial_management = %q
-agent = %q } }`, managementToken, managementToken)},
+agent = %q } }`, managementToken, managementToken), fmt.Sprintf("encrypt = %q", base64.StdEncoding.EncodeToString(gossip))},
 		Token: managementToken,
+		TLS:   testenv.ConsulTLS{CAFile: ca, CertFile: cert, KeyFile: key},
 	})
+	https := []string{"--consul-addr=https://" + c.HTTPSAddr, "--consul-cacert=" + ca}
+	if info, err := c.Client.Agent().Self(); err != nil {
+		t.Fatal(err)
+	} else if lan, _ := info["Stats"]["serf_lan"].(map[string]any); lan["encrypted"] != "true" {
+		t.Fatalf("gossip is not encrypted: %v", info["Stats"]["serf_lan"])
+	}
+	if resp, err := http.Get("http://" + c.HTTPSAddr + "/v1/status/leader"); err == nil && resp.StatusCode == 200 {
+		t.Fatal("the HTTPS port answered plain HTTP")
+	}
+	if _, err := http.Get("https://" + c.HTTPSAddr + "/v1/status/leader"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("a client without the CA: %v, want a certificate error", err)
+	}
 	tokens := t.TempDir()
 	apply := func() string {
 		cmd := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", tokens,
 			"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=lp", "--nsqauth", "nsqauth", "--agent", c.NodeName)
-		cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR="+c.HTTPAddr, "CONSUL_HTTP_TOKEN="+managementToken)
+		cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR=https://"+c.HTTPSAddr, "CONSUL_CACERT="+ca, "CONSUL_HTTP_TOKEN="+managementToken)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("svckit acl apply: %v\n%s", err, out)
@@ -189,15 +209,15 @@ agent = %q } }`, managementToken, managementToken)},
 	tokenEnv := func(name string) []string {
 		return []string{"CONSUL_HTTP_TOKEN=", "CONSUL_HTTP_TOKEN_FILE=" + filepath.Join(tokens, name+".token")}
 	}
-	pipetest.StartService(t, c, "app-lp", "app", tokenEnv("app"), "--replay-gap-grace=1s")
-	pipetest.StartService(t, c, "worker-lp", "worker", tokenEnv("worker"))
+	pipetest.StartService(t, c, "app-lp", "app", tokenEnv("app"), append(https, "--replay-gap-grace=1s")...)
+	pipetest.StartService(t, c, "worker-lp", "worker", tokenEnv("worker"), https...)
 	pipetest.AddrOf(t, c, "app", "")
 	pipetest.AddrOf(t, c, "worker", "")
-	pipetest.StartService(t, c, "sensor-lp", "sensor", tokenEnv("sensor"), "--stream-id=lp", "--rate=0", "--count=500")
+	pipetest.StartService(t, c, "sensor-lp", "sensor", tokenEnv("sensor"), append(https, "--stream-id=lp", "--rate=0", "--count=500")...)
 	pipetest.WaitAppExact(t, c, "lp", 500)
 
 	client := func(token string) *api.Client {
-		cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr, Token: token})
+		cl, err := api.NewClient(&api.Config{Address: c.HTTPSAddr, Scheme: "https", Token: token, TLSConfig: api.TLSConfig{CAFile: ca}})
 		if err != nil {
 			t.Fatal(err)
 		}

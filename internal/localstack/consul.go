@@ -27,6 +27,10 @@ type Consul struct {
 	// Ports, kept so that Start and Restart reuse them. Serf WAN, DNS, gRPC
 	// and gRPC-TLS are disabled.
 	HTTPPort, SerfLANPort, ServerPort int
+	// HTTPSAddr (and HTTPSPort) serve the API over TLS when
+	// ConsulOptions.TLS is set; empty otherwise.
+	HTTPSAddr string
+	HTTPSPort int
 
 	opts ConsulOptions
 }
@@ -37,6 +41,14 @@ type ConsulOptions struct {
 	HCL []string
 	// Token is used by Client (the management token when ACLs are on).
 	Token string
+	// TLS, when its files are set, adds an HTTPS port (HTTPSAddr) serving
+	// the API with this certificate; the HTTP port stays, for the harness.
+	TLS ConsulTLS
+}
+
+// ConsulTLS is an agent's certificate, key and CA (PEM files).
+type ConsulTLS struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // StartConsul starts a dev agent on free loopback ports and waits (up to
@@ -85,11 +97,15 @@ func (c *Consul) launch(g *Group) error {
 }
 
 func (c *Consul) pickPorts() error {
-	ps, err := freePorts(3)
+	ps, err := freePorts(4)
 	if err != nil {
 		return err
 	}
 	c.HTTPPort, c.SerfLANPort, c.ServerPort = ps[0], ps[1], ps[2]
+	if c.opts.TLS.CertFile != "" {
+		c.HTTPSPort = ps[3]
+		c.HTTPSAddr = Addr(c.HTTPSPort)
+	}
 	c.HTTPAddr = Addr(c.HTTPPort)
 	c.NodeName = fmt.Sprintf("testenv-%d-%d", os.Getpid(), c.HTTPPort)
 	return nil
@@ -113,6 +129,21 @@ func (c *Consul) args() []string {
 		"-https-port", "-1",
 		"-log-level", "warn",
 		"-hcl", "disable_update_check = true",
+	}
+	if c.HTTPSPort != 0 {
+		t := c.opts.TLS
+		args = append(args, "-hcl", fmt.Sprintf(`ports { https = %d }`, c.HTTPSPort),
+			"-hcl", fmt.Sprintf(`tls { defaults { ca_file = %q
+cert_file = %q
+key_file = %q
+verify_incoming = false
+verify_outgoing = true } }`, t.CAFile, t.CertFile, t.KeyFile))
+		// -https-port -1 above would override the HCL port.
+		for i := range args {
+			if args[i] == "-https-port" {
+				args[i+1] = strconv.Itoa(c.HTTPSPort)
+			}
+		}
 	}
 	for _, h := range c.opts.HCL {
 		args = append(args, "-hcl", h)

@@ -23,6 +23,8 @@ type Consul struct {
 	// Ports, kept so that Start and Restart reuse them. Serf WAN, DNS, gRPC
 	// and gRPC-TLS are disabled.
 	HTTPPort, SerfLANPort, ServerPort int
+	// HTTPSAddr serves the API over TLS when ConsulOptions.TLS is set.
+	HTTPSAddr string
 }
 
 // ConsulOptions adds configuration to a test agent.
@@ -31,12 +33,19 @@ type ConsulOptions struct {
 	HCL []string
 	// Token is used by Client (the management token when ACLs are on).
 	Token string
+	// TLS, when its files are set, adds an HTTPS port (HTTPSAddr) serving
+	// the API with this certificate; the HTTP port stays, for the test.
+	TLS ConsulTLS
 }
+
+// ConsulTLS is an agent's CA, certificate and key (PEM files).
+type ConsulTLS = localstack.ConsulTLS
 
 func consulOf(c *localstack.Consul) *Consul {
 	return &Consul{
 		HTTPAddr: c.HTTPAddr, Client: c.Client, Proc: wrap(c.Proc), NodeName: c.NodeName,
 		HTTPPort: c.HTTPPort, SerfLANPort: c.SerfLANPort, ServerPort: c.ServerPort,
+		HTTPSAddr: c.HTTPSAddr,
 	}
 }
 
