@@ -12,7 +12,6 @@ package replay
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
@@ -55,7 +55,7 @@ func (r *crashRun) crashRecords() ([]crashRecord, error) {
 	var out []crashRecord
 	for i, name := range names {
 		path := filepath.Join(dir, name)
-		b, err := r.readFile(path)
+		b, err := durable.ReadFile(r.c, path)
 		if err != nil {
 			return nil, err
 		}
@@ -69,23 +69,6 @@ func (r *crashRun) crashRecords() ([]crashRecord, error) {
 		}
 	}
 	return out, nil
-}
-
-func (r *crashRun) readFile(path string) ([]byte, error) {
-	f, err := r.c.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	b := make([]byte, fi.Size())
-	if _, err := f.ReadAt(b, 0); err != nil && err != io.EOF {
-		return nil, err
-	}
-	return b, nil
 }
 
 // flipBit flips bit of the byte at off of path, durably.
