@@ -44,6 +44,10 @@ type ConsulOptions struct {
 	// TLS, when its files are set, adds an HTTPS port (HTTPSAddr) serving
 	// the API with this certificate; the HTTP port stays, for the harness.
 	TLS ConsulTLS
+	// Node is the node name (default testenv-<pid>-<port>): a
+	// configuration made for a named host (its agent token's policy names
+	// the node) needs it.
+	Node string
 }
 
 // ConsulTLS is an agent's certificate, key and CA (PEM files).
@@ -108,6 +112,9 @@ func (c *Consul) pickPorts() error {
 	}
 	c.HTTPAddr = Addr(c.HTTPPort)
 	c.NodeName = fmt.Sprintf("testenv-%d-%d", os.Getpid(), c.HTTPPort)
+	if c.opts.Node != "" {
+		c.NodeName = c.opts.Node
+	}
 	return nil
 }
 

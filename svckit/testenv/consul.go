@@ -36,6 +36,8 @@ type ConsulOptions struct {
 	// TLS, when its files are set, adds an HTTPS port (HTTPSAddr) serving
 	// the API with this certificate; the HTTP port stays, for the test.
 	TLS ConsulTLS
+	// Node is the node name (default testenv-<pid>-<port>, unique).
+	Node string
 }
 
 // ConsulTLS is an agent's CA, certificate and key (PEM files).
