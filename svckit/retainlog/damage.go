@@ -128,14 +128,16 @@ const minRecordLen = headerLen + bodyFixedLen
 // sequence number q with want < q <= maxSeq that the damaged bytes could
 // have held ((q-want)*minRecordLen <= p-off: damage replaces bytes, it does
 // not insert or remove them, so the record at off, want, is never found
-// again further on). A candidate is strong when it is followed by the end
-// of the data or by an intact record with sequence q+1, weak when it is
-// followed by bytes that are no intact record (damage, or a torn tail).
-// The first weak candidate before the first strong one (with a smaller
-// sequence number) wins: an intact record between two damaged ones, or
-// before a torn tail, is kept. Otherwise the first strong one. A
-// record-shaped payload inside a damaged record can pass only as a weak
-// candidate, when the records after it are damaged too.
+// again further on). A candidate is chained when an intact record with
+// sequence q+1 follows it, unchained when damage, a torn tail or the end of
+// the data does. The first unchained candidate before the first chained one
+// wins if its sequence is lower (an intact record between two damaged
+// ones, or before a torn tail, is kept); else the chained one (the
+// unchained one was a record-shaped payload: the stream's own record of
+// its sequence is chained, or later). Without a chained candidate, the
+// first unchained one. A record-shaped payload inside a damaged record can
+// pass only as an unchained candidate when the records after it are damaged
+// too.
 //
 // It returns the candidate's offset and sequence, or found = false when
 // nothing intact follows off before limit.
@@ -180,6 +182,7 @@ func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p
 			if seq <= want || seq > maxSeq || (seq-want) > uint64(at-off)/minRecordLen {
 				continue
 			}
+
 			var whole []byte
 			if i+headerLen+int(bodyLen) <= m {
 				whole = chunk[i : i+headerLen+int(bodyLen)]
@@ -203,12 +206,20 @@ func resync(f io.ReaderAt, off, limit int64, want, maxSeq uint64, buf []byte) (p
 				return 0, 0, false, err
 			}
 			switch {
-			case next == chainContinues:
+			case next == chainContinues && end < limit:
+				// Chained to an intact successor: the stream going on.
+				// An earlier unchained candidate with a lower sequence is
+				// an intact record between damages (keep it); one with a
+				// sequence at or above this one's was a record-shaped
+				// payload (the stream's own record of that sequence is
+				// this chained one, or comes later).
 				if weak.found && weak.q < seq {
 					return weak.p, weak.q, true, nil
 				}
 				return at, seq, true, nil
-			case next == chainBroken && !weak.found:
+			case next == chainContradicted:
+			case !weak.found:
+				// Unchained: followed by damage, a torn tail, or the end.
 				weak.p, weak.q, weak.found = at, seq, true
 			}
 		}
@@ -243,6 +254,18 @@ func byOwnLength(f io.ReaderAt, off, limit int64, want, maxSeq uint64) (int64, u
 	}
 	s, err := successor(f, next, limit, want+1)
 	if err != nil || s != chainContinues {
+		return 0, 0, false, err
+	}
+	// The length field may be the damaged part, pointing into the
+	// record's own data, where a payload may hold a record-shaped copy:
+	// the record there must itself be followed by the end of the data or
+	// by an intact want+2, as the real next record is.
+	var hdr2 [headerLen]byte
+	if _, err := f.ReadAt(hdr2[:], next); err != nil {
+		return 0, 0, false, nil
+	}
+	n2, _ := peekBodyLen(hdr2[:])
+	if s2, err := successor(f, next+headerLen+int64(n2), limit, want+2); err != nil || s2 != chainContinues {
 		return 0, 0, false, err
 	}
 	return next, want + 1, true, nil
