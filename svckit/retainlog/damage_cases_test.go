@@ -4,11 +4,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/durable/crashfs"
 )
 
@@ -154,8 +159,109 @@ func TestFullDiskDamageDoesNotBlockRetention(t *testing.T) {
 	if err := l.Append(Record{Seq: 101, Time: clk.Now(), Data: payload(101, 40)}); err != nil {
 		t.Fatalf("append after retention: %v (first retained %d)", err, l.FirstSeq())
 	}
-	q, _ := c.ReadDir(filepath.Join("/disk/log", quarantineDir))
-	if len(q) != 1 {
-		t.Fatalf("quarantine holds %d files, want the deleted segment's damaged bytes", len(q))
+	// The background goroutine removes the damaged segment and then copies
+	// its damaged bytes.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		q, _ := c.ReadDir(filepath.Join("/disk/log", quarantineDir))
+		if len(q) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quarantine holds %d files, want the deleted segment's damaged bytes", len(q))
+		}
+		time.Sleep(10 * time.Millisecond) // polling the background goroutine with a deadline
 	}
+	if _, err := c.Stat(segs[0].path); err == nil {
+		t.Fatalf("the damaged segment %s was not deleted", segs[0].path)
+	}
+}
+
+// blockingReadFS blocks reads of segments opened read-only, once armed,
+// until released: a failing disk retrying a bad sector.
+type blockingReadFS struct {
+	*crashfs.FS
+	armed   atomic.Bool
+	entered chan struct{}
+	release chan struct{}
+}
+
+type blockingReadFile struct {
+	durable.File
+	fs *blockingReadFS
+}
+
+func (b *blockingReadFS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
+	f, err := b.FS.OpenFile(name, flag, perm)
+	if err != nil || flag != os.O_RDONLY || !strings.HasSuffix(name, segSuffix) {
+		return f, err
+	}
+	return blockingReadFile{f, b}, nil
+}
+
+func (f blockingReadFile) ReadAt(p []byte, off int64) (int, error) {
+	if f.fs.armed.CompareAndSwap(true, false) {
+		close(f.fs.entered)
+		<-f.fs.release
+	}
+	return f.File.ReadAt(p, off)
+}
+
+// Retention of a segment whose damaged bytes have no quarantine copy reads
+// them without the log's lock: appends go on while that read hangs. (They
+// were read inside Append, under the lock: a slow read stalled every
+// append; found by a hostile review.)
+func TestUncopiedDamageReadOutsideTheLock(t *testing.T) {
+	t.Parallel()
+	c := &blockingReadFS{FS: crashfs.New(), entered: make(chan struct{}), release: make(chan struct{})}
+	clk := &fakeClock{t: t0}
+	o := testOptions(t, "/disk/log")
+	o.FS, o.SegmentBytes, o.RetainAge, o.Now = c, 1024, time.Hour, clk.Now
+	l := mustOpen(t, o)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(c.release) }) }
+	t.Cleanup(unblock) // before the log's Close, which waits for the reader
+	for s := uint64(1); s <= 100; s++ {
+		if err := l.Append(Record{Seq: s, Time: t0, Data: payload(s, 40)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs, _ := listSegments(c.FS, "/disk/log")
+	f, _ := c.FS.OpenFile(segs[0].path, os.O_RDWR, 0)
+	b := make([]byte, 1)
+	f.ReadAt(b, 5)
+	b[0] ^= 1
+	f.WriteAt(b, 5)
+	f.Close()
+	c.SetSpace(c.Used()) // the copy cannot be written when the damage is found
+	l.Read(context.Background(), 1, 100, func(Record) error { return nil })
+	c.SetSpace(-1)
+	clk.Set(t0.Add(2 * time.Hour))
+	c.armed.Store(true)
+	first := make(chan error, 1)
+	go func() { first <- l.Append(Record{Seq: 101, Time: clk.Now(), Data: payload(101, 40)}) }() // runs retention
+	select {
+	case <-c.entered: // the background goroutine is reading the damaged bytes, and hangs
+	case <-time.After(20 * time.Second):
+		t.Fatal("the damaged segment's bytes were never read for their copy")
+	}
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the append that ran retention waited for the read of damaged bytes")
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Append(Record{Seq: 102, Time: clk.Now(), Data: payload(102, 40)}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("an append waited for the read of damaged bytes")
+	}
+	unblock()
 }

@@ -232,6 +232,9 @@ type Log struct {
 	wbuf     []byte
 	pending  []indexEntry
 	recovery Recovery
+	// deferred: segments retention dropped whose damaged bytes still need a
+	// quarantine copy; the background goroutine removes them (removeDeferred).
+	deferred []*segment
 
 	// Mirrors of the bounds and counters, readable without the lock because
 	// FirstSeq/LastSeq sit on the publisher's and the replay server's hot paths.
@@ -809,24 +812,48 @@ func (l *Log) dropSegment(s *segment) {
 }
 
 func (l *Log) unlink(s *segment) {
-	// Damaged bytes with no quarantine copy yet (the disk was full when
-	// they were found) go to memory first and to the quarantine directory
-	// once the segment's removal made room: retention must not wait for
-	// space that only it can free, nor delete the only copy.
-	kept := l.keepUncopied(s)
+	if s.uncopied.Load() {
+		// Damaged bytes with no quarantine copy yet (the disk was full
+		// when they were found): the background goroutine reads them,
+		// removes the segment and copies them once the removal made room,
+		// without the log's lock (reading a failing disk may take long).
+		// Retention must not wait for space only it can free, nor delete
+		// the only copy.
+		l.deferred = append(l.deferred, s)
+		return
+	}
 	// No directory fsync: a removal lost in a power cut brings an old
 	// segment back, which only retains more (segments go oldest first, so
 	// what remains is still contiguous).
 	if err := l.opts.FS.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		l.log.Warn("retainlog: remove segment", "segment", s.path, "error", err)
 	}
-	for _, k := range kept {
-		path, err := l.quarantine(bytes.NewReader(k.b), 0, s.path, k.d.Offset, int64(len(k.b)), "damaged")
+}
+
+// removeDeferred removes the segments unlink left to it, keeping their
+// uncopied damaged bytes: read first, written to the quarantine directory
+// after the removal. Caller must not hold mu.
+func (l *Log) removeDeferred() {
+	l.mu.Lock()
+	segs := l.deferred
+	l.deferred = nil
+	l.mu.Unlock()
+	for _, s := range segs {
+		kept, err := l.keepUncopied(s)
 		if err != nil {
-			l.log.Error("retainlog: retention deleted a segment whose damaged bytes could not be copied to quarantine", "segment", s.path, "offset", k.d.Offset, "error", err)
-			continue
+			l.log.Error("retainlog: retention deletes a segment whose damaged bytes cannot be read for a quarantine copy", "segment", s.path, "error", err)
 		}
-		l.log.Info("retainlog: damaged bytes of a deleted segment copied to quarantine", "segment", s.path, "quarantine", path)
+		if err := l.opts.FS.Remove(s.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.log.Warn("retainlog: remove segment", "segment", s.path, "error", err)
+		}
+		for _, k := range kept {
+			path, err := l.quarantine(bytes.NewReader(k.b), 0, s.path, k.d.Offset, int64(len(k.b)), "damaged")
+			if err != nil {
+				l.log.Error("retainlog: retention deleted a segment whose damaged bytes could not be copied to quarantine", "segment", s.path, "offset", k.d.Offset, "error", err)
+				continue
+			}
+			l.log.Info("retainlog: damaged bytes of a deleted segment copied to quarantine", "segment", s.path, "quarantine", path)
+		}
 	}
 }
 
@@ -836,13 +863,10 @@ type keptDamage struct {
 }
 
 // keepUncopied reads the damaged runs of s that have no quarantine copy.
-func (l *Log) keepUncopied(s *segment) []keptDamage {
-	if !s.uncopied.Load() {
-		return nil
-	}
+func (l *Log) keepUncopied(s *segment) ([]keptDamage, error) {
 	f, err := l.opts.FS.OpenFile(s.path, os.O_RDONLY, 0)
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	defer f.Close()
 	s.idxMu.Lock()
@@ -854,10 +878,13 @@ func (l *Log) keepUncopied(s *segment) []keptDamage {
 			continue
 		}
 		b := make([]byte, min(d.Bytes, maxQuarantineCopy))
-		n, _ := f.ReadAt(b, d.Offset)
+		n, err := f.ReadAt(b, d.Offset)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return out, err
+		}
 		out = append(out, keptDamage{d: d, b: b[:n]})
 	}
-	return out
+	return out, nil
 }
 
 // release drops a reader's reference. Caller must not hold mu.
@@ -1282,6 +1309,7 @@ func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
 	<-l.scrubDone
+	l.removeDeferred()
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1318,6 +1346,7 @@ func (l *Log) run(every time.Duration) {
 		case <-t.C:
 			l.tick()
 			l.retryQuarantine()
+			l.removeDeferred()
 		}
 	}
 }
