@@ -184,7 +184,7 @@ agent = %q } }`, managementToken, managementToken), fmt.Sprintf("encrypt = %q", 
 	tokens := t.TempDir()
 	apply := func() string {
 		cmd := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", tokens,
-			"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=lp", "--nsqauth", "nsqauth", "--agent", c.NodeName)
+			"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=lp", "--nsqauth", "nsqauth", "--agent", c.NodeName, "--node", c.NodeName)
 		cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR=https://"+c.HTTPSAddr, "CONSUL_CACERT="+ca, "CONSUL_HTTP_TOKEN="+managementToken)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -328,7 +328,7 @@ func TestSecretsInit(t *testing.T) {
 	}
 	ca := filepath.Join(dir, "ca.pem")
 	apply := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", filepath.Join(dir, "tokens"),
-		"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=sec", "--nsqauth", "nsqauth", "--agent", host)
+		"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=sec", "--nsqauth", "nsqauth", "--agent", host, "--node", host)
 	apply.Env = append(apply.Environ(), "CONSUL_HTTP_ADDR=https://"+c.HTTPSAddr, "CONSUL_CACERT="+ca, "CONSUL_HTTP_TOKEN_FILE="+filepath.Join(dir, "management.token"), "CONSUL_HTTP_TOKEN=")
 	if out, err := apply.CombinedOutput(); err != nil {
 		t.Fatalf("svckit acl apply: %v\n%s", err, out)
@@ -355,4 +355,84 @@ func TestSecretsInit(t *testing.T) {
 	pipetest.AddrOf(t, c, "worker", "")
 	pipetest.StartService(t, c, "sensor-sec", "sensor", tokenEnv("sensor"), append(https, "--stream-id=sec", "--rate=0", "--count=300")...)
 	pipetest.WaitAppExact(t, c, "sec", 300)
+}
+
+// TestACLApplyTokenFiles: `svckit acl apply`'s token files are the truth
+// and kept safe. A lost file gets Consul's secret back (it used to get a
+// new one Consul refused to take, for ever); a file whose secret Consul's
+// token does not have makes the token anew with it; a symbolic link or a
+// file others may read is refused, never written through; a service named
+// like an agent's file is refused. (Found by a hostile review.)
+func TestACLApplyTokenFiles(t *testing.T) {
+	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
+		HCL: []string{fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+enable_token_persistence = false
+tokens { initial_management = %q
+agent = %q } }`, managementToken, managementToken)},
+		Token: managementToken,
+	})
+	tokens := t.TempDir()
+	apply := func(args ...string) (string, error) {
+		cmd := exec.Command(testenv.Bin(t, "svckit"), append([]string{"acl", "apply", "--tokens", tokens, "--node", c.NodeName}, args...)...)
+		cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR="+c.HTTPAddr, "CONSUL_HTTP_TOKEN="+managementToken)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	file := filepath.Join(tokens, "worker.token")
+	secret := func() string {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	works := func(what string) {
+		t.Helper()
+		cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr, Token: secret()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := cl.ACL().TokenReadSelf(nil); err != nil {
+			t.Fatalf("%s: the secret in worker.token is no token of Consul's: %v", what, err)
+		}
+	}
+	if out, err := apply("--service", "worker"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	first := secret()
+	works("first apply")
+
+	os.Remove(file)
+	if out, err := apply("--service", "worker"); err != nil {
+		t.Fatalf("after the file was lost: %v\n%s", err, out)
+	}
+	if secret() != first {
+		t.Fatalf("a lost file got a new secret, not Consul's")
+	}
+	works("lost file")
+
+	other := "0f0e0d0c-0b0a-4908-8706-050403020100"
+	os.WriteFile(file, []byte(other+"\n"), 0o600)
+	if out, err := apply("--service", "worker"); err != nil {
+		t.Fatalf("with another secret in the file: %v\n%s", err, out)
+	}
+	works("another secret in the file")
+
+	os.Chmod(file, 0o644)
+	if out, err := apply("--service", "worker"); err == nil || !strings.Contains(out, "only its owner") {
+		t.Fatalf("a token file others may read: %v\n%s", err, out)
+	}
+	os.Remove(file)
+	elsewhere := filepath.Join(t.TempDir(), "stolen")
+	os.Symlink(elsewhere, file)
+	if out, err := apply("--service", "worker"); err == nil {
+		t.Fatalf("a symbolic link at the token's path was accepted:\n%s", out)
+	}
+	if _, err := os.Stat(elsewhere); err == nil {
+		t.Fatal("the secret was written through the symbolic link")
+	}
+	if out, err := apply("--service", "agent-n1", "--agent", "n1"); err == nil {
+		t.Fatalf("a service named like an agent's token file was accepted:\n%s", out)
+	}
 }

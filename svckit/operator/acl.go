@@ -28,8 +28,13 @@ token whose secret is written to --tokens/NAME.token (0600): it may register
 and deregister instances of NAME only, and read the catalog (services and
 nodes, which discovery needs) and its agent's own description.
 
---owner NAME=STREAM lets NAME own STREAM: create sessions and write its
-claim under svckit/streams/STREAM/ (one owner per stream), nothing else in KV.
+--node NODE names a Consul node (agent) the services talk to: they may read
+that agent's own description (which node it is), and owners may create
+sessions on it, and nothing of other nodes' agents and sessions.
+
+--owner NAME=STREAM lets NAME own STREAM: create sessions on the --nodes and
+write its claim under svckit/streams/STREAM/ (one owner per stream), nothing
+else in KV.
 --nsqauth NAME lets NAME read the nsqd authorization policy
 (svckit/nsqauth/policy) and register the secrets it issues
 (svckit/nsqauth/issued/). --agent NODE gives the Consul agent of NODE its
@@ -42,6 +47,7 @@ token it already has. Applying twice changes nothing.`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "tokens", Required: true, Usage: "directory for the token files (created 0700)"},
 				&cli.StringSliceFlag{Name: "service", Usage: "a service name (repeatable)"},
+				&cli.StringSliceFlag{Name: "node", Usage: "a Consul node whose agent the services talk to (repeatable; required with --service or --owner)"},
 				&cli.StringSliceFlag{Name: "owner", Usage: "NAME=STREAM: the service may own the stream (repeatable)"},
 				&cli.StringSliceFlag{Name: "nsqauth", Usage: "the nsqd authorization server's service name (repeatable)"},
 				&cli.StringSliceFlag{Name: "agent", Usage: "a Consul agent's node name (repeatable)"},
@@ -68,20 +74,37 @@ func (r aclRole) fileName() string {
 }
 
 // aclRoles turns the flags into roles, each with the least its job needs.
-func aclRoles(services, owners, auths, agents, agentServices []string) ([]aclRole, error) {
-	// Discovery reads the catalog; a service asks its agent who it is
-	// (/v1/agent/self: its node, the address it reaches Consul from).
-	catalogRead := []string{`service_prefix "" { policy = "read" }`, `node_prefix "" { policy = "read" }`, `agent_prefix "" { policy = "read" }`}
+func aclRoles(services, nodes, owners, auths, agents, agentServices []string) ([]aclRole, error) {
+	// Discovery reads the catalog.
+	catalogRead := []string{`service_prefix "" { policy = "read" }`, `node_prefix "" { policy = "read" }`}
+	// A service asks its agent who it is (/v1/agent/self: its node, the
+	// address it reaches Consul from): read of those agents only, not of
+	// every agent (an agent's monitor streams its log).
+	var agentRead, sessions []string
+	for _, n := range nodes {
+		if !validName(n) {
+			return nil, fmt.Errorf("--node %q: want [A-Za-z0-9_-]", n)
+		}
+		agentRead = append(agentRead, fmt.Sprintf(`agent %q { policy = "read" }`, n))
+		// A session lives on the node of the agent the owner talks to;
+		// write of sessions on other nodes would let it destroy other
+		// owners' sessions, and with them their claims.
+		sessions = append(sessions, fmt.Sprintf(`session %q { policy = "write" }`, n))
+	}
+	if len(nodes) == 0 && (len(services) > 0 || len(owners) > 0 || len(auths) > 0) {
+		return nil, errors.New("--node: name the Consul nodes whose agents the services talk to")
+	}
 	byName := map[string]*aclRole{}
 	var order []string
 	role := func(name string) (*aclRole, error) {
-		if !validName(name) {
-			return nil, fmt.Errorf("service name %q: want [A-Za-z0-9_-]", name)
+		if !validName(name) || strings.HasPrefix(name, "agent-") {
+			return nil, fmt.Errorf("service name %q: want [A-Za-z0-9_-], not starting with agent- (the agents' token files)", name)
 		}
 		if r, ok := byName[name]; ok {
 			return r, nil
 		}
-		r := &aclRole{name: name, kind: "service", rules: append([]string{fmt.Sprintf(`service %q { policy = "write" }`, name)}, catalogRead...)}
+		rules := append([]string{fmt.Sprintf(`service %q { policy = "write" }`, name)}, catalogRead...)
+		r := &aclRole{name: name, kind: "service", rules: append(rules, agentRead...)}
 		byName[name] = r
 		order = append(order, name)
 		return r, nil
@@ -100,10 +123,10 @@ func aclRoles(services, owners, auths, agents, agentServices []string) ([]aclRol
 		if err != nil {
 			return nil, fmt.Errorf("--owner: %w", err)
 		}
-		if !slices.Contains(r.rules, `session_prefix "" { policy = "write" }`) {
-			// A session lives on the node of the agent the service talks
-			// to; which node that is, is the deployment's business.
-			r.rules = append(r.rules, `session_prefix "" { policy = "write" }`)
+		for _, rule := range sessions {
+			if !slices.Contains(r.rules, rule) {
+				r.rules = append(r.rules, rule)
+			}
 		}
 		r.rules = append(r.rules, fmt.Sprintf(`key_prefix %q { policy = "write" }`, ownership.DefaultKeyPrefix+"/"+stream+"/"))
 	}
@@ -149,13 +172,16 @@ func validName(s string) bool {
 }
 
 func runACLApply(c *cli.Context) error {
-	roles, err := aclRoles(c.StringSlice("service"), c.StringSlice("owner"), c.StringSlice("nsqauth"), c.StringSlice("agent"), c.StringSlice("agent-service"))
+	roles, err := aclRoles(c.StringSlice("service"), c.StringSlice("node"), c.StringSlice("owner"), c.StringSlice("nsqauth"), c.StringSlice("agent"), c.StringSlice("agent-service"))
 	if err != nil {
 		return usageError{err}
 	}
 	dir := c.String("tokens")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating --tokens %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restricting --tokens %s to its owner: %w", dir, err)
 	}
 	consul, err := consulClient(c)
 	if err != nil {
@@ -185,41 +211,73 @@ func runACLApply(c *cli.Context) error {
 			}
 		}
 		path := filepath.Join(dir, r.fileName())
-		secret, err := tokenSecret(path)
+		desc := "svckit: " + r.kind + " " + r.name
+		var current *api.ACLToken // Consul's token of this role, if any
+		if i := slices.IndexFunc(existing, func(e *api.ACLTokenListEntry) bool { return e.Description == desc }); i >= 0 {
+			if current, _, err = acl.TokenRead(existing[i].AccessorID, q); err != nil {
+				return fmt.Errorf("reading the ACL token of %s %s: %w", r.kind, r.name, err)
+			}
+		}
+		secret, err := readTokenFile(path)
 		if err != nil {
 			return err
 		}
-		desc := "svckit: " + r.kind + " " + r.name
+		if secret == "" {
+			// No file: Consul's token, if it has one (the file was lost),
+			// else a new secret.
+			secret = newUUID()
+			if current != nil {
+				secret = current.SecretID
+			}
+			if err := writeSecret(path, []byte(secret+"\n")); err != nil {
+				return err
+			}
+		}
 		tok := &api.ACLToken{Description: desc, SecretID: secret, Policies: []*api.ACLTokenPolicyLink{{ID: pol.ID}}}
-		if i := slices.IndexFunc(existing, func(e *api.ACLTokenListEntry) bool { return e.Description == desc }); i >= 0 {
-			tok.AccessorID = existing[i].AccessorID
+		switch {
+		case current != nil && current.SecretID == secret:
+			tok.AccessorID = current.AccessorID
 			if _, _, err := acl.TokenUpdate(tok, w); err != nil {
 				return fmt.Errorf("updating the ACL token of %s %s: %w", r.kind, r.name, err)
 			}
-		} else if _, _, err := acl.TokenCreate(tok, w); err != nil {
-			return fmt.Errorf("creating the ACL token of %s %s: %w", r.kind, r.name, err)
+		default:
+			if current != nil {
+				// The file is what the services read: Consul's token
+				// takes its secret (a token's secret cannot be changed,
+				// so it is made anew).
+				if _, err := acl.TokenDelete(current.AccessorID, w); err != nil {
+					return fmt.Errorf("replacing the ACL token of %s %s: %w", r.kind, r.name, err)
+				}
+			}
+			if _, _, err := acl.TokenCreate(tok, w); err != nil {
+				return fmt.Errorf("creating the ACL token of %s %s: %w", r.kind, r.name, err)
+			}
 		}
 		fmt.Fprintf(c.App.Writer, "%s %s: policy %s, token in %s\n", r.kind, r.name, pol.Name, path)
 	}
 	return nil
 }
 
-// tokenSecret is the secret in path, or a new one written there (0600).
-func tokenSecret(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		s := strings.TrimSpace(string(b))
-		if !validUUID(s) {
-			return "", fmt.Errorf("%s: not a token secret (a UUID)", path)
-		}
-		return s, nil
+// readTokenFile is the token secret in path, "" if there is no file. A
+// symbolic link, a file others may read, or anything but a UUID is refused.
+func readTokenFile(path string) (string, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
 	}
-	if !errors.Is(err, os.ErrNotExist) {
+	if err != nil {
 		return "", fmt.Errorf("reading %s: %w", path, err)
 	}
-	s := newUUID()
-	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("writing %s: %w", path, err)
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s: want a regular file only its owner may read (mode %v)", path, fi.Mode())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	s := strings.TrimSpace(string(b))
+	if !validUUID(s) {
+		return "", fmt.Errorf("%s: not a token secret (a UUID)", path)
 	}
 	return s, nil
 }
