@@ -73,7 +73,7 @@ func TestLengthFlipOntoForgedRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := EncodeRecord(nil, Record{Seq: 6, Time: t0, Data: []byte("FORGED")}) // 30 bytes
-	data := append(append(bytes.Repeat([]byte{'.'}, 48), forged...), '.', '.') // 80 bytes: body 96
+	data := append(append(bytes.Repeat([]byte{'.'}, 48), forged...), '.', '.')    // 80 bytes: body 96
 	for _, recs := range [][]Record{mkRecs(1, 4, 40), {{Seq: 5, Time: t0, Data: data}}, mkRecs(6, 3, 40)} {
 		if err := l.Append(recs...); err != nil {
 			t.Fatal(err)
