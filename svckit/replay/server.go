@@ -80,12 +80,15 @@ type Server struct {
 	relay   Source
 	secret  string
 	metrics *Metrics
+	// relayed is the damage relayed replays reported, per stream (a few
+	// ranges each): a client that cannot read the trailer gets 410 for it.
+	relayed map[string][][2]uint64
 }
 
 // NewServer serves owners; a non-empty secret is required from every client
 // as "Authorization: Bearer <secret>".
 func NewServer(secret string, m *Metrics, owners ...*Owner) *Server {
-	s := &Server{owners: map[string]*Owner{}, secret: secret, metrics: m}
+	s := &Server{owners: map[string]*Owner{}, secret: secret, metrics: m, relayed: map[string][][2]uint64{}}
 	for _, o := range owners {
 		s.owners[o.Stream()] = o
 	}
@@ -243,11 +246,14 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	var damaged *DamagedError
-	if errors.As(err, &damaged) && legacy {
+	if errors.As(err, &damaged) {
+		s.learnDamage(id, damaged.Ranges)
+	}
+	if damaged != nil && legacy {
 		// Damage found during this replay, for a client that cannot read
-		// the trailer: cut the response, as before; asked again, it gets
-		// 410 above.
-		if !started {
+		// the trailer: 410 while nothing reached the wire yet, else the
+		// response is cut, as before, and asked again, it gets 410 above.
+		if flushed := bytes - uint64(bw.Buffered()); !started || flushed == 0 {
 			httpError(w, fmt.Errorf("%w: %v", ErrGone, err))
 			return
 		}
@@ -277,17 +283,43 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// knownDamage is the damage this server's owner of stream knows within
-// [from, to].
+// maxRelayedDamage bounds the relayed damage remembered per stream.
+const maxRelayedDamage = 64
+
+// learnDamage remembers damage a relayed replay of stream reported.
+func (s *Server) learnDamage(stream string, ranges [][2]uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, own := s.owners[stream]; own {
+		return // the owner's log knows it
+	}
+	rs := s.relayed[stream]
+	for _, r := range ranges {
+		if !slices.Contains(rs, r) {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) > maxRelayedDamage {
+		rs = rs[len(rs)-maxRelayedDamage:]
+	}
+	if len(s.relayed) >= maxRelayedDamage && s.relayed[stream] == nil {
+		return // many streams: remember none more (a legacy client then retries)
+	}
+	s.relayed[stream] = rs
+}
+
+// knownDamage is the damage this server knows in stream within [from,
+// to]: its owner's log's, or what relayed replays reported.
 func (s *Server) knownDamage(stream string, from, to uint64) [][2]uint64 {
 	s.mu.RLock()
 	o := s.owners[stream]
+	rs := slices.Clone(s.relayed[stream])
 	s.mu.RUnlock()
-	if o == nil {
-		return nil
+	if o != nil {
+		rs = o.Log().DamagedRanges()
 	}
 	var out [][2]uint64
-	for _, r := range o.Log().DamagedRanges() {
+	for _, r := range rs {
 		if r[1] >= from && r[0] <= to {
 			out = append(out, [2]uint64{max(r[0], from), min(r[1], to)})
 		}

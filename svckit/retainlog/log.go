@@ -312,6 +312,15 @@ func Open(opts Options) (*Log, error) {
 	// was killed before an fsync): make it durable before anyone is told
 	// it is (DurableSeq), unless the policy leaves flushing to the OS.
 	if act := l.active(); act != nil && act.f != nil && opts.Fsync != FsyncNever {
+		// Sealed segments too: written under the never policy, they may be
+		// in the page cache only (a policy changed since).
+		for _, sg := range l.segs[:len(l.segs)-1] {
+			if err := syncFile(opts.FS, sg.path); err != nil {
+				l.mu.Unlock()
+				act.f.Close()
+				return nil, fmt.Errorf("retainlog: fsync %s: %w", sg.path, err)
+			}
+		}
 		if err := act.f.Sync(); err != nil {
 			l.mu.Unlock()
 			act.f.Close()
@@ -444,6 +453,16 @@ func (l *Log) noteDamage(s *segment, f io.ReaderAt, d Damage) {
 	if l.opts.OnDamage != nil {
 		l.opts.OnDamage(d)
 	}
+}
+
+// syncFile fsyncs the file at path.
+func syncFile(fsys durable.FS, path string) error {
+	f, err := fsys.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // Recovery reports what Open truncated; the zero value means a clean open.
