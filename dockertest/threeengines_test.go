@@ -668,12 +668,40 @@ func (d *awsDC) nodeLoss(x, watch *machine) time.Duration {
 	// minutes on a loaded machine.
 	x.waitReady(t, 6*time.Minute)
 	ready := time.Since(started)
+	// dockerd restarts its containers as it starts (restart:
+	// unless-stopped). Once in four full runs it left all of them exited
+	// instead (restored, presumably, before the swarm could attach them to
+	// the overlay); then the test does what a machine's boot should do
+	// anyway, and says so.
+	if states, ok := d.projectRunning(x, 2*time.Minute); !ok {
+		t.Logf("three engines: %s's engine left its containers exited after its start (%s); engine log:\n%s\n./build.sh up aws/%s again, as a machine's boot would",
+			x.name, states, x.logTail(40), x.name)
+		x.buildSh(t, 5*time.Minute, "up", "aws/"+x.name)
+	}
 	took := d.waitExactUnderLoad(started, d.lastSeqs(), 5*time.Minute)
 	healthy := d.waitHealthy(d.m.nodes, 5*time.Minute)
 	d.waitSwarm(started, 5*time.Minute)
 	t.Logf("three engines: node loss: %s's engine stopped in %s (its containers with it), down %s; the others %s; the app on %s applied %d readings of %s meanwhile; the engine answered %s after its start; exact %s after its start; everything passing %s after that",
 		x.name, stopped.Round(100*time.Millisecond), started.Sub(lost).Round(time.Second), noLeader, watch.name, grew, otherStream.stream, ready.Round(100*time.Millisecond), took.Round(100*time.Millisecond), healthy.Round(time.Second))
 	return took
+}
+
+// projectRunning waits up to timeout until every container of x's compose
+// project runs, and returns their states.
+func (d *awsDC) projectRunning(x *machine, timeout time.Duration) (string, bool) {
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := x.docker(time.Minute, "ps", "-a", "--filter", "label=com.docker.compose.project=aws-"+x.name, "--format", "{{.Names}}={{.State}}")
+		states := strings.Fields(out)
+		running := err == nil && len(states) > 0
+		for _, st := range states {
+			running = running && strings.HasSuffix(st, "=running")
+		}
+		if running || time.Now().After(deadline) {
+			return strings.Join(states, " "), running
+		}
+		time.Sleep(2 * time.Second) // polling the engine with a deadline
+	}
 }
 
 // leaderGrace bounds how long the machines that stay together may be
