@@ -156,7 +156,7 @@ func TestBitRotInRetainedLog(t *testing.T) {
 		var gauge float64
 		var found bool
 		if !testenv.Eventually(stepTimeout, func() bool {
-			gauge, found, err = labeledMetric(addr, "svckit_retainlog_damaged_records", r.stream)
+			gauge, found, err = pipetest.StreamMetric(addr, "svckit_retainlog_damaged_records", r.stream)
 			return err == nil && found && gauge == float64(len(damaged))
 		}) {
 			t.Fatalf("%s: svckit_retainlog_damaged_records{stream=%q} = %v (present %v, error %v), want %d", p.name, r.stream, gauge, found, err, len(damaged))
@@ -299,7 +299,7 @@ func TestDiskFullSensorPauses(t *testing.T) {
 	var failures float64
 	var found bool
 	if !testenv.Eventually(stepTimeout, func() bool {
-		failures, found, err = labeledMetric(r.sensor.at, "svckit_owner_write_failures_total", r.stream)
+		failures, found, err = pipetest.StreamMetric(r.sensor.at, "svckit_owner_write_failures_total", r.stream)
 		return err == nil && found && failures > 0
 	}) {
 		t.Fatalf("svckit_owner_write_failures_total{stream=%q} = %v (present %v, error %v), want > 0 with the disk full", r.stream, failures, found, err)
@@ -776,54 +776,12 @@ func contiguous(seqs []uint64, from, to uint64) bool {
 	return true
 }
 
-// labeledMetric reads the sample of metric name with the label
-// stream="<stream>" (pipetest.Metric sums over every label value); found
-// is false if there is none.
-func labeledMetric(addr, name, stream string) (v float64, found bool, err error) {
-	code, body, err := testenv.HTTPGet("http://" + addr + "/metrics")
-	if err != nil {
-		return 0, false, err
-	}
-	if code != http.StatusOK {
-		return 0, false, fmt.Errorf("GET %s/metrics: HTTP %d", addr, code)
-	}
-	want := `stream="` + stream + `"`
-	for _, line := range strings.Split(body, "\n") {
-		rest, ok := strings.CutPrefix(line, name+"{")
-		if !ok {
-			continue
-		}
-		labels, value, ok := strings.Cut(rest, "} ")
-		if !ok || !slices.Contains(strings.Split(labels, ","), want) {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
-		if err != nil {
-			return 0, false, fmt.Errorf("metrics line %q: %w", line, err)
-		}
-		return v, true, nil
-	}
-	return 0, false, nil
-}
-
 // checkpointLast is the highest sequence of stream the app's checkpoint
 // records as applied.
 func checkpointLast(t *testing.T, appDataDir, stream string) uint64 {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(appDataDir, "checkpoint.json"))
-	if err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
-	var cp struct {
-		Streams map[string]struct {
-			Applied [][2]uint64 `json:"applied"`
-		} `json:"streams"`
-	}
-	if err := json.Unmarshal(b, &cp); err != nil {
-		t.Fatalf("app checkpoint: %v", err)
-	}
 	var last uint64
-	for _, iv := range cp.Streams[stream].Applied {
+	for _, iv := range pipetest.CheckpointIntervals(t, appDataDir, stream) {
 		last = max(last, iv[1])
 	}
 	return last

@@ -20,16 +20,20 @@ import (
 
 const managementToken = "3f1d8a2e-0000-4000-8000-5ec0e7000001"
 
+// aclDenyHCL turns on ACLs denying by default, with managementToken as the
+// management and the agent token.
+var aclDenyHCL = fmt.Sprintf(`acl { enabled = true
+default_policy = "deny"
+enable_token_persistence = false
+tokens { initial_management = %q
+agent = %q } }`, managementToken, managementToken)
+
 // TestConsulACL: with default-deny ACLs, a service with a token that may
 // register runs and is found; one without a token refuses to start with one
 // line naming the token, and exit code 2.
 func TestConsulACL(t *testing.T) {
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
-		HCL: []string{fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-enable_token_persistence = false
-tokens { initial_management = %q
-agent = %q } }`, managementToken, managementToken)},
+		HCL:   []string{aclDenyHCL},
 		Token: managementToken,
 	})
 	pol, _, err := c.Client.ACL().PolicyCreate(&api.ACLPolicy{Name: "svckit-service", Rules: `
@@ -161,11 +165,7 @@ func TestConsulLeastPrivilege(t *testing.T) {
 	gossip := make([]byte, 32)
 	rand.Read(gossip)
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
-		HCL: []string{fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-enable_token_persistence = false
-tokens { initial_management = %q
-agent = %q } }`, managementToken, managementToken), fmt.Sprintf("encrypt = %q", base64.StdEncoding.EncodeToString(gossip))},
+		HCL:   []string{aclDenyHCL, fmt.Sprintf("encrypt = %q", base64.StdEncoding.EncodeToString(gossip))},
 		Token: managementToken,
 		TLS:   testenv.ConsulTLS{CAFile: ca, CertFile: cert, KeyFile: key},
 	})
@@ -365,11 +365,7 @@ func TestSecretsInit(t *testing.T) {
 // like an agent's file is refused. (Found by a hostile review.)
 func TestACLApplyTokenFiles(t *testing.T) {
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
-		HCL: []string{fmt.Sprintf(`acl { enabled = true
-default_policy = "deny"
-enable_token_persistence = false
-tokens { initial_management = %q
-agent = %q } }`, managementToken, managementToken)},
+		HCL:   []string{aclDenyHCL},
 		Token: managementToken,
 	})
 	tokens := t.TempDir()

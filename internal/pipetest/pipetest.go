@@ -298,14 +298,33 @@ func waitExact(t testing.TB, app, stream string, n uint64, appAddr func() (strin
 // Metric returns the sum of every sample of the metric name (all label
 // values) in the Prometheus text served at addr/metrics; 0 if absent.
 func Metric(addr, name string) (float64, error) {
+	var sum float64
+	err := metricSamples(addr, name, func(_ string, v float64) { sum += v })
+	return sum, err
+}
+
+// StreamMetric returns the sample of the metric name labelled
+// stream="<stream>" at addr/metrics, and whether there is one.
+func StreamMetric(addr, name, stream string) (v float64, found bool, err error) {
+	want := `stream="` + stream + `"`
+	err = metricSamples(addr, name, func(labels string, x float64) {
+		if slices.Contains(strings.Split(labels, ","), want) {
+			v, found = x, true
+		}
+	})
+	return v, found, err
+}
+
+// metricSamples calls fn with the labels (without braces) and the value of
+// every sample of the metric name at addr/metrics.
+func metricSamples(addr, name string, fn func(labels string, v float64)) error {
 	code, body, err := testenv.HTTPGet("http://" + addr + "/metrics")
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if code != http.StatusOK {
-		return 0, fmt.Errorf("GET %s/metrics: HTTP %d", addr, code)
+		return fmt.Errorf("GET %s/metrics: HTTP %d", addr, code)
 	}
-	var sum float64
 	for _, line := range strings.Split(body, "\n") {
 		// A sample line starts with the name, then labels or the value;
 		// comments ("# HELP name …") and longer names sharing the prefix
@@ -314,14 +333,18 @@ func Metric(addr, name string) (float64, error) {
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
 			continue
 		}
+		var labels string
+		if rest[0] == '{' {
+			labels, _, _ = strings.Cut(rest[1:], "}")
+		}
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
-			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+			return fmt.Errorf("metrics line %q: %w", line, err)
 		}
-		sum += v
+		fn(labels, v)
 	}
-	return sum, nil
+	return nil
 }
 
 // ReadMetric is Metric for a service that must answer now: it fails the test
@@ -340,6 +363,17 @@ func ReadMetric(t testing.TB, addr, name string) float64 {
 // the file cannot be read.
 func CheckpointApplied(t testing.TB, appDataDir, stream string) uint64 {
 	t.Helper()
+	var n uint64
+	for _, iv := range CheckpointIntervals(t, appDataDir, stream) {
+		n += iv[1] - iv[0] + 1
+	}
+	return n
+}
+
+// CheckpointIntervals returns the [first, last] ranges of stream the app's
+// checkpoint file records as applied, failing the test if it cannot be read.
+func CheckpointIntervals(t testing.TB, appDataDir, stream string) [][2]uint64 {
+	t.Helper()
 	b, err := os.ReadFile(filepath.Join(appDataDir, "checkpoint.json"))
 	if err != nil {
 		t.Fatalf("pipetest: app checkpoint: %v", err)
@@ -352,11 +386,7 @@ func CheckpointApplied(t testing.TB, appDataDir, stream string) uint64 {
 	if err := json.Unmarshal(b, &cp); err != nil {
 		t.Fatalf("pipetest: app checkpoint: %v", err)
 	}
-	var n uint64
-	for _, iv := range cp.Streams[stream].Applied {
-		n += iv[1] - iv[0] + 1
-	}
-	return n
+	return cp.Streams[stream].Applied
 }
 
 // SavedSnapshotSeq returns the seq of the sensor's saved snapshot of stream

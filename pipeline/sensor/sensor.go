@@ -127,8 +127,14 @@ func publishLoop(ctx context.Context, log *slog.Logger, owner *replay.Owner, rat
 				}
 				if errors.Is(err, replay.ErrNotAccepting) {
 					// The log cannot be written (a full disk): pause
-					// until it can, rather than exit and crash-loop.
-					return waitAccepting(ctx, log, owner, batch, &sent, &n, k)
+					// until it can, rather than exit and crash-loop;
+					// what fell due meanwhile is skipped by the pacing,
+					// not burst.
+					taken, err := waitAccepting(ctx, log, owner, batch)
+					if taken {
+						sent += k
+					}
+					return err
 				}
 				return err
 			}
@@ -180,9 +186,8 @@ func publishLoop(ctx context.Context, log *slog.Logger, owner *replay.Owner, rat
 }
 
 // waitAccepting retries the batch the owner refused because its log cannot
-// be written, with backoff, until it is taken or ctx ends; readings that
-// fall due meanwhile are skipped by the pacing (it does not burst).
-func waitAccepting(ctx context.Context, log *slog.Logger, owner *replay.Owner, batch [][]byte, sent, n *uint64, k uint64) error {
+// be written, with backoff, until it is taken (true) or ctx ends.
+func waitAccepting(ctx context.Context, log *slog.Logger, owner *replay.Owner, batch [][]byte) (bool, error) {
 	start := time.Now()
 	log.Warn("readings paused: the retained log cannot be written", "err", owner.Accepting())
 	delay := 100 * time.Millisecond
@@ -191,21 +196,19 @@ func waitAccepting(ctx context.Context, log *slog.Logger, owner *replay.Owner, b
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return false, nil
 		case <-t.C:
 		}
 		delay = min(2*delay, 2*time.Second)
 		_, err := owner.PublishBatch(ctx, batch)
 		switch {
 		case err == nil:
-			*sent += k
-			*n = 0 // what fell due meanwhile is skipped, not burst
 			log.Info("readings resumed: the retained log can be written again", "paused", time.Since(start).Round(time.Millisecond))
-			return nil
+			return true, nil
 		case ctx.Err() != nil:
-			return nil
+			return false, nil
 		case !errors.Is(err, replay.ErrNotAccepting):
-			return err
+			return false, err
 		}
 	}
 }

@@ -235,7 +235,6 @@ func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
 	}
 	w.log = l
 	w.opened.Store(l)
-	w.o.Log = o.Log
 	if rec := l.Recovery(); rec.TruncatedBytes > 0 {
 		o.Metrics.LogTruncations.Inc()
 		o.Logger.Warn("retained log had a torn tail (a write no fsync had covered); cut, a copy kept", "segment", rec.Segment, "bytes", rec.TruncatedBytes, "reason", rec.Reason, "copy", rec.Copy)

@@ -283,29 +283,24 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// maxRelayedDamage bounds the relayed damage remembered per stream.
+// maxRelayedDamage bounds the relayed damage remembered: ranges per stream,
+// and streams.
 const maxRelayedDamage = 64
 
 // learnDamage remembers damage a relayed replay of stream reported.
 func (s *Server) learnDamage(stream string, ranges [][2]uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, own := s.owners[stream]; own {
-		return // the owner's log knows it
+	rs, known := s.relayed[stream]
+	if _, own := s.owners[stream]; own || (!known && len(s.relayed) >= maxRelayedDamage) {
+		return // the owner's log knows it; or many streams: a legacy client retries
 	}
-	rs := s.relayed[stream]
 	for _, r := range ranges {
 		if !slices.Contains(rs, r) {
 			rs = append(rs, r)
 		}
 	}
-	if len(rs) > maxRelayedDamage {
-		rs = rs[len(rs)-maxRelayedDamage:]
-	}
-	if len(s.relayed) >= maxRelayedDamage && s.relayed[stream] == nil {
-		return // many streams: remember none more (a legacy client then retries)
-	}
-	s.relayed[stream] = rs
+	s.relayed[stream] = rs[max(0, len(rs)-maxRelayedDamage):]
 }
 
 // knownDamage is the damage this server knows in stream within [from,

@@ -37,8 +37,8 @@ type Damage struct {
 	Quarantine string `json:"quarantine,omitempty"`
 }
 
-// Records is how many sequence numbers the damage covers: 0 for bytes
-// that held no record (Last = First-1: garbage between intact records).
+// Records is how many sequence numbers the damage covers (resync finds the
+// stream again only above First, so at least one).
 func (d Damage) Records() uint64 { return d.Last + 1 - d.First }
 
 // DamagedError is returned by Read after every intact record of the range

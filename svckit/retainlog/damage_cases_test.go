@@ -238,30 +238,25 @@ func TestUncopiedDamageReadOutsideTheLock(t *testing.T) {
 	c.SetSpace(-1)
 	clk.Set(t0.Add(2 * time.Hour))
 	c.armed.Store(true)
-	first := make(chan error, 1)
-	go func() { first <- l.Append(Record{Seq: 101, Time: clk.Now(), Data: payload(101, 40)}) }() // runs retention
+	// appendWithin appends seq and fails the test if that takes 20 s.
+	appendWithin := func(seq uint64, what string) {
+		done := make(chan error, 1)
+		go func() { done <- l.Append(Record{Seq: seq, Time: clk.Now(), Data: payload(seq, 40)}) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	appendWithin(101, "the append that ran retention waited for the read of damaged bytes")
 	select {
 	case <-c.entered: // the background goroutine is reading the damaged bytes, and hangs
 	case <-time.After(20 * time.Second):
 		t.Fatal("the damaged segment's bytes were never read for their copy")
 	}
-	select {
-	case err := <-first:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the append that ran retention waited for the read of damaged bytes")
-	}
-	done := make(chan error, 1)
-	go func() { done <- l.Append(Record{Seq: 102, Time: clk.Now(), Data: payload(102, 40)}) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("an append waited for the read of damaged bytes")
-	}
+	appendWithin(102, "an append waited for the read of damaged bytes")
 	unblock()
 }

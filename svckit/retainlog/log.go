@@ -1045,7 +1045,7 @@ func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []
 			if err != nil {
 				return damaged, err
 			}
-			if d.Last >= d.First && d.Last >= from {
+			if d.Last >= from {
 				damaged = addRange(damaged, max(d.First, from), min(d.Last, to))
 			}
 			rd.seek(d.Offset + d.Bytes)
@@ -1138,9 +1138,7 @@ func (l *Log) Damaged() []Damage {
 func (l *Log) DamagedRanges() [][2]uint64 {
 	var rs [][2]uint64
 	for _, d := range l.Damaged() {
-		if d.Last >= d.First { // garbage between two intact records holds none
-			rs = addRange(rs, d.First, d.Last)
-		}
+		rs = addRange(rs, d.First, d.Last)
 	}
 	return rs
 }
