@@ -67,12 +67,13 @@ func TestLibraryLayers(t *testing.T) {
 	// What each lower package may import from svckit (all else is above it).
 	below := map[string][]string{
 		"envelope": {}, "durable": {}, "config": {}, "logging": {}, "metrics": {}, "health": {},
-		"retainlog":  {"durable"},
-		"deadletter": {"durable", "logging", "metrics"},
-		"ownership":  {"logging"},
-		"pubsub":     {"deadletter", "discovery", "envelope", "logging", "metrics"},
-		"replay":     {"discovery", "durable", "envelope", "logging", "metrics", "retainlog"},
-		"stage":      {"envelope", "logging", "pubsub", "replay"},
+		"internal/sharedsecret": {},
+		"retainlog":             {"durable"},
+		"deadletter":            {"durable", "internal/sharedsecret", "logging", "metrics"},
+		"ownership":             {"logging"},
+		"pubsub":                {"deadletter", "discovery", "envelope", "logging", "metrics"},
+		"replay":                {"discovery", "durable", "envelope", "internal/sharedsecret", "logging", "metrics", "retainlog"},
+		"stage":                 {"envelope", "logging", "pubsub", "replay"},
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Fields(line)

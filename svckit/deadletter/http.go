@@ -2,7 +2,6 @@ package deadletter
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/svckit/svckit/svckit/internal/sharedsecret"
 )
 
 // A service serves its local store on its HTTP port and says so in Consul,
@@ -21,8 +22,14 @@ import (
 //	GET    /deadletters/{topic}/{id} 200, the encoded letter (ContentType)
 //	DELETE /deadletters/{topic}/{id} 204; 404 if it is not there
 //
-// With a secret, every request needs "Authorization: Bearer <secret>":
-// dead letters are the service's data, and DELETE destroys them.
+// With a secret, every request must be signed with it (Client does:
+// "Authorization: Svckit-HMAC ...", each signature accepted once, within 5
+// minutes of the server's clock; see package internal/sharedsecret), and
+// every answer to a signed request proves the server knows the secret
+// (header Svckit-Proof), which Client checks: dead letters are the
+// service's data, and DELETE destroys them. "Authorization: Bearer
+// <secret>" is still accepted, for operators' curl and older clients, but
+// it sends the secret in clear.
 const (
 	// MetaKey is the Consul service meta key of an instance serving its
 	// store; its value is MetaValue, the version of the API above.
@@ -41,17 +48,29 @@ type Mux interface {
 
 // Register serves the store on mux (the routes above).
 func (s *Store) Register(mux Mux, secret string) {
-	auth := func(h http.HandlerFunc) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if secret != "" {
-				got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-				if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(secret)) != 1 {
-					http.Error(w, "dead letters: missing or wrong bearer secret", http.StatusUnauthorized)
+	auth := func(h http.HandlerFunc) http.Handler { return h }
+	if secret != "" {
+		// One verifier for every route: a signature is used once.
+		v := sharedsecret.NewVerifier(secret)
+		auth = func(h http.HandlerFunc) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				nonce, err := v.Verify(r)
+				if errors.Is(err, sharedsecret.ErrTooManyNonces) {
+					// Authentic, but it cannot be remembered: later.
+					w.Header().Set("Retry-After", "5")
+					http.Error(w, "dead letters: "+err.Error(), http.StatusServiceUnavailable)
 					return
 				}
-			}
-			h(w, r)
-		})
+				if err != nil {
+					http.Error(w, "dead letters: unauthorized: "+err.Error(), http.StatusUnauthorized)
+					return
+				}
+				// Before the handler writes: every answer, errors too,
+				// carries the proof.
+				sharedsecret.Prove(w.Header(), nonce, secret)
+				h(w, r)
+			})
+		}
 	}
 	mux.Handle("GET "+PathPrefix, auth(s.serveList))
 	mux.Handle("GET "+PathPrefix+"/{topic}/{id}", auth(s.serveGet))
@@ -100,8 +119,17 @@ func httpError(w http.ResponseWriter, err error) {
 	http.Error(w, err.Error(), code)
 }
 
+// ErrServerUnproven: the service that answered did not prove that it knows
+// the shared secret (Client.Secret), so nothing of its answer was taken (a
+// list, a letter, or that a DELETE happened): an impostor, or a service
+// run without the secret.
+var ErrServerUnproven = errors.New("the service did not prove that it knows the shared secret: its answer was not taken")
+
 // Client talks to the store of a running service (the CLI's side).
 type Client struct {
+	// Secret, if set, signs every request (the secret itself is never
+	// sent), and every answer must prove that its server knows it, or
+	// the call fails with ErrServerUnproven.
 	Secret string
 	HTTP   *http.Client // nil = a client with a 30s timeout
 }
@@ -112,8 +140,12 @@ func (c Client) do(ctx context.Context, method, addr, path string, q url.Values)
 	if err != nil {
 		return nil, err
 	}
+	var nonce string
 	if c.Secret != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Secret)
+		// A signature, not the secret: whoever answers must not learn it.
+		if nonce, err = sharedsecret.Sign(req, c.Secret); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", method, u.String(), err)
+		}
 	}
 	hc := c.HTTP
 	if hc == nil {
@@ -122,6 +154,15 @@ func (c Client) do(ctx context.Context, method, addr, path string, q url.Values)
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, u.String(), err)
+	}
+	// Every answer something is taken from must be proven; not a 401
+	// (the server refused the request: it has no nonce it accepted to
+	// prove), nor a 5xx (a failure, perhaps a proxy's, only reported).
+	if nonce != "" && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode < 500 {
+		if err := sharedsecret.CheckProof(resp, nonce, c.Secret); err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%w: %s %s answered HTTP %d: %v", ErrServerUnproven, method, u.String(), resp.StatusCode, err)
+		}
 	}
 	return resp, nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
@@ -23,6 +24,12 @@ var (
 	ErrNeverHad     = errors.New("the owner never had this sequence (416)")
 	ErrUnknown      = errors.New("the owner does not know this stream (404)")
 	ErrUnauthorized = errors.New("the owner refused the shared secret (401)")
+	// ErrUpstreamUnproven: the server that answered did not prove that it
+	// knows the shared secret (Client.Secret), so nothing of its answer
+	// was taken: an impostor, or a server run without the secret. Like an
+	// unreachable upstream, it is worth asking again later (a Tracker
+	// logs it and backs off), and nothing it sent was applied.
+	ErrUpstreamUnproven = errors.New("the upstream did not prove that it knows the shared secret: its answer was not taken")
 )
 
 // Request is one replay request: [From, To], or everything since Since.
@@ -35,7 +42,10 @@ type Request struct {
 
 // Client speaks the consumer side of the replay protocol.
 type Client struct {
-	HTTP   *http.Client // nil = http.DefaultClient
+	HTTP *http.Client // nil = http.DefaultClient
+	// Secret, if set, signs every request (the secret itself is never
+	// sent), and every answer must prove that its server knows it, or the
+	// call fails with ErrUpstreamUnproven before anything is read from it.
 	Secret string
 }
 
@@ -119,7 +129,9 @@ func damagedTrailer(stream string, resp *http.Response) error {
 	return &DamagedError{Stream: stream, Ranges: ranges}
 }
 
-// Get performs an authenticated GET on the owner.
+// Get performs an authenticated GET on the owner: signed with the secret,
+// and its answer proven to come from a holder of it (else
+// ErrUpstreamUnproven).
 func (c Client) Get(ctx context.Context, addr, path string, q url.Values) (*http.Response, error) {
 	return c.get(ctx, addr, path, q, nil)
 }
@@ -136,14 +148,41 @@ func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http
 	for k, v := range h {
 		req.Header[k] = v
 	}
+	var nonce string
 	if c.Secret != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Secret)
+		// A signature, not the secret: whoever answers must not learn it.
+		if nonce, err = sharedsecret.Sign(req, c.Secret); err != nil {
+			return nil, fmt.Errorf("GET %s from %s: %w", path, addr, err)
+		}
 	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	return hc.Do(req)
+	resp, err := hc.Do(req)
+	if err != nil || nonce == "" || !mustProve(resp.StatusCode) {
+		return resp, err
+	}
+	if err := sharedsecret.CheckProof(resp, nonce, c.Secret); err != nil {
+		// Nothing of it is read: not a frame, a snapshot, a position,
+		// nor a verdict such as 410 (which would send a tracker to a
+		// snapshot).
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: %s answered GET %s with HTTP %d: %v", ErrUpstreamUnproven, addr, path, resp.StatusCode, err)
+	}
+	return resp, nil
+}
+
+// mustProve reports whether an answer with this status must prove the
+// secret before the client takes it: every answer something is taken
+// from, a body or a verdict statusError turns into a sentinel callers act
+// on (410 sends a tracker to a snapshot, 501 has it stop asking for one).
+// Not 401: the server refused the request, so it has no nonce it accepted
+// to prove, and an impostor's 401 only makes the caller try again later.
+// Nor the other 5xx: failures (a proxy's, perhaps) the caller only
+// reports, as it would an unreachable upstream.
+func mustProve(status int) bool {
+	return status != http.StatusUnauthorized && (status < 500 || status == http.StatusNotImplemented)
 }
 
 func statusError(resp *http.Response) error {

@@ -3,7 +3,6 @@ package replay
 import (
 	"bufio"
 	"context"
-	"crypto/subtle"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/svckit/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
@@ -79,16 +79,25 @@ type Server struct {
 	owners  map[string]*Owner
 	relay   Source
 	secret  string
+	verify  *sharedsecret.Verifier // nil without a secret
 	metrics *Metrics
 	// relayed is the damage relayed replays reported, per stream (a few
 	// ranges each): a client that cannot read the trailer gets 410 for it.
 	relayed map[string][][2]uint64
 }
 
-// NewServer serves owners; a non-empty secret is required from every client
-// as "Authorization: Bearer <secret>".
+// NewServer serves owners. With a non-empty secret every request must be
+// signed with it (Client does: "Authorization: Svckit-HMAC ...", each
+// signature accepted once, within 5 minutes of this host's clock), and
+// every answer to a signed request proves this server knows the secret
+// (header Svckit-Proof), which Client checks; "Authorization: Bearer
+// <secret>" is still accepted, for operators' curl and older clients, but
+// it sends the secret in clear. See package internal/sharedsecret.
 func NewServer(secret string, m *Metrics, owners ...*Owner) *Server {
 	s := &Server{owners: map[string]*Owner{}, secret: secret, metrics: m, relayed: map[string][][2]uint64{}}
+	if secret != "" {
+		s.verify = sharedsecret.NewVerifier(secret)
+	}
 	for _, o := range owners {
 		s.owners[o.Stream()] = o
 	}
@@ -135,16 +144,27 @@ func (s *Server) Register(r Router) {
 	r.Handle("GET /snapshot", s.auth(s.serveSnapshot))
 }
 
+// auth admits the requests signed with the secret (or carrying it as a
+// Bearer token) and proves the secret to the signed ones' clients.
 func (s *Server) auth(h http.HandlerFunc) http.Handler {
-	if s.secret == "" {
+	if s.verify == nil {
 		return h
 	}
-	want := []byte("Bearer " + s.secret)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			http.Error(w, "replay: missing or wrong shared secret", http.StatusUnauthorized)
+		nonce, err := s.verify.Verify(r)
+		if errors.Is(err, sharedsecret.ErrTooManyNonces) {
+			// Authentic, but it cannot be remembered: come back later.
+			w.Header().Set("Retry-After", "5")
+			http.Error(w, "replay: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if err != nil {
+			http.Error(w, "replay: unauthorized: "+err.Error(), http.StatusUnauthorized)
+			return
+		}
+		// Before the handler writes: the headers leave with its first
+		// byte, and every answer (errors too) must carry the proof.
+		sharedsecret.Prove(w.Header(), nonce, s.secret)
 		h(w, r)
 	})
 }
@@ -183,6 +203,8 @@ func httpError(w http.ResponseWriter, err error) {
 		code = http.StatusNotImplemented
 	case errors.Is(err, ErrUnauthorized):
 		code = http.StatusBadGateway // the upstream refused this relay's secret
+	case errors.Is(err, ErrUpstreamUnproven):
+		code = http.StatusBadGateway // this relay's upstream is not one
 	}
 	http.Error(w, "replay: "+err.Error(), code)
 }
