@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -315,9 +317,18 @@ func TestSecretsInit(t *testing.T) {
 	}
 	hostDir := filepath.Join(dir, "hosts", host)
 	mgmt := read("management.token")
+	hcl := read(filepath.Join("hosts", host, "consul.hcl"))
+	if strings.Contains(hcl, mgmt) {
+		t.Fatal("the agent's configuration holds the management token: only the operator may")
+	}
+	// The test's agent must be ready before acl apply runs (testenv asks
+	// it as the management token), so the management token is made
+	// Consul's here by configuration; acl apply --bootstrap then finds the
+	// ACLs bootstrapped and checks that its token is a management token.
+	// ./build.sh up bootstraps a datacenter's Consul for real (dockertest).
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
 		Node:  host,
-		HCL:   []string{read(filepath.Join("hosts", host, "consul.hcl"))},
+		HCL:   []string{hcl, fmt.Sprintf("acl { tokens { initial_management = %q } }", mgmt)},
 		Token: mgmt,
 		TLS:   testenv.ConsulTLS{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(hostDir, "consul.pem"), KeyFile: filepath.Join(hostDir, "consul-key.pem")},
 	})
@@ -327,7 +338,7 @@ func TestSecretsInit(t *testing.T) {
 		t.Fatalf("gossip is not encrypted: %v", info["Stats"]["serf_lan"])
 	}
 	ca := filepath.Join(dir, "ca.pem")
-	apply := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", filepath.Join(dir, "tokens"),
+	apply := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--bootstrap", "--wait", "30s", "--tokens", filepath.Join(dir, "tokens"),
 		"--service", "sensor", "--service", "worker", "--service", "app", "--owner", "sensor=sec", "--nsqauth", "nsqauth", "--agent", host, "--node", host)
 	apply.Env = append(apply.Environ(), "CONSUL_HTTP_ADDR=https://"+c.HTTPSAddr, "CONSUL_CACERT="+ca, "CONSUL_HTTP_TOKEN_FILE="+filepath.Join(dir, "management.token"), "CONSUL_HTTP_TOKEN=")
 	if out, err := apply.CombinedOutput(); err != nil {
@@ -430,5 +441,41 @@ func TestACLApplyTokenFiles(t *testing.T) {
 	}
 	if out, err := apply("--service", "agent-n1", "--agent", "n1"); err == nil {
 		t.Fatalf("a service named like an agent's token file was accepted:\n%s", out)
+	}
+
+	// --nsqauth-policy writes the policy when there is none, and never
+	// overwrites one (the operator changes it with consul kv put).
+	policy := func(ttl int) string {
+		f := filepath.Join(t.TempDir(), "policy.json")
+		os.WriteFile(f, []byte(fmt.Sprintf(`{"ttl": %d, "require_tls": true, "identities": {"sensor": {"publish": ["readings"]}}}`, ttl)), 0o600)
+		return f
+	}
+	if out, err := apply("--nsqauth", "nsqauth", "--nsqauth-policy", policy(60)); err != nil || !strings.Contains(out, "policy written") {
+		t.Fatalf("--nsqauth-policy: %v\n%s", err, out)
+	}
+	if out, err := apply("--nsqauth", "nsqauth", "--nsqauth-policy", policy(5)); err != nil || !strings.Contains(out, "policy kept") {
+		t.Fatalf("--nsqauth-policy over an existing policy: %v\n%s", err, out)
+	}
+	if kv, _, err := c.Client.KV().Get("svckit/nsqauth/policy", nil); err != nil || kv == nil || !strings.Contains(string(kv.Value), `"ttl": 60`) {
+		t.Fatalf("the policy in KV: %v %v, want the first one", kv, err)
+	}
+	if out, err := apply("--nsqauth", "nsqauth", "--nsqauth-policy", filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Fatalf("a missing --nsqauth-policy file was accepted:\n%s", out)
+	}
+
+	// No leader in time: exit status 75, "try again later" (./build.sh up
+	// of a multi-host datacenter's first host), after --wait.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(testenv.Bin(t, "svckit"), "acl", "apply", "--tokens", tokens, "--node", c.NodeName, "--service", "worker", "--wait", "2s")
+	cmd.Env = append(cmd.Environ(), "CONSUL_HTTP_ADDR="+closed, "CONSUL_HTTP_TOKEN="+managementToken)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 75 || !strings.Contains(string(out), "no leader") {
+		t.Fatalf("acl apply --wait with no Consul: %v, want exit status 75 naming the missing leader\n%s", err, out)
 	}
 }

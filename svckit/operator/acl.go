@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/svckit/svckit/svckit/nsqauth"
@@ -43,7 +45,17 @@ configuration names (--agent-service, default nsqd and nsqlookupd).
 
 A token file that exists is kept: its secret is the token's, so that applying
 again, or on a datacenter whose Consul lost its data, gives every service the
-token it already has. Applying twice changes nothing.`,
+token it already has. Applying twice changes nothing.
+
+--bootstrap makes the management token given (CONSUL_HTTP_TOKEN or
+CONSUL_HTTP_TOKEN_FILE, e.g. the management.token of 'svckit secrets init')
+Consul's, once per datacenter: on a datacenter already bootstrapped it only
+checks that the token is still a management token. No agent's configuration
+holds it. --nsqauth-policy writes nsqd's authorization policy when none is
+there (nsqauth's own token may only read it); an existing policy is never
+overwritten. --wait waits for the datacenter's Consul to have a leader
+first; without one in time the exit status is 75 (try again later: the
+servers of a multi-host datacenter elect one when enough of them are up).`,
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "tokens", Required: true, Usage: "directory for the token files (created 0700)"},
 				&cli.StringSliceFlag{Name: "service", Usage: "a service name (repeatable)"},
@@ -52,6 +64,9 @@ token it already has. Applying twice changes nothing.`,
 				&cli.StringSliceFlag{Name: "nsqauth", Usage: "the nsqd authorization server's service name (repeatable)"},
 				&cli.StringSliceFlag{Name: "agent", Usage: "a Consul agent's node name (repeatable)"},
 				&cli.StringSliceFlag{Name: "agent-service", Value: cli.NewStringSlice("nsqd", "nsqlookupd"), Usage: "services the agents register from their configuration"},
+				&cli.BoolFlag{Name: "bootstrap", Usage: "make the management token given Consul's if the datacenter's ACLs are not bootstrapped yet"},
+				&cli.StringFlag{Name: "nsqauth-policy", Usage: "file with nsqd's authorization policy, written to Consul KV when none is there"},
+				&cli.DurationFlag{Name: "wait", Usage: "wait up to this long for a Consul leader (exit status 75 without one)"},
 			},
 			Action: runACLApply,
 		}},
@@ -183,13 +198,45 @@ func runACLApply(c *cli.Context) error {
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("restricting --tokens %s to its owner: %w", dir, err)
 	}
+	var seed []byte
+	if f := c.String("nsqauth-policy"); f != "" {
+		if seed, err = os.ReadFile(f); err != nil {
+			return usagef("--nsqauth-policy: %v", err)
+		}
+		if _, err := nsqauth.ParsePolicy(seed); err != nil {
+			return usagef("--nsqauth-policy %s: %v", f, err)
+		}
+	}
 	consul, err := consulClient(c)
 	if err != nil {
 		return err
 	}
+	if d := c.Duration("wait"); d > 0 {
+		if err := waitLeader(c.Context, consul, d); err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "svckit: %v\n", err)
+			return exitCode(ExitTempFail)
+		}
+	}
 	acl := consul.ACL()
 	q := (&api.QueryOptions{}).WithContext(c.Context)
 	w := (&api.WriteOptions{}).WithContext(c.Context)
+	if c.Bool("bootstrap") {
+		if err := bootstrapACL(c, consul); err != nil {
+			return err
+		}
+	}
+	if seed != nil {
+		key := nsqauth.DefaultKVPrefix + "/policy"
+		ok, _, err := consul.KV().CAS(&api.KVPair{Key: key, Value: seed, ModifyIndex: 0}, w)
+		if err != nil {
+			return fmt.Errorf("writing nsqd's authorization policy to %s: %w", key, err)
+		}
+		if ok {
+			fmt.Fprintf(c.App.Writer, "nsqauth policy written to %s\n", key)
+		} else {
+			fmt.Fprintf(c.App.Writer, "nsqauth policy kept: %s is there already (change it with consul kv put)\n", key)
+		}
+	}
 	existing, _, err := acl.TokenList(q)
 	if err != nil {
 		return fmt.Errorf("listing ACL tokens (is CONSUL_HTTP_TOKEN a management token?): %w", err)
@@ -307,4 +354,69 @@ func validUUID(s string) bool {
 		}
 	}
 	return true
+}
+
+// ExitTempFail is acl apply's exit status when Consul has no leader in
+// time (sysexits' EX_TEMPFAIL): try again later.
+const ExitTempFail = 75
+
+// waitLeader polls Consul until it names a leader or d passes.
+func waitLeader(ctx context.Context, consul *api.Client, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var last error
+	for {
+		leader, err := consul.Status().LeaderWithQueryOptions((&api.QueryOptions{}).WithContext(ctx))
+		switch {
+		case err == nil && leader != "":
+			return nil
+		case err == nil:
+			last = errors.New("no leader elected yet")
+		default:
+			last = err
+		}
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("Consul has no leader after %s (%v): its servers elect one when enough of them are up", d, last)
+		case <-t.C:
+		}
+	}
+}
+
+// bootstrapACL makes the management token given Consul's when the ACL
+// system has not been bootstrapped, and otherwise checks that it is one.
+func bootstrapACL(c *cli.Context, consul *api.Client) error {
+	cfg := consulConfig(c)
+	secret := cfg.Token
+	if secret == "" && cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--bootstrap: reading the management token: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	if !validUUID(secret) {
+		return usagef("--bootstrap: give the management token to make Consul's (CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE; a UUID)")
+	}
+	_, _, err := consul.ACL().BootstrapWithToken(secret)
+	switch {
+	case err == nil:
+		fmt.Fprintln(c.App.Writer, "Consul's ACLs bootstrapped with the management token given")
+		return nil
+	case !strings.Contains(err.Error(), "ACL bootstrap no longer allowed"):
+		return fmt.Errorf("bootstrapping Consul's ACLs: %w", err)
+	}
+	// Bootstrapped before: by this token, or by someone else.
+	tok, _, err := consul.ACL().TokenReadSelf((&api.QueryOptions{}).WithContext(c.Context))
+	if err != nil {
+		return fmt.Errorf("Consul's ACLs were bootstrapped with another token than the one given: %w", err)
+	}
+	for _, p := range tok.Policies {
+		if p.Name == "global-management" {
+			return nil
+		}
+	}
+	return errors.New("Consul's ACLs were bootstrapped with another token: the one given is not a management token")
 }

@@ -29,6 +29,15 @@ func (e usageError) Unwrap() error { return e.error }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
+// consulConfig is consul/api's configuration from the global flags and
+// the ecosystem's environment (CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, …).
+func consulConfig(c *cli.Context) *api.Config {
+	cfg := config.Config{Consul: config.ConsulConfig{
+		Addr: c.String("consul-addr"), Token: c.String("consul-token"), CACert: c.String("consul-cacert"),
+	}}
+	return cfg.ConsulAPI()
+}
+
 // Main runs the CLI and returns its exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, version string) int {
 	app := &cli.App{
@@ -70,10 +79,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, version stri
 
 // consulClient builds a client from the global flags over consul/api's env.
 func consulClient(c *cli.Context) (*api.Client, error) {
-	cfg := config.Config{Consul: config.ConsulConfig{
-		Addr: c.String("consul-addr"), Token: c.String("consul-token"), CACert: c.String("consul-cacert"),
-	}}
-	cl, err := api.NewClient(cfg.ConsulAPI())
+	cl, err := api.NewClient(consulConfig(c))
 	if err != nil {
 		return nil, fmt.Errorf("creating Consul client: %w", err)
 	}
