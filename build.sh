@@ -11,13 +11,26 @@
 #   ./build.sh bench    build, then run the go benchmarks
 #   ./build.sh images   build, then docker build every images/<name>/Dockerfile
 #                       as svckit/<name>:<version> and svckit/<name>:latest
+#   ./build.sh secrets DC
+#                       make datacenter DC's secrets (CA, certificates, gossip
+#                       key, Consul tokens, replay secret) once, in
+#                       $SVCKIT_SECRETS/DC (default ~/.svckit/secrets/DC, 0700;
+#                       never in the repository); again makes only what is
+#                       missing
 #   ./build.sh up DC/HOST [docker-compose up options]
-#                       run datacenters/DC/HOST/docker-compose.yml on the Docker
-#                       engine (DOCKER_HOST) as project DC-HOST, creating the
-#                       datacenter's shared network (svckit-DC) when it uses one
+#                       install the host's secrets into its volumes, run
+#                       datacenters/DC/HOST/docker-compose.yml on the Docker
+#                       engine (DOCKER_HOST) as project DC-HOST (DC_PROJECT),
+#                       creating the datacenter's shared network (svckit-DC,
+#                       an encrypted overlay across machines) when it uses
+#                       one, then apply the datacenter's Consul ACLs once it
+#                       has a leader (DC_ACL_WAIT: how long to wait for one)
+#   ./build.sh acl DC/HOST
+#                       apply the ACLs through that host's Consul (waits up to
+#                       DC_ACL_WAIT, default 3m, for a leader)
 #   ./build.sh down DC/HOST [--volumes]
 #                       stop and remove that host's containers; volumes are kept
-#                       unless --volumes
+#                       unless --volumes (the secrets' volumes are kept always)
 #
 # Third-party programs come from tools/go.mod (pinned versions, Go module
 # proxy only) and are rebuilt only when their pinned version changes: Consul
@@ -133,13 +146,47 @@ images() {
   docker images --filter 'reference=svckit/*:latest' --format '    {{.Repository}}:{{.Tag}}\t{{.Size}}'
 }
 
+SECRETS_ROOT=${SVCKIT_SECRETS:-${HOME:-/root}/.svckit/secrets}
+
+# acl_flags DC: svckit acl apply's flags of the datacenter (acl.flags).
+acl_flags() {
+  local f=datacenters/$1/acl.flags
+  [ -f "$f" ] || return 0
+  sed -e 's/#.*//' "$f" | tr -s ' \t' '\n' | sed '/^$/d'
+}
+
+# secrets DC: make the datacenter's secrets (svckit secrets init).
+secrets() {
+  local dc=${1:-}
+  [[ $dc =~ ^[A-Za-z0-9_-]+$ ]] && [ -d "datacenters/$dc" ] \
+    || die "want a datacenter, one of: $(cd datacenters && ls -d -- */ | tr -d / | tr '\n' ' ')"
+  [ -f "datacenters/$dc/acl.flags" ] || die "datacenters/$dc/acl.flags is missing: it names the services that get a Consul token"
+  # bin/svckit as ./build.sh or ./build.sh images left it (building it
+  # again here could rewrite it under a concurrent run of it).
+  [ -x "$BIN/svckit" ] || build_project
+  local args=(--dc "$dc" --out "$SECRETS_ROOT/$dc") h s
+  for h in datacenters/"$dc"/*/; do
+    [ -f "$h/docker-compose.yml" ] && args+=(--host "$(basename "$h")")
+  done
+  for s in $(acl_flags "$dc" | sed -n -e 's/^--service=//p' -e 's/^--nsqauth=//p' -e 's/^--owner=\([^=]*\)=.*/\1/p' | sort -u); do
+    args+=(--service "$s")
+  done
+  mkdir -p "$SECRETS_ROOT" && chmod 700 "$SECRETS_ROOT"
+  "$BIN/svckit" secrets init "${args[@]}" || die "making the secrets of $dc failed"
+  echo "    Keep $SECRETS_ROOT/$dc: the datacenter's hosts are brought up from it"
+  echo "    (./build.sh up $dc/HOST on the machine that holds it, DOCKER_HOST pointing at"
+  echo "    each host's engine). management.token is the operator's: the Consul UI's login."
+}
+
 # host_file DC/HOST: the host's compose file; sets dc, host, project, network.
 host_file() {
   local target=${1:-}
   if ! [[ $target =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
     die "want DC/HOST, one of: $(cd datacenters 2>/dev/null && ls -d -- */*/ | sed 's|/$||' | tr '\n' ' ')"
   fi
-  dc=${target%%/*} host=${target#*/} project="${target%%/*}-${target#*/}"
+  dc=${target%%/*} host=${target#*/} project=${DC_PROJECT:-${target%%/*}-${target#*/}}
+  # The secrets' volumes are named after the project (see the files).
+  export DC_SECRETS=$project
   file=datacenters/$target/docker-compose.yml
   [ -f "$file" ] || die "no $file"
   command -v docker-compose >/dev/null || die "docker-compose is not on PATH"
@@ -149,6 +196,89 @@ host_file() {
     network=${DC_NETWORK:-svckit-$dc}
     export DC_NETWORK=$network
   fi
+}
+
+# private_tmp: a new directory (0700); the caller adds it to PRIVATE_TMP,
+# which cleanup_private removes when build.sh exits, however it exits.
+PRIVATE_TMP=()
+private_tmp() {
+  local d; d=$(mktemp -d "${TMPDIR:-/tmp}/svckit-secrets.XXXXXX") || die "mktemp failed"
+  echo "$d"
+}
+cleanup_private() { [ ${#PRIVATE_TMP[@]} -eq 0 ] || rm -rf "${PRIVATE_TMP[@]}"; }
+
+# tar_secrets DIR [MODE]: DIR as a tar stream of files that belong to the
+# images' user (65534) and only it may read (docker cp keeps the archive's
+# owners; its -a would look USER 65534:65534 up in a passwd database and
+# fail).
+tar_secrets() {
+  tar -C "$1" --owner=65534 --group=65534 --numeric-owner --mode="${2:-u=rX,go=}" -cf - .
+}
+
+# install_secrets: fill the host's secrets volumes (<project>-secrets-<id>,
+# the ids the compose file names) from the datacenter's secrets directory,
+# on the engine DOCKER_HOST points at. docker cp works on remote engines too.
+install_secrets() {
+  local ids; ids=$(grep -oE '\}-secrets-[a-z0-9_]+' "$file" | sed 's/^}-secrets-//' | sort -u)
+  [ -n "$ids" ] || return 0
+  local src=$SECRETS_ROOT/$dc
+  [ -f "$src/ca.pem" ] && [ -d "$src/hosts/$host" ] \
+    || die "no secrets of datacenter $dc for host $host in $src: run ./build.sh secrets $dc first (once per datacenter; SVCKIT_SECRETS moves it)"
+  local tag=${DC_IMAGE_TAG:-latest} id stage ctr vol
+  stage=$(private_tmp) && PRIVATE_TMP+=("$stage") && trap cleanup_private EXIT
+  for id in $ids; do
+    rm -rf "${stage:?}/$id" && mkdir -p "$stage/$id"
+    cp "$src/ca.pem" "$stage/$id/"
+    case $id in
+      consul)
+        mkdir -p "$stage/$id/hosts/$host"
+        cp "$src/hosts/$host/consul.hcl" "$src/hosts/$host/consul.pem" "$src/hosts/$host/consul-key.pem" "$stage/$id/hosts/$host/" ;;
+      nsqd)
+        cp "$src/hosts/$host/nsqd.pem" "$src/hosts/$host/nsqd-key.pem" "$stage/$id/" ;;
+      *)
+        [ -f "$src/tokens/$id.token" ] || die "$src/tokens/$id.token is missing: add --service=$id to datacenters/$dc/acl.flags and run ./build.sh secrets $dc"
+        cp "$src/tokens/$id.token" "$stage/$id/consul.token"
+        [ "$id" = nsqauth ] || cp "$src/replay.secret" "$stage/$id/" ;;
+    esac
+    vol=$project-secrets-$id
+    docker volume create --label svckit.secrets="$dc/$host" "$vol" >/dev/null
+    ctr=$(docker create -v "$vol:/s" "svckit/svckit:$tag") || die "creating a container to fill volume $vol failed"
+    tar_secrets "$stage/$id" | docker cp - "$ctr:/s" || { docker rm -f "$ctr" >/dev/null; die "filling volume $vol failed"; }
+    docker rm -f "$ctr" >/dev/null
+  done
+  step "installed the secrets of $dc/$host from $src into volumes $project-secrets-{$(echo $ids | tr ' ' ,)}"
+}
+
+# acl: apply the datacenter's ACLs (svckit acl apply --bootstrap) through
+# this host's Consul, from a container in its network namespace that gets
+# the management token and the token files by docker cp and is removed
+# after. Waits up to $1 for a leader; returns 75 if there is none.
+acl() {
+  local wait=$1 flags; flags=$(acl_flags "$dc")
+  [ -n "$flags" ] || return 0
+  local src=$SECRETS_ROOT/$dc consul stage ctr rc=0
+  consul=$(docker-compose -p "$project" -f "$file" ps -q consul) && [ -n "$consul" ] \
+    || die "$dc/$host has no consul container: ./build.sh up $dc/$host first"
+  stage=$(private_tmp) && PRIVATE_TMP+=("$stage") && trap cleanup_private EXIT
+  mkdir -p "$stage/acl/tokens"
+  cp "$src/ca.pem" "$src/management.token" "$stage/acl/"
+  cp "$src"/tokens/*.token "$stage/acl/tokens/"
+  local policy=()
+  if [ -f "datacenters/$dc/nsqauth-policy.json" ]; then
+    cp "datacenters/$dc/nsqauth-policy.json" "$stage/acl/"
+    policy=(--nsqauth-policy /tmp/acl/nsqauth-policy.json)
+  fi
+  ctr=$(docker create --network "container:$consul" \
+    -e CONSUL_HTTP_ADDR=https://127.0.0.1:8501 -e CONSUL_CACERT=/tmp/acl/ca.pem \
+    -e CONSUL_HTTP_TOKEN_FILE=/tmp/acl/management.token \
+    "svckit/svckit:${DC_IMAGE_TAG:-latest}" acl apply --bootstrap --wait "$wait" \
+    --tokens /tmp/acl/tokens "${policy[@]}" $flags) || die "creating the container that applies the ACLs failed"
+  tar_secrets "$stage" u=rwX,go= | docker cp - "$ctr:/tmp" \
+    || { docker rm -f "$ctr" >/dev/null; die "copying the ACL inputs failed"; }
+  docker start -a "$ctr" | sed 's/^/    /' || true
+  rc=$(docker inspect -f '{{.State.ExitCode}}' "$ctr")
+  docker rm -f "$ctr" >/dev/null
+  return "$rc"
 }
 
 up() {
@@ -163,16 +293,42 @@ up() {
   if [ -n "$network" ] && ! docker network inspect "$network" >/dev/null 2>&1; then
     # One engine: a bridge network. A swarm manager: an attachable overlay,
     # so that hosts on different machines (DOCKER_HOST) share it.
+    # The overlay is encrypted (IPsec between the machines; needs the
+    # kernel's esp and xfrm support, which Docker checks).
     local opts=(--driver bridge)
     if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ]; then
-      opts=(--driver overlay --attachable)
+      opts=(--driver overlay --attachable --opt encrypted)
     fi
     step "creating network $network (${opts[*]}) for the hosts of datacenter $dc"
     docker network create "${opts[@]}" "$network" >/dev/null
   fi
+  install_secrets
   step "starting $dc/$host (docker-compose project $project)"
   docker-compose -p "$project" -f "$file" up -d "$@"
   docker-compose -p "$project" -f "$file" ps
+  if [ -n "$(acl_flags "$dc")" ]; then
+    # One host: its Consul elects itself. Several: a leader needs enough of
+    # their servers, so the first host's up does not wait long.
+    local wait=${DC_ACL_WAIT:-2m}
+    [ -n "$network" ] && wait=${DC_ACL_WAIT:-30s}
+    step "applying the Consul ACLs of $dc (svckit acl apply, through $host's Consul; waiting up to $wait for a leader)"
+    local rc=0
+    acl "$wait" || rc=$?
+    case $rc in
+      0) ;;
+      75) [ -n "$network" ] || die "Consul of $dc has no leader: see docker-compose -p $project logs consul"
+          echo "    not yet: the ACLs are applied by the next ./build.sh up of a host of $dc, or ./build.sh acl $dc/$host once enough hosts are up" ;;
+      *) die "applying the ACLs of $dc failed (exit status $rc; see above)" ;;
+    esac
+  fi
+}
+
+acl_cmd() {
+  host_file "${1:-}"
+  need_docker
+  local rc=0
+  acl "${DC_ACL_WAIT:-3m}" || rc=$?
+  [ "$rc" = 0 ] || die "applying the ACLs of $dc failed (exit status $rc; 75: no Consul leader yet)"
 }
 
 down() {
@@ -222,8 +378,10 @@ case "$cmd" in
     go test -run '^$' -bench . -benchmem "$@" ./... || die "benchmarks failed"
     ;;
   images) images ;;
+  secrets) secrets "$@" ;;
   up) up "$@" ;;
+  acl) acl_cmd "$@" ;;
   down) down "$@" ;;
   -h|--help|help) sed -n '2,/^[^#]/p' "$0" | sed '$d' ;;
-  *) die "unknown command '$cmd' (want: build, start, test, bench, images, up, down)" ;;
+  *) die "unknown command '$cmd' (want: build, start, test, bench, images, secrets, up, acl, down)" ;;
 esac

@@ -9,9 +9,14 @@ import (
 	"time"
 )
 
-// dev/host1 as a new user runs it: every container healthy, sensor, two
-// workers and app passing in its Consul, the Consul UI and nsqadmin
-// reachable from the host, and the app's state growing.
+// dev/host1 as a new user runs it, secure by default: ./build.sh secrets
+// dev, then ./build.sh up dev/host1 (secrets installed into their volumes,
+// Consul's ACLs bootstrapped and applied); every container healthy, sensor,
+// two workers and app passing in its Consul, the Consul UI reachable from
+// the host over HTTPS, the pipeline's NSQ clients on TLS and authenticated,
+// the app's state growing. An intruder on the datacenter's network with
+// no credentials is refused everything it tries, while the same attempts
+// with credentials are allowed.
 func TestDevHost1(t *testing.T) {
 	needDocker(t)
 	t.Parallel()
@@ -22,34 +27,30 @@ func TestDevHost1(t *testing.T) {
 			t.Errorf("left behind: %v", left)
 		}
 	})
-	h := newCompose(t, "dev/host1", project,
+	secrets := makeSecrets(t, "dev")
+	h := newCompose(t, "dev/host1", project, secrets,
 		"DC_IMAGE_TAG="+tag,
-		// Any free host ports: 8500 and 4171 may be taken on this machine.
+		// Any free host port: 8501 may be taken on this machine.
 		"DC_CONSUL_PUBLISH=127.0.0.1:0",
-		"DC_NSQADMIN_PUBLISH=127.0.0.1:0",
 	)
 	start := time.Now()
 	up(t, h)
-	consul := h.consulURL()
+	consul := h.consul()
 	took := waitPassing(t, consul, 3*time.Minute, map[string]int{
 		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1,
 	})
 	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd passing in Consul %s after up", took.Round(time.Second))
 
-	// The UIs, from the host.
-	for name, url := range map[string]string{
-		"Consul UI": consul + "/ui/",
-		"nsqadmin":  "http://" + h.published("nsqadmin", "4171") + "/",
-	} {
-		resp, err := httpClient.Get(url)
-		if err != nil {
-			t.Fatalf("%s at %s: %v", name, url, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			t.Errorf("%s at %s: HTTP %d", name, url, resp.StatusCode)
-		}
+	// The UI, from the host, over HTTPS with the datacenter's CA.
+	resp, err := consul.client.Get(consul.url + "/ui/")
+	if err != nil {
+		t.Fatalf("Consul UI at %s/ui/: %v", consul.url, err)
 	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("Consul UI at %s/ui/: HTTP %d", consul.url, resp.StatusCode)
+	}
+	nsqOverTLS(t, h, "nsqd")
 
 	// The app's state grows, read at the address it registered in Consul
 	// (the container's own on the compose network: the default advertise
@@ -87,6 +88,49 @@ func TestDevHost1(t *testing.T) {
 	})
 	t.Logf("dev/host1: app state grows (count %d → %d), streams %v; %s from up to here",
 		first, count(), streams["sensor-dev-host1"], time.Since(start).Round(time.Second))
+
+	// The intruder, on the datacenter's network.
+	intrusion{
+		network: project + "_default", tag: tag, consul: "consul", nsqds: []string{"nsqd:4150"},
+		services: []string{"http://sensor:8080", "http://worker1:8080", "http://app:8080"},
+		stream:   "sensor-dev-host1", sensorID: "sensor-host1",
+	}.check(t, secrets, project+"_nsq-secret-app", consul)
+
+	// Meanwhile the pipeline ran on: the app is exact up to the sensor.
+	waitExact(t, h, "sensor", "app", "sensor-dev-host1")
+	t.Logf("dev/host1: %s from up to the end", time.Since(start).Round(time.Second))
+}
+
+// waitExact waits until the app on c has every sequence of stream up to
+// what the sensor had when asked, each applied once.
+func waitExact(t *testing.T, c *compose, sensor, app, stream string) {
+	t.Helper()
+	owner, err := sensorLastSeq(c, sensor, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got appStream
+	waitFor(t, 3*time.Minute, func() (bool, string) {
+		s, err := appStreams(c, app)
+		if err != nil {
+			return false, err.Error()
+		}
+		got = s[stream]
+		return got.LastContiguous >= owner && got.Applied == got.LastContiguous && got.noGaps(),
+			fmt.Sprintf("app on %s, %s: %v; the sensor had last_seq %d", c.host, stream, got, owner)
+	})
+	var state map[string]aggregate
+	if err := c.getJSON(app, local+"/state", &state); err != nil {
+		t.Fatal(err)
+	}
+	s, err := appStreams(c, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, a2 := state[stream].Count, s[stream].Applied; n < got.Applied || n > a2 {
+		t.Errorf("app on %s, %s: state count %d outside applied %d..%d", c.host, stream, n, got.Applied, a2)
+	}
+	t.Logf("app on %s, %s: applied %d = last_contiguous %d, duplicates %d, no gaps; the sensor had %d", c.host, stream, got.Applied, got.LastContiguous, got.Duplicates, owner)
 }
 
 // The multi-host datacenter aws, all three hosts on one engine: node1 (a
@@ -108,26 +152,37 @@ func TestAWSNodeLoss(t *testing.T) {
 		}
 	})
 	dockerMust(t, "network", "create", "--driver", "bridge", "--label", "svckit.dockertest="+runID, network)
+	secrets := makeSecrets(t, "aws")
 	env := []string{
-		"DC_IMAGE_TAG=" + tag, "DC_NETWORK=" + network,
-		"DC_CONSUL_PUBLISH=127.0.0.1:0", "DC_NSQADMIN_PUBLISH=127.0.0.1:0",
+		"DC_IMAGE_TAG=" + tag, "DC_NETWORK=" + network, "DC_CONSUL_PUBLISH=127.0.0.1:0",
 	}
 	nodes := map[string]*compose{}
 	var hosts []*compose
 	for _, n := range []string{"node1", "node2", "node3"} {
-		nodes[n] = newCompose(t, "aws/"+n, prefix+"-"+n, env...)
+		nodes[n] = newCompose(t, "aws/"+n, prefix+"-"+n, secrets, env...)
 		hosts = append(hosts, nodes[n])
 	}
 	start := time.Now()
 	up(t, hosts...)
-	consul2 := nodes["node2"].consulURL()
+	// node1's up found no leader (one server of three); a later one
+	// applied the ACLs, or this does (idempotent: the README's step).
+	nodes["node3"].buildSh(4*time.Minute, "acl", "aws/node3")
+	consul2 := nodes["node2"].consul()
 	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2}
 	took := waitPassing(t, consul2, 3*time.Minute, all)
 	t.Logf("aws: all three hosts up, everything passing in Consul %s after up", took.Round(time.Second))
 	var peers []string
-	if err := getJSON(consul2+"/v1/status/peers", &peers); err != nil || len(peers) != 3 {
+	if err := consul2.getJSON("/v1/status/peers", &peers); err != nil || len(peers) != 3 {
 		t.Fatalf("raft peers %v (%v): want the three servers", peers, err)
 	}
+
+	nsqOverTLS(t, nodes["node2"], "nsqd")
+	intrusion{
+		network: network, tag: tag, consul: "node2-consul",
+		nsqds:    []string{"node1-nsqd:4150", "node2-nsqd:4150", "node3-nsqd:4150"},
+		services: []string{"http://node1-sensor:8080", "http://node2-worker:8080", "http://node3-app:8080"},
+		stream:   "sensor-aws-node1", sensorID: "sensor-node1",
+	}.check(t, secrets, prefix+"-node2_nsq-secret-app", consul2)
 
 	streams := []struct{ node, stream string }{{"node1", "sensor-aws-node1"}, {"node3", "sensor-aws-node3"}}
 	apps := []string{"node2", "node3"}
@@ -163,7 +218,7 @@ func TestAWSNodeLoss(t *testing.T) {
 	}
 	waitFor(t, time.Minute, func() (bool, string) {
 		var leader string
-		if err := getJSON(consul2+"/v1/status/leader", &leader); err != nil || leader == "" {
+		if err := consul2.getJSON("/v1/status/leader", &leader); err != nil || leader == "" {
 			return false, fmt.Sprintf("no Consul leader without node1 (%q, %v)", leader, err)
 		}
 		s, err := appStreams(nodes["node2"], "app")
@@ -179,11 +234,11 @@ func TestAWSNodeLoss(t *testing.T) {
 	// node1 comes back.
 	back := time.Now()
 	nodes["node1"].must(2*time.Minute, "start")
-	consul1 := nodes["node1"].consulURL() // its published port may have changed
+	consul1 := nodes["node1"].consul() // its published port may have changed
 	took = waitPassing(t, consul2, 3*time.Minute, all)
 	t.Logf("aws: node1 was away %s; everything passing again %s after it started", down.Round(time.Second), took.Round(time.Second))
 	var peers1 []string
-	if err := getJSON(consul1+"/v1/status/peers", &peers1); err != nil || len(peers1) != 3 {
+	if err := consul1.getJSON("/v1/status/peers", &peers1); err != nil || len(peers1) != 3 {
 		t.Errorf("node1's Consul: raft peers %v (%v), want three", peers1, err)
 	}
 

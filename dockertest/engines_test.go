@@ -76,6 +76,10 @@ type machine struct {
 	cgroup string // --cgroup-parent
 	args   []string
 	client *http.Client // HTTP from inside the namespace
+	// secrets are the datacenter's, once made: ./build.sh reads them
+	// (SVCKIT_SECRETS) and HTTPS to Consul is verified and authorised
+	// with them.
+	secrets *dcSecrets
 
 	proc *exec.Cmd
 	done chan struct{} // closed when proc has exited
@@ -346,7 +350,18 @@ func (x *machine) env() []string {
 		}
 		env = append(env, e)
 	}
-	return append(env, "DOCKER_HOST="+x.host)
+	env = append(env, "DOCKER_HOST="+x.host)
+	if x.secrets != nil {
+		env = append(env, "SVCKIT_SECRETS="+x.secrets.root)
+	}
+	return env
+}
+
+// useSecrets makes the datacenter's secrets the machine's: its build.sh
+// runs find them, and its HTTPS to Consul trusts their CA.
+func (x *machine) useSecrets(s *dcSecrets) {
+	x.secrets = s
+	x.client.Transport.(*http.Transport).TLSClientConfig = s.tlsConfig()
 }
 
 // buildSh runs ./build.sh with args on the machine (DOCKER_HOST).
@@ -489,9 +504,17 @@ func nsHTTPClient(nsPath string) *http.Client {
 	}
 }
 
-// getJSON GETs a URL from inside the machine.
+// getJSON GETs a URL from inside the machine (with the operator's Consul
+// token once the machine has the datacenter's secrets).
 func (x *machine) getJSON(url string, v any) error {
-	resp, err := x.client.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if x.secrets != nil {
+		req.Header.Set("X-Consul-Token", x.secrets.management)
+	}
+	resp, err := x.client.Do(req)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -130,20 +132,95 @@ func images(t *testing.T) string {
 	return imagesTag
 }
 
-// compose runs one host's compose file as its own project.
+// dcSecrets is a datacenter's secrets, made for one test by ./build.sh
+// secrets DC into a directory of its own (SVCKIT_SECRETS), as an operator
+// makes them once per datacenter.
+type dcSecrets struct {
+	root string // SVCKIT_SECRETS
+	dc   string
+	ca   *x509.CertPool
+	// management is the operator's Consul token: what the test reads
+	// Consul with (ACLs deny by default).
+	management string
+}
+
+func makeSecrets(t *testing.T, dc string) *dcSecrets {
+	t.Helper()
+	root := t.TempDir()
+	cmd := exec.Command("./build.sh", "secrets", dc)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "SVCKIT_SECRETS="+root)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("./build.sh secrets %s: %v\n%s", dc, err, out)
+	}
+	s := &dcSecrets{root: root, dc: dc, ca: x509.NewCertPool()}
+	if !s.ca.AppendCertsFromPEM([]byte(s.read(t, "ca.pem"))) {
+		t.Fatalf("./build.sh secrets %s: ca.pem holds no certificate", dc)
+	}
+	s.management = strings.TrimSpace(s.read(t, "management.token"))
+	return s
+}
+
+// read is a file of the datacenter's secrets directory.
+func (s *dcSecrets) read(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.root, s.dc, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func (s *dcSecrets) tlsConfig() *tls.Config {
+	return &tls.Config{RootCAs: s.ca, MinVersion: tls.VersionTLS12}
+}
+
+// consulAPI is a datacenter's Consul as its operator reads it from this
+// machine: HTTPS verified with the datacenter's CA, the management token.
+type consulAPI struct {
+	url    string
+	token  string
+	client *http.Client
+}
+
+func (c consulAPI) String() string { return c.url }
+
+func (c consulAPI) getJSON(path string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, c.url+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Consul-Token", c.token)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s%s: HTTP %d: %s", c.url, path, resp.StatusCode, firstLine(b))
+	}
+	return json.Unmarshal(b, v)
+}
+
+// compose is one host of a datacenter, brought up as its own project with
+// ./build.sh up (DC_PROJECT) from the test's secrets.
 type compose struct {
 	t       *testing.T
 	host    string // dc/host
 	project string
 	file    string
 	env     []string
+	secrets *dcSecrets
 }
 
-func newCompose(t *testing.T, host, project string, env ...string) *compose {
+func newCompose(t *testing.T, host, project string, secrets *dcSecrets, env ...string) *compose {
 	return &compose{
-		t: t, host: host, project: project,
+		t: t, host: host, project: project, secrets: secrets,
 		file: filepath.Join(repoRoot, "datacenters", filepath.FromSlash(host), "docker-compose.yml"),
-		env:  append(os.Environ(), env...),
+		env: append(os.Environ(), append([]string{
+			"DC_PROJECT=" + project, "DC_SECRETS=" + project, "SVCKIT_SECRETS=" + secrets.root,
+		}, env...)...),
 	}
 }
 
@@ -170,9 +247,26 @@ func (c *compose) must(timeout time.Duration, args ...string) string {
 	return out
 }
 
-// up starts the hosts, and registers their removal (containers, volumes,
-// their own networks) for the end of the test, all at once, with their
-// logs if the test failed.
+// buildSh runs ./build.sh with the host's environment.
+func (c *compose) buildSh(timeout time.Duration, args ...string) string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "./build.sh", args...)
+	cmd.Dir = repoRoot
+	cmd.Env = c.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("%s: ./build.sh %s: %v\n%s", c.host, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// up brings the hosts up with ./build.sh up (the secrets installed into
+// their volumes, the ACLs applied once Consul has a leader), and registers
+// their removal (containers, volumes, the secrets' volumes, their own
+// networks) for the end of the test, all at once, with their logs if the
+// test failed.
 func up(t *testing.T, hosts ...*compose) {
 	t.Helper()
 	t.Cleanup(func() {
@@ -190,19 +284,30 @@ func up(t *testing.T, hosts ...*compose) {
 				if out, err := c.run(3*time.Minute, "down", "--volumes", "--remove-orphans", "--timeout", "3"); err != nil {
 					t.Errorf("%s: tearing down: %v\n%s", c.host, err, out)
 				}
+				// The secrets' volumes are external: compose keeps them.
+				vols, _ := execDocker("volume", "ls", "-q", "--filter", "name="+c.project+"-secrets-")
+				for _, v := range strings.Fields(vols) {
+					if out, err := execDocker("volume", "rm", v); err != nil {
+						t.Errorf("%s: removing volume %s: %v: %s", c.host, v, err, out)
+					}
+				}
 			}()
 		}
 		wg.Wait()
 	})
 	for _, c := range hosts {
-		c.must(3*time.Minute, "up", "-d", "--no-build")
+		c.buildSh(5*time.Minute, "up", c.host, "--no-build")
 	}
 }
 
-// consulURL is the host's Consul HTTP API as published on this machine.
-func (c *compose) consulURL() string {
+// consul is the host's Consul HTTPS API as published on this machine.
+func (c *compose) consul() consulAPI {
 	c.t.Helper()
-	return "http://" + c.published("consul", "8500")
+	return consulAPI{
+		url:    "https://" + c.published("consul", "8501"),
+		token:  c.secrets.management,
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: c.secrets.tlsConfig()}},
+	}
 }
 
 // published is the host address of a container port (docker-compose port).
@@ -307,31 +412,16 @@ type catalogEntry struct {
 	}
 }
 
-var httpClient = &http.Client{Timeout: 10 * time.Second}
-
 // passing asks a Consul agent for the passing instances of a service.
-func passing(consul, service string) ([]catalogEntry, error) {
+func passing(consul consulAPI, service string) ([]catalogEntry, error) {
 	var out []catalogEntry
-	err := getJSON(consul+"/v1/health/service/"+service+"?passing=1", &out)
+	err := consul.getJSON("/v1/health/service/"+service+"?passing=1", &out)
 	return out, err
-}
-
-func getJSON(url string, v any) error {
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: HTTP %d: %s", url, resp.StatusCode, firstLine(b))
-	}
-	return json.Unmarshal(b, v)
 }
 
 // waitPassing waits until consul has at least the wanted number of passing
 // instances of each service.
-func waitPassing(t *testing.T, consul string, timeout time.Duration, want map[string]int) time.Duration {
+func waitPassing(t *testing.T, consul consulAPI, timeout time.Duration, want map[string]int) time.Duration {
 	t.Helper()
 	start := time.Now()
 	names := make([]string, 0, len(want))

@@ -32,6 +32,7 @@ type awsStream struct {
 // awsDC is the aws datacenter on three engines, as TestThreeEngines runs it.
 type awsDC struct {
 	t       *testing.T
+	secrets *dcSecrets
 	m       *machines
 	node    map[string]*machine
 	streams []awsStream
@@ -118,17 +119,35 @@ func TestThreeEngines(t *testing.T) {
 			}
 		}
 	})
+	// The datacenter's secrets, made once on the operator's machine (this
+	// one), as the README says; each up installs its host's share into
+	// that host's engine.
+	d.secrets = makeSecrets(t, "aws")
+	for _, x := range m.nodes {
+		x.useSecrets(d.secrets)
+	}
 	for _, x := range m.nodes {
 		x.buildSh(t, 5*time.Minute, "up", "aws/"+x.name)
 	}
-	t.Logf("three engines: DOCKER_HOST=… ./build.sh up aws/nodeN for the three took %s", time.Since(step).Round(time.Second))
+	// node1's up found no leader; a later one applied the ACLs, or this
+	// does (the README's step when none did).
+	n3.buildSh(t, 5*time.Minute, "acl", "aws/node3")
+	t.Logf("three engines: DOCKER_HOST=… ./build.sh up aws/nodeN for the three, then ./build.sh acl aws/node3, took %s", time.Since(step).Round(time.Second))
 	// The overlay network spans the engines: every engine sees it.
 	for _, x := range m.nodes {
-		if drv := strings.TrimSpace(x.dockerMust(t, time.Minute, "network", "inspect", "-f", "{{.Driver}} {{.Scope}} {{.Attachable}}", "svckit-aws")); drv != "overlay swarm true" {
-			t.Fatalf("%s: network svckit-aws is %q, want an attachable swarm overlay", x.name, drv)
+		if drv := strings.TrimSpace(x.dockerMust(t, time.Minute, "network", "inspect", "-f", "{{.Driver}} {{.Scope}} {{.Attachable}} {{json .Options}}", "svckit-aws")); !strings.HasPrefix(drv, "overlay swarm true ") || !strings.Contains(drv, `"encrypted"`) {
+			t.Fatalf("%s: network svckit-aws is %q, want an attachable, encrypted swarm overlay", x.name, drv)
 		}
 	}
 	took := d.waitHealthy(m.nodes, 5*time.Minute)
+	// The overlay's traffic between the machines is IPsec: each engine's
+	// namespace holds ESP states for its peers.
+	for _, x := range m.nodes {
+		waitFor(t, time.Minute, func() (bool, string) {
+			out, err := ipRun("-n", x.ns, "xfrm", "state")
+			return err == nil && strings.Count(out, "proto esp") >= 2, fmt.Sprintf("%s: ip xfrm state: %v\n%s", x.name, err, out)
+		})
+	}
 	t.Logf("three engines: Consul has three servers and a leader, everything passing, %s after up", took.Round(time.Second))
 	d.checkContainersSealed()
 	d.waitFlowing(3 * time.Minute)
@@ -226,10 +245,11 @@ func (d *awsDC) probe(x *machine, service, url string, v any) error {
 	return nil
 }
 
-// consulURL is x's Consul as a program on machine x reaches it: the port
-// the compose file publishes by default (127.0.0.1:850N, in x's namespace).
+// consulURL is x's Consul as a program on machine x reaches it: the HTTPS
+// port the compose file publishes by default (127.0.0.1:850N, in x's
+// namespace).
 func consulURL(x *machine) string {
-	return "http://127.0.0.1:850" + strings.TrimPrefix(x.name, "node")
+	return "https://127.0.0.1:850" + strings.TrimPrefix(x.name, "node")
 }
 
 // allServices are the services of the aws datacenter and how many instances
@@ -480,7 +500,7 @@ func (d *awsDC) quietSensor(s awsStream) (uint64, error) {
 	if err != nil || stopped == 0 {
 		return 0, fmt.Errorf("%s: the stopped sensor's snapshot of %s: seq %d, %v", x.name, s.stream, stopped, err)
 	}
-	c := newCompose(d.t, "aws/"+x.name, "aws-"+x.name)
+	c := newCompose(d.t, "aws/"+x.name, "aws-"+x.name, d.secrets)
 	c.env = x.env()
 	deadline := time.Now().Add(3 * time.Minute)
 	for {

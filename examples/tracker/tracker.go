@@ -70,8 +70,8 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: topic, Channel: channel, Ephemeral: true}, h); err != nil {
 		return nil, service.UsageError{Err: err} // a bad topic or channel name
 	}
-	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
-	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
+	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(st.ServeState)))
+	s.HTTP.Handle("GET /streams", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(tr.ServeStreams)))
 	s.HTTP.AddCheck("replay", tr.Ready) // /ready says when a stream cannot be completed
 	s.Go(tr.Run)                        // gap detection, replay, checkpoints every second
 	// After the consumer drained at shutdown: the last checkpoint.

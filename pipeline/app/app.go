@@ -102,8 +102,10 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("topic"), Channel: channel, Ephemeral: c.Bool("ephemeral")}, h); err != nil {
 		return nil, service.UsageError{Err: err}
 	}
-	s.HTTP.Handle("GET /streams", http.HandlerFunc(tr.ServeStreams))
-	s.HTTP.Handle("GET /state", http.HandlerFunc(st.ServeState))
+	// The streams' positions and the state are the pipeline's data: with a
+	// replay secret, only its holders read them.
+	s.HTTP.Handle("GET /streams", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(tr.ServeStreams)))
+	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(st.ServeState)))
 	s.Go(tr.Run)
 	s.HTTP.AddCheck("replay", tr.Ready)
 	s.OnStop(func(context.Context) error { return tr.Save() })

@@ -20,20 +20,67 @@ var (
 	stateful = map[string]bool{"consul": true, "nsqd": true, "sensor": true, "app": true}
 )
 
+// CheckOptions tunes Check.
+type CheckOptions struct {
+	// Secrets is the directory that holds the datacenters' secrets
+	// directories (<Secrets>/<dc>, made by ./build.sh secrets, i.e. svckit
+	// secrets init --out <Secrets>/<dc>). When set, the configuration file
+	// of each Consul agent is read from there and checked too; "" skips
+	// that: the secrets are not in the repository.
+	Secrets string
+}
+
 // Check validates the tree and returns every problem (those Load found
 // first), ordered by file, line and service. None means the tree is good.
-func Check(t *Tree) []Problem {
-	probs := append([]Problem(nil), t.Problems...)
-	add := func(h *Host, c *Container, line int, format string, a ...any) {
-		p := Problem{File: h.File, Line: line, Msg: fmt.Sprintf(format, a...)}
-		if c != nil {
-			p.Service = c.Name
-			if p.Line == 0 {
-				p.Line = c.Line
-			}
+func Check(t *Tree, o CheckOptions) []Problem {
+	ps := problems(append([]Problem(nil), t.Problems...))
+	checkBase(t, &ps)
+	checkSecurity(t, o, &ps)
+	ps.sort()
+	return ps
+}
+
+// problems collects what the checks find.
+type problems []Problem
+
+// add records a problem of host h's file, of container c when not nil (at
+// its line unless line says better).
+func (ps *problems) add(h *Host, c *Container, line int, format string, a ...any) {
+	p := Problem{File: h.File, Line: line, Msg: fmt.Sprintf(format, a...)}
+	if c != nil {
+		p.Service = c.Name
+		if p.Line == 0 {
+			p.Line = c.Line
 		}
-		probs = append(probs, p)
 	}
+	*ps = append(*ps, p)
+}
+
+// addFile records a problem of a file that is not a host's (a
+// datacenter's acl.flags, say).
+func (ps *problems) addFile(file string, line int, format string, a ...any) {
+	*ps = append(*ps, Problem{File: file, Line: line, Msg: fmt.Sprintf(format, a...)})
+}
+
+// sort orders the problems by file, line and service.
+func (ps problems) sort() {
+	sort.SliceStable(ps, func(i, j int) bool {
+		a, b := ps[i], ps[j]
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Service < b.Service
+	})
+}
+
+// checkBase: the checks of a tree that runs (images, ports, state, health,
+// nsqd's flush floor and its authorization server); checkSecurity has those
+// of a tree that runs secure.
+func checkBase(t *Tree, ps *problems) {
+	add := ps.add
 	for _, dc := range t.Datacenters {
 		checkNSQDFlush(dc, add)
 		checkNSQDAuth(dc, add)
@@ -86,17 +133,6 @@ func Check(t *Tree) []Problem {
 			}
 		}
 	}
-	sort.SliceStable(probs, func(i, j int) bool {
-		a, b := probs[i], probs[j]
-		if a.File != b.File {
-			return a.File < b.File
-		}
-		if a.Line != b.Line {
-			return a.Line < b.Line
-		}
-		return a.Service < b.Service
-	})
-	return probs
 }
 
 type addFunc func(h *Host, c *Container, line int, format string, a ...any)

@@ -22,10 +22,18 @@ type Container struct {
 	Dockerfile string   // the Dockerfile a build uses (absolute), "" if none
 	Command    []string // command (string form split on spaces)
 	Entrypoint []string
+	// CommandLines and EntrypointLines are the lines of Command's and
+	// Entrypoint's elements (where a block scalar's text starts), so that
+	// a problem with one flag names its line.
+	CommandLines    []int
+	EntrypointLines []int
 
-	Env     map[string]string // environment (and env_file) after interpolation
-	Ports   []Port
-	Volumes []Volume
+	Env map[string]string // environment (and env_file) after interpolation
+	// EnvLines are the lines of the environment's variables in the
+	// compose file (an anchor's line for a merged one; none from env_file).
+	EnvLines map[string]int
+	Ports    []Port
+	Volumes  []Volume
 
 	// Aliases are the names other containers reach this one by, besides
 	// the service name (network aliases, all networks together).
@@ -99,11 +107,12 @@ var yamlLine = regexp.MustCompile(`^line (\d+): `)
 
 // composeFile is what parseCompose found in one file.
 type composeFile struct {
-	Containers []Container
-	Volumes    map[string]bool // top-level named volumes
-	Networks   []Network       // top-level networks
-	Problems   []Problem
-	Parsed     bool // the file was read as a whole (services found)
+	Containers  []Container
+	Volumes     map[string]bool   // top-level named volumes
+	VolumeNames map[string]string // their name on the engine, when the file sets one (name:)
+	Networks    []Network         // top-level networks
+	Problems    []Problem
+	Parsed      bool // the file was read as a whole (services found)
 }
 
 // Network is a network declared at the top of a compose file.
@@ -165,8 +174,12 @@ func parseCompose(file, rel string, env Lookup) composeFile {
 		if vols.Kind != yaml.MappingNode {
 			p.fail(vols, "", "volumes: want a mapping of volume names")
 		} else {
+			cf.VolumeNames = map[string]string{}
 			for _, kv := range pairs(vols) {
 				cf.Volumes[kv[0].Value] = true
+				if n := scalar(get(kv[1], "name")); n != "" {
+					cf.VolumeNames[kv[0].Value] = n
+				}
 			}
 		}
 	}
@@ -250,7 +263,7 @@ func (p *parser) interpolate(n *yaml.Node, service string) {
 }
 
 func (p *parser) service(name string, n *yaml.Node) (Container, bool) {
-	c := Container{Name: name, Line: n.Line, Env: map[string]string{}}
+	c := Container{Name: name, Line: n.Line, Env: map[string]string{}, EnvLines: map[string]int{}}
 	if n.Kind != yaml.MappingNode {
 		p.fail(n, name, "is not a mapping")
 		return c, false
@@ -297,11 +310,11 @@ func (p *parser) service(name string, n *yaml.Node) (Container, bool) {
 		ok = false
 	}
 	var err error
-	if c.Command, err = stringsOf(get(n, "command")); err != nil {
+	if c.Command, c.CommandLines, err = stringsAndLines(get(n, "command")); err != nil {
 		p.fail(get(n, "command"), name, "command: %v", err)
 		ok = false
 	}
-	if c.Entrypoint, err = stringsOf(get(n, "entrypoint")); err != nil {
+	if c.Entrypoint, c.EntrypointLines, err = stringsAndLines(get(n, "entrypoint")); err != nil {
 		p.fail(get(n, "entrypoint"), name, "entrypoint: %v", err)
 		ok = false
 	}
@@ -319,7 +332,7 @@ func (p *parser) service(name string, n *yaml.Node) (Container, bool) {
 		}
 	}
 	if e := get(n, "environment"); e != nil {
-		if err := environment(e, c.Env); err != nil {
+		if err := environment(e, c.Env, c.EnvLines); err != nil {
 			p.fail(e, name, "environment: %v", err)
 			ok = false
 		}
@@ -533,29 +546,52 @@ func scalar(n *yaml.Node) string {
 // stringsOf reads a string (split on white space, as compose does for
 // command and entrypoint) or a list of strings.
 func stringsOf(n *yaml.Node) ([]string, error) {
+	s, _, err := stringsAndLines(n)
+	return s, err
+}
+
+// stringsAndLines is stringsOf with the line each string starts on.
+func stringsAndLines(n *yaml.Node) ([]string, []int, error) {
 	n = deref(n)
 	if n == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	switch n.Kind {
 	case yaml.ScalarNode:
-		return strings.Fields(n.Value), nil
+		out := strings.Fields(n.Value)
+		lines := make([]int, len(out))
+		for i := range lines {
+			lines[i] = textLine(n)
+		}
+		return out, lines, nil
 	case yaml.SequenceNode:
 		out := make([]string, 0, len(n.Content))
+		lines := make([]int, 0, len(n.Content))
 		for _, c := range n.Content {
 			c = deref(c)
 			if c.Kind != yaml.ScalarNode {
-				return nil, fmt.Errorf("line %d: want a string", c.Line)
+				return nil, nil, fmt.Errorf("line %d: want a string", c.Line)
 			}
 			out = append(out, c.Value)
+			lines = append(lines, textLine(c))
 		}
-		return out, nil
+		return out, lines, nil
 	}
-	return nil, fmt.Errorf("want a string or a list of strings")
+	return nil, nil, fmt.Errorf("want a string or a list of strings")
 }
 
-// environment reads a mapping (KEY: value) or a list (KEY=value) into env.
-func environment(n *yaml.Node, env map[string]string) error {
+// textLine is the line a scalar's text starts on: a block scalar's (| or
+// >) starts on the line after its indicator.
+func textLine(n *yaml.Node) int {
+	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+		return n.Line + 1
+	}
+	return n.Line
+}
+
+// environment reads a mapping (KEY: value) or a list (KEY=value) into env,
+// and each variable's line into lines.
+func environment(n *yaml.Node, env map[string]string, lines map[string]int) error {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for _, kv := range pairs(n) {
@@ -563,6 +599,7 @@ func environment(n *yaml.Node, env map[string]string) error {
 			if v.Kind != yaml.ScalarNode {
 				return fmt.Errorf("%s: want a string value", kv[0].Value)
 			}
+			lines[kv[0].Value] = kv[0].Line
 			if v.Tag == "!!null" {
 				env[kv[0].Value] = ""
 				continue
@@ -578,6 +615,7 @@ func environment(n *yaml.Node, env map[string]string) error {
 			}
 			k, v, _ := strings.Cut(c.Value, "=")
 			env[k] = v
+			lines[k] = c.Line
 		}
 		return nil
 	}

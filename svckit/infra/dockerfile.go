@@ -1,6 +1,7 @@
 package infra
 
 import (
+	"encoding/json"
 	"os"
 	"path"
 	"path/filepath"
@@ -15,6 +16,9 @@ type dockerfile struct {
 	User    string            // "" = root
 	Workdir string            // "" = /
 	Owned   map[string]string // directory (clean, absolute) → --chown value
+	// Entrypoint and Cmd are the image's, in their exec (JSON) form; nil
+	// when absent or in the shell form (which scratch images cannot run).
+	Entrypoint, Cmd []string
 }
 
 // readDockerfile parses the Dockerfile at file; ok is false when it cannot
@@ -57,6 +61,16 @@ func readDockerfile(file string) (df dockerfile, ok bool) {
 				if k, v, ok := strings.Cut(kv, "="); ok {
 					df.Env[k] = strings.Trim(v, `"'`)
 				}
+			}
+		case "ENTRYPOINT", "CMD":
+			var list []string
+			if err := json.Unmarshal([]byte(strings.TrimSpace(l[len(f[0]):])), &list); err != nil {
+				list = nil
+			}
+			if strings.ToUpper(f[0]) == "CMD" {
+				df.Cmd = list
+			} else {
+				df.Entrypoint = list
 			}
 		case "USER":
 			if len(f) > 1 {

@@ -6,7 +6,11 @@
 // lists it (datacenter → host → containers) and checks it: compose files
 // that do not parse, images with no Dockerfile, ports published twice,
 // services of ours without their Consul address, stateful containers
-// without a volume, containers without a health check or restart policy.
+// without a volume, containers without a health check or restart policy;
+// and that every datacenter is secure by default (security.go: Consul's
+// ACLs, gossip encryption and TLS, nsqd's TLS, our services' credentials,
+// datacenters/<dc>/acl.flags and nsqauth-policy.json, and with
+// CheckOptions.Secrets the Consul agents' configuration in the secrets).
 // Every problem names its file and service. The operator CLI's
 // `svckit infra ls` and `svckit infra check` are thin wrappers.
 package infra
@@ -54,7 +58,10 @@ type Host struct {
 	File       string // the compose file, relative to the tree's root (slash-separated)
 	Containers []Container
 	Volumes    map[string]bool // named volumes declared in the file
-	Networks   []Network
+	// VolumeNames are the names on the engine that the file gives its
+	// volumes (name:), by key; a volume without one is absent.
+	VolumeNames map[string]string
+	Networks    []Network
 	// Parsed is false when the compose file could not be read as a whole.
 	Parsed bool
 }
@@ -143,7 +150,7 @@ func Load(root string, o Options) (*Tree, error) {
 				continue
 			}
 			cf := parseCompose(file, rel, o.Env)
-			host.Containers, host.Volumes, host.Networks = cf.Containers, cf.Volumes, cf.Networks
+			host.Containers, host.Volumes, host.VolumeNames, host.Networks = cf.Containers, cf.Volumes, cf.VolumeNames, cf.Networks
 			host.Parsed = cf.Parsed
 			t.Problems = append(t.Problems, cf.Problems...)
 			dc.Hosts = append(dc.Hosts, host)

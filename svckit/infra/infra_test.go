@@ -21,10 +21,21 @@ func loadCommitted(t *testing.T) *Tree {
 	return tr
 }
 
+// baseProblems is what Check finds without checkSecurity. The fixtures of
+// the tests that use it predate secure-by-default datacenters: each would
+// also show every problem of an insecure datacenter, which
+// TestSecurityFixtures covers.
+func baseProblems(t *Tree) []Problem {
+	ps := problems(append([]Problem(nil), t.Problems...))
+	checkBase(t, &ps)
+	ps.sort()
+	return ps
+}
+
 // The committed tree is clean, and it is the tree the README describes.
 func TestCommittedTreeChecksClean(t *testing.T) {
 	tr := loadCommitted(t)
-	for _, p := range Check(tr) {
+	for _, p := range Check(tr, CheckOptions{}) {
 		t.Errorf("%s", p)
 	}
 	var hosts []string
@@ -45,8 +56,9 @@ func TestCommittedTreeChecksClean(t *testing.T) {
 	}
 }
 
-// dev/host1 runs what the Procfile runs, and publishes the Consul UI and
-// nsqadmin on the host (configurable, 8500 and 4171 by default).
+// dev/host1 runs what the Procfile runs but nsqadmin (which has no
+// authentication), and publishes the Consul UI on the host (HTTPS,
+// configurable, 127.0.0.1:8501 by default).
 func TestDevHost1IsTheProcfile(t *testing.T) {
 	h := loadCommitted(t).Host("dev", "host1")
 	if h == nil {
@@ -56,17 +68,14 @@ func TestDevHost1IsTheProcfile(t *testing.T) {
 	for _, c := range h.Containers {
 		roles[c.Role]++
 	}
-	want := map[string]int{"consul": 1, "nsqlookupd": 1, "nsqd": 1, "nsqadmin": 1, "nsqauth": 1, "sensor": 1, "worker": 2, "app": 1}
+	want := map[string]int{"consul": 1, "nsqlookupd": 1, "nsqd": 1, "nsqadmin": 0, "nsqauth": 1, "sensor": 1, "worker": 2, "app": 1}
 	for r, n := range want {
 		if roles[r] != n {
 			t.Errorf("dev/host1 runs %d %s, want %d (roles %v)", roles[r], r, n, roles)
 		}
 	}
-	for name, port := range map[string]string{"consul": "8500", "nsqadmin": "4171"} {
-		c := h.Container(name)
-		if c == nil || len(c.Ports) != 1 || c.Ports[0].Published != port {
-			t.Errorf("%s should publish host port %s: %+v", name, port, c)
-		}
+	if c := h.Container("consul"); c == nil || len(c.Ports) != 1 || c.Ports[0].String() != "127.0.0.1:8501->8501/tcp" {
+		t.Errorf("consul should publish its HTTPS API on 127.0.0.1:8501: %+v", c)
 	}
 	env := func(k, v string) Lookup {
 		return func(n string) (string, bool) {
@@ -76,12 +85,12 @@ func TestDevHost1IsTheProcfile(t *testing.T) {
 			return "", false
 		}
 	}
-	tr, err := Load(repoRoot, Options{Env: env("DC_CONSUL_PUBLISH", "127.0.0.1:18500")})
+	tr, err := Load(repoRoot, Options{Env: env("DC_CONSUL_PUBLISH", "127.0.0.1:18501")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := tr.Host("dev", "host1").Container("consul").Ports[0]; p.HostIP != "127.0.0.1" || p.Published != "18500" {
-		t.Errorf("DC_CONSUL_PUBLISH=127.0.0.1:18500 gives %s", p)
+	if p := tr.Host("dev", "host1").Container("consul").Ports[0]; p.HostIP != "127.0.0.1" || p.Published != "18501" {
+		t.Errorf("DC_CONSUL_PUBLISH=127.0.0.1:18501 gives %s", p)
 	}
 }
 
@@ -109,8 +118,8 @@ func TestDatacentersAreWiredConsistently(t *testing.T) {
 				t.Errorf("%s: no consul agent", h.File)
 				continue
 			}
-			if len(consul.Ports) == 0 || consul.Ports[0].Target != "8500" {
-				t.Errorf("%s: consul does not publish 8500: %v", h.File, consul.Ports)
+			if len(consul.Ports) == 0 || consul.Ports[0].Target != "8501" {
+				t.Errorf("%s: consul does not publish its HTTPS API (8501): %v", h.File, consul.Ports)
 			}
 			hcl := strings.Join(consul.Command, "\n")
 			// On a network shared by the hosts of a datacenter, bare service
@@ -121,7 +130,7 @@ func TestDatacentersAreWiredConsistently(t *testing.T) {
 					prefix = h.Name + "-"
 				}
 			}
-			consulAddr := prefix + "consul:8500"
+			consulAddr := "https://" + prefix + "consul:8501"
 			if prefix != "" && !slices.Contains(consul.Aliases, prefix+"consul") {
 				t.Errorf("%s: consul has no alias %sconsul on the shared network (aliases %v)", h.File, prefix, consul.Aliases)
 			}
@@ -190,7 +199,14 @@ func TestBrokenFixtures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probs := Check(tr)
+	probs := baseProblems(tr)
+	// Check finds them too (and the fixtures' security problems).
+	all := Check(tr, CheckOptions{})
+	for _, p := range probs {
+		if !slices.Contains(all, p) {
+			t.Errorf("Check lost %s", p)
+		}
+	}
 	want := []struct {
 		class, file, service, msg string
 	}{
@@ -247,7 +263,7 @@ func TestMissingTree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probs := Check(tr)
+	probs := Check(tr, CheckOptions{})
 	if len(probs) != 2 {
 		t.Fatalf("empty root: want 2 problems (no images/, no datacenters/), got %v", probs)
 	}
@@ -300,7 +316,7 @@ volumes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := Check(tr); len(p) != 0 {
+	if p := baseProblems(tr); len(p) != 0 {
 		t.Fatalf("problems: %v", p)
 	}
 	c := tr.Host("x", "h").Container("consul")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/internal/sharedsecret"
 	"github.com/urfave/cli/v2"
 )
 
@@ -33,6 +34,8 @@ http://127.0.0.1:8080/streams").`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "timeout", Value: 2 * time.Second, Usage: "give up after this long", EnvVars: config.Env("probe-timeout")},
 			&cli.BoolFlag{Name: "print", Usage: "write the response body to stdout", EnvVars: config.Env("probe-print")},
+			&cli.StringFlag{Name: "secret", Usage: "sign the request with the replay shared secret (the endpoints that show a service's data ask for it)", EnvVars: config.Env("replay-secret")},
+			&cli.StringFlag{Name: "secret-file", Usage: "file holding the replay shared secret (instead of --secret)", EnvVars: config.Env("replay-secret-file")},
 		},
 		Action: runProbe,
 	}
@@ -51,9 +54,13 @@ func runProbe(c *cli.Context) error {
 	if timeout <= 0 {
 		return usagef("--timeout %s: must be positive", timeout)
 	}
+	secret, err := config.ReplaySecret(c.String("secret"), c.String("secret-file"))
+	if err != nil {
+		return usageError{err}
+	}
 	ctx, cancel := context.WithTimeout(c.Context, timeout)
 	defer cancel()
-	status, body, err := probe(ctx, u.String())
+	status, body, err := probe(ctx, u.String(), secret)
 	if err != nil {
 		return fmt.Errorf("probe %s: %w", u.Redacted(), err)
 	}
@@ -68,11 +75,18 @@ func runProbe(c *cli.Context) error {
 	return nil
 }
 
-// probe GETs target and returns the status and (at most probeMaxBody of) the body.
-func probe(ctx context.Context, target string) (int, []byte, error) {
+// probe GETs target and returns the status and (at most probeMaxBody of)
+// the body. With a secret the request is signed; the answer's proof is not
+// checked: a probe looks, it applies nothing (svckit's clients check it).
+func probe(ctx context.Context, target, secret string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return 0, nil, err
+	}
+	if secret != "" {
+		if _, err := sharedsecret.Sign(req, secret); err != nil {
+			return 0, nil, err
+		}
 	}
 	req.Header.Set("User-Agent", "svckit-probe")
 	// No proxy from the environment: a probe checks this container's view.

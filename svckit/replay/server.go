@@ -150,22 +150,39 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 	if s.verify == nil {
 		return h
 	}
+	return protect(s.verify, s.secret, "replay", h)
+}
+
+// RequireSecret is middleware for a service's own endpoints that show its
+// streams' data (a tracker's /streams, an application's state): with a
+// non-empty secret, h answers only requests signed with it (as Client
+// signs them, or carrying it as a Bearer token), and proves the secret to
+// their clients, exactly as Server's endpoints do. An empty secret returns
+// h unchanged.
+func RequireSecret(secret string, h http.Handler) http.Handler {
+	if secret == "" {
+		return h
+	}
+	return protect(sharedsecret.NewVerifier(secret), secret, "unauthorized", h)
+}
+
+func protect(v *sharedsecret.Verifier, secret, what string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		nonce, err := s.verify.Verify(r)
+		nonce, err := v.Verify(r)
 		if errors.Is(err, sharedsecret.ErrTooManyNonces) {
 			// Authentic, but it cannot be remembered: come back later.
 			w.Header().Set("Retry-After", "5")
-			http.Error(w, "replay: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, what+": "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		if err != nil {
-			http.Error(w, "replay: unauthorized: "+err.Error(), http.StatusUnauthorized)
+			http.Error(w, what+": unauthorized: "+err.Error(), http.StatusUnauthorized)
 			return
 		}
 		// Before the handler writes: the headers leave with its first
 		// byte, and every answer (errors too) must carry the proof.
-		sharedsecret.Prove(w.Header(), nonce, s.secret)
-		h(w, r)
+		sharedsecret.Prove(w.Header(), nonce, secret)
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -1,0 +1,14 @@
+# weakened on purpose: every setting infra check --secrets reads is wrong
+encrypt_verify_incoming = false
+tls {
+  defaults {
+    ca_file         = "/secrets/ca.pem"
+    verify_incoming = false
+  }
+  internal_rpc { verify_server_hostname = false }
+}
+acl {
+  enabled        = true
+  default_policy = "allow"
+  tokens { initial_management = "00000000-0000-4000-8000-000000000003" }
+}
