@@ -1,8 +1,10 @@
 // Package guide proves docs/guide.md ("Writing your own service"): its
 // commands run, its code is examples/splitter and builds in a module of
 // its own, its Procfile lines run the splitter next to the reference
-// pipeline under goreman, its image builds and starts, and its compose
-// service passes `svckit infra check`.
+// pipeline under goreman, its image builds and starts, its compose
+// service passes `svckit infra check`, and ./build.sh secrets then makes
+// the splitter's token, so that ./build.sh up can fill its secrets
+// volume.
 package guide_test
 
 import (
@@ -10,8 +12,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -26,6 +30,7 @@ import (
 	"github.com/svckit/svckit/internal/localstack"
 	"github.com/svckit/svckit/internal/skip"
 	"github.com/svckit/svckit/pipeline"
+	"github.com/svckit/svckit/svckit/infra"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -111,8 +116,8 @@ func readGuide(t *testing.T) []step {
 	for _, s := range steps {
 		count[s.action+" "+s.base]++
 	}
-	for k, n := range map[string]int{"run module": 2, "write module": 2, "json-merge svckit": 1, "append svckit": 1, "write svckit": 1,
-		"compose-edit-service svckit": 1, "compose-service svckit": 1, "compose-volume svckit": 1, "run svckit": 1} {
+	for k, n := range map[string]int{"run module": 2, "write module": 2, "json-merge svckit": 2, "append svckit": 2, "write svckit": 1,
+		"compose-edit-service svckit": 1, "compose-service svckit": 1, "compose-volume svckit": 1, "run svckit": 2} {
 		if count[k] < n {
 			t.Fatalf("docs/guide.md has %d %q blocks marked for this test, want at least %d (markers: %v)", count[k], k, n, count)
 		}
@@ -158,7 +163,12 @@ func TestGuide(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(root, "examples", "go.sum")); err == nil {
 		_ = os.WriteFile(filepath.Join(module, "go.sum"), b, 0o644)
 	}
-	env := append(os.Environ(), "SVCKIT="+checkout, "PATH="+filepath.Dir(goBin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	// The datacenters' secrets (./build.sh secrets): never the user's.
+	secrets := filepath.Join(tmp, "secrets")
+	env := append(os.Environ(), "SVCKIT="+checkout, "SVCKIT_SECRETS="+secrets, "PATH="+filepath.Dir(goBin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+	// The reader made dev's secrets once, before the guide: its
+	// ./build.sh secrets dev is a second run, which must keep these.
+	before := makeSecrets(t, checkout, env)
 	dirOf := map[string]string{"module": module, "svckit": checkout}
 	for _, s := range steps {
 		dir := dirOf[s.base]
@@ -239,6 +249,8 @@ func TestGuide(t *testing.T) {
 			t.Errorf("infra check without images/splitter/Dockerfile: %v; want exit 1 naming service splitter:\n%s", err, out)
 		}
 	})
+
+	t.Run("secrets", func(t *testing.T) { testSecrets(t, checkout, filepath.Join(secrets, "dev"), before) })
 
 	t.Run("image", func(t *testing.T) { testImage(t, checkout) })
 
@@ -358,6 +370,130 @@ func jsonMerge(t *testing.T, file, key, block, where string) {
 	out, _ := json.MarshalIndent(doc, "", "  ")
 	if err := os.WriteFile(file, append(out, '\n'), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// makeSecrets runs ./build.sh secrets dev in the checkout and returns the
+// files it made (path under the datacenter's directory → content).
+func makeSecrets(t *testing.T, checkout string, env []string) map[string]string {
+	t.Helper()
+	cmd := exec.Command("./build.sh", "secrets", "dev")
+	cmd.Dir, cmd.Env = checkout, env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("./build.sh secrets dev: %v\n%s", err, out)
+	}
+	return readSecrets(t, filepath.Join(envValue(env, "SVCKIT_SECRETS"), "dev"))
+}
+
+// envValue is the last value of key in env.
+func envValue(env []string, key string) string {
+	v := ""
+	for _, e := range env {
+		if k, val, ok := strings.Cut(e, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
+}
+
+func readSecrets(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dir, p)
+		files[filepath.ToSlash(rel)] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// testSecrets checks datacenters/dev/host1 as the guide left it against
+// the secrets in dir, which the guide's ./build.sh secrets dev completed:
+// it kept every secret made before and made the splitter's token; every
+// secrets volume the compose file names can be filled by ./build.sh up
+// (which wants tokens/<id>.token for a service); and the splitter reaches
+// Consul over HTTPS and nsqd over TLS with the CA, its token and the
+// replay secret from its own volume, read-only.
+func testSecrets(t *testing.T, checkout, dir string, before map[string]string) {
+	after := readSecrets(t, dir)
+	for f, b := range before {
+		if after[f] != b {
+			t.Errorf("./build.sh secrets dev, run again, changed %s: it must make only what is missing", f)
+		}
+	}
+	if _, ok := before["tokens/splitter.token"]; ok {
+		t.Fatal("tokens/splitter.token was there before the guide named the splitter in acl.flags")
+	}
+	if strings.TrimSpace(after["tokens/splitter.token"]) == "" {
+		t.Fatalf("./build.sh secrets dev made no tokens/splitter.token after the guide's --service=splitter (made: %v)", slices.Sorted(maps.Keys(after)))
+	}
+
+	tree, err := infra.Load(checkout, infra.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var host *infra.Host
+	for _, dc := range tree.Datacenters {
+		for _, h := range dc.Hosts {
+			if dc.Name == "dev" && h.Name == "host1" {
+				host = h
+			}
+		}
+	}
+	if host == nil || !host.Parsed {
+		t.Fatalf("datacenters/dev/host1 not read (%v)", tree.Problems)
+	}
+	// What install_secrets in build.sh puts into each volume: consul's
+	// and nsqd's come from hosts/host1/, a service's token from tokens/.
+	ids := map[string]bool{}
+	for key, name := range host.VolumeNames {
+		_, id, ok := strings.Cut(name, "-secrets-")
+		if !ok || !strings.HasPrefix(key, "secrets-") {
+			continue
+		}
+		ids[id] = true
+		if id != "consul" && id != "nsqd" && after["tokens/"+id+".token"] == "" {
+			t.Errorf("volume %s (%s): no tokens/%s.token in the secrets, ./build.sh up would stop", key, name, id)
+		}
+	}
+	if !ids[newService] {
+		t.Fatalf("datacenters/dev/host1 names no secrets volume of the %s (volumes: %v)", newService, host.VolumeNames)
+	}
+	i := slices.IndexFunc(host.Containers, func(c infra.Container) bool { return c.Name == newService })
+	if i < 0 {
+		t.Fatalf("datacenters/dev/host1 has no service %s", newService)
+	}
+	c := host.Containers[i]
+	if a := c.Env["CONSUL_HTTP_ADDR"]; !strings.HasPrefix(a, "https://") {
+		t.Errorf("the %s's CONSUL_HTTP_ADDR is %q, want https://…", newService, a)
+	}
+	if v := c.Env["SVCKIT_NSQ_TLS"]; v != "true" {
+		t.Errorf("the %s's SVCKIT_NSQ_TLS is %q, want true", newService, v)
+	}
+	for k, want := range map[string]string{"CONSUL_CACERT": "ca.pem", "SVCKIT_NSQ_TLS_CACERT": "ca.pem", "CONSUL_HTTP_TOKEN_FILE": "consul.token", "SVCKIT_REPLAY_SECRET_FILE": "replay.secret"} {
+		p := c.Env[k]
+		var m *infra.Volume
+		for j := range c.Volumes {
+			v := &c.Volumes[j]
+			if strings.HasPrefix(p, strings.TrimSuffix(v.Target, "/")+"/") && (m == nil || len(v.Target) > len(m.Target)) {
+				m = v
+			}
+		}
+		switch {
+		case m == nil:
+			t.Errorf("the %s's %s=%q is on none of its volumes", newService, k, p)
+		case host.VolumeNames[m.Source] != "dev-host1-secrets-"+newService || !m.ReadOnly:
+			t.Errorf("the %s's %s=%q is on %s (%s), want its own secrets volume dev-host1-secrets-%s, read-only", newService, k, p, m, host.VolumeNames[m.Source], newService)
+		case path.Base(p) != want || path.Dir(p) != path.Clean(m.Target):
+			t.Errorf("the %s's %s=%q: ./build.sh up puts %s at the top of the volume (%s)", newService, k, p, want, m.Target)
+		}
 	}
 }
 
