@@ -50,27 +50,11 @@ type Mux interface {
 func (s *Store) Register(mux Mux, secret string) {
 	auth := func(h http.HandlerFunc) http.Handler { return h }
 	if secret != "" {
-		// One verifier for every route: a signature is used once.
+		// One verifier for every route: a signature is used once. Every
+		// answer to a signed request, errors too, is proven: its status
+		// and body.
 		v := sharedsecret.NewVerifier(secret)
-		auth = func(h http.HandlerFunc) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				nonce, err := v.Verify(r)
-				if errors.Is(err, sharedsecret.ErrTooManyNonces) {
-					// Authentic, but it cannot be remembered: later.
-					w.Header().Set("Retry-After", "5")
-					http.Error(w, "dead letters: "+err.Error(), http.StatusServiceUnavailable)
-					return
-				}
-				if err != nil {
-					http.Error(w, "dead letters: unauthorized: "+err.Error(), http.StatusUnauthorized)
-					return
-				}
-				// Before the handler writes: every answer, errors too,
-				// carries the proof.
-				sharedsecret.Prove(w.Header(), nonce, secret)
-				h(w, r)
-			})
-		}
+		auth = func(h http.HandlerFunc) http.Handler { return v.Protect("dead letters", h) }
 	}
 	mux.Handle("GET "+PathPrefix, auth(s.serveList))
 	mux.Handle("GET "+PathPrefix+"/{topic}/{id}", auth(s.serveGet))
@@ -159,7 +143,9 @@ func (c Client) do(ctx context.Context, method, addr, path string, q url.Values)
 	// (the server refused the request: it has no nonce it accepted to
 	// prove), nor a 5xx (a failure, perhaps a proxy's, only reported).
 	if nonce != "" && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode < 500 {
-		if err := sharedsecret.CheckProof(resp, nonce, c.Secret); err != nil {
+		// The status and the whole body (a letter's bytes, which a
+		// requeue publishes) come from a holder of the secret.
+		if _, err := sharedsecret.CheckAnswer(resp, nonce, c.Secret); err != nil {
 			resp.Body.Close()
 			return nil, fmt.Errorf("%w: %s %s answered HTTP %d: %v", ErrServerUnproven, method, u.String(), resp.StatusCode, err)
 		}

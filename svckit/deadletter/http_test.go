@@ -231,3 +231,45 @@ func TestHTTPLegacyBearer(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPAlteredLetterRefused: someone on the path who passes the signed
+// request to the real service and its answer back, proof included, cannot
+// change a letter's bytes (which a requeue would publish): the proof binds
+// the body.
+func TestHTTPAlteredLetterRefused(t *testing.T) {
+	_, srv, _, in := httpStore(t)
+	alter := true
+	path := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.RequestURI(), nil)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for k, v := range resp.Header {
+			if k != "Content-Length" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(resp.StatusCode)
+		if alter && len(b) > 0 {
+			b[len(b)-1] ^= 1
+		}
+		w.Write(b)
+	}))
+	defer path.Close()
+	addr := strings.TrimPrefix(path.URL, "http://")
+	if l, err := (Client{Secret: httpSecret}).Get(context.Background(), addr, "orders", in.ID); !errors.Is(err, ErrServerUnproven) {
+		t.Fatalf("an altered letter: %+v, %v; want ErrServerUnproven", l, err)
+	}
+	if list, err := (Client{Secret: httpSecret}).List(context.Background(), addr, "orders"); !errors.Is(err, ErrServerUnproven) {
+		t.Fatalf("an altered list: %+v, %v; want ErrServerUnproven", list, err)
+	}
+	alter = false // the same path, faithful: the letter comes through
+	if l, err := (Client{Secret: httpSecret}).Get(context.Background(), addr, "orders", in.ID); err != nil || string(l.Original) != "original" {
+		t.Fatalf("through a faithful path: %q, %v", l.Original, err)
+	}
+}

@@ -68,10 +68,15 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 		q.Set("from", strconv.FormatUint(r.From, 10))
 		q.Set("to", strconv.FormatUint(r.To, 10))
 	}
-	resp, err := c.get(ctx, addr, "/replay", q, http.Header{AcceptDamagedHeader: {"1"}})
+	resp, tags, err := c.get(ctx, addr, "/replay", q, http.Header{AcceptDamagedHeader: {"1"}})
 	if err != nil {
 		return 0, err
 	}
+	if c.Secret != "" && tags == nil && resp.StatusCode == http.StatusOK {
+		resp.Body.Close()
+		return 0, fmt.Errorf("%w: %s answered /replay without tagged frames", ErrUpstreamUnproven, addr)
+	}
+	var tag [sharedsecret.TagSize]byte
 	defer resp.Body.Close()
 	if err := statusError(resp); err != nil {
 		return 0, fmt.Errorf("replay of %s: %w", r.Stream, err)
@@ -101,6 +106,15 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 		buf = buf[:size]
 		if _, err := io.ReadFull(br, buf); err != nil {
 			return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
+		}
+		if tags != nil {
+			// Nothing of a frame is used before its tag is checked.
+			if _, err := io.ReadFull(br, tag[:]); err != nil {
+				return n, fmt.Errorf("replay of %s: reading frame's tag: %w", r.Stream, err)
+			}
+			if err := tags.Check(buf, tag[:]); err != nil {
+				return n, fmt.Errorf("%w: %s: replay of %s: %v", ErrUpstreamUnproven, addr, r.Stream, err)
+			}
 		}
 		env, err := dec.Decode(buf)
 		if err != nil {
@@ -133,17 +147,26 @@ func damagedTrailer(stream string, resp *http.Response) error {
 // and its answer proven to come from a holder of it (else
 // ErrUpstreamUnproven).
 func (c Client) Get(ctx context.Context, addr, path string, q url.Values) (*http.Response, error) {
-	return c.get(ctx, addr, path, q, nil)
+	resp, tags, err := c.get(ctx, addr, path, q, nil)
+	if err == nil && tags != nil {
+		// A stream of tagged frames: only ReplayFrames reads those.
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s from %s: a stream of frames (use ReplayFrames)", path, addr)
+	}
+	return resp, err
 }
 
-func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http.Header) (*http.Response, error) {
+// get performs the request; with a secret, it signs it and checks the
+// answer (mustProve): a whole body is read and proven before it is
+// returned, a stream of frames comes with the Frames that checks each.
+func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http.Header) (*http.Response, *sharedsecret.Frames, error) {
 	u := "http://" + addr + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for k, v := range h {
 		req.Header[k] = v
@@ -152,7 +175,7 @@ func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http
 	if c.Secret != "" {
 		// A signature, not the secret: whoever answers must not learn it.
 		if nonce, err = sharedsecret.Sign(req, c.Secret); err != nil {
-			return nil, fmt.Errorf("GET %s from %s: %w", path, addr, err)
+			return nil, nil, fmt.Errorf("GET %s from %s: %w", path, addr, err)
 		}
 	}
 	hc := c.HTTP
@@ -161,16 +184,17 @@ func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http
 	}
 	resp, err := hc.Do(req)
 	if err != nil || nonce == "" || !mustProve(resp.StatusCode) {
-		return resp, err
+		return resp, nil, err
 	}
-	if err := sharedsecret.CheckProof(resp, nonce, c.Secret); err != nil {
+	tags, err := sharedsecret.CheckAnswer(resp, nonce, c.Secret)
+	if err != nil {
 		// Nothing of it is read: not a frame, a snapshot, a position,
 		// nor a verdict such as 410 (which would send a tracker to a
 		// snapshot).
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: %s answered GET %s with HTTP %d: %v", ErrUpstreamUnproven, addr, path, resp.StatusCode, err)
+		return nil, nil, fmt.Errorf("%w: %s answered GET %s with HTTP %d: %v", ErrUpstreamUnproven, addr, path, resp.StatusCode, err)
 	}
-	return resp, nil
+	return resp, tags, nil
 }
 
 // mustProve reports whether an answer with this status must prove the

@@ -150,7 +150,7 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 	if s.verify == nil {
 		return h
 	}
-	return protect(s.verify, s.secret, "replay", h)
+	return s.verify.Protect("replay", h)
 }
 
 // RequireSecret is middleware for a service's own endpoints that show its
@@ -163,27 +163,7 @@ func RequireSecret(secret string, h http.Handler) http.Handler {
 	if secret == "" {
 		return h
 	}
-	return protect(sharedsecret.NewVerifier(secret), secret, "unauthorized", h)
-}
-
-func protect(v *sharedsecret.Verifier, secret, what string, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		nonce, err := v.Verify(r)
-		if errors.Is(err, sharedsecret.ErrTooManyNonces) {
-			// Authentic, but it cannot be remembered: come back later.
-			w.Header().Set("Retry-After", "5")
-			http.Error(w, what+": "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		if err != nil {
-			http.Error(w, what+": unauthorized: "+err.Error(), http.StatusUnauthorized)
-			return
-		}
-		// Before the handler writes: the headers leave with its first
-		// byte, and every answer (errors too) must carry the proof.
-		sharedsecret.Prove(w.Header(), nonce, secret)
-		h.ServeHTTP(w, r)
-	})
+	return sharedsecret.NewVerifier(secret).Protect("unauthorized", h)
 }
 
 func (s *Server) serveStreams(w http.ResponseWriter, r *http.Request) {
@@ -266,6 +246,9 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 	}
 	// Declared before the body: a damaged range is named after it.
 	w.Header().Set("Trailer", DamagedTrailer)
+	// To a signed request: every frame followed by its tag (a stream
+	// cannot be held and proven whole).
+	tags := sharedsecret.StreamOf(w)
 	bw := bufio.NewWriterSize(w, 256<<10)
 	var hdr [4]byte
 	var n, bytes uint64
@@ -282,6 +265,10 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		_, err := bw.Write(frame)
 		n++
 		bytes += uint64(len(frame)) + 4
+		if err == nil && tags != nil {
+			_, err = bw.Write(tags.Tag(frame))
+			bytes += sharedsecret.TagSize
+		}
 		return err
 	})
 	var damaged *DamagedError

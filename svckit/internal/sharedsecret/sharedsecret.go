@@ -8,19 +8,15 @@
 //	MAC = HMAC-SHA256(secret, "svckit-request\n" + METHOD + "\n" + request URI + "\n" + ts + "\n" + nonce)
 //
 // The server (Verifier) recomputes the MAC, accepts a timestamp within
-// Window of its clock and each nonce once, and answers with
-//
-//	Svckit-Proof: base64url HMAC-SHA256(secret, "svckit-response\n" + nonce)
-//
-// (Prove), which the client checks (CheckProof) before it takes anything
-// from the answer: an upstream that does not know the secret cannot make
-// one, so a consumer never applies what an impostor sends.
+// Window of its clock and each nonce once, and answers with a proof that
+// binds the nonce, the status and the body (Answer, Protect; answer.go),
+// which the client checks (CheckAnswer) before it takes anything from the
+// answer: neither an upstream that does not know the secret nor someone
+// on the path can make one, so a consumer never applies what they send.
 //
 // What this does not give: confidentiality (the bodies still travel in
-// clear), nor integrity of the body against someone on the path (the proof
-// binds the nonce, not the bytes that follow it). The host is not part of
-// the MAC: within Window, a captured request can be sent once to each other
-// server that shares the secret.
+// clear). The host is not part of the MAC: within Window, a captured
+// request can be sent once to each other server that shares the secret.
 //
 // A Verifier still accepts "Authorization: Bearer <secret>" from operators'
 // curl and clients that predate signing; such a request has no nonce, so
@@ -104,44 +100,6 @@ func requestMAC(secret, method, uri, ts, nonce string) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write([]byte("svckit-request\n" + method + "\n" + uri + "\n" + ts + "\n" + nonce))
 	return m.Sum(nil)
-}
-
-// responseMAC is what an answer's proof is the encoding of.
-func responseMAC(secret, nonce string) []byte {
-	m := hmac.New(sha256.New, []byte(secret))
-	m.Write([]byte("svckit-response\n" + nonce))
-	return m.Sum(nil)
-}
-
-// Prove sets the header by which an answer to the request that carried
-// nonce proves the server knows secret. Set it before anything is written:
-// headers go out with the first byte. A request without a nonce (Bearer)
-// gets no proof.
-func Prove(h http.Header, nonce, secret string) {
-	if nonce == "" {
-		return
-	}
-	h.Set(ProofHeader, b64.EncodeToString(responseMAC(secret, nonce)))
-}
-
-// CheckProof checks that resp, the answer to a request Sign signed with
-// nonce, proves its server knows secret. The error wraps ErrUnproven.
-func CheckProof(resp *http.Response, nonce, secret string) error {
-	if nonce == "" {
-		return errors.New("checking the answer's proof: the request was not signed (no nonce)")
-	}
-	if resp == nil {
-		return fmt.Errorf("%w: no answer", ErrUnproven)
-	}
-	got := resp.Header.Get(ProofHeader)
-	if got == "" {
-		return fmt.Errorf("%w: the answer has no %s header", ErrUnproven, ProofHeader)
-	}
-	mac, err := b64.DecodeString(got)
-	if err != nil || !hmac.Equal(mac, responseMAC(secret, nonce)) {
-		return fmt.Errorf("%w: wrong %s", ErrUnproven, ProofHeader)
-	}
-	return nil
 }
 
 // Verifier checks the requests signed with its secret. It is safe for

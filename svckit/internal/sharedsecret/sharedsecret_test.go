@@ -1,8 +1,10 @@
 package sharedsecret
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -75,10 +77,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil || got != nonce {
 		t.Fatalf("Verify = %q, %v; want %q", got, err, nonce)
 	}
-	w := httptest.NewRecorder()
-	Prove(w.Header(), got, secret)
-	if err := CheckProof(w.Result(), nonce, secret); err != nil {
-		t.Fatalf("CheckProof: %v", err)
+	if _, err := CheckAnswer(answered(nonce, secret, 200, "x"), nonce, secret); err != nil {
+		t.Fatalf("CheckAnswer: %v", err)
 	}
 	// Two signatures of the same request differ: a fresh nonce each.
 	req2, nonce2 := signed(t, http.MethodGet, uri, secret)
@@ -97,8 +97,9 @@ func TestRoundTripOverHTTP(t *testing.T) {
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
 		}
-		Prove(w.Header(), nonce, secret)
-		w.WriteHeader(http.StatusNoContent)
+		a := NewAnswer(w, nonce, secret)
+		a.WriteHeader(http.StatusNoContent)
+		a.Finish()
 	}))
 	defer srv.Close()
 	u := url.URL{Scheme: "http", Host: strings.TrimPrefix(srv.URL, "http://"), Path: "/deadletters/a b/ü%x",
@@ -113,13 +114,13 @@ func TestRoundTripOverHTTP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
 		if resp.StatusCode != http.StatusNoContent {
 			t.Fatalf("%s %s: HTTP %d", method, u.String(), resp.StatusCode)
 		}
-		if err := CheckProof(resp, nonce, secret); err != nil {
+		if _, err := CheckAnswer(resp, nonce, secret); err != nil {
 			t.Fatalf("%s: %v", method, err)
 		}
+		resp.Body.Close()
 	}
 }
 
@@ -230,9 +231,9 @@ func TestBearer(t *testing.T) {
 		t.Fatalf("Verify(Bearer) again: %v", err)
 	}
 	w := httptest.NewRecorder()
-	Prove(w.Header(), "", secret)
-	if got := w.Header().Get(ProofHeader); got != "" {
-		t.Fatalf("proof %q for a request without a nonce", got)
+	v.Protect("t", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok")) })).ServeHTTP(w, r)
+	if got := w.Header().Get(ProofHeader); w.Code != 200 || got != "" {
+		t.Fatalf("a Bearer request's answer: HTTP %d, proof %q; want 200 without a proof", w.Code, got)
 	}
 	for _, auth := range []string{"Bearer wrong", "Bearer " + secret + "x", "Bearer", "Bearer  " + secret, "Basic " + secret, secret} {
 		r.Header.Set("Authorization", auth)
@@ -272,41 +273,109 @@ func TestMalformedRefused(t *testing.T) {
 	}
 }
 
-func TestCheckProofRefuses(t *testing.T) {
+// answered is the answer an Answer makes of status and body, to the
+// request that carried nonce.
+func answered(nonce, secret string, status int, body string) *http.Response {
+	w := httptest.NewRecorder()
+	a := NewAnswer(w, nonce, secret)
+	a.WriteHeader(status)
+	a.Write([]byte(body))
+	a.Finish()
+	return w.Result()
+}
+
+// TestCheckAnswerRefuses: a proof made for another secret, nonce, status
+// or body, or none, is refused; only the right one passes.
+func TestCheckAnswerRefuses(t *testing.T) {
 	_, nonce := signed(t, http.MethodGet, "/streams", secret)
 	answer := func(proof string) *http.Response {
-		h := http.Header{}
+		resp := answered(nonce, secret, 200, "x")
+		resp.Header.Del(ProofHeader)
 		if proof != "" {
-			h.Set(ProofHeader, proof)
+			resp.Header.Set(ProofHeader, proof)
 		}
-		return &http.Response{StatusCode: 200, Header: h}
+		return resp
 	}
-	proven := http.Header{}
-	Prove(proven, nonce, secret)
-	right := proven.Get(ProofHeader)
-	other := http.Header{}
-	Prove(other, nonce, "not the secret")
+	right := answered(nonce, secret, 200, "x").Header.Get(ProofHeader)
 	_, nonce2 := signed(t, http.MethodGet, "/streams", secret)
-	forNonce2 := http.Header{}
-	Prove(forNonce2, nonce2, secret)
 	for name, proof := range map[string]string{
-		"missing":         "",
-		"wrong secret":    other.Get(ProofHeader),
-		"another nonce's": forNonce2.Get(ProofHeader),
-		"not base64":      "!!!",
-		"truncated":       right[:len(right)-2],
-		"the nonce":       nonce,
+		"missing":          "",
+		"wrong secret":     answered(nonce, "not the secret", 200, "x").Header.Get(ProofHeader),
+		"another nonce's":  answered(nonce2, secret, 200, "x").Header.Get(ProofHeader),
+		"another status's": answered(nonce, secret, 410, "x").Header.Get(ProofHeader),
+		"another body's":   answered(nonce, secret, 200, "y").Header.Get(ProofHeader),
+		"not base64":       "!!!",
+		"truncated":        right[:len(right)-2],
+		"the nonce":        nonce,
 	} {
-		err := CheckProof(answer(proof), nonce, secret)
+		_, err := CheckAnswer(answer(proof), nonce, secret)
 		if !errors.Is(err, ErrUnproven) || !strings.Contains(err.Error(), "does not know the shared secret") {
 			t.Errorf("%s proof: %v, want ErrUnproven", name, err)
 		}
 	}
-	if err := CheckProof(answer(right), nonce, secret); err != nil {
+	resp := answer(right)
+	if _, err := CheckAnswer(resp, nonce, secret); err != nil {
 		t.Fatalf("right proof: %v", err)
 	}
-	if err := CheckProof(answer(right), "", secret); err == nil {
-		t.Fatal("CheckProof without a nonce succeeded")
+	if b, _ := io.ReadAll(resp.Body); string(b) != "x" {
+		t.Fatalf("the proven body reads %q", b)
+	}
+	if _, err := CheckAnswer(answer(right), "", secret); err == nil {
+		t.Fatal("CheckAnswer without a nonce succeeded")
+	}
+}
+
+// TestFrames: every frame of a stream carries its tag; a frame altered,
+// dropped, repeated or reordered fails its check.
+func TestFrames(t *testing.T) {
+	_, nonce := signed(t, http.MethodGet, "/replay", secret)
+	w := httptest.NewRecorder()
+	a := NewAnswer(w, nonce, secret)
+	tags := StreamOf(a)
+	if tags == nil {
+		t.Fatal("StreamOf an Answer is nil")
+	}
+	frames := [][]byte{[]byte("one"), []byte("two"), []byte("three")}
+	var sent [][]byte
+	for _, f := range frames {
+		a.Write(f)
+		sent = append(sent, bytes.Clone(tags.Tag(f)))
+	}
+	a.Finish()
+	resp := w.Result()
+	check, err := CheckAnswer(resp, nonce, secret)
+	if err != nil || check == nil {
+		t.Fatalf("CheckAnswer of a stream: %v, %v", check, err)
+	}
+	for i, f := range frames {
+		if err := check.Check(f, sent[i]); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+	}
+	for name, order := range map[string][]int{"reordered": {1, 0, 2}, "dropped": {0, 2}, "repeated": {0, 0, 1}} {
+		check := newFrames(secret, nonce)
+		var err error
+		for _, i := range order {
+			if err = check.Check(frames[i], sent[i]); err != nil {
+				break
+			}
+		}
+		if !errors.Is(err, ErrUnproven) {
+			t.Errorf("%s frames: %v, want ErrUnproven", name, err)
+		}
+	}
+	if err := newFrames(secret, nonce).Check([]byte("oNe"), sent[0]); !errors.Is(err, ErrUnproven) {
+		t.Errorf("an altered frame: %v, want ErrUnproven", err)
+	}
+	// The stream's mark is in the proof: stripped, the answer is refused.
+	resp = w.Result()
+	resp.Header.Del(FramesHeader)
+	if _, err := CheckAnswer(resp, nonce, secret); !errors.Is(err, ErrUnproven) {
+		t.Errorf("a stream passed off as a body: %v, want ErrUnproven", err)
+	}
+	// Not an Answer (no secret, a Bearer request): no tags.
+	if StreamOf(httptest.NewRecorder()) != nil {
+		t.Error("StreamOf a plain ResponseWriter is not nil")
 	}
 }
 
