@@ -9,6 +9,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -34,9 +35,13 @@ type Config struct {
 	Version    string
 	Tags       []string
 
-	HTTPAddr      string // listen address of /health, /ready, /metrics and service routes
-	AdvertiseAddr string // address registered in Consul; default: the local address that reaches the Consul agent
-	DataDir       string // where state lives (retained log, checkpoints)
+	HTTPAddr string // listen address of /health, /ready, /metrics and service routes
+	// HTTPTLSCert and HTTPTLSKey, when set, serve that address over TLS
+	// (for services whose clients speak HTTPS, such as nsqd asking
+	// nsqauth; svckit's replay clients speak HTTP).
+	HTTPTLSCert, HTTPTLSKey string
+	AdvertiseAddr           string // address registered in Consul; default: the local address that reaches the Consul agent
+	DataDir                 string // where state lives (retained log, checkpoints)
 	// ReplaySecret is the shared secret of the replay endpoints: required
 	// by the ones this service serves, sent to the ones it asks.
 	ReplaySecret string
@@ -92,6 +97,8 @@ func Flags() []cli.Flag {
 		&cli.StringFlag{Name: "instance-id", Usage: "unique, stable instance id registered in Consul (default <name>-<host>-<port>)", EnvVars: Env("instance-id")},
 		&cli.StringSliceFlag{Name: "tag", Usage: "extra Consul tag (repeatable)", EnvVars: Env("tags")},
 		&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:0", Usage: "listen address for /health, /ready, /metrics and service routes (port 0 = any free port)", EnvVars: Env("http-addr")},
+		&cli.StringFlag{Name: "http-tls-cert", Usage: "certificate file: serve --http-addr over TLS (with --http-tls-key; for clients that speak HTTPS, e.g. nsqd asking nsqauth)", EnvVars: Env("http-tls-cert")},
+		&cli.StringFlag{Name: "http-tls-key", Usage: "private key file of --http-tls-cert", EnvVars: Env("http-tls-key")},
 		&cli.StringFlag{Name: "advertise-addr", Usage: "address registered in Consul (default: the local address used to reach the Consul agent)", EnvVars: Env("advertise-addr")},
 		&cli.StringFlag{Name: "data-dir", Value: "data", Usage: "directory for durable state (locked: one process per directory)", EnvVars: Env("data-dir")},
 		&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the replay endpoints (/streams, /replay, /snapshot, /deadletters): required by those this service serves, sent to those it asks", EnvVars: Env("replay-secret")},
@@ -144,6 +151,8 @@ func FromCLI(c *cli.Context, name, version string) (Config, error) {
 		InstanceID:    c.String("instance-id"),
 		Tags:          c.StringSlice("tag"),
 		HTTPAddr:      c.String("http-addr"),
+		HTTPTLSCert:   c.String("http-tls-cert"),
+		HTTPTLSKey:    c.String("http-tls-key"),
 		AdvertiseAddr: c.String("advertise-addr"),
 		DataDir:       c.String("data-dir"),
 		ReplaySecret:  replaySecret,
@@ -219,6 +228,9 @@ func secretOrFile(flag, secret, file string) (string, error) {
 
 // Validate reports the first invalid setting, naming its flag.
 func (c Config) Validate() error {
+	if (c.HTTPTLSCert == "") != (c.HTTPTLSKey == "") {
+		return errors.New("--http-tls-cert and --http-tls-key: give both or neither")
+	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return fmt.Errorf("--http-addr %q: want host:port", c.HTTPAddr)
 	}

@@ -177,6 +177,7 @@ func TestInvalidValuesNameTheirFlag(t *testing.T) {
 		{"nsq-batch-size", "--nsq-batch-size=0"},
 		{"nsq-batch-size", "--nsq-batch-size=10001"},
 		{"nsq-batch-bytes", "--nsq-batch-bytes=1023"},
+		{"http-tls-key", "--http-tls-cert=/secrets/c.pem"},
 		// Parse errors of urfave/cli itself.
 		{"nsq-max-in-flight", "--nsq-max-in-flight=abc"},
 		{"check-interval", "--check-interval=abc"},

@@ -6,6 +6,7 @@ package health
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,8 @@ type Options struct {
 	// Pprof serves runtime profiles under /debug/pprof/ (off by default: it
 	// exposes internals to whoever reaches the port).
 	Pprof bool
+	// TLSCertFile and TLSKeyFile, when set, make Serve serve TLS.
+	TLSCertFile, TLSKeyFile string
 }
 
 // CheckFunc reports a dependency's state: nil means OK.
@@ -88,6 +91,12 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // Listen binds the listener now, so the actual port is known before the
 // service registers itself in Consul.
 func (s *Server) Listen() (*net.TCPAddr, error) {
+	if s.opts.TLSCertFile != "" {
+		// Now, so that a missing or bad file stops the start with its name.
+		if _, err := tls.LoadX509KeyPair(s.opts.TLSCertFile, s.opts.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("loading the HTTP server's certificate %s and key %s: %w", s.opts.TLSCertFile, s.opts.TLSKeyFile, err)
+		}
+	}
 	ln, err := net.Listen("tcp", s.opts.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening for HTTP on %s: %w", s.opts.Addr, err)
@@ -103,11 +112,20 @@ func (s *Server) Serve() error {
 			return err
 		}
 	}
-	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+	var err error
+	if s.opts.TLSCertFile != "" {
+		err = s.srv.ServeTLS(s.ln, s.opts.TLSCertFile, s.opts.TLSKeyFile)
+	} else {
+		err = s.srv.Serve(s.ln)
+	}
+	if !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving HTTP: %w", err)
 	}
 	return nil
 }
+
+// TLS reports whether Serve serves TLS.
+func (s *Server) TLS() bool { return s.opts.TLSCertFile != "" }
 
 // Shutdown stops accepting requests and waits for active ones (bounded by ctx).
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }

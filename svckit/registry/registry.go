@@ -30,10 +30,14 @@ type Registration struct {
 	Tags    []string
 	Meta    map[string]string
 
-	CheckHTTP       string        // URL of the HTTP check (the service's /health)
-	CheckInterval   time.Duration // default 2s
-	CheckTimeout    time.Duration // default 1s
-	DeregisterAfter time.Duration // DeregisterCriticalServiceAfter; default 1m
+	CheckHTTP string // URL of the HTTP check (the service's /health)
+	// CheckTLSSkipVerify: an https CheckHTTP is checked without verifying
+	// the certificate (it names the service, not the address the agent
+	// dials; the check reads health, never data).
+	CheckTLSSkipVerify bool
+	CheckInterval      time.Duration // default 2s
+	CheckTimeout       time.Duration // default 1s
+	DeregisterAfter    time.Duration // DeregisterCriticalServiceAfter; default 1m
 }
 
 // Options tunes the Registrar.
@@ -108,6 +112,7 @@ func (r *Registrar) Register(ctx context.Context) error {
 			CheckID:                        g.ID + ":health",
 			Name:                           g.Name + " /health",
 			HTTP:                           g.CheckHTTP,
+			TLSSkipVerify:                  g.CheckTLSSkipVerify,
 			Interval:                       g.CheckInterval.String(),
 			Timeout:                        g.CheckTimeout.String(),
 			DeregisterCriticalServiceAfter: g.DeregisterAfter.String(),

@@ -103,7 +103,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		unlock()
 		return nil, err
 	}
-	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof})
+	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof,
+		TLSCertFile: cfg.HTTPTLSCert, TLSKeyFile: cfg.HTTPTLSKey})
 	if err := s.serveDeadLetters(); err != nil {
 		unlock()
 		return nil, err
@@ -307,12 +308,17 @@ func (s *Service) Run(ctx context.Context, loop func(context.Context) error) err
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- s.HTTP.Serve() }()
 
+	scheme := "http"
+	if s.HTTP.TLS() {
+		scheme = "https"
+	}
 	s.Registrar = registry.New(s.Consul, registry.Registration{
 		ID: s.Config.InstanceID, Name: s.Config.Name, Address: s.Advertise, Port: s.Port,
 		Tags: s.tags, Meta: s.meta,
-		CheckHTTP:       "http://" + net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port)) + "/health",
-		CheckInterval:   s.Config.CheckInterval,
-		DeregisterAfter: s.Config.DeregisterAfter,
+		CheckHTTP:          scheme + "://" + net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port)) + "/health",
+		CheckTLSSkipVerify: s.HTTP.TLS(),
+		CheckInterval:      s.Config.CheckInterval,
+		DeregisterAfter:    s.Config.DeregisterAfter,
 	}, registry.Options{Logger: s.Log, Metrics: s.Metrics})
 	s.HTTP.AddCheck("consul_registration", s.Registrar.Registered)
 	regCtx, stopReg := context.WithCancel(context.Background())
