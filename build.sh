@@ -205,7 +205,11 @@ private_tmp() {
   local d; d=$(mktemp -d "${TMPDIR:-/tmp}/svckit-secrets.XXXXXX") || die "mktemp failed"
   echo "$d"
 }
-cleanup_private() { [ ${#PRIVATE_TMP[@]} -eq 0 ] || rm -rf "${PRIVATE_TMP[@]}"; }
+ACL_CONTAINER=""
+cleanup_private() {
+  [ -z "$ACL_CONTAINER" ] || docker rm -f "$ACL_CONTAINER" >/dev/null 2>&1 || true
+  [ ${#PRIVATE_TMP[@]} -eq 0 ] || rm -rf "${PRIVATE_TMP[@]}"
+}
 
 # tar_secrets DIR [MODE]: DIR as a tar stream of files that belong to the
 # images' user (65534) and only it may read (docker cp keeps the archive's
@@ -238,15 +242,40 @@ install_secrets() {
       *)
         [ -f "$src/tokens/$id.token" ] || die "$src/tokens/$id.token is missing: add --service=$id to datacenters/$dc/acl.flags and run ./build.sh secrets $dc"
         cp "$src/tokens/$id.token" "$stage/$id/consul.token"
-        [ "$id" = nsqauth ] || cp "$src/replay.secret" "$stage/$id/" ;;
+        cp "$src/replay.secret" "$stage/$id/"
+        if [ "$id" = nsqauth ]; then
+          [ -f "$src/hosts/$host/nsqauth.pem" ] || die "$src/hosts/$host/nsqauth.pem is missing: run ./build.sh secrets $dc (it makes what is missing)"
+          cp "$src/hosts/$host/nsqauth.pem" "$src/hosts/$host/nsqauth-key.pem" "$stage/$id/"
+        fi ;;
     esac
+    # What the volume holds, to tell a rotated secret from the same one.
+    local sum old
+    sum=$(cd "$stage/$id" && find . -type f ! -name .svckit-sum | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-64)
+    echo "$sum" >"$stage/$id/.svckit-sum"
     vol=$project-secrets-$id
     docker volume create --label svckit.secrets="$dc/$host" "$vol" >/dev/null
     ctr=$(docker create -v "$vol:/s" "svckit/svckit:$tag") || die "creating a container to fill volume $vol failed"
+    old=$(docker cp "$ctr:/s/.svckit-sum" - 2>/dev/null | tar -xOf - 2>/dev/null || true)
     tar_secrets "$stage/$id" | docker cp - "$ctr:/s" || { docker rm -f "$ctr" >/dev/null; die "filling volume $vol failed"; }
     docker rm -f "$ctr" >/dev/null
+    # Programs read their secrets at start: those running with the old
+    # ones restart after the up (ROTATED).
+    [ -n "$old" ] && [ "$old" != "$sum" ] && ROTATED+=("$vol")
   done
   step "installed the secrets of $dc/$host from $src into volumes $project-secrets-{$(echo $ids | tr ' ' ,)}"
+}
+
+# restart_rotated: restart the running containers that mount a secrets
+# volume whose content changed (a rotated token or secret).
+ROTATED=()
+restart_rotated() {
+  local vol ids
+  for vol in ${ROTATED[@]+"${ROTATED[@]}"}; do
+    ids=$(docker ps -q --filter "volume=$vol")
+    [ -n "$ids" ] || continue
+    step "restarting what mounts $vol (its secrets changed): $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
+    docker restart -t 20 $ids >/dev/null
+  done
 }
 
 # acl: apply the datacenter's ACLs (svckit acl apply --bootstrap) through
@@ -254,8 +283,9 @@ install_secrets() {
 # the management token and the token files by docker cp and is removed
 # after. Waits up to $1 for a leader; returns 75 if there is none.
 acl() {
-  local wait=$1 flags; flags=$(acl_flags "$dc")
-  [ -n "$flags" ] || return 0
+  local wait=$1 flags=()
+  mapfile -t flags < <(acl_flags "$dc")
+  [ ${#flags[@]} -gt 0 ] || return 0
   local src=$SECRETS_ROOT/$dc consul stage ctr rc=0
   consul=$(docker-compose -p "$project" -f "$file" ps -q consul) && [ -n "$consul" ] \
     || die "$dc/$host has no consul container: ./build.sh up $dc/$host first"
@@ -272,12 +302,15 @@ acl() {
     -e CONSUL_HTTP_ADDR=https://127.0.0.1:8501 -e CONSUL_CACERT=/tmp/acl/ca.pem \
     -e CONSUL_HTTP_TOKEN_FILE=/tmp/acl/management.token \
     "svckit/svckit:${DC_IMAGE_TAG:-latest}" acl apply --bootstrap --wait "$wait" \
-    --tokens /tmp/acl/tokens "${policy[@]}" $flags) || die "creating the container that applies the ACLs failed"
+    --tokens /tmp/acl/tokens ${policy[@]+"${policy[@]}"} "${flags[@]}") || die "creating the container that applies the ACLs failed"
+  # It holds the management token: removed however build.sh ends.
+  ACL_CONTAINER=$ctr
   tar_secrets "$stage" u=rwX,go= | docker cp - "$ctr:/tmp" \
     || { docker rm -f "$ctr" >/dev/null; die "copying the ACL inputs failed"; }
   docker start -a "$ctr" | sed 's/^/    /' || true
   rc=$(docker inspect -f '{{.State.ExitCode}}' "$ctr")
   docker rm -f "$ctr" >/dev/null
+  ACL_CONTAINER=""
   return "$rc"
 }
 
@@ -293,11 +326,13 @@ up() {
   if [ -n "$network" ] && ! docker network inspect "$network" >/dev/null 2>&1; then
     # One engine: a bridge network. A swarm manager: an attachable overlay,
     # so that hosts on different machines (DOCKER_HOST) share it.
-    # The overlay is encrypted (IPsec between the machines; needs the
-    # kernel's esp and xfrm support, which Docker checks).
+    # The overlay is encrypted: IPsec (ESP) between the machines. A kernel
+    # without ESP (CONFIG_INET_ESP) drops that traffic silently, and the
+    # hosts never meet: DC_OVERLAY_ENCRYPTED=false there (README).
     local opts=(--driver bridge)
     if [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ]; then
-      opts=(--driver overlay --attachable --opt encrypted)
+      opts=(--driver overlay --attachable)
+      [ "${DC_OVERLAY_ENCRYPTED:-true}" = false ] || opts+=(--opt encrypted)
     fi
     step "creating network $network (${opts[*]}) for the hosts of datacenter $dc"
     docker network create "${opts[@]}" "$network" >/dev/null
@@ -321,6 +356,8 @@ up() {
       *) die "applying the ACLs of $dc failed (exit status $rc; see above)" ;;
     esac
   fi
+  # After the ACLs: a rotated token is Consul's before its service uses it.
+  restart_rotated
 }
 
 acl_cmd() {

@@ -59,7 +59,7 @@ func TestInfraCLI(t *testing.T) {
 		t.Errorf("infra check of the committed tree: exit %d\n%s%s", code, out, errs)
 	}
 	code, out, _ = svckit("infra", "ls", "--root", repoRoot)
-	for _, want := range []string{"dev\n", "  host1", "aws\n", "  node3", "svckit/consul:", "consul-data:/consul/data", "->8500/tcp"} {
+	for _, want := range []string{"dev\n", "  host1", "aws\n", "  node3", "svckit/consul:", "consul-data:/consul/data", "->8501/tcp", "secrets-consul:/secrets:ro"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("infra ls: exit %d, output lacks %q:\n%s", code, want, out)
 		}

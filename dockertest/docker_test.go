@@ -1,8 +1,12 @@
 package dockertest
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,9 +41,9 @@ func TestDevHost1(t *testing.T) {
 	up(t, h)
 	consul := h.consul()
 	took := waitPassing(t, consul, 3*time.Minute, map[string]int{
-		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1,
+		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1, "nsqauth": 1,
 	})
-	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd passing in Consul %s after up", took.Round(time.Second))
+	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd, nsqauth (its check over HTTPS) passing in Consul %s after up", took.Round(time.Second))
 
 	// The UI, from the host, over HTTPS with the datacenter's CA.
 	resp, err := consul.client.Get(consul.url + "/ui/")
@@ -92,13 +96,78 @@ func TestDevHost1(t *testing.T) {
 	// The intruder, on the datacenter's network.
 	intrusion{
 		network: project + "_default", tag: tag, consul: "consul", nsqds: []string{"nsqd:4150"},
-		services: []string{"http://sensor:8080", "http://worker1:8080", "http://app:8080"},
+		services: []string{"http://sensor:8080", "http://worker1:8080", "http://app:8080", "https://nsqauth:8080"},
 		stream:   "sensor-dev-host1", sensorID: "sensor-host1",
 	}.check(t, secrets, project+"_nsq-secret-app", consul)
 
 	// Meanwhile the pipeline ran on: the app is exact up to the sensor.
 	waitExact(t, h, "sensor", "app", "sensor-dev-host1")
+
+	// Rotation of a service's Consul token, as the README says: a new
+	// secret in tokens/worker.token, ./build.sh up again. The old token
+	// is no token any more, the workers restart with the new one and pass.
+	startedAt := func(service string) string {
+		return strings.TrimSpace(dockerMust(t, "inspect", "-f", "{{.State.StartedAt}}", strings.TrimSpace(h.must(time.Minute, "ps", "-q", service))))
+	}
+	before := startedAt("worker1")
+	file := filepath.Join(secrets.root, "dev", "tokens", "worker.token")
+	oldToken := strings.TrimSpace(secrets.read(t, "tokens/worker.token"))
+	newToken := newUUID(t)
+	if err := os.WriteFile(file, []byte(newToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rotated := time.Now()
+	h.buildSh(5*time.Minute, "up", "dev/host1", "--no-build")
+	tokenWorks := func(secret string) bool {
+		c := consul
+		c.token = secret
+		var self map[string]any
+		return c.getJSON("/v1/acl/token/self", &self) == nil
+	}
+	if tokenWorks(oldToken) || !tokenWorks(newToken) {
+		t.Fatalf("after rotating the worker's token: the old one works %v, the new one %v; want only the new", tokenWorks(oldToken), tokenWorks(newToken))
+	}
+	if after := startedAt("worker1"); after == before {
+		t.Fatalf("worker1 was not restarted with its new token (started %s)", after)
+	}
+	waitPassing(t, consul, 3*time.Minute, map[string]int{"worker": 2})
+	waitExact(t, h, "sensor", "app", "sensor-dev-host1")
+	t.Logf("dev/host1: the worker's Consul token rotated, workers passing and the app exact again %s later", time.Since(rotated).Round(time.Second))
+
+	// Rotation of the gossip key, as the README says: consul keyring
+	// -install, -use, -remove, with the management token.
+	keyring := func(args ...string) string {
+		return h.must(time.Minute, append([]string{"exec", "-T", "-e", "CONSUL_HTTP_TOKEN=" + secrets.management,
+			"-e", "CONSUL_HTTP_ADDR=https://127.0.0.1:8501", "-e", "CONSUL_CACERT=/secrets/ca.pem", "consul", "consul", "keyring"}, args...)...)
+	}
+	oldKey := strings.TrimSpace(secrets.read(t, "gossip.key"))
+	var k [32]byte
+	rand.Read(k[:])
+	newKey := base64.StdEncoding.EncodeToString(k[:])
+	keyring("-install", newKey)
+	keyring("-use", newKey)
+	keyring("-remove", oldKey)
+	if list := keyring("-list"); !strings.Contains(list, newKey) || strings.Contains(list, oldKey) {
+		t.Fatalf("consul keyring -list after the rotation:\n%s", list)
+	}
+	var self map[string]map[string]any
+	if err := consul.getJSON("/v1/agent/self", &self); err != nil {
+		t.Fatal(err)
+	} else if lan, _ := self["Stats"]["serf_lan"].(map[string]any); lan["encrypted"] != "true" {
+		t.Fatalf("gossip after the key's rotation: %v", self["Stats"]["serf_lan"])
+	}
+	waitPassing(t, consul, time.Minute, map[string]int{"sensor": 1, "worker": 2, "app": 1})
 	t.Logf("dev/host1: %s from up to the end", time.Since(start).Round(time.Second))
+}
+
+func newUUID(t *testing.T) string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // waitExact waits until the app on c has every sequence of stream up to
@@ -168,7 +237,7 @@ func TestAWSNodeLoss(t *testing.T) {
 	// applied the ACLs, or this does (idempotent: the README's step).
 	nodes["node3"].buildSh(4*time.Minute, "acl", "aws/node3")
 	consul2 := nodes["node2"].consul()
-	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2}
+	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2, "nsqauth": 3}
 	took := waitPassing(t, consul2, 3*time.Minute, all)
 	t.Logf("aws: all three hosts up, everything passing in Consul %s after up", took.Round(time.Second))
 	var peers []string
@@ -178,9 +247,10 @@ func TestAWSNodeLoss(t *testing.T) {
 
 	nsqOverTLS(t, nodes["node2"], "nsqd")
 	intrusion{
-		network: network, tag: tag, consul: "node2-consul",
+		// node1's agent: the sensor it tries to deregister is registered there.
+		network: network, tag: tag, consul: "node1-consul",
 		nsqds:    []string{"node1-nsqd:4150", "node2-nsqd:4150", "node3-nsqd:4150"},
-		services: []string{"http://node1-sensor:8080", "http://node2-worker:8080", "http://node3-app:8080"},
+		services: []string{"http://node1-sensor:8080", "http://node2-worker:8080", "http://node3-app:8080", "https://node2-nsqauth:8080"},
 		stream:   "sensor-aws-node1", sensorID: "sensor-node1",
 	}.check(t, secrets, prefix+"-node2_nsq-secret-app", consul2)
 

@@ -61,6 +61,9 @@ type machines struct {
 	empty  string // the empty dockerd config file
 	bridge string // namespace of the test network's bridge
 	nodes  []*machine
+	// env is more of the environment of the commands run on the
+	// machines (DC_OVERLAY_ENCRYPTED=false on a kernel without ESP).
+	env []string
 }
 
 // machine is one host of the test: a namespace and its Docker engine.
@@ -351,6 +354,7 @@ func (x *machine) env() []string {
 		env = append(env, e)
 	}
 	env = append(env, "DOCKER_HOST="+x.host)
+	env = append(env, x.m.env...)
 	if x.secrets != nil {
 		env = append(env, "SVCKIT_SECRETS="+x.secrets.root)
 	}
@@ -779,4 +783,18 @@ func keepLogs(t *testing.T, name, file string) {
 	if err := os.MkdirAll(d, 0o755); err == nil {
 		_ = os.WriteFile(filepath.Join(d, name), b, 0o644)
 	}
+}
+
+// kernelHasESP reports whether this kernel can do IPsec ESP (Docker's
+// encrypted overlay needs it: without it the overlay's traffic between the
+// machines is dropped), by adding an ESP state in a namespace of its own.
+func kernelHasESP(t *testing.T) (bool, string) {
+	ns := fmt.Sprintf("svkesp%d", os.Getpid())
+	if out, err := ipRun("netns", "add", ns); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	defer delNetns(t, ns)
+	out, err := ipRun("-n", ns, "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x100",
+		"mode", "transport", "aead", "rfc4106(gcm(aes))", "0x0102030405060708090a0b0c0d0e0f1011121314", "128")
+	return err == nil, strings.TrimSpace(out)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,6 +71,12 @@ func (in intrusion) run(t *testing.T, control *dcSecrets, nsqSecretVolume string
 		"--stream", in.stream, "--sensor-id", in.sensorID}
 	for _, n := range in.nsqds {
 		flags = append(flags, "--nsqd", n)
+		if control == nil {
+			// nsqd's HTTP API over TLS must not be reachable (the control
+			// would publish through it if it were).
+			host, _, _ := net.SplitHostPort(n)
+			flags = append(flags, "--nsqd-https", net.JoinHostPort(host, "4152"))
+		}
 	}
 	for _, s := range in.services {
 		flags = append(flags, "--service", s)
@@ -118,10 +125,12 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 	notServed := func(a attempt) bool {
 		return strings.HasPrefix(a.Attempt, "svc-") && strings.Contains(a.Detail, "HTTP 404 Not Found: 404 page not found")
 	}
+	tried := map[string]bool{}
 	for _, a := range in.run(t, nil, "") {
+		tried[a.Attempt] = true
 		want := "refused"
-		if a.Attempt == "consul-http-port" {
-			want = "unreachable" // plain HTTP is off
+		if a.Attempt == "consul-http-port" || a.Attempt == "nsqd-https-pub" {
+			want = "unreachable" // plain HTTP is off; nsqd's HTTPS API on loopback
 		}
 		if notServed(a) {
 			t.Logf("intruder: %s on %s: not served there", a.Attempt, a.Target)
@@ -133,8 +142,25 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 			t.Logf("intruder: %s on %s: %s (%s)", a.Attempt, a.Target, a.Outcome, a.Detail)
 		}
 	}
+	// Every attempt the issue lists was made (none silently skipped).
+	for _, name := range []string{
+		"consul-kv-put-policy", "consul-kv-put-issued", "consul-kv-read", "consul-service-register",
+		"consul-service-deregister", "consul-claim", "consul-kv-put-claim", "consul-acl-bootstrap",
+		"consul-catalog-read", "consul-http-port", "nsqd-https-pub",
+		"nsq-pub-clear", "nsq-sub-clear", "nsq-pub-tls", "nsq-sub-tls", "nsq-pub-wrong-secret",
+		"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities",
+		"svc-deadletters-delete", "svc-wrong-secret",
+	} {
+		if !tried[name] {
+			t.Errorf("intruder: no %s attempt was made", name)
+		}
+	}
 	allowed := 0
+	served := map[string]bool{} // data routes some service has
 	for _, a := range in.run(t, secrets, nsqSecretVolume) {
+		if strings.HasPrefix(a.Attempt, "svc-") && !notServed(a) {
+			served[a.Attempt] = true
+		}
 		want := "allowed"
 		if a.Attempt == "consul-http-port" {
 			want = "unreachable"
@@ -150,6 +176,11 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 		}
 	}
 	t.Logf("intruder: the control with credentials was allowed %d reads on the same addresses", allowed)
+	for _, route := range []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities"} {
+		if !served[route] {
+			t.Errorf("intruder: no service tried serves %s: the refusals of that route prove nothing", route)
+		}
+	}
 
 	// Gossip: a Consul agent without the key cannot join.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -123,6 +123,13 @@ func TestThreeEngines(t *testing.T) {
 	// one), as the README says; each up installs its host's share into
 	// that host's engine.
 	d.secrets = makeSecrets(t, "aws")
+	// The overlay is encrypted (IPsec ESP) where the kernel can: one
+	// without ESP drops its traffic, so the datacenter would never meet.
+	esp, why := kernelHasESP(t)
+	if !esp {
+		m.env = append(m.env, "DC_OVERLAY_ENCRYPTED=false")
+		t.Logf("three engines: this kernel has no IPsec ESP (%s): the overlay runs unencrypted (DC_OVERLAY_ENCRYPTED=false); its encryption is not tested on this machine", why)
+	}
 	for _, x := range m.nodes {
 		x.useSecrets(d.secrets)
 	}
@@ -135,14 +142,17 @@ func TestThreeEngines(t *testing.T) {
 	t.Logf("three engines: DOCKER_HOST=… ./build.sh up aws/nodeN for the three, then ./build.sh acl aws/node3, took %s", time.Since(step).Round(time.Second))
 	// The overlay network spans the engines: every engine sees it.
 	for _, x := range m.nodes {
-		if drv := strings.TrimSpace(x.dockerMust(t, time.Minute, "network", "inspect", "-f", "{{.Driver}} {{.Scope}} {{.Attachable}} {{json .Options}}", "svckit-aws")); !strings.HasPrefix(drv, "overlay swarm true ") || !strings.Contains(drv, `"encrypted"`) {
-			t.Fatalf("%s: network svckit-aws is %q, want an attachable, encrypted swarm overlay", x.name, drv)
+		if drv := strings.TrimSpace(x.dockerMust(t, time.Minute, "network", "inspect", "-f", "{{.Driver}} {{.Scope}} {{.Attachable}} {{json .Options}}", "svckit-aws")); !strings.HasPrefix(drv, "overlay swarm true ") || strings.Contains(drv, `"encrypted"`) != esp {
+			t.Fatalf("%s: network svckit-aws is %q, want an attachable swarm overlay, encrypted: %v", x.name, drv, esp)
 		}
 	}
 	took := d.waitHealthy(m.nodes, 5*time.Minute)
 	// The overlay's traffic between the machines is IPsec: each engine's
 	// namespace holds ESP states for its peers.
 	for _, x := range m.nodes {
+		if !esp {
+			break
+		}
 		waitFor(t, time.Minute, func() (bool, string) {
 			out, err := ipRun("-n", x.ns, "xfrm", "state")
 			return err == nil && strings.Count(out, "proto esp") >= 2, fmt.Sprintf("%s: ip xfrm state: %v\n%s", x.name, err, out)
@@ -254,7 +264,7 @@ func consulURL(x *machine) string {
 
 // allServices are the services of the aws datacenter and how many instances
 // of each pass when every host is up.
-var allServices = map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2}
+var allServices = map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2, "nsqauth": 3}
 
 // healthy says whether x's Consul agent has three raft peers and a leader,
 // every check of every node passing, and every service's instances.

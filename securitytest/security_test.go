@@ -317,18 +317,9 @@ func TestSecretsInit(t *testing.T) {
 	}
 	hostDir := filepath.Join(dir, "hosts", host)
 	mgmt := read("management.token")
-	hcl := read(filepath.Join("hosts", host, "consul.hcl"))
-	if strings.Contains(hcl, mgmt) {
-		t.Fatal("the agent's configuration holds the management token: only the operator may")
-	}
-	// The test's agent must be ready before acl apply runs (testenv asks
-	// it as the management token), so the management token is made
-	// Consul's here by configuration; acl apply --bootstrap then finds the
-	// ACLs bootstrapped and checks that its token is a management token.
-	// ./build.sh up bootstraps a datacenter's Consul for real (dockertest).
 	c := testenv.StartConsulWith(t, testenv.ConsulOptions{
 		Node:  host,
-		HCL:   []string{hcl, fmt.Sprintf("acl { tokens { initial_management = %q } }", mgmt)},
+		HCL:   []string{read(filepath.Join("hosts", host, "consul.hcl"))},
 		Token: mgmt,
 		TLS:   testenv.ConsulTLS{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(hostDir, "consul.pem"), KeyFile: filepath.Join(hostDir, "consul-key.pem")},
 	})

@@ -78,6 +78,7 @@ type config struct {
 	ConsulToken  string // positive control
 	RootCAs      *x509.CertPool
 	NSQDs        []string // host:port
+	NSQDHTTPS    []string // host:port of nsqd's HTTP API over TLS (should be closed)
 	NSQSecret    string   // positive control
 	Services     []string // http://sensor:8080
 	Stream       string
@@ -96,7 +97,7 @@ func parseFlags(args []string) (config, error) {
 	var (
 		cfg                                    config
 		tokenFile, caFile, nsqFile, replayFile string
-		nsqds, services                        multiFlag
+		nsqds, nsqdHTTPS, services             multiFlag
 	)
 	fs := flag.NewFlagSet("intruder", flag.ContinueOnError)
 	fs.StringVar(&cfg.Consul, "consul", "", "Consul HTTPS API `URL` (https://consul:8501)")
@@ -104,6 +105,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&tokenFile, "consul-token", "", "`FILE` with a Consul token (positive control: reads only)")
 	fs.StringVar(&caFile, "ca", "", "verify TLS against the CA certificates in `FILE` (default: no verification)")
 	fs.Var(&nsqds, "nsqd", "nsqd TCP `HOST:PORT` (repeatable)")
+	fs.Var(&nsqdHTTPS, "nsqd-https", "nsqd's HTTPS API `HOST:PORT` that should be closed (repeatable; POST /pub)")
 	fs.StringVar(&nsqFile, "nsq-secret", "", "`FILE` with an NSQ AUTH secret (positive control: nsq-sub-tls only)")
 	fs.Var(&services, "service", "svckit service base `URL` (http://sensor:8080, repeatable)")
 	fs.StringVar(&cfg.Stream, "stream", "intruder", "stream `ID` for the replay, snapshot and claim attempts")
@@ -120,7 +122,7 @@ func parseFlags(args []string) (config, error) {
 	if cfg.Timeout <= 0 {
 		return cfg, errors.New("--timeout must be positive")
 	}
-	cfg.NSQDs, cfg.Services = nsqds, services
+	cfg.NSQDs, cfg.NSQDHTTPS, cfg.Services = nsqds, nsqdHTTPS, services
 	var err error
 	if cfg.ConsulToken, err = readSecret(tokenFile); err != nil {
 		return cfg, err
@@ -195,6 +197,16 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	if cfg.ConsulHTTP != "" {
 		emit(p.consulHTTPPort(ctx))
+	}
+	for _, addr := range cfg.NSQDHTTPS {
+		// nsqd's HTTP API over TLS (0.0.0.0:4152 by default once it has
+		// a certificate): NSQ's auth covers none of it.
+		target := "https://" + addr + "/pub?topic=readings"
+		if a, err := p.do(ctx, http.MethodPost, target, `{"intruder":true}`, nil); err != nil {
+			emit(failed("nsqd-https-pub", target, err))
+		} else {
+			emit(result{"nsqd-https-pub", target, a.outcome(), a.String()})
+		}
 	}
 	for _, addr := range cfg.NSQDs {
 		p.nsq(ctx, addr, emit)
@@ -354,6 +366,9 @@ func (p *prober) consul(ctx context.Context, emit func(result)) {
 		emit(p.serviceRegister(ctx))
 		emit(p.serviceDeregister(ctx))
 		emit(p.claim(ctx))
+		// The claim's key without a session (a plain write).
+		emit(p.kvPut(ctx, "consul-kv-put-claim", "svckit/streams/"+p.cfg.Stream+"/owner", "intruder"))
+		emit(p.aclBootstrap(ctx))
 	}
 	emit(p.catalogRead(ctx))
 }
@@ -379,6 +394,18 @@ func (p *prober) kvPut(ctx context.Context, attempt, key, body string) result {
 		}
 	}
 	return r
+}
+
+// aclBootstrap asks for the ACL system's bootstrap, which hands whoever
+// gets it a management token: refused once the datacenter's ACLs are
+// bootstrapped (Consul answers 403 "ACL bootstrap no longer allowed").
+func (p *prober) aclBootstrap(ctx context.Context) result {
+	const attempt, path = "consul-acl-bootstrap", "/v1/acl/bootstrap"
+	a, err := p.consulDo(ctx, http.MethodPut, path, "")
+	if err != nil {
+		return failed(attempt, p.consulURL(path), err)
+	}
+	return result{attempt, p.consulURL(path), a.outcome(), a.String()}
 }
 
 func (p *prober) kvRead(ctx context.Context) result {
@@ -582,6 +609,7 @@ func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 	emit(p.svc(ctx, "svc-snapshot", http.MethodGet, base+"/snapshot?"+q, auth))
 	emit(p.svc(ctx, "svc-deadletters-list", http.MethodGet, base+"/deadletters?topic=readings", auth))
 	emit(p.svc(ctx, "svc-state", http.MethodGet, base+"/state", auth))
+	emit(p.svc(ctx, "svc-identities", http.MethodGet, base+"/identities", auth))
 	if !control {
 		r := p.svc(ctx, "svc-deadletters-delete", http.MethodDelete, base+"/deadletters/readings/intruder-0", auth)
 		if strings.Contains(r.Detail, "HTTP 404") {

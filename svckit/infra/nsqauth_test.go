@@ -139,7 +139,12 @@ func TestDatacentersRunNSQAuth(t *testing.T) {
 				if c.Role != "nsqd" {
 					continue
 				}
-				got := slices.Sorted(slices.Values(flagValues(c.Command, "auth-http-address")))
+				var got []string
+				for _, a := range flagValues(c.Command, "auth-http-address") {
+					// https://nsqauth:8080/auth: nsqauth serves TLS
+					got = append(got, strings.TrimSuffix(strings.TrimPrefix(a, "https://"), "/auth"))
+				}
+				slices.Sort(got)
 				if want := slices.Sorted(slices.Values(servers)); !slices.Equal(got, want) {
 					t.Errorf("%s: nsqd asks %v, want every nsqauth of %s: %v", h.File, got, dc.Name, want)
 				}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"net"
 	"os"
 	"path"
 	"path/filepath"
@@ -389,6 +390,8 @@ func inlineWeakens(a confAttr) string {
 		return set + ": a request without a token may do whatever no rule denies; remove it (the configuration in the secrets says \"deny\")"
 	case p == "ports.http" && v != "-1":
 		return set + " serves Consul's API over plain HTTP: tokens would cross the network in clear; want http = -1 (HTTPS only)"
+	case p == "tls.grpc.verify_incoming" && isFalse(v):
+		return set + ": the agent's gRPC port (8503 on servers) would accept clients without a certificate of the datacenter's CA; remove it"
 	case (p == "tls.defaults.verify_incoming" || p == "tls.internal_rpc.verify_incoming") && isFalse(v):
 		return set + ": the agent would accept connections without a certificate of the datacenter's CA (anyone could speak to it as a Consul agent); remove it"
 	case (p == "tls.defaults.verify_outgoing" || p == "tls.internal_rpc.verify_outgoing") && isFalse(v):
@@ -481,8 +484,12 @@ func checkConsulConfig(dc *Datacenter, h *Host, c *Container, secrets string, so
 		check(p, func(v string) bool { return !isFalse(v) }, "%s = false: RPC between the agents would go unverified", p)
 	}
 	check("tls.internal_rpc.verify_server_hostname", isTrue, "tls.internal_rpc.verify_server_hostname is not true: any certificate of the datacenter's CA (a client's too) could pose as a Consul server")
-	check("acl.tokens.initial_management", func(v string) bool { return v == "" },
-		"holds the initial management token (acl { tokens { initial_management } }): whoever reads this host's secrets volume would control the whole datacenter; the management token is only the operator's (management.token, made Consul's by svckit acl apply --bootstrap)")
+	// initial_management is expected: it makes the operator's token
+	// Consul's at the first leader, so that nobody can take the ACL
+	// bootstrap before the operator (Consul's data holds every token's
+	// secret anyway).
+	check("acl.tokens.initial_management", func(v string) bool { return v != "" },
+		"no initial management token (acl { tokens { initial_management } }): until someone bootstraps the ACLs, anyone reaching the HTTPS API can (PUT /v1/acl/bootstrap) and get a management token; run ./build.sh secrets again after removing this consul.hcl")
 }
 
 func orDefault(v, def string) string {
@@ -570,6 +577,42 @@ func checkNSQDTLS(h *Host, c *Container, ps *problems) {
 	case !nsqdTLSMin(f.value):
 		ps.add(h, c, f.line, "--tls-min-version=%s: want tls1.2 or tls1.3", f.value)
 	}
+	// With a certificate nsqd also serves its HTTP API over TLS, on
+	// 0.0.0.0:4152 by default: /pub, /topic/delete and /config to whoever
+	// reaches it, NSQ's auth covering none of it.
+	if _, ok := lastFlag(flags, "tls-cert"); ok {
+		switch f, ok := lastFlag(flags, "https-address"); {
+		case !ok:
+			ps.add(h, c, 0, "no --https-address: with a certificate nsqd serves its HTTP API over TLS on 0.0.0.0:4152, to whoever reaches it (/pub, /topic/delete; NSQ's auth covers none of it): want --https-address=127.0.0.1:4152")
+		case f.value != "" && !loopbackAddr(f.value):
+			ps.add(h, c, f.line, "--https-address=%s: nsqd's HTTP API over TLS (/pub, /topic/delete; NSQ's auth covers none of it) must listen on loopback only", f.value)
+		}
+	}
+	// nsqd sends every client's AUTH secret to the authorization server:
+	// over HTTPS, verified against the datacenter's CA.
+	for _, f := range flags {
+		if f.name != "auth-http-address" {
+			continue
+		}
+		if !strings.HasPrefix(f.value, "https://") {
+			ps.add(h, c, f.line, "--auth-http-address=%s: nsqd would send the clients' AUTH secrets in clear; want https://<nsqauth>:<port>/auth (nsqauth with SVCKIT_HTTP_TLS_CERT)", f.value)
+		} else if _, ok := lastFlag(flags, "tls-root-ca-file"); !ok {
+			ps.add(h, c, f.line, "--auth-http-address over HTTPS without --tls-root-ca-file: nsqd cannot verify nsqauth's certificate (give it the datacenter's CA)")
+		}
+	}
+}
+
+// loopbackAddr reports whether host:port listens on loopback only.
+func loopbackAddr(a string) bool {
+	host, _, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // composeArgs are the entrypoint and command the compose file gives the
@@ -594,8 +637,9 @@ func lineOf(lines []int, i int) int {
 
 // checkOurSecrets: a service of ours (or nsqauth) reaches its Consul agent
 // over HTTPS, verifying it with the datacenter's CA, with its own token
-// from a file; speaks TLS to nsqd; has the replay secret (nsqauth serves
-// no replay endpoints); and holds no secret in its environment, which the
+// from a file; speaks TLS to nsqd; has the replay secret (nsqauth too: its
+// /identities and dead letters); nsqauth serves HTTPS; and holds no secret
+// in its environment, which the
 // repository and docker inspect show to anyone.
 func checkOurSecrets(h *Host, c *Container, ps *problems) {
 	env := c.Env
@@ -628,11 +672,17 @@ func checkOurSecrets(h *Host, c *Container, ps *problems) {
 	} else {
 		file("SVCKIT_NSQ_TLS_CACERT", "nsqd's certificate is signed by the datacenter's CA, which the image does not hold: the service cannot verify it")
 	}
+	if isTrue(env["SVCKIT_PPROF"]) {
+		add("SVCKIT_PPROF", "SVCKIT_PPROF is true: the service's runtime profiles (/debug/pprof, its memory included) would answer whoever reaches its port; turn it on only where its port is not on a shared network")
+	}
 	if isTrue(env["SVCKIT_NSQ_TLS_INSECURE_SKIP_VERIFY"]) {
 		add("SVCKIT_NSQ_TLS_INSECURE_SKIP_VERIFY", "SVCKIT_NSQ_TLS_INSECURE_SKIP_VERIFY is true: the service would send its AUTH secret to whoever answers; remove it")
 	}
-	if c.Role != NSQAuthRole {
-		file("SVCKIT_REPLAY_SECRET_FILE", "its replay endpoints (/streams, /replay, /snapshot, /deadletters) would answer anyone; name the replay secret in its secrets volume")
+	file("SVCKIT_REPLAY_SECRET_FILE", "its data endpoints (/streams, /replay, /snapshot, /deadletters, nsqauth's /identities) would answer anyone; name the replay secret in its secrets volume")
+	if c.Role == NSQAuthRole {
+		// nsqd sends it every client's AUTH secret.
+		file("SVCKIT_HTTP_TLS_CERT", "nsqd would send it the clients' AUTH secrets in clear; serve HTTPS with its certificate (nsqauth.pem in its secrets volume)")
+		file("SVCKIT_HTTP_TLS_KEY", "nsqd would send it the clients' AUTH secrets in clear; serve HTTPS with its key (nsqauth-key.pem in its secrets volume)")
 	}
 }
 

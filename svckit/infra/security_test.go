@@ -70,11 +70,12 @@ var securityProblems = []wantProblem{
 	{"consul/inline/docker-compose.yml", "consul", 15, `-hcl acl_default_policy = "allow": a request without a token may do whatever no rule denies`},
 	{"consul/inline/docker-compose.yml", "consul", 18, "-hcl tls.defaults.verify_incoming = false: the agent would accept connections without a certificate"},
 	{"consul/inline/docker-compose.yml", "consul", 19, "-hcl tls.internal_rpc.verify_server_hostname = false"},
-	{"consul/inline/docker-compose.yml", "consul", 22, "-hcl encrypt_verify_incoming = false"},
-	{"consul/inline/docker-compose.yml", "consul", 23, "-hcl acl.tokens.agent = …: a secret in the compose file"},
-	{"consul/inline/docker-compose.yml", "consul", 24, "-encrypt=…: a secret in the compose file (the gossip key)"},
-	{"consul/inline/docker-compose.yml", "consul", 25, "-dev runs a development agent"},
-	{"consul/inline/docker-compose.yml", "consul", 26, "-hcl does not parse (unclosed {)"},
+	{"consul/inline/docker-compose.yml", "consul", 21, "-hcl tls.grpc.verify_incoming = false: the agent's gRPC port"},
+	{"consul/inline/docker-compose.yml", "consul", 23, "-hcl encrypt_verify_incoming = false"},
+	{"consul/inline/docker-compose.yml", "consul", 24, "-hcl acl.tokens.agent = …: a secret in the compose file"},
+	{"consul/inline/docker-compose.yml", "consul", 25, "-encrypt=…: a secret in the compose file (the gossip key)"},
+	{"consul/inline/docker-compose.yml", "consul", 26, "-dev runs a development agent"},
+	{"consul/inline/docker-compose.yml", "consul", 27, "-hcl does not parse (unclosed {)"},
 	{"consul/noconfig/docker-compose.yml", "consul", 0, "no -config-file: ACLs denying by default, gossip encryption and TLS come from"},
 	{"consul/noconfig/docker-compose.yml", "consul", 0, "its plain HTTP API is on (Consul's default, port 8500)"},
 	{"consul/noconfig/docker-compose.yml", "consul", 0, "no HTTPS API"},
@@ -93,6 +94,11 @@ var securityProblems = []wantProblem{
 	{"nsqd/bad/docker-compose.yml", "weak", 35, "--tls-cert=/etc/nsqd.pem is on no volume"},
 	{"nsqd/bad/docker-compose.yml", "weak", 37, "--tls-required=false: clients may speak to nsqd in clear"},
 	{"nsqd/bad/docker-compose.yml", "weak", 38, "--tls-min-version=tls1.0: want tls1.2 or tls1.3"},
+	{"nsqd/bad/docker-compose.yml", "notls", 24, "--auth-http-address over HTTPS without --tls-root-ca-file"},
+	{"nsqd/bad/docker-compose.yml", "weak", 28, "no --https-address: with a certificate nsqd serves its HTTP API over TLS on 0.0.0.0:4152"},
+	{"nsqd/bad/docker-compose.yml", "weak", 33, "--auth-http-address=nsqauth:8080: nsqd would send the clients' AUTH secrets in clear"},
+	{"nsqd/bad/docker-compose.yml", "bare", 42, "no --https-address"},
+	{"nsqd/bad/docker-compose.yml", "bare", 43, "--auth-http-address over HTTPS without --tls-root-ca-file"},
 
 	// 4. Services of ours: HTTPS to Consul with a CA and a token file, TLS
 	// to nsqd, a replay secret, no secret in the environment.
@@ -100,7 +106,7 @@ var securityProblems = []wantProblem{
 	{"ours/bad/docker-compose.yml", "worker-plain", 0, "no CONSUL_CACERT"},
 	{"ours/bad/docker-compose.yml", "worker-plain", 0, "no CONSUL_HTTP_TOKEN_FILE"},
 	{"ours/bad/docker-compose.yml", "worker-plain", 0, "SVCKIT_NSQ_TLS is not true"},
-	{"ours/bad/docker-compose.yml", "worker-plain", 0, "no SVCKIT_REPLAY_SECRET_FILE: its replay endpoints"},
+	{"ours/bad/docker-compose.yml", "worker-plain", 0, "no SVCKIT_REPLAY_SECRET_FILE: its data endpoints"},
 	{"ours/bad/docker-compose.yml", "worker-literal", 35, "CONSUL_HTTP_SSL_VERIFY=false"},
 	{"ours/bad/docker-compose.yml", "worker-literal", 36, "CONSUL_HTTP_TOKEN=…: a secret in the compose file"},
 	{"ours/bad/docker-compose.yml", "worker-literal", 37, "SVCKIT_REPLAY_SECRET=…: a secret in the compose file"},
@@ -108,6 +114,7 @@ var securityProblems = []wantProblem{
 	{"ours/bad/docker-compose.yml", "worker-literal", 39, "no SVCKIT_NSQ_TLS_CACERT"},
 	{"ours/bad/docker-compose.yml", "worker-literal", 40, "SVCKIT_NSQ_TLS_INSECURE_SKIP_VERIFY is true"},
 	{"ours/bad/docker-compose.yml", "app-ssl", 51, "CONSUL_HTTP_TOKEN_FILE=/etc/consul.token is on no volume of the service"},
+	{"ours/bad/docker-compose.yml", "app-ssl", 52, "SVCKIT_PPROF is true"},
 
 	// 5. nsqadmin.
 	{"nsqadmin/bad/docker-compose.yml", "nsqadmin", 0, "nsqadmin has no authentication: whoever reaches it can delete topics and channels; do not run it in a datacenter"},
@@ -118,6 +125,7 @@ var securityProblems = []wantProblem{
 	{"cleartext/nsqauth-policy.json", "", 0, "require_tls is not true: nsqauth would accept a secret that crossed the network in clear"},
 	{"cleartext/nsqauth-policy.json", "", 5, "identity sensor has require_tls false"},
 	{"seed/h2/docker-compose.yml", "nsqauth", 24, "its seed policy: require_tls is not true"},
+	{"seed/h2/docker-compose.yml", "nsqauth", 22, "no SVCKIT_HTTP_TLS_CERT: nsqd would send it the clients' AUTH secrets in clear"},
 
 	// 7. acl.flags: there, well formed, and giving every agent and service
 	// its token.
@@ -154,9 +162,10 @@ func TestSecurityFixturesWithSecrets(t *testing.T) {
 		wantProblem{"weakfile/h1/docker-compose.yml", "consul", 27, weak + "tls.defaults.verify_incoming is not true"},
 		wantProblem{"weakfile/h1/docker-compose.yml", "consul", 27, weak + "tls.defaults.verify_outgoing is not true"},
 		wantProblem{"weakfile/h1/docker-compose.yml", "consul", 27, weak + "tls.internal_rpc.verify_server_hostname is not true"},
-		wantProblem{"weakfile/h1/docker-compose.yml", "consul", 27, weak + "holds the initial management token"},
+		wantProblem{"weakfile/h1/docker-compose.yml", "consul", 27, weak + "no initial management token"},
 		wantProblem{"nofile/h1/docker-compose.yml", "consul", 27, filepath.Join(secrets, "nofile", "hosts", "h1", "consul.hcl") + " (its -config-file=/secrets/hosts/h1/consul.hcl) is missing: run ./build.sh secrets nofile"},
 		wantProblem{"jsondir/h1/docker-compose.yml", "consul", 27, filepath.Join(secrets, "jsondir", "hosts", "h1", "consul.json") + `: acl default_policy is "allow"`},
+		wantProblem{"jsondir/h1/docker-compose.yml", "consul", 27, filepath.Join(secrets, "jsondir", "hosts", "h1", "consul.json") + ": no initial management token"},
 	)
 	for _, dc := range tr.Datacenters {
 		if _, err := os.Stat(filepath.Join(secrets, dc.Name)); err != nil {

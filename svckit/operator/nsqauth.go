@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/nsqauth"
+	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/service"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 	"github.com/urfave/cli/v2"
@@ -179,7 +181,15 @@ func nsqauthSpec(version string) service.Spec {
 func setupNSQAuth(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
 	usage := func(format string, a ...any) error { return service.UsageError{Err: fmt.Errorf(format, a...)} }
 	srv := nsqauth.NewServer(nsqauth.ServerOptions{Logger: s.Log, Registry: s.Metrics.Registry})
-	srv.Register(s.HTTP.Handle)
+	// nsqd asks /auth and signs nothing (whoever holds a secret may ask
+	// what it allows); the rest shows the policy: only to holders of the
+	// replay secret, when there is one.
+	srv.Register(func(pattern string, h http.Handler) {
+		if pattern != "GET /auth" {
+			h = replay.RequireSecret(s.Config.ReplaySecret, h)
+		}
+		s.HTTP.Handle(pattern, h)
+	})
 	s.HTTP.AddCheck("policy", srv.Ready)
 	file, prefix := c.String("policy"), strings.TrimSuffix(c.String("kv"), "/")
 	switch {

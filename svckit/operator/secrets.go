@@ -30,19 +30,23 @@ func secretsCommand() *cli.Command {
 			Description: `Writes into --out (created 0700; every file 0600), keeping what is there:
   ca.pem, ca-key.pem             the datacenter's CA (ECDSA P-256, 10 years)
   gossip.key                     Consul's gossip encryption key
-  management.token               the operator's Consul management token (made Consul's
-                                 by 'svckit acl apply --bootstrap'; in no agent's file)
+  management.token               the operator's Consul management token (the servers'
+                                 initial_management: Consul's from the first leader)
   replay.secret                  the replay endpoints' shared secret
   tokens/<service>.token         a Consul token secret per --service
   tokens/agent-<host>.token      the Consul agent token of each --host
   hosts/<host>/consul.hcl        the agent's configuration: gossip encryption, TLS
-                                 with verification, ACLs denying by default, its token
+                                 with verification, ACLs denying by default, its
+                                 agent token and the initial management token
   hosts/<host>/consul.pem, consul-key.pem
                                  its server certificate (server.<dc>.consul, consul,
                                  <host>-consul, localhost, 127.0.0.1; 1 year)
   hosts/<host>/nsqd.pem, nsqd-key.pem
                                  its nsqd's certificate (nsqd, <host>-nsqd, localhost,
                                  127.0.0.1)
+  hosts/<host>/nsqauth.pem, nsqauth-key.pem
+                                 its nsqauth's (nsqauth, <host>-nsqauth, localhost,
+                                 127.0.0.1): nsqd asks it over HTTPS
 The paths in consul.hcl are where --out is mounted in the container
 (--mount). The tokens become real with 'svckit acl apply --tokens <out>/tokens',
 which keeps these secrets. Running init again makes only what is missing (a
@@ -169,6 +173,10 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 	if err != nil {
 		return nil, err
 	}
+	mgmt, err := read("management.token")
+	if err != nil {
+		return nil, err
+	}
 	for _, h := range hosts {
 		dir := filepath.Join("hosts", h)
 		if err := os.MkdirAll(filepath.Join(out, dir), 0o700); err != nil {
@@ -182,6 +190,9 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 			// host-prefixed alias of a multi-host datacenter.
 			{"consul", []string{"server." + dc + ".consul", "consul", h + "-consul", "localhost"}},
 			{"nsqd", []string{"nsqd", h + "-nsqd", "localhost"}},
+			// nsqd asks nsqauth over HTTPS: an NSQ secret never crosses
+			// the network in clear.
+			{"nsqauth", []string{"nsqauth", h + "-nsqauth", "localhost"}},
 		} {
 			certPath := filepath.Join(dir, leaf.name+".pem")
 			if _, err := os.Lstat(filepath.Join(out, certPath)); err == nil {
@@ -203,7 +214,7 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 		if err != nil {
 			return nil, err
 		}
-		hcl := consulHCL(filepath.Join(mount), filepath.ToSlash(dir), gossip, agent)
+		hcl := consulHCL(filepath.Join(mount), filepath.ToSlash(dir), gossip, mgmt, agent)
 		if err := keep(filepath.Join(dir, "consul.hcl"), func() ([]byte, error) { return []byte(hcl), nil }); err != nil {
 			return nil, err
 		}
@@ -213,7 +224,7 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 
 // consulHCL is an agent's security configuration; mount is where the
 // secrets directory is in its container, dir the host's directory in it.
-func consulHCL(mount, dir, gossip, agent string) string {
+func consulHCL(mount, dir, gossip, mgmt, agent string) string {
 	p := func(name string) string { return filepath.ToSlash(filepath.Join(mount, name)) }
 	return fmt.Sprintf(`# Made by svckit secrets init. Secret: never commit it.
 encrypt = %q
@@ -237,18 +248,22 @@ acl {
   enabled                  = true
   default_policy           = "deny"
   enable_token_persistence = true
-  # The management token is not here: svckit acl apply --bootstrap makes
-  # management.token Consul's once, and only the operator keeps it.
+  # initial_management is the operator's management.token, made Consul's
+  # by the first leader: before it, anyone reaching the HTTPS API could
+  # take the ACL bootstrap (PUT /v1/acl/bootstrap) and a management token
+  # of their own. This file is only in the Consul server's secrets volume
+  # (Consul's data holds every token's secret anyway).
   # The agent's own token also registers the services this file's
   # neighbours define (nsqd, nsqlookupd): without it they would be
   # registered with the anonymous token, and refused. It is not the
   # default token, which every request without a token would get.
   tokens {
+    initial_management               = %q
     agent                            = %q
     config_file_service_registration = %q
   }
 }
-`, gossip, p("ca.pem"), p(dir+"/consul.pem"), p(dir+"/consul-key.pem"), agent, agent)
+`, gossip, p("ca.pem"), p(dir+"/consul.pem"), p(dir+"/consul-key.pem"), mgmt, agent, agent)
 }
 
 // writeSecret writes b to path with mode 0600, refusing to follow or

@@ -19,6 +19,7 @@ acl {
   default_policy           = "deny"
   enable_token_persistence = true
   tokens {
+    initial_management               = "00000000-0000-4000-8000-000000000002"
     agent                            = "00000000-0000-4000-8000-000000000001"
     config_file_service_registration = "00000000-0000-4000-8000-000000000001"
   }

@@ -10,5 +10,4 @@ tls {
 acl {
   enabled        = true
   default_policy = "allow"
-  tokens { initial_management = "00000000-0000-4000-8000-000000000003" }
 }
