@@ -44,6 +44,10 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 VERSION=$(git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 die() { echo "build.sh: $*" >&2; exit 1; }
+# Interrupted: stop here (bash would go on after a child's SIGINT); the
+# EXIT trap still removes what holds secrets.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 step() { echo "==> $*"; }
 
 # tool name → package, module (the module's pinned version decides rebuilds)
@@ -253,6 +257,8 @@ install_secrets() {
     sum=$(cd "$stage/$id" && find . -type f ! -name .svckit-sum | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-64)
     echo "$sum" >"$stage/$id/.svckit-sum"
     vol=$project-secrets-$id
+    local existed=false
+    docker volume inspect "$vol" >/dev/null 2>&1 && existed=true
     docker volume create --label svckit.secrets="$dc/$host" "$vol" >/dev/null
     ctr=$(docker create -v "$vol:/s" "svckit/svckit:$tag") || die "creating a container to fill volume $vol failed"
     old=$(docker cp "$ctr:/s/.svckit-sum" - 2>/dev/null | tar -xOf - 2>/dev/null || true)
@@ -260,7 +266,8 @@ install_secrets() {
     docker rm -f "$ctr" >/dev/null
     # Programs read their secrets at start: those running with the old
     # ones restart after the up (ROTATED).
-    [ -n "$old" ] && [ "$old" != "$sum" ] && ROTATED+=("$vol")
+    # (A volume filled before sums were kept counts as changed.)
+    if [ "$existed" = true ] && [ "$old" != "$sum" ]; then ROTATED+=("$vol"); fi
   done
   step "installed the secrets of $dc/$host from $src into volumes $project-secrets-{$(echo $ids | tr ' ' ,)}"
 }
@@ -269,12 +276,24 @@ install_secrets() {
 # volume whose content changed (a rotated token or secret).
 ROTATED=()
 restart_rotated() {
-  local vol ids
+  local vol id name grace health deadline
   for vol in ${ROTATED[@]+"${ROTATED[@]}"}; do
-    ids=$(docker ps -q --filter "volume=$vol")
-    [ -n "$ids" ] || continue
-    step "restarting what mounts $vol (its secrets changed): $(docker inspect -f '{{.Name}}' $ids | tr -d / | tr '\n' ' ')"
-    docker restart -t 20 $ids >/dev/null
+    for id in $(docker ps -q --filter "volume=$vol"); do
+      # One at a time, each given its own stop grace period (nsqd writes
+      # its queues, a service saves its state), and healthy again before
+      # the next: a datacenter's Consul servers never all restart at once.
+      name=$(docker inspect -f '{{.Name}}' "$id" | tr -d /)
+      grace=$(docker inspect -f '{{if .Config.StopTimeout}}{{.Config.StopTimeout}}{{else}}10{{end}}' "$id")
+      step "restarting $name: its secrets ($vol) changed"
+      docker restart -t "$grace" "$id" >/dev/null
+      deadline=$((SECONDS + 180))
+      while :; do
+        health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")
+        [ "$health" = healthy ] || [ "$health" = none ] && break
+        [ "$SECONDS" -lt "$deadline" ] || die "$name is not healthy 3 minutes after its restart (docker logs $name)"
+        sleep 2
+      done
+    done
   done
 }
 
@@ -308,7 +327,8 @@ acl() {
   tar_secrets "$stage" u=rwX,go= | docker cp - "$ctr:/tmp" \
     || { docker rm -f "$ctr" >/dev/null; die "copying the ACL inputs failed"; }
   docker start -a "$ctr" | sed 's/^/    /' || true
-  rc=$(docker inspect -f '{{.State.ExitCode}}' "$ctr")
+  # Its exit status once it has ended (docker wait waits for it).
+  rc=$(docker wait "$ctr") || die "waiting for the container that applies the ACLs failed"
   docker rm -f "$ctr" >/dev/null
   ACL_CONTAINER=""
   return "$rc"
@@ -336,6 +356,10 @@ up() {
     fi
     step "creating network $network (${opts[*]}) for the hosts of datacenter $dc"
     docker network create "${opts[@]}" "$network" >/dev/null
+  elif [ -n "$network" ] && [ "${DC_OVERLAY_ENCRYPTED:-true}" != false ] \
+    && [ "$(docker network inspect -f '{{.Driver}}' "$network")" = overlay ] \
+    && ! docker network inspect -f '{{json .Options}}' "$network" | grep -q '"encrypted"'; then
+    echo "build.sh: warning: network $network exists unencrypted (made before, or with DC_OVERLAY_ENCRYPTED=false): recreate it with every host of $dc down to encrypt it" >&2
   fi
   install_secrets
   step "starting $dc/$host (docker-compose project $project)"

@@ -210,7 +210,7 @@ func TestAllowed(t *testing.T) {
 		"PUT /v1/agent/service/deregister/sensor-10.0.0.5-8080 ",
 		"PUT /v1/agent/service/deregister/intruder-worker ", // the registration's cleanup
 		"PUT /v1/kv/svckit/streams/sensor-dev-host1/owner?acquire=0b7e1e5c-session ",
-		"GET /streams token= auth=Bearer wrong",
+		"GET /streams token= auth=Svckit-HMAC ts=",
 	} {
 		if !strings.Contains(seen, w) {
 			t.Errorf("no request %q in\n%s", w, seen)
@@ -254,8 +254,9 @@ func TestControlReadsOnly(t *testing.T) {
 				t.Errorf("no token: %s", req)
 			}
 		default:
-			if !strings.HasSuffix(req, "auth=Bearer s3cret") {
-				t.Errorf("no bearer secret: %s", req)
+			// Signed, and the secret itself not sent.
+			if !strings.Contains(req, "auth=Svckit-HMAC ts=") || strings.Contains(req, "s3cret") {
+				t.Errorf("not signed with the replay secret: %s", req)
 			}
 		}
 	}

@@ -35,9 +35,12 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -50,6 +53,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -109,7 +113,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&nsqFile, "nsq-secret", "", "`FILE` with an NSQ AUTH secret (positive control: nsq-sub-tls only)")
 	fs.Var(&services, "service", "svckit service base `URL` (http://sensor:8080, repeatable)")
 	fs.StringVar(&cfg.Stream, "stream", "intruder", "stream `ID` for the replay, snapshot and claim attempts")
-	fs.StringVar(&replayFile, "replay-secret", "", "`FILE` with the replay bearer secret (positive control: reads only)")
+	fs.StringVar(&replayFile, "replay-secret", "", "`FILE` with the replay secret (positive control: signed reads only)")
 	fs.StringVar(&cfg.SensorID, "sensor-id", "", "Consul service `ID` to try deregistering (default: from the catalog, else \"sensor\")")
 	fs.StringVar(&cfg.SubChannel, "sub-channel", "intruder#ephemeral", "the `CHANNEL` of topic results the SUB attempts name (the control's identity must be allowed it)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "timeout of every network operation")
@@ -599,10 +603,7 @@ func (p *prober) consulHTTPPort(ctx context.Context) result {
 func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 	base = strings.TrimRight(base, "/")
 	control := p.cfg.ReplaySecret != ""
-	auth := ""
-	if control {
-		auth = "Bearer " + p.cfg.ReplaySecret
-	}
+	auth := "" // "sign": the control signs each request with the replay secret
 	q := url.Values{"stream": {p.cfg.Stream}}.Encode()
 	emit(p.svc(ctx, "svc-streams", http.MethodGet, base+"/streams", auth))
 	emit(p.svc(ctx, "svc-replay", http.MethodGet, base+"/replay?"+q+"&from=1&to=1", auth))
@@ -616,11 +617,21 @@ func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 			r.Detail += " (reached the handler: authentication passed)"
 		}
 		emit(r)
-		emit(p.svc(ctx, "svc-wrong-secret", http.MethodGet, base+"/streams", "Bearer wrong"))
+		// A request signed with a wrong secret.
+		emit(p.svc(ctx, "svc-wrong-secret", http.MethodGet, base+"/streams", signature("wrong", http.MethodGet, "/streams", time.Now())))
 	}
 }
 
 func (p *prober) svc(ctx context.Context, attempt, method, target, auth string) result {
+	if auth == "" && p.cfg.ReplaySecret != "" {
+		// The positive control: signed as svckit's clients sign, written
+		// here from the protocol (docs/architecture.md), not svckit's code.
+		u, err := url.Parse(target)
+		if err != nil {
+			return failed(attempt, target, err)
+		}
+		auth = signature(p.cfg.ReplaySecret, method, u.RequestURI(), time.Now())
+	}
 	a, err := p.do(ctx, method, target, "", map[string]string{"Authorization": auth})
 	if err != nil {
 		return failed(attempt, target, err)
@@ -659,4 +670,18 @@ func oneLine(s string, max int) string {
 		n++
 	}
 	return b.String()
+}
+
+// signature is the Authorization of a request signed with secret:
+// Svckit-HMAC ts=…,nonce=…,mac=base64url(HMAC-SHA256(secret,
+// "svckit-request\n" + method + "\n" + uri + "\n" + ts + "\n" + nonce)),
+// for a request without Svckit-* headers.
+func signature(secret, method, uri string, now time.Time) string {
+	raw := make([]byte, 16)
+	_, _ = rand.Read(raw)
+	nonce := base64.RawURLEncoding.EncodeToString(raw)
+	ts := strconv.FormatInt(now.Unix(), 10)
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte("svckit-request\n" + method + "\n" + uri + "\n" + ts + "\n" + nonce))
+	return "Svckit-HMAC ts=" + ts + ",nonce=" + nonce + ",mac=" + base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }

@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"sync"
 
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/envelope"
-	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/service"
 	"github.com/urfave/cli/v2"
@@ -32,50 +30,16 @@ func Spec(version string) service.Spec {
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	topic := c.String("topic")
-	// A channel of this instance's own, ephemeral: nsqd keeps nothing for
-	// it while the tracker is away, and replay is what recovers those
-	// messages. Every instance sees every message (a shared channel would
-	// split them between instances).
-	channel := pubsub.InstanceChannel(c.String("channel"), s.Config.InstanceID)
-	// A replayed message that cannot be applied becomes a dead letter of
-	// this topic and channel, like a live one (`svckit deadletter ls`).
-	deadLetter, err := s.TrackerDeadLetter(topic, channel)
-	if err != nil {
-		return nil, err
-	}
 	st := &State{streams: map[string]*Counts{}}
-	// The tracker applies each (stream, seq) once (a redelivery or a
-	// replayed copy is counted as a duplicate, not applied), notices gaps
-	// (a sequence still missing after a grace period, or beyond what it
-	// has while the stream's owner says there is more), asks the upstream
-	// for them, and saves the state with what it applied in one file:
-	// after a restart it neither applies a message twice nor loses one.
-	tr, err := replay.NewTracker(st, replay.TrackerOptions{
-		CheckpointPath: filepath.Join(s.Config.DataDir, "checkpoint.json"),
-		Owners:         s.Discovery.Watch(c.String("upstream")),
-		Secret:         s.Config.ReplaySecret,
-		DeadLetter:     deadLetter,
-		Logger:         s.Log, Metrics: s.ReplayMetrics(),
-	})
-	if err != nil {
+	// Each (stream, seq) applied to st once, restarts included; gaps
+	// recovered from the upstream; GET /streams, /ready, the checkpoint
+	// (service.Track says how).
+	if _, err := s.Track(st, service.TrackOptions{
+		Topic: c.String("topic"), Channel: c.String("channel"), Upstream: c.String("upstream"),
+	}); err != nil {
 		return nil, err
 	}
-	// The consumer hands each message to the tracker. An error requeues
-	// it (it comes again); pubsub.Reject would dead-letter it at once.
-	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
-		_, err := tr.Deliver(ctx, m.Envelope)
-		return err
-	})
-	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: topic, Channel: channel, Ephemeral: true}, h); err != nil {
-		return nil, service.UsageError{Err: err} // a bad topic or channel name
-	}
-	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(st.ServeState)))
-	s.HTTP.Handle("GET /streams", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(tr.ServeStreams)))
-	s.HTTP.AddCheck("replay", tr.Ready) // /ready says when a stream cannot be completed
-	s.Go(tr.Run)                        // gap detection, replay, checkpoints every second
-	// After the consumer drained at shutdown: the last checkpoint.
-	s.OnStop(func(context.Context) error { return tr.Save() })
+	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, http.HandlerFunc(st.ServeState)))
 	return nil, nil
 }
 

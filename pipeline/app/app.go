@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -62,53 +61,30 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 			return nil, service.UsageError{Err: fmt.Errorf("--%s %s: must be positive", f, c.Duration(f))}
 		}
 	}
-	cp := c.String("checkpoint")
-	if cp == "" {
-		cp = filepath.Join(s.Config.DataDir, "checkpoint.json")
-	}
 	st := NewState(s.Metrics)
-	channel := c.String("channel")
-	if c.Bool("ephemeral") {
-		channel = pubsub.InstanceChannel(channel, s.Config.InstanceID)
-	}
-	// A replayed message the tracker cannot apply is a dead letter of the
-	// app's own topic and channel, kept like the consumer's (nsqd, else
-	// the data directory) and listed and requeued with them.
-	deadLetter, err := s.TrackerDeadLetter(c.String("topic"), channel)
-	if err != nil {
-		return nil, err
-	}
-	tr, err := replay.NewTracker(st, replay.TrackerOptions{
-		CheckpointPath: cp, CheckpointInterval: c.Duration("checkpoint-interval"),
-		Owners:   s.Discovery.Watch(c.String("upstream")),
-		GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
-		TailInterval: c.Duration("replay-tail-interval"), Secret: s.Config.ReplaySecret,
-		MaxAhead:   c.Uint64("replay-max-ahead"),
-		DeadLetter: deadLetter, Logger: s.Log, Metrics: s.ReplayMetrics(),
+	tr, err := s.Track(st, service.TrackOptions{
+		Topic: c.String("topic"), Channel: c.String("channel"), Shared: !c.Bool("ephemeral"), Upstream: c.String("upstream"),
+		Accept: func(m *pubsub.Message) error {
+			// A marker (a stage made nothing of a reading) has no content
+			// type: the tracker counts it, nothing is applied.
+			if !m.Envelope.Marker && m.Envelope.ContentType != pipeline.ResultType {
+				return fmt.Errorf("content type %q, want %q", m.Envelope.ContentType, pipeline.ResultType)
+			}
+			st.observeLatency(m.Envelope.Created)
+			return nil
+		},
+		Tracker: replay.TrackerOptions{
+			CheckpointPath: c.String("checkpoint"), CheckpointInterval: c.Duration("checkpoint-interval"),
+			GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
+			TailInterval: c.Duration("replay-tail-interval"), MaxAhead: c.Uint64("replay-max-ahead"),
+		},
 	})
 	if err != nil {
 		return nil, err
 	}
-	h := pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
-		// A marker (a stage made nothing of a reading) has no content
-		// type: the tracker counts it, nothing is applied.
-		if !m.Envelope.Marker && m.Envelope.ContentType != pipeline.ResultType {
-			return pubsub.Reject(fmt.Errorf("content type %q, want %q", m.Envelope.ContentType, pipeline.ResultType))
-		}
-		st.observeLatency(m.Envelope.Created)
-		_, err := tr.Deliver(ctx, m.Envelope)
-		return err
-	})
-	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: c.String("topic"), Channel: channel, Ephemeral: c.Bool("ephemeral")}, h); err != nil {
-		return nil, service.UsageError{Err: err}
-	}
-	// The streams' positions and the state are the pipeline's data: with a
-	// replay secret, only its holders read them.
-	s.HTTP.Handle("GET /streams", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(tr.ServeStreams)))
-	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, http.HandlerFunc(st.ServeState)))
-	s.Go(tr.Run)
-	s.HTTP.AddCheck("replay", tr.Ready)
-	s.OnStop(func(context.Context) error { return tr.Save() })
+	// The state is the pipeline's data: with a replay secret, only its
+	// holders read it.
+	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, http.HandlerFunc(st.ServeState)))
 	every := c.Duration("summary-interval")
 	return func(ctx context.Context) error {
 		if every <= 0 {

@@ -47,13 +47,16 @@ type Mux interface {
 }
 
 // Register serves the store on mux (the routes above).
-func (s *Store) Register(mux Mux, secret string) {
+// With a secret, requests signed for another service than audience (this
+// service's Consul name) are refused.
+func (s *Store) Register(mux Mux, secret, audience string) {
 	auth := func(h http.HandlerFunc) http.Handler { return h }
 	if secret != "" {
 		// One verifier for every route: a signature is used once. Every
 		// answer to a signed request, errors too, is proven: its status
 		// and body.
 		v := sharedsecret.NewVerifier(secret)
+		v.Audience = audience
 		auth = func(h http.HandlerFunc) http.Handler { return v.Protect("dead letters", h) }
 	}
 	mux.Handle("GET "+PathPrefix, auth(s.serveList))
@@ -116,6 +119,9 @@ type Client struct {
 	// the call fails with ErrServerUnproven.
 	Secret string
 	HTTP   *http.Client // nil = a client with a 30s timeout
+	// Audience is the Consul service name of the service asked, signed
+	// into the request (a service of another name refuses it).
+	Audience string
 }
 
 func (c Client) do(ctx context.Context, method, addr, path string, q url.Values) (*http.Response, error) {
@@ -123,6 +129,9 @@ func (c Client) do(ctx context.Context, method, addr, path string, q url.Values)
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.Audience != "" {
+		req.Header.Set(sharedsecret.AudienceHeader, c.Audience)
 	}
 	var nonce string
 	if c.Secret != "" {

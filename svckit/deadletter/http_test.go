@@ -127,7 +127,7 @@ func httpStore(t *testing.T) (*Store, *httptest.Server, *wire, Info) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	st.Register(mux, httpSecret)
+	st.Register(mux, httpSecret, "orders-svc")
 	wr := &wire{h: mux}
 	srv := httptest.NewServer(wr)
 	t.Cleanup(srv.Close)
@@ -212,11 +212,11 @@ func TestHTTPReplayedRequestRefused(t *testing.T) {
 	}
 }
 
-// TestHTTPLegacyBearer: "Bearer <secret>" (operators' curl, older CLIs)
-// still works; a wrong one does not.
-func TestHTTPLegacyBearer(t *testing.T) {
+// TestHTTPBearerRefused: a Bearer secret, even the right one, is refused:
+// it would cross the network in clear.
+func TestHTTPBearerRefused(t *testing.T) {
 	_, srv, _, _ := httpStore(t)
-	for auth, want := range map[string]int{"Bearer " + httpSecret: http.StatusOK, "Bearer wrong": http.StatusUnauthorized, "": http.StatusUnauthorized} {
+	for auth, want := range map[string]int{"Bearer " + httpSecret: http.StatusUnauthorized, "Bearer wrong": http.StatusUnauthorized, "": http.StatusUnauthorized} {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+PathPrefix+"?topic=orders", nil)
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
@@ -254,11 +254,17 @@ func TestHTTPAlteredLetterRefused(t *testing.T) {
 				w.Header()[k] = v
 			}
 		}
+		for k := range resp.Trailer { // passed on too, after the body
+			w.Header().Add("Trailer", k)
+		}
 		w.WriteHeader(resp.StatusCode)
 		if alter && len(b) > 0 {
 			b[len(b)-1] ^= 1
 		}
 		w.Write(b)
+		for k, v := range resp.Trailer {
+			w.Header()[k] = v
+		}
 	}))
 	defer path.Close()
 	addr := strings.TrimPrefix(path.URL, "http://")

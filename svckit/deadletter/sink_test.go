@@ -186,7 +186,7 @@ func TestTrackerFunc(t *testing.T) {
 func TestHTTP(t *testing.T) {
 	st := newStore(t)
 	mux := http.NewServeMux()
-	st.Register(mux, "s3cret")
+	st.Register(mux, "s3cret", "orders-svc")
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")

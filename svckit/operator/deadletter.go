@@ -72,6 +72,7 @@ type deadMsg struct {
 
 	// in a service's local store
 	instance string // Consul service id
+	service  string // its Consul service name (the requests' audience)
 	addr     string // its HTTP address
 }
 
@@ -349,7 +350,9 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 			continue
 		}
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		list, err := client.List(lctx, in.Addr(), topic)
+		ic := client
+		ic.Audience = in.Service
+		list, err := ic.List(lctx, in.Addr(), topic)
 		cancel()
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("instance %s (%s): %v: its local dead letters are not listed", in.ID, in.Addr(), err))
@@ -359,7 +362,7 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 			if len(out) >= limit {
 				return out, problems
 			}
-			out = append(out, deadMsg{info: info, ok: info.Topic != "", instance: in.ID, addr: in.Addr()})
+			out = append(out, deadMsg{info: info, ok: info.Topic != "", instance: in.ID, service: in.Service, addr: in.Addr()})
 		}
 	}
 	return out, problems
@@ -379,7 +382,9 @@ func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Clien
 			orig = m.dl.Original
 		} else {
 			gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			l, err := client.Get(gctx, m.addr, m.info.Topic, m.info.ID)
+			ic := client
+			ic.Audience = m.service
+			l, err := ic.Get(gctx, m.addr, m.info.Topic, m.info.ID)
 			cancel()
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("reading local dead letter %s of %s: %v (left in place)", m.info.ID, m.instance, err))
@@ -402,7 +407,9 @@ func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Clien
 			fromNSQD++
 		} else {
 			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err := client.Delete(dctx, m.addr, m.info.Topic, m.info.ID)
+			ic := client
+			ic.Audience = m.service
+			err := ic.Delete(dctx, m.addr, m.info.Topic, m.info.ID)
 			cancel()
 			if err != nil {
 				problems = append(problems, fmt.Sprintf("local dead letter %s of %s was requeued to %s but not deleted (%v): requeueing again would publish it twice", m.info.ID, m.instance, dest, err))

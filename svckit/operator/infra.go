@@ -76,7 +76,8 @@ secrets writes them into ${SVCKIT_SECRETS:-~/.svckit/secrets}/<dc>), and
 checks it: acl enabled with default_policy "deny"; encrypt set, its
 verification not off; tls.defaults with ca_file, cert_file, key_file and
 verify_incoming/verify_outgoing true; tls.internal_rpc
-verify_server_hostname true; no initial_management token. A file missing
+verify_server_hostname true; an initial_management token (else the ACL
+bootstrap is open to whoever comes first). A file missing
 there is a problem, and so is a datacenter running Consul without a
 directory there. Without --secrets these checks are skipped: the secrets
 are not in the repository.`,

@@ -186,7 +186,7 @@ func setupNSQAuth(c *cli.Context, s *service.Service) (func(context.Context) err
 	// replay secret, when there is one.
 	srv.Register(func(pattern string, h http.Handler) {
 		if pattern != "GET /auth" {
-			h = replay.RequireSecret(s.Config.ReplaySecret, h)
+			h = replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, h)
 		}
 		s.HTTP.Handle(pattern, h)
 	})

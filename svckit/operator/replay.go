@@ -89,7 +89,7 @@ func runReplay(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	client := replay.Client{Secret: c.String("secret")}
+	client := replay.Client{Secret: c.String("secret"), Audience: owner.Service}
 	if req.Since.IsZero() && req.To == 0 {
 		var st []replay.Status
 		if err := getJSON(ctx, client, owner.Addr(), "/streams", &st); err != nil {
@@ -309,7 +309,7 @@ func instanceOf(e *api.ServiceEntry) discovery.Instance {
 	if addr == "" {
 		addr = e.Node.Address
 	}
-	return discovery.Instance{ID: e.Service.ID, Address: addr, Port: e.Service.Port, Tags: e.Service.Tags, Node: e.Node.Node}
+	return discovery.Instance{ID: e.Service.ID, Service: e.Service.Service, Address: addr, Port: e.Service.Port, Tags: e.Service.Tags, Node: e.Node.Node}
 }
 
 func getJSON(ctx context.Context, c replay.Client, addr, path string, v any) error {

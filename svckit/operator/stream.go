@@ -95,7 +95,7 @@ func showOwnerStatus(c *cli.Context, consul *api.Client, id string) error {
 			return err
 		}
 		var st []replay.Status
-		if err := getJSON(ctx, replay.Client{Secret: c.String("secret")}, in.Addr(), "/streams", &st); err != nil {
+		if err := getJSON(ctx, replay.Client{Secret: c.String("secret"), Audience: in.Service}, in.Addr(), "/streams", &st); err != nil {
 			return fmt.Errorf("asking the owner %s (%s) for its streams: %w", in.ID, in.Addr(), err)
 		}
 		for _, s := range st {

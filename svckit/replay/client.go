@@ -47,6 +47,10 @@ type Client struct {
 	// sent), and every answer must prove that its server knows it, or the
 	// call fails with ErrUpstreamUnproven before anything is read from it.
 	Secret string
+	// Audience is the Consul service name of the servers asked, signed
+	// into every request: a server of another name refuses it (a stage
+	// and its upstream serve the same paths).
+	Audience string
 }
 
 // Replay streams the requested range from the owner at addr (host:port of
@@ -89,14 +93,35 @@ func (c Client) ReplayFrames(ctx context.Context, addr string, r Request, fn fun
 	// string per frame. A cache per replay, so bounded small: each string
 	// it takes copies its map.
 	dec := envelope.Decoder{Strings: &envelope.StringCache{Max: 16}}
+	var endTag []byte // the end record's, once read
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) {
-				return n, damagedTrailer(r.Stream, resp)
+			if !errors.Is(err, io.EOF) {
+				return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
 			}
-			return n, fmt.Errorf("replay of %s: reading frame: %w", r.Stream, err)
+			if tags != nil {
+				// Only the server's end record says the stream is whole,
+				// and vouches for the damage its trailer reports.
+				if endTag == nil {
+					return n, fmt.Errorf("%w: %s: replay of %s cut short (no end record)", ErrUpstreamUnproven, addr, r.Stream)
+				}
+				if err := tags.CheckEnd(resp.Trailer.Get(DamagedTrailer), endTag); err != nil {
+					return n, fmt.Errorf("%w: %s: replay of %s: %v", ErrUpstreamUnproven, addr, r.Stream, err)
+				}
+			}
+			return n, damagedTrailer(r.Stream, resp)
 		}
 		size := binary.BigEndian.Uint32(hdr[:])
+		if size == 0 && tags != nil && endTag == nil {
+			endTag = make([]byte, sharedsecret.TagSize)
+			if _, err := io.ReadFull(br, endTag); err != nil {
+				return n, fmt.Errorf("replay of %s: reading the end record: %w", r.Stream, err)
+			}
+			continue
+		}
+		if endTag != nil {
+			return n, fmt.Errorf("%w: %s: replay of %s: a frame after the end record", ErrUpstreamUnproven, addr, r.Stream)
+		}
 		if size > 64<<20 {
 			return n, fmt.Errorf("replay of %s: frame of %d bytes", r.Stream, size)
 		}
@@ -170,6 +195,9 @@ func (c Client) get(ctx context.Context, addr, path string, q url.Values, h http
 	}
 	for k, v := range h {
 		req.Header[k] = v
+	}
+	if c.Audience != "" {
+		req.Header.Set(sharedsecret.AudienceHeader, c.Audience)
 	}
 	var nonce string
 	if c.Secret != "" {

@@ -21,6 +21,11 @@ import (
 // the middle, or a stale catalog address that someone else now serves,
 // can do without the secret.
 func mitm(t *testing.T, real string, alter func(path string, body []byte) []byte) string {
+	return mitmTrailer(t, real, alter, nil)
+}
+
+// mitmTrailer is mitm that also changes the trailer (alterTrailer, if set).
+func mitmTrailer(t *testing.T, real string, alter func(path string, body []byte) []byte, alterTrailer func(tr http.Header)) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, _ := http.NewRequest(r.Method, real+r.URL.RequestURI(), nil)
@@ -37,8 +42,23 @@ func mitm(t *testing.T, real string, alter func(path string, body []byte) []byte
 				w.Header()[k] = v
 			}
 		}
+		if alterTrailer != nil && resp.Trailer == nil {
+			resp.Trailer = http.Header{}
+		}
+		if alterTrailer != nil {
+			resp.Trailer[DamagedTrailer] = nil
+		}
+		for k := range resp.Trailer { // passed on too, after the body
+			w.Header().Add("Trailer", k)
+		}
 		w.WriteHeader(resp.StatusCode)
 		w.Write(alter(r.URL.Path, body))
+		if alterTrailer != nil {
+			alterTrailer(resp.Trailer)
+		}
+		for k, v := range resp.Trailer {
+			w.Header()[k] = v
+		}
 	}))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
@@ -74,9 +94,11 @@ func TestBorrowedProofRefused(t *testing.T) {
 			fs[3] = b
 			return fs
 		},
-		"two frames swapped": func(fs [][]byte) [][]byte { fs[2], fs[5] = fs[5], fs[2]; return fs },
-		"a frame dropped":    func(fs [][]byte) [][]byte { return append(fs[:4], fs[5:]...) },
-		"a frame repeated":   func(fs [][]byte) [][]byte { return append(fs[:4], append([][]byte{fs[3]}, fs[4:]...)...) },
+		"two frames swapped":              func(fs [][]byte) [][]byte { fs[2], fs[5] = fs[5], fs[2]; return fs },
+		"a frame dropped":                 func(fs [][]byte) [][]byte { return append(fs[:4], fs[5:]...) },
+		"a frame repeated":                func(fs [][]byte) [][]byte { return append(fs[:4], append([][]byte{fs[3]}, fs[4:]...)...) },
+		"cut short before the end record": func(fs [][]byte) [][]byte { return fs[:len(fs)-1] },
+		"cut short after a frame":         func(fs [][]byte) [][]byte { return fs[:5] },
 		"tags stripped": func(fs [][]byte) [][]byte {
 			for i, b := range fs {
 				fs[i] = b[:len(b)-16]
@@ -104,10 +126,31 @@ func TestBorrowedProofRefused(t *testing.T) {
 					t.Fatalf("handed on %v: a frame that is not the owner's %dth", got, i+1)
 				}
 			}
-			if len(got) > 5 {
+			// Frames after the first altered one are never handed on (a
+			// stream cut short hands on its genuine frames, then fails).
+			if len(got) > 5 && !strings.HasPrefix(name, "cut short") {
 				t.Fatalf("handed on %v: beyond the first altered frame", got)
 			}
 		})
+	}
+
+	// Damage the owner never reported, added on the way: refused (the end
+	// record vouches for the trailer).
+	forged := mitmTrailer(t, real, func(_ string, body []byte) []byte { return body }, func(tr http.Header) {
+		tr.Set(DamagedTrailer, "3-3")
+	})
+	if n, err := c.Replay(ctx, forged, Request{Stream: "m", From: 1, To: 20}, func(envelope.Envelope, int) error { return nil }); !errors.Is(err, ErrUpstreamUnproven) {
+		t.Fatalf("a forged damage trailer: %d frames, %v; want ErrUpstreamUnproven", n, err)
+	}
+
+	// A request signed for another service (a stage serves its upstream's
+	// paths), taken to the owner: the owner refuses it.
+	toWorker := Client{Secret: authSecret, Audience: "worker"}
+	if _, err := toWorker.Replay(ctx, strings.TrimPrefix(real, "http://"), Request{Stream: "m", From: 1, To: 20}, func(envelope.Envelope, int) error {
+		t.Fatal("a frame was handed on from a server the request was not for")
+		return nil
+	}); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("a request for the worker, answered by the sensor: %v; want ErrUnauthorized", err)
 	}
 
 	// A snapshot's state and a position altered: refused.

@@ -89,10 +89,10 @@ type Server struct {
 // NewServer serves owners. With a non-empty secret every request must be
 // signed with it (Client does: "Authorization: Svckit-HMAC ...", each
 // signature accepted once, within 5 minutes of this host's clock), and
-// every answer to a signed request proves this server knows the secret
-// (header Svckit-Proof), which Client checks; "Authorization: Bearer
-// <secret>" is still accepted, for operators' curl and older clients, but
-// it sends the secret in clear. See package internal/sharedsecret.
+// every answer to a signed request proves that it comes from this server,
+// status and body (Svckit-Proof, and a replay's frames each tagged), which
+// Client checks. "Authorization: Bearer <secret>" is refused: it would
+// send the secret in clear. See package internal/sharedsecret.
 func NewServer(secret string, m *Metrics, owners ...*Owner) *Server {
 	s := &Server{owners: map[string]*Owner{}, secret: secret, metrics: m, relayed: map[string][][2]uint64{}}
 	if secret != "" {
@@ -155,15 +155,26 @@ func (s *Server) auth(h http.HandlerFunc) http.Handler {
 
 // RequireSecret is middleware for a service's own endpoints that show its
 // streams' data (a tracker's /streams, an application's state): with a
-// non-empty secret, h answers only requests signed with it (as Client
-// signs them, or carrying it as a Bearer token), and proves the secret to
-// their clients, exactly as Server's endpoints do. An empty secret returns
-// h unchanged.
-func RequireSecret(secret string, h http.Handler) http.Handler {
+// non-empty secret, h answers only requests signed with it (as Client and
+// svckit probe sign them) and not meant for another service than audience
+// (the service's Consul name), and proves its answers to their clients,
+// exactly as Server's endpoints do. An empty secret returns h unchanged.
+func RequireSecret(secret, audience string, h http.Handler) http.Handler {
 	if secret == "" {
 		return h
 	}
-	return sharedsecret.NewVerifier(secret).Protect("unauthorized", h)
+	v := sharedsecret.NewVerifier(secret)
+	v.Audience = audience
+	return v.Protect("unauthorized", h)
+}
+
+// SetAudience makes the server refuse requests signed for another service
+// than name (its Consul service name): a request passed on to it from
+// another holder of the secret gets no answer. Call it before serving.
+func (s *Server) SetAudience(name string) {
+	if s.verify != nil {
+		s.verify.Audience = name
+	}
 }
 
 func (s *Server) serveStreams(w http.ResponseWriter, r *http.Request) {
@@ -285,16 +296,28 @@ func (s *Server) serveReplay(w http.ResponseWriter, r *http.Request) {
 		}
 		panic(http.ErrAbortHandler)
 	}
+	reported := ""
 	if errors.As(err, &damaged) {
 		// Every frame that could be served was: name what could not.
-		w.Header().Set(DamagedTrailer, retainlog.FormatRanges(damaged.Ranges))
+		reported = retainlog.FormatRanges(damaged.Ranges)
+		w.Header().Set(DamagedTrailer, reported)
 		err = nil
 	}
 	if err == nil {
 		if !started {
 			w.Header().Set("Content-Type", FramesContentType)
 		}
-		err = bw.Flush()
+		if tags != nil {
+			// The end record: the stream is whole, and the damage it
+			// reports is the server's.
+			var end [4]byte
+			if _, err = bw.Write(end[:]); err == nil {
+				_, err = bw.Write(tags.EndTag(reported))
+			}
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
 	}
 	s.metrics.ServedMessages.Add(float64(n))
 	s.metrics.ServedBytes.Add(float64(bytes))

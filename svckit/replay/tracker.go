@@ -455,7 +455,7 @@ func (t *Tracker) askLast(ctx context.Context, stream string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
 	defer cancel()
 	var st []Status
-	if err := t.getJSON(ctx, in.Addr(), "/streams", nil, &st); err != nil {
+	if err := t.getJSON(ctx, in, "/streams", nil, &st); err != nil {
 		return 0, fmt.Errorf("asking %s for its streams: %w", in.ID, err)
 	}
 	for _, x := range st {
@@ -566,7 +566,7 @@ func (t *Tracker) checkTails(ctx context.Context) {
 	for _, in := range t.o.Owners.Instances() {
 		var st []Status
 		rctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
-		err := t.getJSON(rctx, in.Addr(), "/streams", nil, &st)
+		err := t.getJSON(rctx, in, "/streams", nil, &st)
 		cancel()
 		if err != nil {
 			t.o.Logger.Debug("asking owner for its streams", "owner", in.ID, "err", err)
@@ -840,7 +840,7 @@ func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint6
 		return "no_owner", 0, err
 	}
 	start := time.Now()
-	c := Client{HTTP: t.o.HTTP, Secret: t.o.Secret}
+	c := Client{HTTP: t.o.HTTP, Secret: t.o.Secret, Audience: in.Service}
 	var bytes uint64
 	n, err := c.ReplayFrames(ctx, in.Addr(), Request{Stream: stream, From: from, To: to}, func(env envelope.Envelope, frame []byte) error {
 		var terr error
@@ -877,7 +877,7 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 	var snap snapshotFile
 	sctx, cancel := context.WithTimeout(ctx, max(t.o.Timeout, 30*time.Second))
 	defer cancel()
-	if err := t.getJSON(sctx, in.Addr(), "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
+	if err := t.getJSON(sctx, in, "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
 		t.o.Metrics.Requests.WithLabelValues("error").Inc()
 		return fmt.Errorf("fetching snapshot of %s: %w", s.id, err)
 	}
@@ -901,8 +901,8 @@ func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
 	return nil
 }
 
-func (t *Tracker) getJSON(ctx context.Context, addr, path string, q url.Values, v any) error {
-	return Client{HTTP: t.o.HTTP, Secret: t.o.Secret}.getJSON(ctx, addr, path, q, v)
+func (t *Tracker) getJSON(ctx context.Context, in discovery.Instance, path string, q url.Values, v any) error {
+	return Client{HTTP: t.o.HTTP, Secret: t.o.Secret, Audience: in.Service}.getJSON(ctx, in.Addr(), path, q, v)
 }
 
 // checkpoint is the file format of the consumer's checkpoint.

@@ -19,7 +19,12 @@ func (s *Service) serveDeadLetters() error {
 		return fmt.Errorf("opening the dead-letter store: %w", err)
 	}
 	s.deadStore = st
-	st.Register(s.HTTP, s.Config.ReplaySecret)
+	if s.HTTP.TLS() {
+		// svckit's dead-letter client speaks HTTP: a service that serves
+		// TLS (nsqauth, which consumes nothing) does not offer its store.
+		return nil
+	}
+	st.Register(s.HTTP, s.Config.ReplaySecret, s.Config.Name)
 	s.SetMeta(deadletter.MetaKey, deadletter.MetaValue)
 	return nil
 }

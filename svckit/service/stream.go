@@ -106,6 +106,8 @@ func (s *Service) replayServer() *replay.Server {
 	defer s.mu.Unlock()
 	if s.rserver == nil {
 		s.rserver = replay.NewServer(s.Config.ReplaySecret, m)
+		// Requests signed for another service are refused.
+		s.rserver.SetAudience(s.Config.Name)
 		s.rserver.Register(s.HTTP)
 	}
 	return s.rserver

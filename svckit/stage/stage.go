@@ -224,7 +224,7 @@ func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
 	if s.o.Upstream == nil {
 		return nil, nil
 	}
-	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	c := s.client()
 	// Asked all at once, each for at most 2 s (the asker's own timeout is
 	// longer): one upstream that does not answer must not hide the others'
 	// streams.
@@ -271,6 +271,15 @@ func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
 
 // upstream picks the instance that serves stream: its owner, else any
 // stage (relay).
+// client asks the upstream: its requests signed for the upstream's service.
+func (s *Stage) client() replay.Client {
+	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	if s.o.Upstream != nil {
+		c.Audience = s.o.Upstream.Service()
+	}
+	return c
+}
+
 func (s *Stage) upstream(stream string) (string, error) {
 	if s.o.Upstream == nil {
 		return "", fmt.Errorf("%w: %s has no upstream to relay to", replay.ErrUnknown, s.o.Name)
@@ -299,7 +308,7 @@ func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, sinc
 	if err != nil {
 		return err
 	}
-	c := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}
+	c := s.client()
 	var buf []byte
 	single := make([]envelope.Envelope, 1) // reused: no slice per frame
 	var sc scratch                         // each frame's outputs are encoded before the next
@@ -340,7 +349,7 @@ func (s *Stage) Snapshot(ctx context.Context, stream string) (uint64, []byte, er
 	if err != nil {
 		return 0, nil, err
 	}
-	seq, upstream, err := replay.Client{HTTP: s.o.HTTP, Secret: s.o.Secret}.Snapshot(ctx, addr, stream)
+	seq, upstream, err := s.client().Snapshot(ctx, addr, stream)
 	if err != nil {
 		return 0, nil, fmt.Errorf("asking %s for the snapshot of %s: %w", addr, stream, err)
 	}

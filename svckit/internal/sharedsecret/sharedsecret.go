@@ -18,9 +18,9 @@
 // clear). The host is not part of the MAC: within Window, a captured
 // request can be sent once to each other server that shares the secret.
 //
-// A Verifier still accepts "Authorization: Bearer <secret>" from operators'
-// curl and clients that predate signing; such a request has no nonce, so
-// its answer carries no proof.
+// A Verifier accepts "Authorization: Bearer <secret>" only when told to
+// (AllowBearer): it sends the secret in clear, and its answer carries no
+// proof.
 package sharedsecret
 
 import (
@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,17 +91,39 @@ func Sign(req *http.Request, secret string) (nonce string, err error) {
 	}
 	nonce = b64.EncodeToString(raw[:])
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
-	mac := requestMAC(secret, req.Method, req.URL.RequestURI(), ts, nonce)
+	mac := requestMAC(secret, req.Method, req.URL.RequestURI(), ts, nonce, req.Header)
 	req.Header.Set("Authorization", Scheme+" ts="+ts+",nonce="+nonce+",mac="+b64.EncodeToString(mac))
 	return nonce, nil
 }
 
-// requestMAC is what a signed request's mac is the encoding of.
-func requestMAC(secret, method, uri, ts, nonce string) []byte {
+// requestMAC is what a signed request's mac is the encoding of: its
+// method, URI, time, nonce and every Svckit-* header (the audience, what
+// the client accepts), so that none of them can be added, changed or
+// stripped on the way.
+func requestMAC(secret, method, uri, ts, nonce string, h http.Header) []byte {
 	m := hmac.New(sha256.New, []byte(secret))
 	m.Write([]byte("svckit-request\n" + method + "\n" + uri + "\n" + ts + "\n" + nonce))
+	var names []string
+	for k := range h {
+		if strings.HasPrefix(strings.ToLower(k), "svckit-") {
+			names = append(names, strings.ToLower(k))
+		}
+	}
+	slices.Sort(names)
+	for _, k := range names {
+		m.Write([]byte("\n" + k + ":" + strings.Join(h.Values(k), ",")))
+	}
 	return m.Sum(nil)
 }
+
+// AudienceHeader names the service a signed request is for (its Consul
+// service name); it is signed with the request, and a Verifier of another
+// service refuses it: a request passed on to another holder of the secret
+// (a stage's upstream serves the same URIs) gets no answer.
+const AudienceHeader = "Svckit-Audience"
+
+// ErrWrongAudience: the request is for another service.
+var ErrWrongAudience = errors.New("the request is for another service")
 
 // Verifier checks the requests signed with its secret. It is safe for
 // concurrent use; set its fields before the first Verify.
@@ -109,6 +132,12 @@ type Verifier struct {
 	Now func() time.Time
 	// MaxNonces bounds the nonces remembered (0: DefaultMaxNonces).
 	MaxNonces int
+	// Audience is this server's service name: a request naming another
+	// (AudienceHeader) is refused. Empty: not checked.
+	Audience string
+	// AllowBearer accepts "Authorization: Bearer <secret>", which sends
+	// the secret in clear and gets no proof back (off: svckit probe signs).
+	AllowBearer bool
 
 	secret []byte
 	bearer [sha256.Size]byte // of "the secret", for a length-blind compare
@@ -138,6 +167,8 @@ func (v *Verifier) Verify(r *http.Request) (nonce string, err error) {
 	}
 	scheme, params, _ := strings.Cut(auth, " ")
 	switch {
+	case strings.EqualFold(scheme, "Bearer") && !v.AllowBearer:
+		return "", fmt.Errorf("%w: Bearer is refused (it sends the secret in clear): sign the request (svckit probe does)", ErrMalformed)
 	case strings.EqualFold(scheme, "Bearer"):
 		// Hashed first: the comparison then takes the same time whatever
 		// the length of what was sent.
@@ -155,9 +186,12 @@ func (v *Verifier) Verify(r *http.Request) (nonce string, err error) {
 	}
 	// The MAC first: what follows only ever judges, and remembers,
 	// requests from a holder of the secret.
-	want := requestMAC(string(v.secret), r.Method, requestURI(r), ts, nonce)
+	want := requestMAC(string(v.secret), r.Method, requestURI(r), ts, nonce, r.Header)
 	if !hmac.Equal(mac, want) {
 		return "", ErrWrongSecret
+	}
+	if a := r.Header.Get(AudienceHeader); a != "" && v.Audience != "" && a != v.Audience {
+		return "", fmt.Errorf("%w: %q, this is %q", ErrWrongAudience, a, v.Audience)
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {

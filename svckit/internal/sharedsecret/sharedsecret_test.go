@@ -220,9 +220,14 @@ func TestReusedNonceRefused(t *testing.T) {
 }
 
 func TestBearer(t *testing.T) {
-	v := NewVerifier(secret)
 	r := httptest.NewRequest(http.MethodGet, "/streams", nil)
 	r.Header.Set("Authorization", "Bearer "+secret)
+	// Refused unless allowed: it sends the secret in clear.
+	if _, err := NewVerifier(secret).Verify(r); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "Bearer is refused") {
+		t.Fatalf("Verify(Bearer) by default: %v, want it refused", err)
+	}
+	v := NewVerifier(secret)
+	v.AllowBearer = true
 	if nonce, err := v.Verify(r); err != nil || nonce != "" {
 		t.Fatalf("Verify(Bearer) = %q, %v; want \"\", nil", nonce, err)
 	}
@@ -303,7 +308,6 @@ func TestCheckAnswerRefuses(t *testing.T) {
 		"wrong secret":     answered(nonce, "not the secret", 200, "x").Header.Get(ProofHeader),
 		"another nonce's":  answered(nonce2, secret, 200, "x").Header.Get(ProofHeader),
 		"another status's": answered(nonce, secret, 410, "x").Header.Get(ProofHeader),
-		"another body's":   answered(nonce, secret, 200, "y").Header.Get(ProofHeader),
 		"not base64":       "!!!",
 		"truncated":        right[:len(right)-2],
 		"the nonce":        nonce,
@@ -311,6 +315,20 @@ func TestCheckAnswerRefuses(t *testing.T) {
 		_, err := CheckAnswer(answer(proof), nonce, secret)
 		if !errors.Is(err, ErrUnproven) || !strings.Contains(err.Error(), "does not know the shared secret") {
 			t.Errorf("%s proof: %v, want ErrUnproven", name, err)
+		}
+	}
+	// The body's proof (the trailer) of another body, or none: refused.
+	for name, trailer := range map[string]string{
+		"another body's": answered(nonce, secret, 200, "y").Trailer.Get(BodyProofTrailer),
+		"none":           "",
+	} {
+		resp := answer(right)
+		resp.Trailer.Del(BodyProofTrailer)
+		if trailer != "" {
+			resp.Trailer.Set(BodyProofTrailer, trailer)
+		}
+		if _, err := CheckAnswer(resp, nonce, secret); !errors.Is(err, ErrUnproven) {
+			t.Errorf("%s body proof: %v, want ErrUnproven", name, err)
 		}
 	}
 	resp := answer(right)
@@ -428,7 +446,7 @@ func signedAt(t *testing.T, uri string, ts time.Time) *http.Request {
 	p := params(t, req)
 	sec := strconv.FormatInt(ts.Unix(), 10)
 	setParam(t, req, "ts", sec)
-	setParam(t, req, "mac", b64.EncodeToString(requestMAC(secret, http.MethodGet, uri, sec, p["nonce"])))
+	setParam(t, req, "mac", b64.EncodeToString(requestMAC(secret, http.MethodGet, uri, sec, p["nonce"], req.Header)))
 	return req
 }
 
@@ -482,5 +500,40 @@ func TestNonceCap(t *testing.T) {
 	}
 	if err := verify(first); !errors.Is(err, ErrStale) {
 		t.Fatalf("first request after the window: %v, want ErrStale", err)
+	}
+}
+
+// TestSignedHeadersAndAudience: the Svckit-* headers are signed (none can
+// be added, changed or stripped), and a server refuses a request signed
+// for another service.
+func TestSignedHeadersAndAudience(t *testing.T) {
+	const uri = "/snapshot?stream=s"
+	req, _ := http.NewRequest(http.MethodGet, "http://x"+uri, nil)
+	req.Header.Set(AudienceHeader, "worker")
+	req.Header.Set("Svckit-Accept-Damaged", "1")
+	if _, err := Sign(req, secret); err != nil {
+		t.Fatal(err)
+	}
+	worker := NewVerifier(secret)
+	worker.Audience = "worker"
+	if _, err := worker.Verify(arrived(req, http.MethodGet, uri)); err != nil {
+		t.Fatalf("the worker refused a request for it: %v", err)
+	}
+	sensor := NewVerifier(secret)
+	sensor.Audience = "sensor"
+	if _, err := sensor.Verify(arrived(req, http.MethodGet, uri)); !errors.Is(err, ErrWrongAudience) {
+		t.Fatalf("the sensor, given the worker's request: %v, want ErrWrongAudience", err)
+	}
+	for name, change := range map[string]func(h http.Header){
+		"audience changed": func(h http.Header) { h.Set(AudienceHeader, "sensor") },
+		"audience removed": func(h http.Header) { h.Del(AudienceHeader) },
+		"a header removed": func(h http.Header) { h.Del("Svckit-Accept-Damaged") },
+		"a header added":   func(h http.Header) { h.Set("Svckit-Other", "1") },
+	} {
+		r := arrived(req, http.MethodGet, uri)
+		change(r.Header)
+		if _, err := NewVerifier(secret).Verify(r); !errors.Is(err, ErrWrongSecret) {
+			t.Errorf("%s: %v, want ErrWrongSecret", name, err)
+		}
 	}
 }
