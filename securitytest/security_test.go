@@ -141,7 +141,8 @@ func TestReplaySecret(t *testing.T) {
 	// need the secret, the worker to serve and to ask.
 	pipetest.StartService(t, c, "worker-secret", "worker", nil, "--replay-secret=sesame")
 	pipetest.StartService(t, c, "app-secret", "app", nil, "--replay-secret=sesame", "--replay-gap-grace=200ms", "--replay-tail-interval=500ms")
-	pipetest.WaitAppExact(t, c, "secret", 300)
+	// The app's /streams is its data too: asked with a signed request.
+	pipetest.WaitAppExactSigned(t, c, "secret", 300, "sesame")
 }
 
 func firstLine(log, substr string) string {

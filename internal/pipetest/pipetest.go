@@ -10,9 +10,11 @@ package pipetest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/svckit/svckit/svckit/replay"
 	"net"
 	"net/http"
 	"os"
@@ -258,7 +260,15 @@ func Ready(addr string) (Readiness, error) {
 // last_contiguous == n, no gaps), and returns its entry.
 func WaitAppExact(t testing.TB, consul *testenv.Consul, stream string, n uint64) AppStream {
 	t.Helper()
-	return waitExact(t, "the app", stream, n, func() (string, error) {
+	return WaitAppExactSigned(t, consul, stream, n, "")
+}
+
+// WaitAppExactSigned is WaitAppExact for an app run with a replay secret:
+// its /streams asked with requests signed with secret ("" for none), as
+// svckit's clients sign them.
+func WaitAppExactSigned(t testing.TB, consul *testenv.Consul, stream string, n uint64, secret string) AppStream {
+	t.Helper()
+	return waitExactSigned(t, "the app", stream, n, secret, func() (string, error) {
 		if addr := PassingAddr(consul, "app", ""); addr != "" {
 			return addr, nil
 		}
@@ -279,6 +289,11 @@ func WaitAppExactAt(t testing.TB, addr, stream string, n uint64) AppStream {
 // after ExactTimeout with what the app said last.
 func waitExact(t testing.TB, app, stream string, n uint64, appAddr func() (string, error)) AppStream {
 	t.Helper()
+	return waitExactSigned(t, app, stream, n, "", appAddr)
+}
+
+func waitExactSigned(t testing.TB, app, stream string, n uint64, secret string, appAddr func() (string, error)) AppStream {
+	t.Helper()
 	var st AppStream
 	var err error
 	ok := testenv.Eventually(ExactTimeout, func() bool {
@@ -286,7 +301,11 @@ func waitExact(t testing.TB, app, stream string, n uint64, appAddr func() (strin
 		if addr, err = appAddr(); err != nil {
 			return false
 		}
-		st, err = AppStreamOf(addr, stream)
+		if secret == "" {
+			st, err = AppStreamOf(addr, stream)
+		} else {
+			st, err = signedAppStreamOf(addr, stream, secret)
+		}
 		return err == nil && st.Exact(n)
 	})
 	if !ok {
@@ -496,4 +515,29 @@ func CheckStateWith(t testing.TB, appAddr, sensorAddr, stream string, n uint64, 
 	if got != w {
 		t.Fatalf("app state of %s differs from what the pipeline makes of the sensor's readings:\n app  %+v\n want %+v", stream, got, w)
 	}
+}
+
+// signedAppStreamOf is AppStreamOf asked with a request signed with secret
+// (replay.Client signs it and checks the app's proof).
+func signedAppStreamOf(addr, stream, secret string) (AppStream, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := replay.Client{Secret: secret, Audience: "app"}.Get(ctx, addr, "/streams", nil)
+	if err != nil {
+		return AppStream{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return AppStream{}, fmt.Errorf("GET %s/streams: HTTP %d", addr, resp.StatusCode)
+	}
+	var ss []AppStream
+	if err := json.NewDecoder(resp.Body).Decode(&ss); err != nil {
+		return AppStream{}, fmt.Errorf("GET %s/streams: %w", addr, err)
+	}
+	for _, s := range ss {
+		if s.Stream == stream {
+			return s, nil
+		}
+	}
+	return AppStream{Stream: stream}, nil
 }
