@@ -22,7 +22,7 @@
 // still reads the JSON format: such dead letters may sit in nsqd.
 //
 // The package does not import pubsub (pubsub imports it): it publishes
-// through the small Publisher interface, which *pubsub.Producer satisfies.
+// through the small TopicPublisher interface, which *pubsub.Producer satisfies.
 package deadletter
 
 import (

@@ -12,9 +12,9 @@ import (
 	"github.com/svckit/svckit/svckit/metrics"
 )
 
-// Publisher publishes one message and returns once nsqd acknowledged it or
+// TopicPublisher publishes one message and returns once nsqd acknowledged it or
 // ctx ended. *pubsub.Producer is one.
-type Publisher interface {
+type TopicPublisher interface {
 	Publish(ctx context.Context, topic string, body []byte) error
 }
 
@@ -28,7 +28,7 @@ const DefaultPublishTimeout = 10 * time.Second
 type Options struct {
 	// Publisher publishes to "<topic>.dead"; nil = keep every dead letter
 	// in Store.
-	Publisher Publisher
+	Publisher TopicPublisher
 	// Store keeps what nsqd does not take; nil = no local fallback (Send
 	// then fails for such a letter).
 	Store *Store

@@ -26,7 +26,7 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// recorder is a Publisher that records what it was given and answers with
+// recorder is a TopicPublisher that records what it was given and answers with
 // err, or waits for ctx when block is set. (The integration test publishes
 // through a real nsqd; this one checks the choice of path.)
 type recorder struct {

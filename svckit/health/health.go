@@ -130,6 +130,19 @@ func (s *Server) TLS() bool { return s.opts.TLSCertFile != "" }
 // Shutdown stops accepting requests and waits for active ones (bounded by ctx).
 func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
 
+// Close closes the listener of a server that Listen bound and Serve never
+// served (Shutdown stops a serving one).
+func (s *Server) Close() error {
+	if s.ln == nil {
+		return nil
+	}
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
 // CheckState is one dependency's entry in the /ready answer.
 type CheckState struct {
 	OK     bool   `json:"ok"`

@@ -216,7 +216,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	var dead *deadletter.Sink
 	var ownProd *Producer
 	if !o.DropDeadLetters {
-		var pub deadletter.Publisher
+		var pub deadletter.TopicPublisher
 		switch {
 		case o.DeadLetter != nil:
 			pub = o.DeadLetter

@@ -14,7 +14,7 @@ import (
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
-// ackAll is a replay.Publisher that acknowledges every message at once, as
+// ackAll is a replay.PumpPublisher that acknowledges every message at once, as
 // nsqd does when it takes one. A real owner gets a *pubsub.Batcher of its
 // own (service.OpenStream makes one).
 type ackAll struct{}

@@ -33,10 +33,10 @@ type Fold interface {
 	Restore(state []byte) error
 }
 
-// Publisher is what an owner's pump hands messages to: a *pubsub.Batcher
+// PumpPublisher is what an owner's pump hands messages to: a *pubsub.Batcher
 // of its own. The owner closes it (Close), so give it one nothing else
 // publishes through.
-type Publisher interface {
+type PumpPublisher interface {
 	// PublishAsync queues body; done is called once with nsqd's answer.
 	// ctx bounds only the wait for room in the queue.
 	PublishAsync(ctx context.Context, body []byte, done func(error))
@@ -88,7 +88,7 @@ type OwnerOptions struct {
 type Owner struct {
 	o   OwnerOptions
 	log *retainlog.Log
-	pub Publisher
+	pub PumpPublisher
 
 	mu      sync.Mutex
 	seq     uint64 // last assigned
@@ -170,7 +170,7 @@ var ErrNotAccepting = errors.New("not accepting messages: the retained log canno
 // OpenOwner opens (or creates) the stream's log and restores its fold and
 // sequence. Run publishes what nsqd had not acknowledged before the last
 // stop, then everything published since.
-func OpenOwner(o OwnerOptions, pub Publisher) (*Owner, error) {
+func OpenOwner(o OwnerOptions, pub PumpPublisher) (*Owner, error) {
 	if !ValidStreamID(o.Stream) {
 		return nil, fmt.Errorf("stream id %q: want 1-255 of [A-Za-z0-9._-]", o.Stream)
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
-// ackAll is a Publisher that acknowledges at once. These tests are about
+// ackAll is a PumpPublisher that acknowledges at once. These tests are about
 // the replay protocol between an owner and a tracker; delivery through real
 // nsqd is covered by the e2e tests.
 type ackAll struct{}
@@ -732,7 +732,7 @@ func TestOwnerAfterLogMovedAside(t *testing.T) {
 	lo := retainlog.DefaultOptions("")
 	lo.SegmentBytes = 1024
 	lo.RetainMessages = 10
-	run := func(pub Publisher, n int) *Owner {
+	run := func(pub PumpPublisher, n int) *Owner {
 		t.Helper()
 		o, err := OpenOwner(OwnerOptions{Stream: "m", Dir: dir, Log: lo, Fold: &pipeline.ReadingFold{}, SnapshotInterval: 10 * time.Millisecond}, pub)
 		if err != nil {

@@ -74,6 +74,13 @@ func Main(args []string, stdout, stderr io.Writer, spec Spec) int {
 			}
 			loop, err := spec.Setup(c, s)
 			if err != nil {
+				// What New and Setup took goes back (the lock, the port, an
+				// owner's claim), within the shutdown budget.
+				cctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+				defer cancel()
+				if cerr := s.Close(cctx); cerr != nil {
+					log.Warn("releasing after a failed setup", "err", cerr)
+				}
 				return err
 			}
 			return s.Run(ctx, loop)

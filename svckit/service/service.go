@@ -72,6 +72,8 @@ type Service struct {
 	rmetrics   *replay.Metrics
 	rserver    *replay.Server
 	unlockData func() error
+	ran        bool // Run was called: it releases everything itself
+	closed     bool
 	deadStore  *deadletter.Store // <data-dir>/deadletters, served over HTTP
 	deadSink   *deadletter.Sink  // for trackers; consumers make their own over the same producer and store
 }
@@ -305,6 +307,9 @@ func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.
 // serve) until ctx ends, and then shuts down in order. It returns nil after a
 // clean shutdown.
 func (s *Service) Run(ctx context.Context, loop func(context.Context) error) error {
+	s.mu.Lock()
+	s.ran = true
+	s.mu.Unlock()
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- s.HTTP.Serve() }()
 
@@ -473,6 +478,52 @@ func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, ht
 	if s.unlockData == nil {
 	} else if err := s.unlockData(); err != nil {
 		errs = append(errs, fmt.Errorf("unlocking --data-dir: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Close releases what New and a Setup acquired, for a service that will
+// not Run (its Setup failed, or a program built it and changed its mind):
+// its consumers stop, its stop hooks run (state saves, an owner's claim),
+// its publishers flush, and its HTTP listener and the data directory's
+// lock are released, so that the same process can build it again. ctx
+// bounds the waits. After Run it does nothing: Run released everything
+// itself. Calling it twice is harmless.
+func (s *Service) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ran || s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	var errs []error
+	for _, c := range s.consumers {
+		if err := c.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, h := range s.stopHooks {
+		if err := runStopHook(ctx, h); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, b := range s.batchers {
+		if err := b.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flushing publisher: %w", err))
+		}
+	}
+	if s.producer != nil {
+		s.producer.Stop()
+	}
+	s.Discovery.Stop()
+	if err := s.HTTP.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("closing the HTTP listener: %w", err))
+	}
+	if s.unlockData != nil {
+		if err := s.unlockData(); err != nil {
+			errs = append(errs, fmt.Errorf("unlocking --data-dir: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"reflect"
@@ -455,5 +456,47 @@ func TestMainConsulUnreachableExits3(t *testing.T) {
 	last := lines[len(lines)-1]
 	if !strings.HasPrefix(last, "svcmain: ") || !strings.Contains(last, service.ErrConsulUnreachable.Error()) {
 		t.Errorf("last stderr line = %q, want \"svcmain: %v…\"", last, service.ErrConsulUnreachable)
+	}
+}
+
+// TestServiceCloseReleases: a service that will not Run (its Setup failed)
+// gives back the data directory's lock and its HTTP port on Close, so the
+// same process can build it again; Close after Close, or after Run, does
+// nothing.
+func TestServiceCloseReleases(t *testing.T) {
+	t.Parallel()
+	consul := testenv.StartConsul(t)
+	cfg := testConfig(t, "svcclose", consul.HTTPAddr)
+	ctx := context.Background()
+	s, err := service.New(ctx, cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	saved := false
+	s.OnStop(func(context.Context) error { saved = true; return nil })
+	if _, err := service.New(ctx, cfg, testLogger(t)); err == nil {
+		t.Fatal("a second service on the same data directory was built while the first holds it")
+	}
+	port := s.Port
+	if err := s.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if !saved {
+		t.Error("Close did not run the stop hooks")
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatalf("Close again: %v", err)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatalf("the HTTP port %d is still taken after Close: %v", port, err)
+	}
+	l.Close()
+	s2, err := service.New(ctx, cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("New after Close (the data directory's lock): %v", err)
+	}
+	if err := s2.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -62,8 +62,8 @@ type AppendTransform func(ctx context.Context, in envelope.Envelope, outs []Outp
 // 1..seq) onto what this stage's downstream expects of a snapshot.
 type SnapshotMapper func(stream string, seq uint64, upstream []byte) ([]byte, error)
 
-// Publisher is where outputs go: a *pubsub.Batcher.
-type Publisher interface {
+// OutputPublisher is where a stage's outputs go: a *pubsub.Batcher.
+type OutputPublisher interface {
 	PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error))
 	PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error))
 }
@@ -80,7 +80,7 @@ type Options struct {
 	// without it a snapshot request is answered 501 (the consumer says so
 	// in /ready and a metric, and does not loop on it).
 	Snapshot SnapshotMapper
-	Out      Publisher
+	Out      OutputPublisher
 	// Upstream is the live set of upstream instances (a *discovery.Watcher
 	// of the upstream service), asked when relaying replay requests.
 	Upstream replay.Instances
