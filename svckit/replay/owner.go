@@ -25,11 +25,13 @@ import (
 // Fold is the owner's running summary of its whole stream, offered to
 // consumers as a snapshot when the log no longer reaches back far enough.
 type Fold interface {
-	// Apply folds in one published message.
+	// Apply folds in one published message. payload is only valid during
+	// the call (a restart refolds records read into a reused buffer).
 	Apply(seq uint64, payload []byte) error
-	// State encodes the fold (covering 1..the highest seq applied).
+	// State encodes the fold (covering 1..the highest seq applied) as JSON
+	// (or nil): it is the snapshot's "state" and is saved inside JSON.
 	State() []byte
-	// Restore replaces the fold with an encoded state.
+	// Restore replaces the fold with an encoded state ("null" for nil).
 	Restore(state []byte) error
 }
 

@@ -34,11 +34,18 @@ type Applier interface {
 	// ApplySnapshot replaces the stream's state by the owner's fold over
 	// 1..seq.
 	ApplySnapshot(stream string, seq uint64, state []byte) error
-	// ExportState encodes the stream's state for the checkpoint.
+	// ExportState encodes the stream's state for the checkpoint, as JSON
+	// (or nil). It is also called for streams never applied to (the
+	// tracker exports every stream it knows of): the empty state, not an
+	// error, which would fail the whole checkpoint.
 	ExportState(stream string) ([]byte, error)
-	// ImportState restores the stream's state from the checkpoint.
+	// ImportState restores the stream's state from the checkpoint; state
+	// is what ExportState gave, "null" for nil.
 	ImportState(stream string, state []byte) error
 }
+
+// replaytest (svckit/replay/replaytest) checks an Applier, a Fold and a
+// stage's transform and snapshot mapper against these contracts.
 
 // TrackerOptions configures a Tracker.
 type TrackerOptions struct {
