@@ -2,16 +2,10 @@ package replay
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net/http"
-	"net/url"
-	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +16,17 @@ import (
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 )
+
+// The consumer side of the protocol, the Tracker, by job:
+//
+//   - tracker.go: the type, its options, live delivery (Deliver, and the
+//     bound on live sequences) and Run's loop;
+//   - tracker_core.go: one stream's exactly-once bookkeeping (applied set,
+//     parts, markers, gaps, the bound), with no lock, network or disk;
+//   - tracker_recovery.go: asking the owners through a Client (tails,
+//     replays, snapshots), with backoff and dead-lettering;
+//   - tracker_checkpoint.go: the checkpoint file;
+//   - tracker_status.go: Status, Ready and GET /streams.
 
 // Applier is the consumer's state, as the tracker drives it. Every method is
 // called with the stream's lock held, so per stream they never run
@@ -135,17 +140,12 @@ type Tracker struct {
 	saveErr error
 }
 
+// trackedStream is one stream as the Tracker keeps it: its core (the
+// applied set, parts, gaps, the owner's last answer; tracker_core.go) and
+// the recovery's state, under one lock.
 type trackedStream struct {
-	id string
 	mu sync.Mutex
-	// applied holds every handled sequence: applied to the state, or
-	// dead-lettered (those are in parked too). Gaps are what it lacks.
-	applied    SeqSet
-	parked     SeqSet
-	partial    map[uint64]*partialSeq // split sequences not complete yet
-	duplicates uint64
-	snapshots  uint64
-	ownerLast  uint64 // last_seq the owner reported
+	streamCore
 	// refresh is closed when the owner query in flight (started at
 	// refreshAt) ends; nil when none is.
 	refresh    chan struct{}
@@ -154,28 +154,13 @@ type trackedStream struct {
 	// noSnapshot: the stream needs a snapshot and its upstream offers none.
 	noSnapshot error
 	// failSeq failed to apply failures times in a row (replay).
-	failSeq    uint64
-	failures   int
-	gapSeen    map[uint64]time.Time // gap start → when first seen open
+	failSeq  uint64
+	failures int
+	// fetching: a recovery runs; retryAt, retryDelay: its backoff.
 	fetching   bool
 	retryAt    time.Time
 	retryDelay time.Duration
-	counted    map[uint64]bool // gap starts already counted in GapsDetected
 	dups       prometheus.Counter
-}
-
-// StreamStatus is a stream's entry in the consumer's GET /streams.
-type StreamStatus struct {
-	Stream         string      `json:"stream"`
-	LastContiguous uint64      `json:"last_contiguous"`
-	Applied        uint64      `json:"applied"`
-	Duplicates     uint64      `json:"duplicates"`
-	Gaps           [][2]uint64 `json:"gaps"`
-	// OwnerLast is the last sequence the owner reported: gaps never reach
-	// beyond it.
-	OwnerLast uint64 `json:"owner_last"`
-	// DeadLettered are sequences handled by dead-lettering, not applied.
-	DeadLettered [][2]uint64 `json:"dead_lettered"`
 }
 
 // NewTracker loads the checkpoint (if any) into a and returns the tracker.
@@ -243,8 +228,7 @@ func (t *Tracker) stream(id string) *trackedStream {
 }
 
 func (t *Tracker) newStream(id string) *trackedStream {
-	return &trackedStream{id: id, gapSeen: map[uint64]time.Time{}, counted: map[uint64]bool{}, partial: map[uint64]*partialSeq{},
-		dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
+	return &trackedStream{streamCore: newStreamCore(id), dups: t.o.Metrics.Duplicates.WithLabelValues(id)}
 }
 
 // Deliver applies a live env unless its (stream, seq) was handled before;
@@ -270,104 +254,16 @@ func (t *Tracker) Deliver(ctx context.Context, env envelope.Envelope) (bool, err
 	return t.apply(s, env)
 }
 
-// apply applies env once. Replayed messages come here straight: the owner
-// serves only what it published.
-//
-// A sequence is complete when its message was applied, or all its parts
-// (a stage split its input), or its marker seen (a stage made nothing of
-// it). A marker that carries a reason (the input was dead-lettered
-// upstream) parks the sequence: complete for gap detection, and applied
-// should its message ever arrive (requeued by an operator).
+// apply applies env once, through the stream's core. Replayed messages
+// come here straight: the owner serves only what it published.
 func (t *Tracker) apply(s *trackedStream, env envelope.Envelope) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seq := env.Seq
-	parked := s.parked.Contains(seq)
-	if s.applied.Contains(seq) && (!parked || env.Marker) && s.partial[seq] == nil {
-		s.duplicates++
+	applied, duplicate, err := s.streamCore.apply(t.a, env)
+	if duplicate {
 		s.dups.Inc()
-		return false, nil
 	}
-	if env.Parts > 1 {
-		return t.applyPart(s, env)
-	}
-	if s.partial[seq] != nil {
-		return false, permanentError{fmt.Errorf("stream %s seq %d: a whole message for a sequence sent in parts", s.id, seq)}
-	}
-	switch {
-	case env.Marker && len(env.Payload) > 0:
-		s.applied.Add(seq)
-		s.parked.Add(seq)
-		return false, nil
-	case env.Marker:
-		s.applied.Add(seq)
-		return false, nil
-	}
-	if err := t.a.Apply(env.Stream, env); err != nil {
-		return false, err
-	}
-	// A dead-lettered sequence sent again applies now: no longer parked.
-	s.parked.Remove(seq)
-	s.applied.Add(seq)
-	return true, nil
-}
-
-// applyPart applies one part of a split sequence once. Called with s.mu
-// held. The sequence is complete when every part was applied or marked;
-// if some were dead-lettered upstream it is parked, and its record kept, so
-// that exactly those parts apply should they come again (requeued), and
-// no other part twice.
-func (t *Tracker) applyPart(s *trackedStream, env envelope.Envelope) (bool, error) {
-	seq, part := env.Seq, uint64(env.Part)+1 // SeqSet has no 0
-	p := s.partial[seq]
-	if p == nil {
-		p = &partialSeq{parts: env.Parts}
-		s.partial[seq] = p
-	} else if p.parts != env.Parts {
-		return false, permanentError{fmt.Errorf("stream %s seq %d: part %d of %d, but earlier parts said %d", s.id, seq, env.Part, env.Parts, p.parts)}
-	}
-	if p.got.Contains(part) && (env.Marker || !p.dead.Contains(part)) {
-		s.duplicates++
-		s.dups.Inc()
-		return false, nil
-	}
-	applied := false
-	switch {
-	case env.Marker && len(env.Payload) > 0:
-		p.dead.Add(part) // dead-lettered upstream
-	case env.Marker:
-	default:
-		if err := t.a.Apply(env.Stream, env); err != nil {
-			return false, err
-		}
-		applied = true
-		p.dead.Remove(part)
-	}
-	p.got.Add(part)
-	t.settlePartsLocked(s, seq, p)
-	return applied, nil
-}
-
-// settlePartsLocked completes seq once every part is handled: parked while
-// some part is dead, else done with. Called with s.mu held.
-func (t *Tracker) settlePartsLocked(s *trackedStream, seq uint64, p *partialSeq) {
-	if p.got.Count() < uint64(p.parts) {
-		return
-	}
-	s.applied.Add(seq)
-	if p.dead.Count() > 0 {
-		s.parked.Add(seq)
-		return
-	}
-	s.parked.Remove(seq)
-	delete(s.partial, seq)
-}
-
-// partialSeq is a sequence split into parts, some applied.
-type partialSeq struct {
-	parts uint32
-	got   SeqSet // part index + 1: handled (applied or marked)
-	dead  SeqSet // part index + 1: handled by dead-lettering
+	return applied, err
 }
 
 // NeverPublishedError refuses a live message whose sequence the stream's
@@ -386,6 +282,12 @@ func (e NeverPublishedError) Error() string {
 // Permanent reports true: retrying cannot make the owner have published it.
 func (e NeverPublishedError) Permanent() bool { return true }
 
+// permanentError marks a failure retrying cannot fix.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error   { return e.error }
+func (e permanentError) Permanent() bool { return true }
+
 // checkPublished lets seq through when it is within MaxAhead of what the
 // owner is known to have published (its last answer, kept in the
 // checkpoint), and otherwise asks the owner. Within the bound a forged
@@ -397,11 +299,10 @@ func (t *Tracker) checkPublished(ctx context.Context, s *trackedStream, seq uint
 	}
 	arrived := time.Now()
 	s.mu.Lock()
-	// Only what the owner said counts: what this consumer applied could
-	// be a forgery within the bound, which must not move it.
-	known := s.ownerLast
+	// Only what the owner said counts (see pastBound).
+	known, past := s.ownerLast, s.pastBound(seq, t.o.MaxAhead)
 	s.mu.Unlock()
-	if seq <= known+t.o.MaxAhead {
+	if !past {
 		return nil
 	}
 	last, err := t.refreshOwnerLast(ctx, s, arrived)
@@ -415,116 +316,6 @@ func (t *Tracker) checkPublished(ctx context.Context, s *trackedStream, seq uint
 	}
 	return nil
 }
-
-// refreshOwnerLast asks the stream's owner for its last sequence. Callers
-// share a query, but only one that started after their message arrived:
-// an answer from before could predate the message's publication.
-func (t *Tracker) refreshOwnerLast(ctx context.Context, s *trackedStream, arrived time.Time) (uint64, error) {
-	for {
-		s.mu.Lock()
-		if ch := s.refresh; ch != nil {
-			usable := !s.refreshAt.Before(arrived)
-			s.mu.Unlock()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-				return 0, ctx.Err()
-			}
-			if usable {
-				s.mu.Lock()
-				last, err := s.ownerLast, s.refreshErr
-				s.mu.Unlock()
-				return last, err
-			}
-			continue
-		}
-		ch := make(chan struct{})
-		s.refresh, s.refreshAt = ch, time.Now()
-		s.mu.Unlock()
-		last, err := t.askLast(ctx, s.id)
-		s.mu.Lock()
-		if err == nil {
-			s.ownerLast = max(s.ownerLast, last)
-		}
-		last, s.refreshErr, s.refresh = s.ownerLast, err, nil
-		s.mu.Unlock()
-		close(ch)
-		return last, err
-	}
-}
-
-// askLast asks stream's owner for the stream's last published sequence.
-func (t *Tracker) askLast(ctx context.Context, stream string) (uint64, error) {
-	in, err := t.owner(stream)
-	if err != nil {
-		return 0, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
-	defer cancel()
-	var st []Status
-	if err := t.getJSON(ctx, in, "/streams", nil, &st); err != nil {
-		return 0, fmt.Errorf("asking %s for its streams: %w", in.ID, err)
-	}
-	for _, x := range st {
-		if x.Stream == stream {
-			return x.LastSeq, nil
-		}
-	}
-	return 0, nil // the owner answered, and never published anything of it
-}
-
-// Status reports every stream (sorted by id).
-func (t *Tracker) Status() []StreamStatus {
-	t.mu.RLock()
-	ids := slices.Sorted(maps.Keys(t.streams))
-	ss := make([]*trackedStream, len(ids))
-	for i, id := range ids {
-		ss[i] = t.streams[id]
-	}
-	t.mu.RUnlock()
-	out := make([]StreamStatus, len(ss))
-	for i, s := range ss {
-		s.mu.Lock()
-		gaps := s.applied.Gaps()
-		if gaps == nil {
-			gaps = [][2]uint64{}
-		}
-		parked := s.parked.Intervals()
-		if parked == nil {
-			parked = [][2]uint64{}
-		}
-		out[i] = StreamStatus{Stream: s.id, LastContiguous: s.applied.Contiguous(), Applied: s.applied.Count() - s.parked.Count(),
-			Duplicates: s.duplicates, Gaps: gaps, OwnerLast: s.ownerLast, DeadLettered: parked}
-		s.mu.Unlock()
-	}
-	return out
-}
-
-// Ready is nil unless a stream cannot be made complete (it needs a
-// snapshot its upstream does not offer) or the checkpoint cannot be
-// written (a readiness check).
-func (t *Tracker) Ready() error {
-	t.mu.RLock()
-	ss := slices.Collect(maps.Values(t.streams))
-	t.mu.RUnlock()
-	var errs []error
-	t.saveMu.Lock()
-	if t.saveErr != nil {
-		errs = append(errs, fmt.Errorf("checkpoint not saved (state kept in memory, retried): %w", t.saveErr))
-	}
-	t.saveMu.Unlock()
-	for _, s := range ss {
-		s.mu.Lock()
-		if s.noSnapshot != nil {
-			errs = append(errs, fmt.Errorf("stream %s: %w", s.id, s.noSnapshot))
-		}
-		s.mu.Unlock()
-	}
-	return errors.Join(errs...)
-}
-
-// ServeStreams is the consumer's GET /streams handler.
-func (t *Tracker) ServeStreams(w http.ResponseWriter, _ *http.Request) { writeJSON(w, t.Status()) }
 
 // Run detects gaps, asks owners for what is missing and checkpoints, until
 // ctx ends; it returns after the recoveries it started. Call Save after the
@@ -551,478 +342,4 @@ func (t *Tracker) Run(ctx context.Context) {
 			t.scan(ctx, &wg)
 		}
 	}
-}
-
-// watchTails asks the owners for their streams' last sequences at once
-// (what was published while the consumer was away) and every TailInterval.
-func (t *Tracker) watchTails(ctx context.Context) {
-	tick := time.NewTicker(t.o.TailInterval)
-	defer tick.Stop()
-	for {
-		t.checkTails(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-// checkTails asks each owner for its streams' last sequence numbers.
-func (t *Tracker) checkTails(ctx context.Context) {
-	for _, in := range t.o.Owners.Instances() {
-		var st []Status
-		rctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
-		err := t.getJSON(rctx, in, "/streams", nil, &st)
-		cancel()
-		if err != nil {
-			t.o.Logger.Debug("asking owner for its streams", "owner", in.ID, "err", err)
-			continue
-		}
-		for _, x := range st {
-			if x.LastSeq == 0 {
-				continue
-			}
-			s := t.stream(x.Stream)
-			s.mu.Lock()
-			s.ownerLast = max(s.ownerLast, x.LastSeq)
-			s.mu.Unlock()
-		}
-	}
-}
-
-// missing lists the stream's missing ranges, the tail up to what the owner
-// reported included. Called with s.mu held.
-func missing(s *trackedStream) [][2]uint64 {
-	gaps := s.applied.Gaps()
-	if top := s.applied.Max(); s.ownerLast > top {
-		gaps = append(gaps, [2]uint64{top + 1, s.ownerLast})
-	}
-	return gaps
-}
-
-func (t *Tracker) scan(ctx context.Context, wg *sync.WaitGroup) {
-	now := time.Now()
-	t.mu.RLock()
-	ss := slices.Collect(maps.Values(t.streams))
-	t.mu.RUnlock()
-	for _, s := range ss {
-		s.mu.Lock()
-		gaps := missing(s)
-		var n uint64
-		due := false
-		open := make(map[uint64]bool, len(gaps))
-		for _, g := range gaps {
-			n += g[1] - g[0] + 1
-			open[g[0]] = true
-			seen, ok := s.gapSeen[g[0]]
-			if !ok {
-				s.gapSeen[g[0]] = now
-				continue
-			}
-			if now.Sub(seen) >= t.o.GapGrace {
-				due = true
-				if !s.counted[g[0]] {
-					s.counted[g[0]] = true
-					t.o.Metrics.GapsDetected.WithLabelValues(s.id).Inc()
-					t.o.Logger.Info("gap detected; requesting replay", "stream", s.id, "from", g[0], "to", g[1])
-				}
-			}
-		}
-		for k := range s.gapSeen {
-			if !open[k] {
-				delete(s.gapSeen, k)
-				delete(s.counted, k)
-			}
-		}
-		t.o.Metrics.Missing.WithLabelValues(s.id).Set(float64(n))
-		start := due && !s.fetching && !now.Before(s.retryAt)
-		if start {
-			s.fetching = true
-		}
-		s.mu.Unlock()
-		if start {
-			wg.Add(1)
-			go func() { defer wg.Done(); t.recover(ctx, s) }()
-		}
-	}
-}
-
-// recover fetches every missing range of s that has been open past the grace.
-func (t *Tracker) recover(ctx context.Context, s *trackedStream) {
-	err := t.recoverOnce(ctx, s)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fetching = false
-	if err == nil {
-		s.retryDelay = 0
-		if s.noSnapshot != nil {
-			s.noSnapshot = nil
-			t.o.Metrics.SnapshotUnavailable.WithLabelValues(s.id).Set(0)
-		}
-		return
-	}
-	if errors.Is(err, ErrNoSnapshot) {
-		// Asking again soon would get the same answer: until someone
-		// gives the upstream a snapshot, say so (log once, /ready, the
-		// metric) and look again only now and then.
-		if s.noSnapshot == nil {
-			t.o.Logger.Error("the stream needs a snapshot its upstream does not offer; it stays incomplete", "stream", s.id, "err", err)
-		}
-		s.noSnapshot = err
-		t.o.Metrics.SnapshotUnavailable.WithLabelValues(s.id).Set(1)
-		s.retryDelay = max(t.o.RetryMax, time.Minute)
-		s.retryAt = time.Now().Add(s.retryDelay)
-		return
-	}
-	if s.retryDelay == 0 {
-		s.retryDelay = t.o.RetryMin
-	} else {
-		s.retryDelay = min(s.retryDelay*2, t.o.RetryMax)
-	}
-	s.retryAt = time.Now().Add(s.retryDelay/2 + rand.N(s.retryDelay/2+1))
-	if ctx.Err() == nil {
-		t.o.Logger.Warn("replay failed; retrying with backoff", "stream", s.id, "retry_in", time.Until(s.retryAt).Round(time.Millisecond), "err", err)
-	}
-}
-
-func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
-	now := time.Now()
-	s.mu.Lock()
-	var due [][2]uint64
-	for _, g := range missing(s) {
-		if seen, ok := s.gapSeen[g[0]]; ok && now.Sub(seen) >= t.o.GapGrace {
-			due = append(due, g)
-		}
-	}
-	s.mu.Unlock()
-	// A range that fails does not hold up the others (the tail above all):
-	// the first error is returned once every range was tried.
-	var first error
-	for _, g := range due {
-		for from := g[0]; from <= g[1]; {
-			to := min(g[1], from+uint64(t.o.MaxBatch)-1)
-			high, err := t.fetch(ctx, s, from, to)
-			if errors.Is(err, ErrGone) || errors.Is(err, ErrDamaged) {
-				// Trimmed, or damaged on the owner's disk: either way
-				// only a snapshot brings those sequences back.
-				if errors.Is(err, ErrDamaged) {
-					t.o.Logger.Warn("the upstream's disk damaged sequences this stream needs; recovering through its snapshot", "stream", s.id, "err", err)
-				}
-				return t.recoverSnapshot(ctx, s)
-			}
-			if err != nil {
-				if first == nil {
-					first = err
-				}
-				break
-			}
-			if high < from {
-				break // the owner has nothing more in this range now
-			}
-			from = high + 1
-		}
-	}
-	return first
-}
-
-// owner finds the passing instance that owns stream.
-//
-// The stream's origin owner carries the tag stream=<id>; a stage relays
-// every stream its upstream has (RelayTag), from any of its instances.
-func (t *Tracker) owner(stream string) (discovery.Instance, error) {
-	if t.o.Owners == nil {
-		return discovery.Instance{}, errors.New("no owner service configured")
-	}
-	tag := OwnerTag(stream)
-	var relays []discovery.Instance
-	for _, in := range t.o.Owners.Instances() {
-		if in.HasTag(tag) {
-			return in, nil
-		}
-		if in.HasTag(RelayTag) {
-			relays = append(relays, in)
-		}
-	}
-	if len(relays) > 0 {
-		return relays[rand.N(len(relays))], nil
-	}
-	return discovery.Instance{}, fmt.Errorf("no passing instance of %q carries tag %q or %q", t.o.Owners.Service(), tag, RelayTag)
-}
-
-// fetch replays [from, to] of stream from its owner and applies it, and
-// returns the highest sequence the response carried (0 if none). A frame
-// that cannot be applied for good is dead-lettered and replay goes on past
-// it.
-func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) (uint64, error) {
-	var high uint64
-	res, _, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
-		high = max(high, env.Seq)
-		if terr == nil {
-			_, terr = t.apply(s, env)
-		}
-		if terr == nil {
-			return nil
-		}
-		if !isPermanent(terr) && !t.failedTooOften(s, env.Seq) {
-			return terr // the recovery backs off and asks again
-		}
-		return t.park(ctx, s, env, frame, terr.Error())
-	})
-	t.o.Metrics.Requests.WithLabelValues(res).Inc()
-	return high, err
-}
-
-// failedTooOften counts a failure to apply seq and reports whether it
-// failed MaxAttempts times in a row: a replayed message, like a live one,
-// is not retried forever.
-func (t *Tracker) failedTooOften(s *trackedStream, seq uint64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.failSeq != seq {
-		s.failSeq, s.failures = seq, 0
-	}
-	s.failures++
-	return s.failures >= t.o.MaxAttempts
-}
-
-// permanentError marks a failure retrying cannot fix.
-type permanentError struct{ error }
-
-func (e permanentError) Unwrap() error   { return e.error }
-func (e permanentError) Permanent() bool { return true }
-
-// park dead-letters a replayed frame that cannot be applied and counts its
-// sequence as handled, so that it is not requested again.
-func (t *Tracker) park(ctx context.Context, s *trackedStream, env envelope.Envelope, frame []byte, reason string) error {
-	seq := env.Seq
-	reason = fmt.Sprintf("replayed message %d of stream %s cannot be applied: %s", seq, s.id, reason)
-	if t.o.DeadLetter != nil {
-		if err := t.o.DeadLetter(ctx, s.id, seq, frame, reason); err != nil {
-			return fmt.Errorf("dead-lettering replayed message %d of %s: %w", seq, s.id, err)
-		}
-	}
-	s.mu.Lock()
-	switch {
-	case env.Parts > 1:
-		// Only this part: its siblings still come, or are asked for.
-		p := s.partial[seq]
-		if p == nil {
-			p = &partialSeq{parts: env.Parts}
-			s.partial[seq] = p
-		}
-		if part := uint64(env.Part) + 1; !p.got.Contains(part) {
-			p.got.Add(part)
-			p.dead.Add(part)
-			t.settlePartsLocked(s, seq, p)
-		}
-	case !s.applied.Contains(seq):
-		s.applied.Add(seq)
-		s.parked.Add(seq)
-	}
-	s.mu.Unlock()
-	t.o.Metrics.DeadLettered.WithLabelValues(s.id).Inc()
-	t.o.Logger.Error("replayed message dead-lettered; replay goes on past it", "stream", s.id, "seq", seq, "reason", reason)
-	return nil
-}
-
-// Fetch asks stream's owner for [from, to] and calls fn for every envelope
-// (after Transform). It returns a result class for metrics, the number of
-// frames received, and an error (errGone-wrapped when trimmed). A Transform
-// error ends it.
-func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn func(envelope.Envelope) error) (string, uint64, error) {
-	return t.fetchFrames(ctx, stream, from, to, func(env envelope.Envelope, _ []byte, terr error) error {
-		if terr != nil {
-			return terr
-		}
-		return fn(env)
-	})
-}
-
-// fetchFrames is Fetch handing fn each frame's bytes too, and the Transform
-// error instead of ending the replay with it.
-func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint64, fn func(env envelope.Envelope, frame []byte, terr error) error) (string, uint64, error) {
-	in, err := t.owner(stream)
-	if err != nil {
-		return "no_owner", 0, err
-	}
-	start := time.Now()
-	c := Client{HTTP: t.o.HTTP, Secret: t.o.Secret, Audience: in.Service}
-	var bytes uint64
-	n, err := c.ReplayFrames(ctx, in.Addr(), Request{Stream: stream, From: from, To: to}, func(env envelope.Envelope, frame []byte) error {
-		var terr error
-		if t.o.Transform != nil {
-			if env, terr = t.o.Transform(env); terr != nil {
-				// A transform is a mapping: what fails once fails always.
-				terr = permanentError{fmt.Errorf("transform: %w", terr)}
-			}
-		}
-		bytes += uint64(len(frame)) + 4
-		return fn(env, frame, terr)
-	})
-	t.o.Metrics.ReplayedMessages.Add(float64(n))
-	t.o.Metrics.ReplayedBytes.Add(float64(bytes))
-	t.o.Metrics.ReplaySeconds.Observe(time.Since(start).Seconds())
-	switch {
-	case err == nil:
-		return "ok", n, nil
-	case errors.Is(err, ErrGone):
-		return "gone", n, err
-	case errors.Is(err, ErrDamaged):
-		return "damaged", n, err
-	default:
-		return "error", n, fmt.Errorf("from %s: %w", in.ID, err)
-	}
-}
-
-// recoverSnapshot replaces the stream's state by the owner's snapshot.
-func (t *Tracker) recoverSnapshot(ctx context.Context, s *trackedStream) error {
-	in, err := t.owner(s.id)
-	if err != nil {
-		return err
-	}
-	var snap snapshotFile
-	sctx, cancel := context.WithTimeout(ctx, max(t.o.Timeout, 30*time.Second))
-	defer cancel()
-	if err := t.getJSON(sctx, in, "/snapshot", url.Values{"stream": {s.id}}, &snap); err != nil {
-		t.o.Metrics.Requests.WithLabelValues("error").Inc()
-		return fmt.Errorf("fetching snapshot of %s: %w", s.id, err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if snap.Seq <= s.applied.Contiguous() {
-		return nil // we are already past it: nothing to gain
-	}
-	if err := t.a.ApplySnapshot(s.id, snap.Seq, snap.State); err != nil {
-		return fmt.Errorf("applying snapshot of %s at %d: %w", s.id, snap.Seq, err)
-	}
-	// Sequences above the snapshot that were applied are no longer in the
-	// state: forget them too, so they are replayed (they are recent, so
-	// retained) instead of counted twice or lost.
-	s.applied.Reset(snap.Seq)
-	s.parked.Reset(0)
-	clear(s.partial)
-	s.snapshots++
-	t.o.Metrics.SnapshotRecoveries.WithLabelValues(s.id).Inc()
-	t.o.Logger.Info("recovered stream from the owner's snapshot", "stream", s.id, "seq", snap.Seq)
-	return nil
-}
-
-func (t *Tracker) getJSON(ctx context.Context, in discovery.Instance, path string, q url.Values, v any) error {
-	return Client{HTTP: t.o.HTTP, Secret: t.o.Secret, Audience: in.Service}.getJSON(ctx, in.Addr(), path, q, v)
-}
-
-// checkpoint is the file format of the consumer's checkpoint.
-type checkpoint struct {
-	Version int                         `json:"version"`
-	Streams map[string]streamCheckpoint `json:"streams"`
-}
-
-type partialCheckpoint struct {
-	Parts uint32      `json:"parts"`
-	Got   [][2]uint64 `json:"got"`
-	Dead  [][2]uint64 `json:"dead,omitempty"`
-}
-
-type streamCheckpoint struct {
-	Applied [][2]uint64 `json:"applied"`
-	Parked  [][2]uint64 `json:"dead_lettered,omitempty"`
-	// Partial: split sequences with some parts applied (seq → parts and
-	// the applied part indices + 1).
-	Partial    map[uint64]partialCheckpoint `json:"partial,omitempty"`
-	Duplicates uint64                       `json:"duplicates"`
-	State      json.RawMessage              `json:"state"`
-	// OwnerLast is the owner's last answer: the bound of live sequences
-	// must not start again from 0 after a restart.
-	OwnerLast uint64 `json:"owner_last,omitempty"`
-}
-
-// Save writes the checkpoint: per stream, the applied set and the state,
-// taken together under the stream's lock. A failure (a full disk) loses
-// nothing: the state stays in memory, the previous checkpoint on disk,
-// Ready reports it and the next Save tries again.
-func (t *Tracker) Save() error {
-	err := t.save()
-	t.saveMu.Lock()
-	switch {
-	case err != nil && t.saveErr == nil:
-		t.o.Logger.Error("the checkpoint cannot be written; keeping the state in memory and trying again", "err", err)
-	case err == nil && t.saveErr != nil:
-		t.o.Logger.Info("the checkpoint is written again")
-	}
-	t.saveErr = err
-	t.saveMu.Unlock()
-	return err
-}
-
-func (t *Tracker) save() error {
-	if t.o.CheckpointPath == "" {
-		return nil
-	}
-	t.mu.RLock()
-	ss := slices.Collect(maps.Values(t.streams))
-	t.mu.RUnlock()
-	cp := checkpoint{Version: 1, Streams: make(map[string]streamCheckpoint, len(ss))}
-	for _, s := range ss {
-		s.mu.Lock()
-		state, err := t.a.ExportState(s.id)
-		sc := streamCheckpoint{Applied: s.applied.Intervals(), Parked: s.parked.Intervals(), Duplicates: s.duplicates, State: state, OwnerLast: s.ownerLast}
-		for seq, p := range s.partial {
-			if sc.Partial == nil {
-				sc.Partial = map[uint64]partialCheckpoint{}
-			}
-			sc.Partial[seq] = partialCheckpoint{Parts: p.parts, Got: p.got.Intervals(), Dead: p.dead.Intervals()}
-		}
-		s.mu.Unlock()
-		if err != nil {
-			return fmt.Errorf("exporting state of stream %s: %w", s.id, err)
-		}
-		cp.Streams[s.id] = sc
-	}
-	b, err := json.Marshal(cp)
-	if err != nil {
-		return fmt.Errorf("encoding checkpoint: %w", err)
-	}
-	return durable.WriteFileAtomic(t.o.FS, t.o.CheckpointPath, b)
-}
-
-func (t *Tracker) load() error {
-	if t.o.CheckpointPath == "" {
-		return nil
-	}
-	b, err := durable.ReadFile(t.o.FS, t.o.CheckpointPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading checkpoint %s: %w", t.o.CheckpointPath, err)
-	}
-	var cp checkpoint
-	if err := json.Unmarshal(b, &cp); err != nil {
-		return fmt.Errorf("decoding checkpoint %s: %w", t.o.CheckpointPath, err)
-	}
-	if cp.Version != 1 {
-		return fmt.Errorf("checkpoint %s: unknown version %d", t.o.CheckpointPath, cp.Version)
-	}
-	for id, sc := range cp.Streams {
-		s := t.newStream(id) // the lookup map is published once, below: not a copy per stream
-		t.streams[id] = s
-		s.applied.SetIntervals(sc.Applied)
-		s.parked.SetIntervals(sc.Parked)
-		s.ownerLast = sc.OwnerLast
-		for seq, p := range sc.Partial {
-			ps := &partialSeq{parts: p.Parts}
-			ps.got.SetIntervals(p.Got)
-			ps.dead.SetIntervals(p.Dead)
-			s.partial[seq] = ps
-		}
-		s.duplicates = sc.Duplicates
-		if err := t.a.ImportState(id, sc.State); err != nil {
-			return fmt.Errorf("restoring stream %s from checkpoint %s: %w", id, t.o.CheckpointPath, err)
-		}
-	}
-	byID := maps.Clone(t.streams)
-	t.byID.Store(&byID)
-	t.o.Logger.Info("checkpoint loaded", "path", t.o.CheckpointPath, "streams", len(cp.Streams))
-	return nil
 }
