@@ -424,7 +424,7 @@ case "$cmd" in
     # detector, which needs cgo for the test build only: the binaries
     # above stay static. The process-level suites start bin/'s programs
     # and gain nothing from -race but time.
-    lib=$(go list ./svckit/... ./third_party/... ./internal/... ./pipeline/...)
+    lib=$(go list ./svckit/... ./third_party/... ./internal/... ./pipeline/... ./cmd/svckit/internal/...)
     step "running the library's tests under the race detector"
     CGO_ENABLED=1 go test -race -count=1 -timeout 40m "$@" $lib || die "tests failed (library, -race)"
     step "running the process-level suites (e2e, faulttest, securitytest, dockertest)"

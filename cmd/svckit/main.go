@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/svckit/svckit/svckit/operator"
+	"github.com/svckit/svckit/cmd/svckit/internal/operator"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").

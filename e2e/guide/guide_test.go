@@ -30,7 +30,6 @@ import (
 	"github.com/svckit/svckit/internal/localstack"
 	"github.com/svckit/svckit/internal/skip"
 	"github.com/svckit/svckit/pipeline"
-	"github.com/svckit/svckit/svckit/infra"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -435,11 +434,8 @@ func testSecrets(t *testing.T, checkout, dir string, before map[string]string) {
 		t.Fatalf("./build.sh secrets dev made no tokens/splitter.token after the guide's --service=splitter (made: %v)", slices.Sorted(maps.Keys(after)))
 	}
 
-	tree, err := infra.Load(checkout, infra.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var host *infra.Host
+	tree := infraLs(t, checkout)
+	var host *infraHost
 	for _, dc := range tree.Datacenters {
 		for _, h := range dc.Hosts {
 			if dc.Name == "dev" && h.Name == "host1" {
@@ -466,7 +462,7 @@ func testSecrets(t *testing.T, checkout, dir string, before map[string]string) {
 	if !ids[newService] {
 		t.Fatalf("datacenters/dev/host1 names no secrets volume of the %s (volumes: %v)", newService, host.VolumeNames)
 	}
-	i := slices.IndexFunc(host.Containers, func(c infra.Container) bool { return c.Name == newService })
+	i := slices.IndexFunc(host.Containers, func(c infraContainer) bool { return c.Name == newService })
 	if i < 0 {
 		t.Fatalf("datacenters/dev/host1 has no service %s", newService)
 	}
@@ -479,7 +475,7 @@ func testSecrets(t *testing.T, checkout, dir string, before map[string]string) {
 	}
 	for k, want := range map[string]string{"CONSUL_CACERT": "ca.pem", "SVCKIT_NSQ_TLS_CACERT": "ca.pem", "CONSUL_HTTP_TOKEN_FILE": "consul.token", "SVCKIT_REPLAY_SECRET_FILE": "replay.secret"} {
 		p := c.Env[k]
-		var m *infra.Volume
+		var m *infraVolume
 		for j := range c.Volumes {
 			v := &c.Volumes[j]
 			if strings.HasPrefix(p, strings.TrimSuffix(v.Target, "/")+"/") && (m == nil || len(v.Target) > len(m.Target)) {
@@ -490,11 +486,65 @@ func testSecrets(t *testing.T, checkout, dir string, before map[string]string) {
 		case m == nil:
 			t.Errorf("the %s's %s=%q is on none of its volumes", newService, k, p)
 		case host.VolumeNames[m.Source] != "dev-host1-secrets-"+newService || !m.ReadOnly:
-			t.Errorf("the %s's %s=%q is on %s (%s), want its own secrets volume dev-host1-secrets-%s, read-only", newService, k, p, m, host.VolumeNames[m.Source], newService)
+			t.Errorf("the %s's %s=%q is on %s (%s), want its own secrets volume dev-host1-secrets-%s, read-only", newService, k, p, m.Source+":"+m.Target, host.VolumeNames[m.Source], newService)
 		case path.Base(p) != want || path.Dir(p) != path.Clean(m.Target):
 			t.Errorf("the %s's %s=%q: ./build.sh up puts %s at the top of the volume (%s)", newService, k, p, want, m.Target)
 		}
 	}
+}
+
+// infraTree is what testSecrets reads of `svckit infra ls --json`: the
+// tree as the CLI's infra package reads it (its Tree, in Go's field names).
+type infraTree struct {
+	Datacenters []struct {
+		Name  string
+		Hosts []*infraHost
+	}
+	Problems []struct {
+		File    string
+		Line    int
+		Service string
+		Msg     string
+	}
+}
+
+type infraHost struct {
+	Name string
+	// VolumeNames are the names on the engine of the file's volumes, by key.
+	VolumeNames map[string]string
+	Containers  []infraContainer
+	Parsed      bool
+}
+
+type infraContainer struct {
+	Name    string
+	Env     map[string]string
+	Volumes []infraVolume
+}
+
+type infraVolume struct {
+	Source, Target string
+	ReadOnly       bool
+}
+
+// infraLs reads the checkout's datacenters with the checkout's bin/svckit
+// (infra ls --json), in an empty environment: every ${VAR:-default} of the
+// compose files takes its default, as for a user with nothing set.
+func infraLs(t *testing.T, checkout string) *infraTree {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(checkout, "bin", "svckit"), "infra", "ls", "--json", "--root", checkout)
+	cmd.Env = []string{}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("svckit infra ls --json --root %s: %v\n%s", checkout, err, stderr.Bytes())
+	}
+	var tree infraTree
+	if err := json.Unmarshal(out, &tree); err != nil {
+		t.Fatalf("svckit infra ls --json: %v\n%s", err, out)
+	}
+	return &tree
 }
 
 // testImage builds images/splitter/Dockerfile as ./build.sh images would

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/svckit/svckit/examples/internal/extest"
-	"github.com/svckit/svckit/svckit/bench"
 	"github.com/svckit/svckit/svckit/testenv"
 )
 
@@ -26,7 +25,7 @@ func TestHop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var res bench.HopResult
+	var res HopResult
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatalf("%s: %v", b, err)
 	}

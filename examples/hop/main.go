@@ -10,19 +10,21 @@
 // go.mod, not the dependency's. This module requires svckit as yours
 // does, so bin/hop is what your build of svckit does, and `svckit bench`
 // runs it against the very same code built by the repository (`svckit
-// bench hop`, which calls the same bench.HopSpec) and reports the ratio,
-// importer_hop_ratio. (It once showed 0.29: svckit's go.mod replaced
-// go-nsq with its patched copy, which Go ignores outside svckit's own
-// builds. The copy is now a package of svckit.)
+// bench hop`) and reports the ratio, importer_hop_ratio. (It once showed
+// 0.29: svckit's go.mod replaced go-nsq with its patched copy, which Go
+// ignores outside svckit's own builds. The copy is now a package of
+// svckit.)
 //
-// Nothing else is here on purpose: any code of its own would be a second
-// thing the two builds differ by.
+// hop.go is the hop's code, the same as the svckit CLI's (its bench
+// package is internal to the CLI, so this module keeps a copy, which a
+// test of svckit's compares with the original). Nothing else is here on
+// purpose: any code of its own would be a second thing the two builds
+// differ by.
 package main
 
 import (
 	"os"
 
-	"github.com/svckit/svckit/svckit/bench"
 	"github.com/svckit/svckit/svckit/service"
 )
 
@@ -30,5 +32,5 @@ import (
 var version = "dev"
 
 func main() {
-	os.Exit(service.Main(os.Args, os.Stdout, os.Stderr, bench.HopSpec(version)))
+	os.Exit(service.Main(os.Args, os.Stdout, os.Stderr, HopSpec(version)))
 }

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/svckit/svckit/svckit/internal/sharedsecret"
+	"github.com/svckit/svckit/internal/sharedsecret"
 )
 
 // A service serves its local store on its HTTP port and says so in Consul,

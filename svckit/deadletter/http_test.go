@@ -13,7 +13,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/svckit/svckit/svckit/internal/sharedsecret"
+	"github.com/svckit/svckit/internal/sharedsecret"
 )
 
 // httpSecret is distinctive: a test looks for its bytes on the wire.

@@ -22,7 +22,8 @@
 // anchored, so "readings" does not match "readings.dead".
 //
 // The server runs as a svckit service: `svckit nsqauth serve` (package
-// svckit/operator), which also has `hash` and `issue` for operators.
+// cmd/svckit/internal/operator), which also has `hash` and `issue` for
+// operators.
 //
 // nsqd's HTTP API (/pub, /mpub, /topic/create, …) is not covered by this
 // protocol: whoever reaches it may publish anywhere. Bind it to loopback.

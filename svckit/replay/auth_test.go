@@ -20,7 +20,7 @@ import (
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
-	"github.com/svckit/svckit/svckit/internal/sharedsecret"
+	"github.com/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 

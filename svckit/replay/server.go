@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/svckit/svckit/svckit/internal/sharedsecret"
+	"github.com/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 

@@ -1,6 +1,16 @@
 // Package testenv starts the real infrastructure programs svckit runs on —
-// consul, nsqd, nsqlookupd, built into bin/ by ./build.sh — for integration
-// tests. Nothing is mocked.
+// consul, nsqd, nsqlookupd — for integration tests: svckit's own, and
+// yours. It is part of svckit's API for your _test.go files (the tests of
+// examples/, a module of its own, are models): test a service against the
+// real programs on free ports, never against mocks of Consul or NSQ.
+// Nothing is mocked.
+//
+// The programs are not downloaded: they come from $SVCKIT_BIN, the
+// directory ./build.sh fills (bin/ of a svckit checkout, which also holds
+// svckit's own sensor, worker, app and svckit). Without SVCKIT_BIN,
+// BinDir looks for bin/ at the root of the svckit module above the
+// working directory, which finds it only inside svckit's own repository:
+// a test of another module sets SVCKIT_BIN.
 //
 // Every program listens on free loopback ports chosen at start, keeps its data
 // in t.TempDir(), writes its stdout and stderr to <tmp>/<name>.log, and is
@@ -16,8 +26,9 @@
 // by the module's internal/localstack package, which returns errors and does
 // not import testing (`svckit bench` uses it in the production binary); here
 // an error fails the test. The package is for tests only, but it is a normal
-// package (it takes testing.TB) so that the _test.go files of every package
-// can import it. It works on Unix systems only.
+// package (it takes testing.TB) so that the _test.go files of every package,
+// in svckit's module or yours, can import it; no production binary links it.
+// It works on Unix systems only.
 package testenv
 
 import (

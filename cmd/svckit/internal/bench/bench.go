@@ -21,8 +21,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/internal/localstack"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
@@ -83,8 +81,6 @@ type HopRound struct {
 	Order      []string           `json:"order"`
 	MsgsPerSec map[string]float64 `json:"msgs_per_sec"`
 }
-
-const payloadSize = 200
 
 type runner struct {
 	o     Options
@@ -499,19 +495,6 @@ func field[T any](v []T, f func(T) float64) []float64 {
 	return out
 }
 
-// hopConfig is the go-nsq configuration of both hop consumers: svckit's
-// defaults for output buffering (16 KiB, flushed within 1 ms). With go-nsq's
-// 250 ms flush timer a run's last messages wait for the timer and its
-// duration comes out in steps of 250 ms.
-func hopConfig() *nsq.Config {
-	c := nsq.NewConfig()
-	c.MaxInFlight = 2500
-	c.LookupdPollInterval = time.Second
-	c.OutputBufferSize = 16384
-	c.OutputBufferTimeout = time.Millisecond
-	return c
-}
-
 func (r *runner) rawPublish(addr, topic string, body []byte, n, batch int) float64 {
 	p, err := nsq.NewProducer(addr, nsq.NewConfig())
 	if err != nil {
@@ -613,10 +596,6 @@ func (r *runner) rawHop(ctx context.Context, topic string, n, inFlight int) (flo
 // memQueueSize is the bench's nsqd --mem-queue-size, the datacenters'.
 const memQueueSize = 100_000
 
-// hopGroup is how many messages the raw sides put in each MPUB, and how
-// many the svckit side hands its Batcher at once.
-const hopGroup = 100
-
 // svckitHop: the same load with envelopes carrying stream and sequence,
 // through svckit, in this process: Hop.
 func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (float64, float64) {
@@ -626,21 +605,6 @@ func (r *runner) svckitHop(ctx context.Context, topic string, n, group int) (flo
 	}
 	return res.MsgsPerSec, res.MsgsPerMPUB
 }
-
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		return 0
-	}
-	return m.GetCounter().GetValue()
-}
-
-type nopApplier struct{}
-
-func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
-func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
-func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
-func (nopApplier) ImportState(string, []byte) error           { return nil }
 
 // ---- 5: discovery ----
 

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
@@ -17,8 +19,15 @@ import (
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/service"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
 	"github.com/urfave/cli/v2"
 )
+
+// This file is the hop, whole: examples/hop/hop.go is the same code (its
+// declarations and imports; TestHopIsTheExamplesHop compares them), built
+// by the examples module as an importer builds svckit. `svckit bench`
+// compares the two builds (importer_hop_ratio), so what differs between
+// them must be the build alone: change both files together.
 
 // HopOptions configures Hop.
 type HopOptions struct {
@@ -51,9 +60,10 @@ type HopResult struct {
 //
 // `svckit bench` runs it in its own process (the svckit side of the hop)
 // and as a program: HopSpec, which `svckit bench hop` runs as the
-// repository's build and bin/hop (examples/hop, a module of its own that
-// imports svckit) runs as an importer's build. The same code in both
-// programs, so that what differs between them is the build alone.
+// repository's build, and bin/hop (examples/hop, a module of its own that
+// imports svckit, with a copy of this file) runs as an importer's build.
+// The same code in both programs, so that what differs between them is
+// the build alone.
 func Hop(ctx context.Context, o HopOptions) (HopResult, error) {
 	n, group := o.Messages, o.Group
 	if n <= 0 || group <= 0 {
@@ -211,3 +221,40 @@ func HopSpec(version string) service.Spec {
 		},
 	}
 }
+
+// payloadSize is the size of every message's payload (body) in the hops.
+const payloadSize = 200
+
+// hopGroup is how many messages the raw sides put in each MPUB, and how
+// many the svckit side hands its Batcher at once.
+const hopGroup = 100
+
+// hopConfig is the go-nsq configuration of both hop consumers: svckit's
+// defaults for output buffering (16 KiB, flushed within 1 ms). With go-nsq's
+// 250 ms flush timer a run's last messages wait for the timer and its
+// duration comes out in steps of 250 ms.
+func hopConfig() *nsq.Config {
+	c := nsq.NewConfig()
+	c.MaxInFlight = 2500
+	c.LookupdPollInterval = time.Second
+	c.OutputBufferSize = 16384
+	c.OutputBufferTimeout = time.Millisecond
+	return c
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}
+
+// nopApplier applies nothing: the hop measures the Tracker's
+// deduplication, not an application's work.
+type nopApplier struct{}
+
+func (nopApplier) Apply(string, envelope.Envelope) error      { return nil }
+func (nopApplier) ApplySnapshot(string, uint64, []byte) error { return nil }
+func (nopApplier) ExportState(string) ([]byte, error)         { return nil, nil }
+func (nopApplier) ImportState(string, []byte) error           { return nil }

@@ -9,8 +9,8 @@ import (
 	"testing"
 )
 
-// repoRoot is the repository, two levels up from this package.
-const repoRoot = "../.."
+// repoRoot is the repository, four levels up from this package.
+const repoRoot = "../../../.."
 
 func loadCommitted(t *testing.T) *Tree {
 	t.Helper()

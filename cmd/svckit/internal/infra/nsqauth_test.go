@@ -64,7 +64,7 @@ func TestNSQDAuthFixtures(t *testing.T) {
 // the pipeline what the laptop's policy (etc/nsqauth/policy.json) grants it.
 func TestDatacentersRunNSQAuth(t *testing.T) {
 	tr := loadCommitted(t)
-	laptop := readPolicy(t, "../../etc/nsqauth/policy.json")
+	laptop := readPolicy(t, path.Join(repoRoot, "etc/nsqauth/policy.json"))
 	for _, dc := range tr.Datacenters {
 		var servers []string // addresses of the datacenter's nsqauth
 		for _, h := range dc.Hosts {

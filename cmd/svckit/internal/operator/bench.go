@@ -10,7 +10,7 @@ import (
 	"sort"
 	"text/tabwriter"
 
-	"github.com/svckit/svckit/svckit/bench"
+	"github.com/svckit/svckit/cmd/svckit/internal/bench"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/service"
 	"github.com/urfave/cli/v2"
@@ -88,10 +88,10 @@ discovery latency, and resident memory.`,
 }
 
 // benchHopCommand is `svckit bench hop`: one hop through svckit as a
-// service (bench.HopSpec), the repository's build of what bin/hop
-// (examples/hop) is built from as an importer's module. The bench runs
-// both as programs and compares them (importer_hop_ratio); it is hidden
-// because nobody else needs it.
+// service (bench.HopSpec), the repository's build of the code bin/hop
+// (examples/hop, whose hop.go is a copy of bench's) is built from as an
+// importer's module. The bench runs both as programs and compares them
+// (importer_hop_ratio); it is hidden because nobody else needs it.
 func benchHopCommand() *cli.Command {
 	return &cli.Command{
 		Name:            "hop",

@@ -62,7 +62,7 @@ var benchSides = []string{"raw", "raw_sync", "svckit", "svckit_single"}
 var importerSides = []string{"importer", "repo"}
 
 // checkBenchJSON checks the values of a bench run's JSON (see
-// svckit/bench.Results for the keys and their units).
+// bench.Results, cmd/svckit/internal/bench, for the keys and their units).
 func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	t.Helper()
 	// num returns the number at key in obj (where: " figures", say, or ""

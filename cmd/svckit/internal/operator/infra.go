@@ -1,14 +1,15 @@
 package operator
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/svckit/svckit/cmd/svckit/internal/infra"
 	"github.com/svckit/svckit/svckit/config"
-	"github.com/svckit/svckit/svckit/infra"
 	"github.com/urfave/cli/v2"
 )
 
@@ -20,14 +21,18 @@ func infraCommand() *cli.Command {
 		Name:  "infra",
 		Usage: "the infrastructure as source: datacenters/<dc>/<host>/docker-compose.yml and images/",
 		Description: `ls lists datacenter → host → containers (image, published ports, volumes);
-check validates the tree and names file and service of every problem.
+ls --json prints the whole tree as read (each container's environment,
+volumes, ports, command, …; the field names are Go's), for scripts and
+tests; check validates the tree and names file and service of every problem.
 ${VAR:-default} in compose files is resolved with this environment, as
 docker-compose would.`,
 		Subcommands: []*cli.Command{
 			{
-				Name:   "ls",
-				Usage:  "list datacenters, hosts and their containers",
-				Flags:  []cli.Flag{root()},
+				Name:  "ls",
+				Usage: "list datacenters, hosts and their containers",
+				Flags: []cli.Flag{root(),
+					&cli.BoolFlag{Name: "json", Usage: "print the tree as JSON: every host's containers with their environment, volumes and ports as read (and the problems met reading them)", EnvVars: config.Env("infra-json")},
+				},
 				Action: runInfraLs,
 			},
 			{
@@ -104,6 +109,11 @@ func runInfraLs(c *cli.Context) error {
 	}
 	if len(t.Datacenters) == 0 {
 		return fmt.Errorf("no datacenters under %s/%s", c.String("root"), infra.DatacentersDir)
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(t)
 	}
 	return infra.Fprint(c.App.Writer, t)
 }

@@ -1,5 +1,7 @@
-// Package operator is the svckit operator CLI: replay (by hand), and the
-// subcommands later issues add (deadletter, infra, bench).
+// Package operator is the svckit operator CLI's commands (replay,
+// deadletter, stream, infra, probe, bench, nsqauth, acl, secrets);
+// cmd/svckit's main calls Main. It is internal to cmd/svckit: not part of
+// the library, and importers cannot import it.
 package operator
 
 import (

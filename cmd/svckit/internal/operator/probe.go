@@ -9,8 +9,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/config"
-	"github.com/svckit/svckit/svckit/internal/sharedsecret"
 	"github.com/urfave/cli/v2"
 )
 
