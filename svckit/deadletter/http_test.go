@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/svckit/svckit/internal/sharedsecret/sharedsecrettest"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -239,35 +240,12 @@ func TestHTTPBearerRefused(t *testing.T) {
 func TestHTTPAlteredLetterRefused(t *testing.T) {
 	_, srv, _, in := httpStore(t)
 	alter := true
-	path := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		req, _ := http.NewRequest(r.Method, srv.URL+r.URL.RequestURI(), nil)
-		req.Header = r.Header.Clone()
-		resp, err := http.DefaultTransport.RoundTrip(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for k, v := range resp.Header {
-			if k != "Content-Length" {
-				w.Header()[k] = v
-			}
-		}
-		for k := range resp.Trailer { // passed on too, after the body
-			w.Header().Add("Trailer", k)
-		}
-		w.WriteHeader(resp.StatusCode)
+	addr := sharedsecrettest.Relay(t, srv.URL, func(_ string, b []byte) []byte {
 		if alter && len(b) > 0 {
 			b[len(b)-1] ^= 1
 		}
-		w.Write(b)
-		for k, v := range resp.Trailer {
-			w.Header()[k] = v
-		}
-	}))
-	defer path.Close()
-	addr := strings.TrimPrefix(path.URL, "http://")
+		return b
+	}, nil)
 	if l, err := (Client{Secret: httpSecret}).Get(context.Background(), addr, "orders", in.ID); !errors.Is(err, ErrServerUnproven) {
 		t.Fatalf("an altered letter: %+v, %v; want ErrServerUnproven", l, err)
 	}

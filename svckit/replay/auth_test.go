@@ -17,10 +17,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
-	"github.com/svckit/svckit/internal/sharedsecret"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 

@@ -13,8 +13,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/internal/sharedsecret"
+	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 

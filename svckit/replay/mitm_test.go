@@ -5,9 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"io"
+	"github.com/svckit/svckit/internal/sharedsecret/sharedsecrettest"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -15,53 +14,9 @@ import (
 	"github.com/svckit/svckit/svckit/retainlog"
 )
 
-// mitm passes every request on to the real server, unchanged (signed as
-// the client signed it), and answers with the real answer's headers (its
-// proof, too) over a body that alter makes of the real one: what a man in
-// the middle, or a stale catalog address that someone else now serves,
-// can do without the secret.
+// mitm is a man in the middle (sharedsecrettest.Relay) that alters bodies.
 func mitm(t *testing.T, real string, alter func(path string, body []byte) []byte) string {
-	return mitmTrailer(t, real, alter, nil)
-}
-
-// mitmTrailer is mitm that also changes the trailer (alterTrailer, if set).
-func mitmTrailer(t *testing.T, real string, alter func(path string, body []byte) []byte, alterTrailer func(tr http.Header)) string {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		req, _ := http.NewRequest(r.Method, real+r.URL.RequestURI(), nil)
-		req.Header = r.Header.Clone()
-		resp, err := http.DefaultTransport.RoundTrip(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		for k, v := range resp.Header {
-			if k != "Content-Length" {
-				w.Header()[k] = v
-			}
-		}
-		if alterTrailer != nil && resp.Trailer == nil {
-			resp.Trailer = http.Header{}
-		}
-		if alterTrailer != nil {
-			resp.Trailer[DamagedTrailer] = nil
-		}
-		for k := range resp.Trailer { // passed on too, after the body
-			w.Header().Add("Trailer", k)
-		}
-		w.WriteHeader(resp.StatusCode)
-		w.Write(alter(r.URL.Path, body))
-		if alterTrailer != nil {
-			alterTrailer(resp.Trailer)
-		}
-		for k, v := range resp.Trailer {
-			w.Header()[k] = v
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	return sharedsecrettest.Relay(t, real, alter, nil)
 }
 
 // TestBorrowedProofRefused: the proof binds the answer's status and body,
@@ -136,9 +91,9 @@ func TestBorrowedProofRefused(t *testing.T) {
 
 	// Damage the owner never reported, added on the way: refused (the end
 	// record vouches for the trailer).
-	forged := mitmTrailer(t, real, func(_ string, body []byte) []byte { return body }, func(tr http.Header) {
+	forged := sharedsecrettest.Relay(t, real, nil, func(tr http.Header) {
 		tr.Set(DamagedTrailer, "3-3")
-	})
+	}, DamagedTrailer)
 	if n, err := c.Replay(ctx, forged, Request{Stream: "m", From: 1, To: 20}, func(envelope.Envelope, int) error { return nil }); !errors.Is(err, ErrUpstreamUnproven) {
 		t.Fatalf("a forged damage trailer: %d frames, %v; want ErrUpstreamUnproven", n, err)
 	}
