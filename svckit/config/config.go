@@ -28,167 +28,119 @@ func Env(flag string) []string {
 	return []string{EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))}
 }
 
-// Config is what every service needs before it can register and talk to NSQ.
+// Config is what every service needs before it can register and talk to
+// NSQ. Each setting is declared here once: its flag, environment variable
+// and help text in its tags (see FlagsOf), its default in DefaultConfig,
+// its bounds in a min tag or in Validate.
 type Config struct {
-	Name       string // service name in Consul
-	InstanceID string // unique and stable across restarts; default <name>-<host>-<port>
-	Version    string
-	Tags       []string
+	Name    string // service name in Consul
+	Version string
 
-	HTTPAddr string // listen address of /health, /ready, /metrics and service routes
+	InstanceID string   `flag:"instance-id" usage:"unique, stable instance id registered in Consul (default <name>-<host>-<port>)"`
+	Tags       []string `flag:"tag" env:"SVCKIT_TAGS" usage:"extra Consul tag (repeatable)"`
+
+	HTTPAddr string `flag:"http-addr" usage:"listen address for /health, /ready, /metrics and service routes (port 0 = any free port)"`
 	// HTTPTLSCert and HTTPTLSKey, when set, serve that address over TLS
 	// (for services whose clients speak HTTPS, such as nsqd asking
 	// nsqauth; svckit's replay clients speak HTTP).
-	HTTPTLSCert, HTTPTLSKey string
-	AdvertiseAddr           string // address registered in Consul; default: the local address that reaches the Consul agent
-	DataDir                 string // where state lives (retained log, checkpoints)
+	HTTPTLSCert   string `flag:"http-tls-cert" usage:"certificate file: serve --http-addr over TLS (with --http-tls-key; for clients that speak HTTPS, e.g. nsqd asking nsqauth)"`
+	HTTPTLSKey    string `flag:"http-tls-key" usage:"private key file of --http-tls-cert"`
+	AdvertiseAddr string `flag:"advertise-addr" usage:"address registered in Consul (default: the local address used to reach the Consul agent)"`
+	DataDir       string `flag:"data-dir" usage:"directory for durable state (locked: one process per directory)"`
 	// ReplaySecret is the shared secret of the replay endpoints: required
 	// by the ones this service serves, sent to the ones it asks.
-	ReplaySecret string
+	ReplaySecret string `flag:"replay-secret" file:"file holding the replay endpoints' shared secret (instead of --replay-secret)" usage:"shared secret of the replay endpoints (/streams, /replay, /snapshot, /deadletters): required by those this service serves, sent to those it asks"`
 
 	Consul ConsulConfig
 
-	LogFormat string
-	LogLevel  string
-	Pprof     bool
+	LogFormat string `flag:"log-format" usage:"log format: text or json"`
+	LogLevel  string `flag:"log-level" usage:"log level: debug, info, warn, error"`
+	Pprof     bool   `flag:"pprof" usage:"serve runtime profiles under /debug/pprof/ on the HTTP port"`
 
-	CheckInterval   time.Duration
-	DeregisterAfter time.Duration
-	ShutdownTimeout time.Duration
+	CheckInterval time.Duration `flag:"check-interval" min:"1ns" usage:"interval of the Consul HTTP check on /health"`
+	// Consul silently clamps DeregisterCriticalServiceAfter to one minute.
+	DeregisterAfter time.Duration `flag:"deregister-after" min:"1m" usage:"Consul removes the instance after its check was critical this long"`
+	ShutdownTimeout time.Duration `flag:"shutdown-timeout" min:"1ns" usage:"on SIGTERM, how long in-flight messages may take to finish"`
 
 	NSQ NSQConfig
 }
 
-// ConsulConfig overrides what consul/api's DefaultConfig read from the environment.
+// ConsulConfig overrides what consul/api's DefaultConfig read from the
+// environment; the flags' variables are Consul's own.
 type ConsulConfig struct {
-	Addr      string
-	Token     string
-	CACert    string
-	TLSServer string
-	// StartTimeout bounds how long a service waits for the Consul agent at start
-	// before giving up (0 = forever).
-	StartTimeout time.Duration
+	Addr      string `flag:"consul-addr" env:"CONSUL_HTTP_ADDR" usage:"local Consul agent HTTP address"`
+	Token     string `flag:"consul-token" env:"CONSUL_HTTP_TOKEN" usage:"Consul ACL token"`
+	CACert    string `flag:"consul-cacert" env:"CONSUL_CACERT" usage:"CA certificate file for HTTPS to Consul"`
+	TLSServer string `flag:"consul-tls-server-name" env:"CONSUL_TLS_SERVER_NAME" usage:"server name to verify in Consul's TLS certificate"`
+	// StartTimeout bounds how long a service waits for the Consul agent at
+	// start before giving up (0 = forever).
+	StartTimeout time.Duration `flag:"consul-start-timeout" min:"0s" usage:"give up starting if the Consul agent has not answered within this time (0 = keep trying)"`
 }
 
 // NSQConfig holds the go-nsq settings svckit exposes.
 type NSQConfig struct {
-	LookupdPollInterval time.Duration
-	MaxInFlight         int
-	Concurrency         int
-	MaxAttempts         int
-	RequeueDelay        time.Duration
-	MaxRequeueDelay     time.Duration
-	MsgTimeout          time.Duration
-	BatchSize           int
-	BatchBytes          int
-	BatchDelay          time.Duration
-	MaxMsgSize          int
-	OutputBufferSize    int64
-	OutputBufferTimeout time.Duration
-	AuthSecret          string
-	TLS                 bool
-	TLSCACert           string
-	TLSInsecure         bool
+	LookupdPollInterval time.Duration `flag:"nsq-lookupd-poll-interval" min:"1ns" usage:"how often consumers poll nsqlookupd for nsqd producers"`
+	MaxInFlight         int           `flag:"nsq-max-in-flight" min:"1" usage:"messages a consumer may hold un-finished"`
+	Concurrency         int           `flag:"nsq-concurrency" min:"1" usage:"handler goroutines per consumer"`
+	MaxAttempts         int           `flag:"nsq-max-attempts" min:"1" usage:"deliveries before a failing message goes to the dead-letter topic"`
+	RequeueDelay        time.Duration `flag:"nsq-requeue-delay" min:"1ns" usage:"base delay of a requeue; grows with the attempt number"`
+	MaxRequeueDelay     time.Duration `flag:"nsq-max-requeue-delay" min:"1ns" usage:"cap of the requeue delay"`
+	MsgTimeout          time.Duration `flag:"nsq-msg-timeout" min:"1ns" usage:"nsqd's per-message timeout requested by consumers; long handlers are touched"`
+	BatchSize           int           `flag:"nsq-batch-size" min:"1" usage:"largest MPUB batch of the batching publisher"`
+	// nsqd's --max-msg-size may not exceed its --max-body-size, and the
+	// smallest nsqd accepts for messages is far above 1024.
+	BatchBytes          int           `flag:"nsq-batch-bytes" min:"1024" usage:"largest MPUB body of the batching publisher (a larger batch goes as several MPUBs); at most nsqd's --max-body-size"`
+	BatchDelay          time.Duration `flag:"nsq-batch-delay" min:"1ns" usage:"how long the batching publisher waits to fill a batch"`
+	MaxMsgSize          int           `flag:"nsq-max-msg-size" min:"1024" usage:"nsqd's --max-msg-size: a larger message fails alone, before it is sent (nsqd would close the connection), and a dead letter above it is kept in the data directory"`
+	OutputBufferSize    int64         `flag:"nsq-output-buffer-size" usage:"bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message"`
+	OutputBufferTimeout time.Duration `flag:"nsq-output-buffer-timeout" usage:"longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this"`
+	AuthSecret          string        `flag:"nsq-auth-secret" file:"file holding the secret sent to nsqd's auth server (instead of --nsq-auth-secret; e.g. issued by svckit nsqauth serve --issue)" usage:"secret sent to nsqd's auth server (AUTH): this service's identity"`
+	TLS                 bool          `flag:"nsq-tls" usage:"use TLS to nsqd"`
+	TLSCACert           string        `flag:"nsq-tls-cacert" usage:"CA certificate file for TLS to nsqd"`
+	TLSInsecure         bool          `flag:"nsq-tls-insecure-skip-verify" usage:"do not verify nsqd's certificate (testing only)"`
 }
 
-// Flags returns the common flags. Services append their own.
-func Flags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "instance-id", Usage: "unique, stable instance id registered in Consul (default <name>-<host>-<port>)", EnvVars: Env("instance-id")},
-		&cli.StringSliceFlag{Name: "tag", Usage: "extra Consul tag (repeatable)", EnvVars: Env("tags")},
-		&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:0", Usage: "listen address for /health, /ready, /metrics and service routes (port 0 = any free port)", EnvVars: Env("http-addr")},
-		&cli.StringFlag{Name: "http-tls-cert", Usage: "certificate file: serve --http-addr over TLS (with --http-tls-key; for clients that speak HTTPS, e.g. nsqd asking nsqauth)", EnvVars: Env("http-tls-cert")},
-		&cli.StringFlag{Name: "http-tls-key", Usage: "private key file of --http-tls-cert", EnvVars: Env("http-tls-key")},
-		&cli.StringFlag{Name: "advertise-addr", Usage: "address registered in Consul (default: the local address used to reach the Consul agent)", EnvVars: Env("advertise-addr")},
-		&cli.StringFlag{Name: "data-dir", Value: "data", Usage: "directory for durable state (locked: one process per directory)", EnvVars: Env("data-dir")},
-		&cli.StringFlag{Name: "replay-secret", Usage: "shared secret of the replay endpoints (/streams, /replay, /snapshot, /deadletters): required by those this service serves, sent to those it asks", EnvVars: Env("replay-secret")},
-		&cli.StringFlag{Name: "replay-secret-file", Usage: "file holding the replay endpoints' shared secret (instead of --replay-secret)", EnvVars: Env("replay-secret-file")},
-		&cli.StringFlag{Name: "consul-addr", Value: "127.0.0.1:8500", Usage: "local Consul agent HTTP address", EnvVars: []string{"CONSUL_HTTP_ADDR"}},
-		&cli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{"CONSUL_HTTP_TOKEN"}},
-		&cli.StringFlag{Name: "consul-cacert", Usage: "CA certificate file for HTTPS to Consul", EnvVars: []string{"CONSUL_CACERT"}},
-		&cli.StringFlag{Name: "consul-tls-server-name", Usage: "server name to verify in Consul's TLS certificate", EnvVars: []string{"CONSUL_TLS_SERVER_NAME"}},
-		&cli.DurationFlag{Name: "consul-start-timeout", Value: 0, Usage: "give up starting if the Consul agent has not answered within this time (0 = keep trying)", EnvVars: Env("consul-start-timeout")},
-		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: Env("log-format")},
-		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn, error", EnvVars: Env("log-level")},
-		&cli.BoolFlag{Name: "pprof", Usage: "serve runtime profiles under /debug/pprof/ on the HTTP port", EnvVars: Env("pprof")},
-		&cli.DurationFlag{Name: "check-interval", Value: 2 * time.Second, Usage: "interval of the Consul HTTP check on /health", EnvVars: Env("check-interval")},
-		&cli.DurationFlag{Name: "deregister-after", Value: time.Minute, Usage: "Consul removes the instance after its check was critical this long", EnvVars: Env("deregister-after")},
-		&cli.DurationFlag{Name: "shutdown-timeout", Value: 15 * time.Second, Usage: "on SIGTERM, how long in-flight messages may take to finish", EnvVars: Env("shutdown-timeout")},
-		&cli.DurationFlag{Name: "nsq-lookupd-poll-interval", Value: 15 * time.Second, Usage: "how often consumers poll nsqlookupd for nsqd producers", EnvVars: Env("nsq-lookupd-poll-interval")},
-		&cli.IntFlag{Name: "nsq-max-in-flight", Value: 1000, Usage: "messages a consumer may hold un-finished", EnvVars: Env("nsq-max-in-flight")},
-		&cli.IntFlag{Name: "nsq-concurrency", Value: 4, Usage: "handler goroutines per consumer", EnvVars: Env("nsq-concurrency")},
-		&cli.IntFlag{Name: "nsq-max-attempts", Value: 5, Usage: "deliveries before a failing message goes to the dead-letter topic", EnvVars: Env("nsq-max-attempts")},
-		&cli.DurationFlag{Name: "nsq-requeue-delay", Value: time.Second, Usage: "base delay of a requeue; grows with the attempt number", EnvVars: Env("nsq-requeue-delay")},
-		&cli.DurationFlag{Name: "nsq-max-requeue-delay", Value: time.Minute, Usage: "cap of the requeue delay", EnvVars: Env("nsq-max-requeue-delay")},
-		&cli.DurationFlag{Name: "nsq-msg-timeout", Value: time.Minute, Usage: "nsqd's per-message timeout requested by consumers; long handlers are touched", EnvVars: Env("nsq-msg-timeout")},
-		&cli.IntFlag{Name: "nsq-batch-size", Value: 200, Usage: "largest MPUB batch of the batching publisher", EnvVars: Env("nsq-batch-size")},
-		&cli.IntFlag{Name: "nsq-batch-bytes", Value: 5 << 20, Usage: "largest MPUB body of the batching publisher (a larger batch goes as several MPUBs); at most nsqd's --max-body-size", EnvVars: Env("nsq-batch-bytes")},
-		&cli.DurationFlag{Name: "nsq-batch-delay", Value: time.Millisecond, Usage: "how long the batching publisher waits to fill a batch", EnvVars: Env("nsq-batch-delay")},
-		&cli.IntFlag{Name: "nsq-max-msg-size", Value: 1 << 20, Usage: "nsqd's --max-msg-size: a larger message fails alone, before it is sent (nsqd would close the connection), and a dead letter above it is kept in the data directory", EnvVars: Env("nsq-max-msg-size")},
-		&cli.Int64Flag{Name: "nsq-output-buffer-size", Value: 16384, Usage: "bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message", EnvVars: Env("nsq-output-buffer-size")},
-		&cli.DurationFlag{Name: "nsq-output-buffer-timeout", Value: time.Millisecond, Usage: "longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this", EnvVars: Env("nsq-output-buffer-timeout")},
-		&cli.StringFlag{Name: "nsq-auth-secret", Usage: "secret sent to nsqd's auth server (AUTH): this service's identity", EnvVars: Env("nsq-auth-secret")},
-		&cli.StringFlag{Name: "nsq-auth-secret-file", Usage: "file holding the secret sent to nsqd's auth server (instead of --nsq-auth-secret; e.g. issued by svckit nsqauth serve --issue)", EnvVars: Env("nsq-auth-secret-file")},
-		&cli.BoolFlag{Name: "nsq-tls", Usage: "use TLS to nsqd", EnvVars: Env("nsq-tls")},
-		&cli.StringFlag{Name: "nsq-tls-cacert", Usage: "CA certificate file for TLS to nsqd", EnvVars: Env("nsq-tls-cacert")},
-		&cli.BoolFlag{Name: "nsq-tls-insecure-skip-verify", Usage: "do not verify nsqd's certificate (testing only)", EnvVars: Env("nsq-tls-insecure-skip-verify")},
+// DefaultConfig is every setting's default: the value of its flag when
+// neither the command line nor the environment gives one.
+func DefaultConfig() Config {
+	return Config{
+		HTTPAddr:        "127.0.0.1:0",
+		DataDir:         "data",
+		Consul:          ConsulConfig{Addr: "127.0.0.1:8500"},
+		LogFormat:       "text",
+		LogLevel:        "info",
+		CheckInterval:   2 * time.Second,
+		DeregisterAfter: time.Minute,
+		ShutdownTimeout: 15 * time.Second,
+		NSQ: NSQConfig{
+			LookupdPollInterval: 15 * time.Second,
+			MaxInFlight:         1000,
+			Concurrency:         4,
+			MaxAttempts:         5,
+			RequeueDelay:        time.Second,
+			MaxRequeueDelay:     time.Minute,
+			MsgTimeout:          time.Minute,
+			BatchSize:           200,
+			BatchBytes:          5 << 20,
+			BatchDelay:          time.Millisecond,
+			MaxMsgSize:          1 << 20,
+			OutputBufferSize:    16384,
+			OutputBufferTimeout: time.Millisecond,
+		},
 	}
 }
+
+// Flags returns the common flags, made from Config's settings with
+// DefaultConfig's values. Services append their own.
+func Flags() []cli.Flag { return FlagsOf(DefaultConfig()) }
 
 // FromCLI builds and validates a Config from parsed flags.
 func FromCLI(c *cli.Context, name, version string) (Config, error) {
-	authSecret, err := AuthSecret(c.String("nsq-auth-secret"), c.String("nsq-auth-secret-file"))
-	if err != nil {
+	cfg := DefaultConfig()
+	if err := Load(c, &cfg); err != nil {
 		return Config{}, err
 	}
-	replaySecret, err := ReplaySecret(c.String("replay-secret"), c.String("replay-secret-file"))
-	if err != nil {
-		return Config{}, err
-	}
-	cfg := Config{
-		Name:          name,
-		Version:       version,
-		InstanceID:    c.String("instance-id"),
-		Tags:          c.StringSlice("tag"),
-		HTTPAddr:      c.String("http-addr"),
-		HTTPTLSCert:   c.String("http-tls-cert"),
-		HTTPTLSKey:    c.String("http-tls-key"),
-		AdvertiseAddr: c.String("advertise-addr"),
-		DataDir:       c.String("data-dir"),
-		ReplaySecret:  replaySecret,
-		Consul: ConsulConfig{
-			Addr:         c.String("consul-addr"),
-			Token:        c.String("consul-token"),
-			CACert:       c.String("consul-cacert"),
-			TLSServer:    c.String("consul-tls-server-name"),
-			StartTimeout: c.Duration("consul-start-timeout"),
-		},
-		LogFormat:       c.String("log-format"),
-		LogLevel:        c.String("log-level"),
-		Pprof:           c.Bool("pprof"),
-		CheckInterval:   c.Duration("check-interval"),
-		DeregisterAfter: c.Duration("deregister-after"),
-		ShutdownTimeout: c.Duration("shutdown-timeout"),
-		NSQ: NSQConfig{
-			LookupdPollInterval: c.Duration("nsq-lookupd-poll-interval"),
-			MaxInFlight:         c.Int("nsq-max-in-flight"),
-			Concurrency:         c.Int("nsq-concurrency"),
-			MaxAttempts:         c.Int("nsq-max-attempts"),
-			RequeueDelay:        c.Duration("nsq-requeue-delay"),
-			MaxRequeueDelay:     c.Duration("nsq-max-requeue-delay"),
-			MsgTimeout:          c.Duration("nsq-msg-timeout"),
-			BatchSize:           c.Int("nsq-batch-size"),
-			BatchBytes:          c.Int("nsq-batch-bytes"),
-			BatchDelay:          c.Duration("nsq-batch-delay"),
-			MaxMsgSize:          c.Int("nsq-max-msg-size"),
-			OutputBufferSize:    c.Int64("nsq-output-buffer-size"),
-			OutputBufferTimeout: c.Duration("nsq-output-buffer-timeout"),
-			AuthSecret:          authSecret,
-			TLS:                 c.Bool("nsq-tls"),
-			TLSCACert:           c.String("nsq-tls-cacert"),
-			TLSInsecure:         c.Bool("nsq-tls-insecure-skip-verify"),
-		},
-	}
+	cfg.Name, cfg.Version = name, version
 	return cfg, cfg.Validate()
 }
 
@@ -254,40 +206,8 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("--data-dir: must not be empty")
 	}
-	for _, d := range []struct {
-		flag string
-		v    time.Duration
-	}{
-		{"check-interval", c.CheckInterval}, {"deregister-after", c.DeregisterAfter},
-		{"shutdown-timeout", c.ShutdownTimeout}, {"nsq-lookupd-poll-interval", c.NSQ.LookupdPollInterval},
-		{"nsq-requeue-delay", c.NSQ.RequeueDelay}, {"nsq-max-requeue-delay", c.NSQ.MaxRequeueDelay},
-		{"nsq-msg-timeout", c.NSQ.MsgTimeout}, {"nsq-batch-delay", c.NSQ.BatchDelay},
-	} {
-		if d.v <= 0 {
-			return fmt.Errorf("--%s %s: must be positive", d.flag, d.v)
-		}
-	}
-	if c.Consul.StartTimeout < 0 {
-		return fmt.Errorf("--consul-start-timeout %s: must not be negative", c.Consul.StartTimeout)
-	}
-	if c.DeregisterAfter < time.Minute {
-		// Consul silently clamps DeregisterCriticalServiceAfter to one minute.
-		return fmt.Errorf("--deregister-after %s: Consul's minimum is 1m", c.DeregisterAfter)
-	}
-	for _, n := range []struct {
-		flag   string
-		v, min int
-	}{
-		{"nsq-max-in-flight", c.NSQ.MaxInFlight, 1}, {"nsq-concurrency", c.NSQ.Concurrency, 1},
-		{"nsq-max-attempts", c.NSQ.MaxAttempts, 1}, {"nsq-batch-size", c.NSQ.BatchSize, 1},
-		// nsqd's --max-msg-size may not exceed its --max-body-size, and the
-		// smallest nsqd accepts for messages is far above this.
-		{"nsq-batch-bytes", c.NSQ.BatchBytes, 1024},
-		{"nsq-max-msg-size", c.NSQ.MaxMsgSize, 1024},
-	} {
-		if n.v < n.min {
-			return fmt.Errorf("--%s %d: must be at least %d", n.flag, n.v, n.min)
-		}
+	if err := CheckMin(c); err != nil {
+		return err
 	}
 	if c.NSQ.MaxAttempts > 65535 {
 		return fmt.Errorf("--nsq-max-attempts %d: at most 65535", c.NSQ.MaxAttempts)
