@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// TestREADMERolesAreTheExamples: the README's three roles, in "Writing your
+// TestREADMERolesAreTheExamples: the README's three roles and its middleware, in "Writing your
 // own service", say every line of them is in their example (which TestGuide
 // and the examples' own tests run): the producer's in
 // examples/producer/producer.go, the stage's in examples/splitter, the
@@ -30,6 +30,7 @@ func TestREADMERolesAreTheExamples(t *testing.T) {
 		{"producer", "examples/producer/producer.go", 4},
 		{"stage", "examples/splitter/splitter.go", 10},
 		{"tracking consumer", "examples/tracker/tracker.go", 8},
+		{"middleware", "examples/splitter/middleware.go", 12},
 	}
 	rest := section
 	for _, r := range roles {

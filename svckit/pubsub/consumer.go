@@ -29,15 +29,102 @@ type Message struct {
 	Envelope envelope.Envelope
 	NSQ      *nsq.Message
 
-	c *Consumer
+	route *route
 	// start is when the handler was called, on the consumer's monotonic
-	// clock: 8 bytes where a time.Time takes 24, which moves Message to a
-	// smaller size class (one is allocated per message).
-	start     time.Duration
-	async     atomic.Bool
-	responded atomic.Bool
-	stopTouch chan struct{} // AutoTouch: closed when the message is responded to
+	// clock: 8 bytes where a time.Time takes 24 (one Message is allocated
+	// per delivery).
+	start time.Duration
+	async atomic.Bool
+	// completed guards the Async completion func against a second call.
+	completed atomic.Bool
+	// phase orders an Async completion against the return of the
+	// handler chain: the outcome layers outside the handler register
+	// themselves (later) as the chain returns, and a completion that
+	// comes first (the handler's publish was acknowledged at once) waits
+	// in early until it has.
+	phase atomic.Uint32
+	early error
+	// hooks are the OnOutcome layers waiting for an Async completion,
+	// innermost first; three fit without an allocation (the consumer's
+	// Retry, count and DeadLetter).
+	hooks  [3]outcomeHook
+	nhooks uint8
+	more   []outcomeHook
 }
+
+type outcomeHook struct {
+	ctx context.Context
+	f   func(context.Context, *Message, error) error
+}
+
+const (
+	phaseRunning  = iota // the handler chain has not returned
+	phaseReturned        // it returned; the Async completion settles
+	phaseEarly           // the Async completion came first; the chain's return settles
+	phaseSettled         // nsqd was answered
+)
+
+// route is what the messages of one consumer share.
+type route struct {
+	topic, channel string
+	respond        func(*Message, error)
+}
+
+// NewMessage is a delivery of env in nm from topic/channel, for running a
+// Handler or Middleware outside a Consumer (in tests: give nm a Delegate
+// that records what was answered). Deliver hands it to a handler as a
+// Consumer would.
+func NewMessage(topic, channel string, nm *nsq.Message, env envelope.Envelope) *Message {
+	return &Message{Envelope: env, NSQ: nm, route: &route{topic: topic, channel: channel, respond: respondPlain}}
+}
+
+// Deliver runs h on m as the Consumer does and answers m.NSQ from the
+// outcome (see Middleware): at once, or when a handler that went Async
+// completes.
+func Deliver(ctx context.Context, h Handler, m *Message) {
+	err := h.HandleMessage(ctx, m)
+	if err != nil || !m.async.Load() {
+		m.settle(err, false)
+		return
+	}
+	if m.phase.CompareAndSwap(phaseRunning, phaseReturned) {
+		return // the completion settles
+	}
+	m.settle(m.early, true)
+}
+
+// respondPlain answers nsqd from an outcome without a consumer's metrics.
+func respondPlain(m *Message, err error) {
+	if err == nil || isFinish(err) {
+		m.NSQ.Finish()
+		return
+	}
+	m.NSQ.RequeueWithoutBackoff(requeueDelay(err, 0))
+}
+
+func isFinish(err error) bool {
+	var fin *FinishError
+	return errors.As(err, &fin)
+}
+
+// requeueDelay is a Requeue outcome's delay, else def (0: go-nsq's
+// DefaultRequeueDelay, through a negative delay).
+func requeueDelay(err error, def time.Duration) time.Duration {
+	var rq *RequeueError
+	if errors.As(err, &rq) {
+		return rq.Delay
+	}
+	if def == 0 {
+		return -1
+	}
+	return def
+}
+
+// Topic is the topic the message was consumed from.
+func (m *Message) Topic() string { return m.route.topic }
+
+// Channel is the channel the message was consumed from (with #ephemeral).
+func (m *Message) Channel() string { return m.route.channel }
 
 // Attempts is the delivery attempt (1 on first delivery).
 func (m *Message) Attempts() uint16 { return m.NSQ.Attempts }
@@ -47,7 +134,10 @@ func (m *Message) Touch() { m.NSQ.Touch() }
 
 // LogAttrs are the attributes identifying the message in log records.
 func (m *Message) LogAttrs() []any {
-	a := []any{"stream", m.Envelope.Stream, "seq", m.Envelope.Seq, "nsq_id", string(m.NSQ.ID[:])}
+	a := []any{"stream", m.Envelope.Stream, "seq", m.Envelope.Seq}
+	if m.NSQ != nil {
+		a = append(a, "nsq_id", string(m.NSQ.ID[:]))
+	}
 	if m.Envelope.ID != (envelope.ID{}) {
 		a = append(a, "msg_id", m.Envelope.ID.String())
 	}
@@ -58,29 +148,63 @@ func (m *Message) LogAttrs() []any {
 }
 
 // Async takes the response over from the handler: the consumer will not
-// respond when the handler returns, and the returned func must be called
-// exactly once, from any goroutine: nil finishes the message, an error
-// requeues it (or dead-letters it after MaxAttempts). The worker uses this to
-// finish a reading only when the result's batch was acknowledged, without
-// holding a handler goroutine per message.
+// respond when the handler returns nil, and the returned func must be
+// called once, from any goroutine: its error is the message's outcome,
+// seen by every OnOutcome layer (Retry, DeadLetter, ...) as if the handler
+// had returned it. A handler that returns an error after Async has its
+// outcome decided by that error, and the later call does nothing. The
+// worker uses this to finish a reading only when the result's batch was
+// acknowledged, without holding a handler goroutine per message.
 func (m *Message) Async() func(error) {
 	m.async.Store(true)
 	return m.complete
 }
 
 func (m *Message) complete(err error) {
-	// A CAS, not a sync.Once: this runs for every message.
-	if m.responded.CompareAndSwap(false, true) {
-		if m.stopTouch != nil {
-			close(m.stopTouch)
+	if !m.completed.CompareAndSwap(false, true) {
+		return
+	}
+	m.early = err
+	if m.phase.CompareAndSwap(phaseRunning, phaseEarly) {
+		return // the chain has not returned: Deliver settles
+	}
+	m.settle(err, true)
+}
+
+// later registers an OnOutcome layer for the Async completion.
+func (m *Message) later(ctx context.Context, f func(context.Context, *Message, error) error) {
+	h := outcomeHook{ctx, f}
+	if int(m.nhooks) < len(m.hooks) {
+		m.hooks[m.nhooks] = h
+		m.nhooks++
+		return
+	}
+	m.more = append(m.more, h)
+}
+
+// settle answers nsqd once: from the chain's return, or (viaHooks) from
+// the Async completion passed through the waiting OnOutcome layers.
+func (m *Message) settle(err error, viaHooks bool) {
+	if m.phase.Swap(phaseSettled) == phaseSettled {
+		return
+	}
+	if viaHooks {
+		for i := range int(m.nhooks) {
+			err = m.hooks[i].f(m.hooks[i].ctx, m, err)
 		}
-		m.c.respond(m, err)
+		for _, h := range m.more {
+			err = h.f(h.ctx, m, err)
+		}
+	}
+	if m.route != nil && m.route.respond != nil {
+		m.route.respond(m, err)
 	}
 }
 
-// Handler handles one message. Returning nil finishes it; an error requeues it
-// with backoff, and after MaxAttempts moves it to the dead-letter topic; a
-// PermanentError (see Reject) moves it there at once.
+// Handler handles one message. What its error means is decided by the
+// Middleware around it: in a Consumer, nil finishes the message, an error
+// requeues it with backoff, and after MaxAttempts moves it to the
+// dead-letter topic; a permanent error (see Reject) moves it there at once.
 type Handler interface {
 	HandleMessage(ctx context.Context, m *Message) error
 }
@@ -91,7 +215,8 @@ type HandlerFunc func(ctx context.Context, m *Message) error
 // HandleMessage calls f.
 func (f HandlerFunc) HandleMessage(ctx context.Context, m *Message) error { return f(ctx, m) }
 
-// ConsumerOptions configures a Consumer.
+// ConsumerOptions configures a Consumer. Zero values take the defaults
+// named on each field.
 type ConsumerOptions struct {
 	Topic   string
 	Channel string
@@ -99,37 +224,33 @@ type ConsumerOptions struct {
 	// for it while no consumer is connected (replay recovers what was missed).
 	Ephemeral bool
 
-	NSQ             *nsq.Config // nil = nsq.NewConfig(); MaxInFlight, LookupdPollInterval, MsgTimeout are taken from it
-	Concurrency     int         // handler goroutines; default 4
-	MaxAttempts     uint16      // default 5
-	RequeueDelay    time.Duration
-	MaxRequeueDelay time.Duration
-	// AutoTouch touches messages whose handler runs longer than half of
-	// nsqd's message timeout, so long handlers do not get redelivered.
-	AutoTouch  bool
-	MaxPayload int // envelope payload limit; 0 = envelope.DefaultMaxPayload
+	NSQ         *nsq.Config // nil = nsq.NewConfig(); MaxInFlight, LookupdPollInterval, MsgTimeout are taken from it
+	Concurrency int         // handler goroutines; default 4
+	MaxPayload  int         // envelope payload limit; 0 = envelope.DefaultMaxPayload
 
-	// DeadLetter publishes undecodable, rejected and exhausted messages to
-	// "<topic>.dead" (see package deadletter for the format). nil = a
-	// producer the consumer makes itself over the nsqd watcher it is given:
-	// nothing is dropped unless DropDeadLetters says so.
-	DeadLetter *Producer
-	// DeadLetterStore keeps the dead letters nsqd does not take: above
-	// MaxMsgSize, or not acknowledged within DeadLetterTimeout. nil = such
-	// a message is requeued with MaxRequeueDelay (and logged as an error)
-	// until it can be kept. svckit/service gives every consumer its
-	// service's <data-dir>/deadletters.
-	DeadLetterStore *deadletter.Store
-	// MaxMsgSize is nsqd's --max-msg-size; default 1 MiB. A dead letter
-	// above it goes to DeadLetterStore without being sent: nsqd would close
-	// the producer's connection, failing every publish in flight on it.
-	MaxMsgSize int
-	// DeadLetterTimeout bounds the publish of one dead letter; default 10s.
-	DeadLetterTimeout time.Duration
+	// Retry is the Retry middleware's policy; zero fields take
+	// DefaultRetryOptions'.
+	Retry RetryOptions
+	// DeadLetters keeps undecodable, rejected and exhausted messages (see
+	// DeadLetter). nil = a sink the consumer makes itself, publishing to
+	// "<topic>.dead" over the nsqd watcher it is given: nothing is dropped
+	// unless DropDeadLetters says so. svckit/service gives every consumer
+	// its service's sink, which falls back to <data-dir>/deadletters.
+	DeadLetters *deadletter.Sink
+	// DeadLetterRequeueDelay is how long a message waits when no dead
+	// letter could be kept; default Retry's MaxDelay.
+	DeadLetterRequeueDelay time.Duration
 	// DropDeadLetters logs, counts and finishes what would be
 	// dead-lettered instead of keeping it. Opt-in, and named for what it
 	// does: the message is lost.
 	DropDeadLetters bool
+	// AutoTouch touches messages whose handler runs longer than half of
+	// nsqd's message timeout, so long handlers do not get redelivered.
+	AutoTouch bool
+	// Middleware wraps the handler inside svckit's delivery policy: the
+	// first is the outermost, and each sees decoded envelopes and
+	// recovered panics (see the package's Middleware).
+	Middleware []Middleware
 
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -139,8 +260,9 @@ type ConsumerOptions struct {
 // instances found in Consul know about, and follows lookupd changes.
 type Consumer struct {
 	o        ConsumerOptions
-	channel  string // full channel name (with #ephemeral)
-	h        Handler
+	channel  string  // full channel name (with #ephemeral)
+	h        Handler // the handler in its delivery policy
+	route    route
 	lookupds *discovery.Watcher
 	nsqds    *discovery.Watcher
 	nsq      *nsq.Consumer
@@ -148,8 +270,7 @@ type Consumer struct {
 	http     *http.Client
 	epoch    time.Time // Message.start counts from here
 
-	dead    *deadletter.Sink // nil with DropDeadLetters
-	ownProd *Producer        // the dead-letter producer made here, stopped with the consumer
+	ownProd *Producer // the dead-letter producer made here, stopped with the consumer
 
 	handlerCtx    context.Context
 	cancelHandler context.CancelFunc
@@ -195,14 +316,18 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
-	if o.MaxAttempts == 0 {
-		o.MaxAttempts = 5
+	d := DefaultRetryOptions()
+	if o.Retry.MaxAttempts == 0 {
+		o.Retry.MaxAttempts = d.MaxAttempts
 	}
-	if o.RequeueDelay <= 0 {
-		o.RequeueDelay = time.Second
+	if o.Retry.Delay <= 0 {
+		o.Retry.Delay = d.Delay
 	}
-	if o.MaxRequeueDelay <= 0 {
-		o.MaxRequeueDelay = time.Minute
+	if o.Retry.MaxDelay <= 0 {
+		o.Retry.MaxDelay = d.MaxDelay
+	}
+	if o.DeadLetterRequeueDelay <= 0 {
+		o.DeadLetterRequeueDelay = o.Retry.MaxDelay
 	}
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
@@ -213,29 +338,23 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	lg := o.Logger.With("topic", o.Topic, "channel", ch)
 	// The dead-letter path first: it can fail, and go-nsq's consumer starts
 	// a goroutine as soon as it exists.
-	var dead *deadletter.Sink
 	var ownProd *Producer
-	if !o.DropDeadLetters {
-		var pub deadletter.TopicPublisher
-		switch {
-		case o.DeadLetter != nil:
-			pub = o.DeadLetter
-		case nsqds != nil:
-			// The nsqds found in Consul, as every producer publishes to
-			// (the consumer's nsq.Config carries TLS and auth).
-			ownProd = NewProducer(nsqds, ProducerOptions{NSQ: o.NSQ, Logger: lg, Metrics: o.Metrics})
-			pub = ownProd
-		case o.DeadLetterStore == nil:
-			return nil, fmt.Errorf("consumer %s/%s: no dead-letter destination: give DeadLetter, an nsqd watcher or DeadLetterStore, or set DropDeadLetters", o.Topic, ch)
+	sink := o.DeadLetters
+	if !o.DropDeadLetters && sink == nil {
+		if nsqds == nil {
+			return nil, fmt.Errorf("consumer %s/%s: no dead-letter destination: give DeadLetters or an nsqd watcher, or set DropDeadLetters", o.Topic, ch)
 		}
+		// The nsqds found in Consul, as every producer publishes to
+		// (the consumer's nsq.Config carries TLS and auth).
+		ownProd = NewProducer(nsqds, ProducerOptions{NSQ: o.NSQ, Logger: lg, Metrics: o.Metrics})
 		var err error
-		dead, err = deadletter.NewSink(deadletter.Options{
-			Publisher: pub, Store: o.DeadLetterStore, MaxMsgSize: o.MaxMsgSize,
-			PublishTimeout: o.DeadLetterTimeout, Logger: o.Logger, Registry: o.Metrics.Registry,
-		})
+		sink, err = deadletter.NewSink(deadletter.Options{Publisher: ownProd, Logger: o.Logger, Registry: o.Metrics.Registry})
 		if err != nil {
 			return nil, fmt.Errorf("consumer %s/%s: %w", o.Topic, ch, err)
 		}
+	}
+	if o.DropDeadLetters {
+		sink = nil
 	}
 	cfg := *o.NSQ // our copy: we change MaxAttempts
 	// svckit enforces MaxAttempts itself so that exhausted messages reach the
@@ -247,7 +366,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	}
 	nc.SetLogger(logging.NSQLogger{L: lg}, logging.NSQLevel(lg))
 	c := &Consumer{
-		o: o, channel: ch, h: h, lookupds: lookupds, nsqds: nsqds, nsq: nc, dead: dead, ownProd: ownProd,
+		o: o, channel: ch, lookupds: lookupds, nsqds: nsqds, nsq: nc, ownProd: ownProd,
 		dec:      envelope.Decoder{MaxPayload: o.MaxPayload, Strings: &envelope.StringCache{}},
 		http:     &http.Client{Timeout: 5 * time.Second},
 		epoch:    time.Now(),
@@ -261,6 +380,8 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	c.requeued = o.Metrics.Requeued.WithLabelValues(o.Topic, ch)
 	c.handlerSecs = o.Metrics.HandlerSeconds.WithLabelValues(o.Topic, ch)
 	c.handlerCtx, c.cancelHandler = context.WithCancel(context.Background())
+	c.route = route{topic: o.Topic, channel: ch, respond: c.respond}
+	c.h = c.policy(h, sink, lg)
 	nc.AddConcurrentHandlers(c, o.Concurrency)
 	return c, nil
 }
@@ -496,138 +617,68 @@ func (c *Consumer) Stop(ctx context.Context) error {
 	}
 }
 
+// policy wraps the user's handler in the consumer's delivery policy (see
+// Middleware for the order and why).
+func (c *Consumer) policy(h Handler, sink *deadletter.Sink, lg *slog.Logger) Handler {
+	var touch time.Duration
+	if c.o.AutoTouch {
+		touch = c.o.NSQ.MsgTimeout / 2
+	}
+	inner := append(append([]Middleware{Recover()}, c.o.Middleware...), AutoTouch(touch))
+	ro := c.o.Retry
+	ro.Logger = lg
+	return Chain(h, append([]Middleware{
+		DeadLetter(DeadLetterOptions{Sink: sink, RequeueDelay: c.o.DeadLetterRequeueDelay, Logger: lg, Metrics: c.o.Metrics}),
+		Retry(ro),
+		c.decode,
+		OnOutcome(c.count),
+	}, inner...)...)
+}
+
+// decode fills the message's envelope; a body that is not one is a
+// permanent failure (DeadLetter keeps it).
+func (c *Consumer) decode(next Handler) Handler {
+	return HandlerFunc(func(ctx context.Context, m *Message) error {
+		if err := c.dec.DecodeInto(&m.Envelope, m.NSQ.Body); err != nil {
+			return &DecodeError{Err: err}
+		}
+		return next.HandleMessage(ctx, m)
+	})
+}
+
+// count counts the handler's failures, before Retry or DeadLetter turn
+// them into outcomes.
+func (c *Consumer) count(_ context.Context, _ *Message, err error) error {
+	if err != nil {
+		c.failed.Inc()
+	}
+	return err
+}
+
 // HandleMessage implements nsq.Handler.
 func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 	nm.DisableAutoResponse()
-	m := &Message{NSQ: nm, c: c, start: time.Since(c.epoch)}
-	if err := c.dec.DecodeInto(&m.Envelope, nm.Body); err != nil {
-		c.deadLetterOrRequeue(nm, nil, "decode: "+err.Error())
-		return nil
-	}
-	if c.o.AutoTouch {
-		if half := c.o.NSQ.MsgTimeout / 2; half > 0 {
-			// Touch every half timeout until the message is responded
-			// to: when the handler returns, or later if it went Async.
-			stop := make(chan struct{})
-			m.stopTouch = stop
-			go func() {
-				t := time.NewTicker(half)
-				defer t.Stop()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-t.C:
-						nm.Touch()
-					}
-				}
-			}()
-		}
-	}
-	err := c.safeHandle(m)
-	if !m.async.Load() || err != nil {
-		m.complete(err)
-	}
+	Deliver(c.handlerCtx, c.h, &Message{NSQ: nm, route: &c.route, start: time.Since(c.epoch)})
 	return nil
 }
 
-func (c *Consumer) safeHandle(m *Message) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("handler panicked: %v", r)
-		}
-	}()
-	return c.h.HandleMessage(c.handlerCtx, m)
-}
-
+// respond answers nsqd from a message's outcome (see Middleware).
 func (c *Consumer) respond(m *Message, err error) {
 	c.handlerSecs.Observe((time.Since(c.epoch) - m.start).Seconds())
 	nm := m.NSQ
-	if err == nil {
+	switch {
+	case err == nil:
 		c.consumed.Inc()
 		nm.Finish()
-		return
+	case isFinish(err):
+		nm.Finish()
+	default:
+		c.requeued.Inc()
+		// Without backoff: one poison message must not throttle the whole
+		// consumer; Retry's per-message delay grows with the attempt instead.
+		nm.RequeueWithoutBackoff(requeueDelay(err, 0))
 	}
-	c.failed.Inc()
-	// Any error that says it is permanent (PermanentError, or one of
-	// replay's, which cannot import this package): retrying cannot help.
-	var perm interface{ Permanent() bool }
-	if errors.As(err, &perm) && perm.Permanent() {
-		c.o.Logger.Error("message cannot be handled; dead-lettering", append(m.LogAttrs(), "err", err)...)
-		c.deadLetterOrRequeue(nm, &m.Envelope, "rejected: "+err.Error())
-		return
-	}
-	if nm.Attempts >= c.o.MaxAttempts {
-		c.o.Logger.Error("message failed its last attempt; dead-lettering", append(m.LogAttrs(), "attempts", nm.Attempts, "err", err)...)
-		c.deadLetterOrRequeue(nm, &m.Envelope, fmt.Sprintf("handler failed %d times: %v", nm.Attempts, err))
-		return
-	}
-	delay := c.o.RequeueDelay << min(nm.Attempts-1, 16)
-	delay = min(delay, c.o.MaxRequeueDelay)
-	c.o.Logger.Warn("handler failed; requeueing", append(m.LogAttrs(), "attempts", nm.Attempts, "delay", delay, "err", err)...)
-	c.requeued.Inc()
-	// Without backoff: one poison message must not throttle the whole
-	// consumer; the per-message delay grows with the attempt instead.
-	nm.RequeueWithoutBackoff(delay)
 }
-
-// DeadLetter is a dead letter as published to "<topic>.dead" or kept in a
-// local store: see package deadletter (deadletter.Decode reads one).
-type DeadLetter = deadletter.Letter
 
 // DeadLetterTopic is where a topic's dead letters go.
 func DeadLetterTopic(topic string) string { return deadletter.Topic(topic) }
-
-// deadLetterOrRequeue keeps a message as a dead letter (in "<topic>.dead",
-// or in the local store when nsqd does not take it) and finishes it. Only
-// if neither takes it is the message requeued, with the longest delay:
-// nothing accepted is dropped, unless DropDeadLetters asked for it.
-func (c *Consumer) deadLetterOrRequeue(nm *nsq.Message, env *envelope.Envelope, reason string) {
-	if c.deadLetter(nm, env, reason) {
-		nm.Finish()
-		return
-	}
-	c.requeued.Inc()
-	nm.RequeueWithoutBackoff(c.o.MaxRequeueDelay)
-}
-
-func (c *Consumer) deadLetter(nm *nsq.Message, env *envelope.Envelope, reason string) bool {
-	counter := c.o.Metrics.DeadLettered.WithLabelValues(c.o.Topic, c.channel, reasonClass(reason))
-	if c.dead == nil {
-		counter.Inc()
-		c.o.Logger.Error("dropping message (DropDeadLetters)", "nsq_id", string(nm.ID[:]), "reason", reason)
-		return true
-	}
-	l := deadletter.Letter{
-		Meta: deadletter.Meta{Topic: c.o.Topic, Channel: c.channel, Reason: reason, Attempts: nm.Attempts,
-			Time: time.Now().UTC(), NSQID: string(nm.ID[:])},
-		Original: nm.Body,
-	}
-	if env != nil {
-		l.Stream, l.Seq = env.Stream, env.Seq
-	}
-	// handlerCtx ends when Stop gives up waiting: the publish then fails
-	// at once and the letter goes to the local store.
-	where, err := c.dead.Send(c.handlerCtx, l)
-	if err != nil {
-		c.o.Logger.Error("dead letter kept nowhere; requeueing the message with the longest delay", "nsq_id", string(nm.ID[:]),
-			"reason", reason, "delay", c.o.MaxRequeueDelay, "err", err)
-		return false
-	}
-	counter.Inc()
-	c.o.Logger.Warn("message dead-lettered", "nsq_id", string(nm.ID[:]), "dead_topic", DeadLetterTopic(c.o.Topic), "stored", where, "reason", reason)
-	return true
-}
-
-// Reject marks a handler error as permanent: the message is dead-lettered
-// without further attempts (input that can never be handled).
-func Reject(err error) error { return PermanentError{err} }
-
-func reasonClass(reason string) string {
-	for _, c := range []string{"decode", "rejected"} {
-		if len(reason) >= len(c) && reason[:len(c)] == c {
-			return c
-		}
-	}
-	return "handler"
-}

@@ -54,8 +54,8 @@ func TestDeadLetters(t *testing.T) {
 		e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
 			calls.Add(1)
 			return nil
-		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetter: p,
-			DeadLetterStore: store, Metrics: m})
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetters: sinkOf(t, p, store, 0, m),
+			Metrics: m})
 		body := bigBody(900_000)
 		nsqd.Publish(t, topic, body) // nsqd's own HTTP /pub
 		dl := receiveDeadLetter(t, dead)
@@ -119,8 +119,8 @@ func TestDeadLetters(t *testing.T) {
 		cfs.StopAfter(0) // the disk refuses every write
 		createTopic(t, nsqd, topic)
 		e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
-			pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetter: p, DeadLetterStore: store,
-				MaxMsgSize: 1024, MaxRequeueDelay: 2 * time.Second, Metrics: m})
+			pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetters: sinkOf(t, p, store, 1024, m),
+				Retry: pubsub.RetryOptions{MaxDelay: 2 * time.Second}, Metrics: m})
 		body := bigBody(2000) // fits nsqd; its dead letter is above the consumer's MaxMsgSize
 		nsqd.Publish(t, topic, body)
 		lbl := map[string]string{"topic": topic}

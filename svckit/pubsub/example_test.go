@@ -35,8 +35,8 @@ func ExampleNewConsumer() {
 	})
 	c, err := pubsub.NewConsumer(disco.Watch("nsqlookupd"), disco.Watch("nsqd"), h, pubsub.ConsumerOptions{
 		Topic: "ticks", Channel: "printer", Ephemeral: true,
-		Concurrency: 4, // handler goroutines
-		MaxAttempts: 5, // then the message is a dead letter
+		Concurrency: 4,                                   // handler goroutines
+		Retry:       pubsub.RetryOptions{MaxAttempts: 5}, // then the message is a dead letter
 	})
 	if err != nil {
 		log.Fatal(err) // an invalid topic or channel name

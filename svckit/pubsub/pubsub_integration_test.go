@@ -331,9 +331,9 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 
 // deadLetters consumes "<topic>.dead" with a plain go-nsq consumer connected
 // straight to nsqd's TCP port.
-func deadLetters(t *testing.T, nsqdTCP, topic string) <-chan pubsub.DeadLetter {
+func deadLetters(t *testing.T, nsqdTCP, topic string) <-chan deadletter.Letter {
 	t.Helper()
-	out := make(chan pubsub.DeadLetter, 100)
+	out := make(chan deadletter.Letter, 100)
 	c, err := nsq.NewConsumer(pubsub.DeadLetterTopic(topic), "inspect", nsq.NewConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -363,14 +363,14 @@ func deadLetters(t *testing.T, nsqdTCP, topic string) <-chan pubsub.DeadLetter {
 	return out
 }
 
-func receiveDeadLetter(t *testing.T, ch <-chan pubsub.DeadLetter) pubsub.DeadLetter {
+func receiveDeadLetter(t *testing.T, ch <-chan deadletter.Letter) deadletter.Letter {
 	t.Helper()
 	select {
 	case dl := <-ch:
 		return dl
 	case <-time.After(waitLong):
 		t.Fatalf("no dead letter within %s", waitLong)
-		return pubsub.DeadLetter{}
+		return deadletter.Letter{}
 	}
 }
 
@@ -787,7 +787,7 @@ func TestPubSub(t *testing.T) {
 			}
 			return nil
 		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10),
-			RequeueDelay: 20 * time.Millisecond, MaxRequeueDelay: time.Second, DeadLetter: p, Metrics: m})
+			Retry: pubsub.RetryOptions{Delay: 20 * time.Millisecond, MaxDelay: time.Second}, DeadLetters: sinkOf(t, p, nil, 0, m), Metrics: m})
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
 		if err := p.Publish(ctx, topic, envBody(t, "s", 1)); err != nil {
@@ -835,7 +835,7 @@ func TestPubSub(t *testing.T) {
 		e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
 			calls.Add(1)
 			return nil
-		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetter: p, Metrics: m})
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), DeadLetters: sinkOf(t, p, nil, 0, m), Metrics: m})
 		nsqd.Publish(t, topic, []byte("garbage"))
 		dl := receiveDeadLetter(t, dead)
 		if !strings.HasPrefix(dl.Reason, "decode") {
@@ -866,8 +866,8 @@ func TestPubSub(t *testing.T) {
 		e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
 			calls.Add(1)
 			return pubsub.Reject(errors.New("unknown sensor kind"))
-		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), MaxAttempts: 5,
-			RequeueDelay: 10 * time.Millisecond, DeadLetter: p, Metrics: m})
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), Retry: pubsub.RetryOptions{MaxAttempts: 5,
+			Delay: 10 * time.Millisecond}, DeadLetters: sinkOf(t, p, nil, 0, m), Metrics: m})
 		body := envBody(t, "s", 7)
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
@@ -903,8 +903,8 @@ func TestPubSub(t *testing.T) {
 		e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
 			calls.Add(1)
 			return errors.New("boom")
-		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), MaxAttempts: maxAttempts,
-			RequeueDelay: 10 * time.Millisecond, MaxRequeueDelay: 100 * time.Millisecond, DeadLetter: p, Metrics: m})
+		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10), Retry: pubsub.RetryOptions{MaxAttempts: maxAttempts,
+			Delay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}, DeadLetters: sinkOf(t, p, nil, 0, m), Metrics: m})
 		body := envBody(t, "s", 9)
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
@@ -1015,7 +1015,7 @@ func TestPubSub(t *testing.T) {
 			returned.Add(1)
 			return nil
 		}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(10),
-			RequeueDelay: 10 * time.Millisecond, Metrics: m})
+			Retry: pubsub.RetryOptions{Delay: 10 * time.Millisecond}, Metrics: m})
 		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
 		defer cancel()
 		if err := p.Publish(ctx, topic, envBody(t, "s", 1)); err != nil {
@@ -1134,7 +1134,7 @@ func TestProducerFailover(t *testing.T) {
 	e.startConsumer(t, pubsub.HandlerFunc(func(_ context.Context, msg *pubsub.Message) error {
 		got.add(msg.Envelope.Seq)
 		return nil
-	}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(50), DeadLetter: p})
+	}), pubsub.ConsumerOptions{Topic: topic, Channel: channel, NSQ: nsqConfig(50), DeadLetters: sinkOf(t, p, nil, 0, nil)})
 	waitClients(t, stack.NSQD, topic, channel, 1)
 	waitClients(t, n2, topic, channel, 1)
 
@@ -1312,4 +1312,22 @@ func writeSyscalls(t *testing.T) int {
 	}
 	skip.CannotRun(t, "/proc/self/io has no syscw")
 	return 0
+}
+
+// sinkOf is the dead-letter sink a consumer gets from svckit/service: p
+// publishes to "<topic>.dead", store keeps what nsqd does not take.
+func sinkOf(t *testing.T, p *pubsub.Producer, store *deadletter.Store, maxMsgSize int, m *metrics.Metrics) *deadletter.Sink {
+	t.Helper()
+	o := deadletter.Options{Publisher: p, MaxMsgSize: maxMsgSize}
+	if store != nil {
+		o.Store = store
+	}
+	if m != nil {
+		o.Registry = m.Registry
+	}
+	s, err := deadletter.NewSink(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

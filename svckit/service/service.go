@@ -271,26 +271,26 @@ func (s *Service) Batcher(topic string) (*pubsub.Batcher, error) {
 	return b, nil
 }
 
-// Consumer creates a consumer with the service's NSQ settings; o only needs
-// Topic, Channel, Ephemeral (and optionally AutoTouch). Dead letters go
-// through the service's producer to "<topic>.dead", or, when nsqd does not
-// take them (above --nsq-max-msg-size, or not acknowledged in time), to the
-// service's <data-dir>/deadletters. It starts in Run.
+// Consumer creates a consumer with the service's NSQ settings and delivery
+// policy; o only needs Topic, Channel, Ephemeral (and optionally AutoTouch
+// and Middleware). Dead letters go through the service's producer to
+// "<topic>.dead", or, when nsqd does not take them (above
+// --nsq-max-msg-size, or not acknowledged in time), to the service's
+// <data-dir>/deadletters. It starts in Run.
 func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.Consumer, error) {
 	cfg, err := s.NSQConfig()
 	if err != nil {
 		return nil, err
 	}
-	dl, err := s.Producer()
+	sink, err := s.DeadLetters()
 	if err != nil {
 		return nil, err
 	}
 	n := s.Config.NSQ
 	o.NSQ = cfg
 	o.Concurrency = n.Concurrency
-	o.MaxAttempts = uint16(n.MaxAttempts)
-	o.RequeueDelay, o.MaxRequeueDelay = n.RequeueDelay, n.MaxRequeueDelay
-	o.DeadLetter, o.DeadLetterStore, o.MaxMsgSize = dl, s.deadStore, n.MaxMsgSize
+	o.Retry = pubsub.RetryOptions{MaxAttempts: uint16(n.MaxAttempts), Delay: n.RequeueDelay, MaxDelay: n.MaxRequeueDelay}
+	o.DeadLetters = sink
 	o.Logger, o.Metrics = s.Log, s.Metrics
 	c, err := pubsub.NewConsumer(s.Discovery.Watch(NSQLookupdService), s.Discovery.Watch(NSQDService), h, o)
 	if err != nil {

@@ -6,7 +6,8 @@ import (
 	"github.com/svckit/svckit/svckit/stage"
 )
 
-// StageOptions configures Service.Stage.
+// StageOptions configures Service.Stage. InTopic, Channel, OutTopic and
+// Transform (or Append) are required; the other zero values mean none.
 type StageOptions struct {
 	InTopic  string // the topic consumed
 	Channel  string // its channel, shared by the stage's instances
@@ -21,6 +22,9 @@ type StageOptions struct {
 	Append stage.AppendTransform
 	// Snapshot, if set, maps the upstream's snapshots for downstream.
 	Snapshot stage.SnapshotMapper
+	// Middleware wraps the stage inside svckit's delivery policy (see
+	// pubsub.Middleware).
+	Middleware []pubsub.Middleware
 }
 
 // Stage runs a stage in this service: it consumes InTopic on Channel, runs
@@ -45,7 +49,7 @@ func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
 	if err != nil {
 		return nil, UsageError{err}
 	}
-	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: o.InTopic, Channel: o.Channel}, st); err != nil {
+	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: o.InTopic, Channel: o.Channel, Middleware: o.Middleware}, st); err != nil {
 		return nil, UsageError{err}
 	}
 	s.replayServer().SetRelay(st)

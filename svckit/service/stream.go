@@ -11,7 +11,8 @@ import (
 	"github.com/svckit/svckit/svckit/replay"
 )
 
-// StreamOptions configures Service.OpenStream.
+// StreamOptions configures Service.OpenStream. Stream and Topic are
+// required; zero values in Owner take replay.OwnerOptions' defaults.
 type StreamOptions struct {
 	// Stream is the stream's id (stable across restarts).
 	Stream string

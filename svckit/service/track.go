@@ -10,7 +10,8 @@ import (
 	"github.com/svckit/svckit/svckit/replay"
 )
 
-// TrackOptions configures Service.Track.
+// TrackOptions configures Service.Track. Topic, Channel and Upstream are
+// required; zero values in Tracker take the tracker's defaults.
 type TrackOptions struct {
 	Topic string // the topic consumed
 	// Channel is the channel's base name. Each instance gets an ephemeral
@@ -28,6 +29,9 @@ type TrackOptions struct {
 	// error rejects it (a dead letter, pubsub.Reject's way); a content
 	// type check, say, or a latency measurement returning nil.
 	Accept func(*pubsub.Message) error
+	// Middleware wraps the tracker inside svckit's delivery policy (see
+	// pubsub.Middleware).
+	Middleware []pubsub.Middleware
 	// Tracker tunes the tracker (CheckpointInterval, GapGrace, MaxBatch,
 	// TailInterval, MaxAhead; zero values are the defaults). Track sets
 	// what the service knows: the upstream, the replay secret, the dead
@@ -87,7 +91,7 @@ func (s *Service) Track(a replay.Applier, o TrackOptions) (*replay.Tracker, erro
 		_, err := tr.Deliver(ctx, m.Envelope)
 		return err
 	})
-	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: o.Topic, Channel: channel, Ephemeral: !o.Shared}, h); err != nil {
+	if _, err := s.Consumer(pubsub.ConsumerOptions{Topic: o.Topic, Channel: channel, Ephemeral: !o.Shared, Middleware: o.Middleware}, h); err != nil {
 		return nil, UsageError{err}
 	}
 	// The streams' positions are the pipeline's data: with a replay

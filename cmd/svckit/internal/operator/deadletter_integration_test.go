@@ -73,7 +73,7 @@ func TestDeadLetterListAndRequeue(t *testing.T) {
 	cfg.LookupdPollInterval = time.Second
 	c, err := pubsub.NewConsumer(d.Watch("nsqlookupd"), d.Watch("nsqd"),
 		pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { return nil }),
-		pubsub.ConsumerOptions{Topic: "orders", Channel: "svc", NSQ: cfg, DeadLetter: p})
+		pubsub.ConsumerOptions{Topic: "orders", Channel: "svc", NSQ: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
