@@ -24,7 +24,8 @@ const DefaultMaxMsgSize = 1 << 20
 // DefaultPublishTimeout bounds the publish of one dead letter.
 const DefaultPublishTimeout = 10 * time.Second
 
-// Options configures a Sink.
+// Options configures a Sink. It needs a Publisher or a Store; other zero
+// values take the defaults named on each field.
 type Options struct {
 	// Publisher publishes to "<topic>.dead"; nil = keep every dead letter
 	// in Store.
@@ -42,7 +43,7 @@ type Options struct {
 	// DefaultPublishTimeout. It also bounds how long a consumer's handler
 	// goroutine is held by a dead letter while nsqd is away.
 	PublishTimeout time.Duration
-	Logger         *slog.Logger
+	Logger         *slog.Logger // nil = discard
 	// Registry receives svckit_dead_letters_total{topic,stored} and
 	// svckit_dead_letter_failures_total{topic}; Sinks sharing a registry
 	// share the counters. nil = not exported.

@@ -50,7 +50,8 @@ type Info struct {
 	Head []byte `json:"head,omitempty"`
 }
 
-// StoreOptions configures a Store.
+// StoreOptions configures a Store. Dir is required, so the zero value is
+// not usable; a nil FS is the operating system's.
 type StoreOptions struct {
 	// Dir holds the dead letters, one file each under <Dir>/<topic>/. A
 	// service's is <data-dir>/deadletters. Required.

@@ -51,13 +51,14 @@ func (i Instance) MetaAddr(key string) (string, bool) {
 // HasTag reports whether the instance carries tag.
 func (i Instance) HasTag(tag string) bool { return slices.Contains(i.Tags, tag) }
 
-// Options configures discovery.
+// Options configures discovery. Zero values take the defaults named on
+// each field (DefaultOptions).
 type Options struct {
-	WaitTime   time.Duration // blocking query wait; default 30s
-	MinBackoff time.Duration // first retry delay after an error; default 100ms
-	MaxBackoff time.Duration // cap; default 5s
-	Logger     *slog.Logger
-	Metrics    *metrics.Metrics
+	WaitTime   time.Duration    // blocking query wait; default 30s
+	MinBackoff time.Duration    // first retry delay after an error; default 100ms
+	MaxBackoff time.Duration    // cap; default 5s
+	Logger     *slog.Logger     // nil = discard
+	Metrics    *metrics.Metrics // nil = metrics.Nop()
 }
 
 // DefaultOptions returns the defaults.

@@ -21,10 +21,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Options configures a Server.
+// Options configures a Server. The zero value serves on a free port of
+// every interface, without /metrics.
 type Options struct {
-	Addr     string // listen address; "127.0.0.1:0" picks a free port
-	Registry *prometheus.Registry
+	Addr     string               // listen address; "127.0.0.1:0" picks a free port
+	Registry *prometheus.Registry // nil = no /metrics
 	Logger   *slog.Logger
 	// Pprof serves runtime profiles under /debug/pprof/ (off by default: it
 	// exposes internals to whoever reaches the port).

@@ -12,7 +12,8 @@ import (
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
-// Options selects the output format and level.
+// Options selects the output format and level. The zero value is text at
+// level info.
 type Options struct {
 	Format string // "text" (default) or "json"
 	Level  string // "debug", "info" (default), "warn", "error"

@@ -26,9 +26,9 @@ type Server struct {
 	muted     int       // refusals not logged since lastLog
 }
 
-// ServerOptions configures a Server.
+// ServerOptions configures a Server. The zero value is ready to use.
 type ServerOptions struct {
-	Logger *slog.Logger
+	Logger *slog.Logger // nil = discard
 	// Registry, if set, gets svckit_nsqauth_answers_total{identity,result}.
 	Registry prometheus.Registerer
 }

@@ -58,7 +58,8 @@ import (
 // DefaultKeyPrefix is where claims live in Consul KV.
 const DefaultKeyPrefix = "svckit/streams"
 
-// Options configures a Lease.
+// Options configures a Lease. Client, Stream, Instance and DataID are
+// required; other zero values take the defaults named on each field.
 type Options struct {
 	Client   *api.Client
 	Stream   string
@@ -68,10 +69,10 @@ type Options struct {
 	// random id kept in it): a claim moves only with it.
 	DataID    string
 	KeyPrefix string        // default DefaultKeyPrefix
-	TTL       time.Duration // session TTL; default 10s (Consul's minimum)
+	TTL       time.Duration // session TTL; default and minimum 10s (Consul's)
 	// Timeout bounds each request to Consul; default TTL/4.
 	Timeout time.Duration
-	Logger  *slog.Logger
+	Logger  *slog.Logger // nil = discard
 }
 
 // Claim is the KV entry naming a stream's holder.

@@ -14,7 +14,8 @@ import (
 // ErrBatcherClosed is returned by a publish after Close.
 var ErrBatcherClosed = errors.New("batching publisher closed")
 
-// BatcherOptions configures a Batcher.
+// BatcherOptions configures a Batcher. Zero values take the defaults
+// named on each field.
 type BatcherOptions struct {
 	MaxBatch int           // largest MPUB in messages; default 200
 	MaxDelay time.Duration // longest wait to fill the batch taking the last in-flight slot; default 1ms

@@ -28,7 +28,8 @@ var ErrNoNSQD = errors.New("no passing nsqd in Consul")
 // is not retried.
 var ErrProducerStopped = errors.New("producer stopped")
 
-// ProducerOptions configures a Producer.
+// ProducerOptions configures a Producer. Zero values take the defaults
+// named on each field.
 type ProducerOptions struct {
 	NSQ        *nsq.Config   // nil = nsq.NewConfig()
 	PreferNode string        // Consul node name to prefer (the local agent's): publish to the local nsqd
@@ -36,8 +37,8 @@ type ProducerOptions struct {
 	RetryMax   time.Duration // cap; default 2s
 	// BadFor is how long an nsqd that failed is avoided when others exist; default 5s.
 	BadFor  time.Duration
-	Logger  *slog.Logger
-	Metrics *metrics.Metrics
+	Logger  *slog.Logger     // nil = discard
+	Metrics *metrics.Metrics // nil = metrics.Nop()
 }
 
 // Producer publishes to one nsqd at a time, chosen among the passing nsqd

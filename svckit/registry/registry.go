@@ -40,13 +40,14 @@ type Registration struct {
 	DeregisterAfter    time.Duration // DeregisterCriticalServiceAfter; default 1m
 }
 
-// Options tunes the Registrar.
+// Options tunes the Registrar. Zero values take the defaults named on each
+// field.
 type Options struct {
-	VerifyInterval time.Duration // how often to check the agent still has us; default 2s
-	MinBackoff     time.Duration // default 200ms
-	MaxBackoff     time.Duration // default 5s
-	Logger         *slog.Logger
-	Metrics        *metrics.Metrics
+	VerifyInterval time.Duration    // how often to check the agent still has us; default 2s
+	MinBackoff     time.Duration    // default 200ms
+	MaxBackoff     time.Duration    // default 5s
+	Logger         *slog.Logger     // nil = discard
+	Metrics        *metrics.Metrics // nil = metrics.Nop()
 }
 
 // Registrar keeps one registration alive.

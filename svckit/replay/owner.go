@@ -54,16 +54,19 @@ type Fence interface {
 	Hold(ctx context.Context) error
 }
 
-// OwnerOptions configures an Owner.
+// OwnerOptions configures an Owner. Stream is required; other zero values
+// take the defaults named on each field.
 type OwnerOptions struct {
-	Stream      string // stable id; must survive restarts
-	Dir         string // holds log/, snapshot.json and published.seq
+	Stream string // stable id; must survive restarts
+	Dir    string // holds log/, snapshot.json and published.seq
+	// Log configures the retained log (start from retainlog.DefaultOptions);
+	// its Dir, Logger and FS are set from the fields here.
 	Log         retainlog.Options
 	ContentType string
 	// Fold, if set, makes the owner offer snapshots. It is persisted to
 	// Dir/snapshot.json every SnapshotInterval and on Close.
 	Fold             Fold
-	SnapshotInterval time.Duration
+	SnapshotInterval time.Duration // default 1s
 	// Fence, if set, is asked before every sequence number is assigned.
 	Fence Fence
 	// MaxInFlight bounds the messages handed to the publisher and not yet
@@ -73,8 +76,8 @@ type OwnerOptions struct {
 	// gives up on them (they stay in the log and go out on the next start).
 	// Default 1s; Close's context may cut it shorter.
 	CloseGrace time.Duration
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	Logger     *slog.Logger // nil = discard
+	Metrics    *Metrics     // nil = NewMetrics on a registry of its own (not exported)
 	// FS holds Dir; nil is the OS's (tests cut the power with crashfs).
 	FS durable.FS
 }

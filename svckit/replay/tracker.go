@@ -52,7 +52,8 @@ type Applier interface {
 // replaytest (svckit/replay/replaytest) checks an Applier, a Fold and a
 // stage's transform and snapshot mapper against these contracts.
 
-// TrackerOptions configures a Tracker.
+// TrackerOptions configures a Tracker. Zero values take the defaults named
+// on each field.
 type TrackerOptions struct {
 	// CheckpointPath is where applied sets and state are saved together
 	// (atomically); "" keeps everything in memory.
@@ -98,9 +99,9 @@ type TrackerOptions struct {
 	// consumers downstream of a stateless step (the app receives results,
 	// the sensor replays readings). nil = identity.
 	Transform func(envelope.Envelope) (envelope.Envelope, error)
-	HTTP      *http.Client
-	Logger    *slog.Logger
-	Metrics   *Metrics
+	HTTP      *http.Client // nil = a client with a 60s timeout
+	Logger    *slog.Logger // nil = discard
+	Metrics   *Metrics     // nil = NewMetrics on a registry of its own (not exported)
 }
 
 // Instances is the live set of owner instances; *discovery.Watcher is one.

@@ -86,14 +86,16 @@ const (
 	maxKeptWriteBuf = 4 << 20
 )
 
-// Options configure a Log. Start from DefaultOptions.
+// Options configure a Log. Start from DefaultOptions. Dir is required;
+// other zero values take the defaults named on each field, but a zero
+// Fsync is FsyncInterval and a zero ScrubRate turns the scrubber off.
 type Options struct {
-	Dir            string        // segment files live here (created if missing)
-	SegmentBytes   int64         // roll to a new segment beyond this size; default 64 MiB
-	RetainMessages uint64        // 0 = no count limit
-	RetainBytes    int64         // 0 = no byte limit
-	RetainAge      time.Duration // 0 = no age limit
-	Fsync          FsyncPolicy
+	Dir            string           // segment files live here (created if missing)
+	SegmentBytes   int64            // roll to a new segment beyond this size; default 64 MiB
+	RetainMessages uint64           // 0 = no count limit
+	RetainBytes    int64            // 0 = no byte limit
+	RetainAge      time.Duration    // 0 = no age limit
+	Fsync          FsyncPolicy      // DefaultOptions: FsyncAlways
 	FsyncInterval  time.Duration    // default 200ms
 	Logger         *slog.Logger     // nil = discard
 	Now            func() time.Time // nil = time.Now (tests inject a clock for age retention)
@@ -109,9 +111,10 @@ type Options struct {
 	// and goes on after Durable. 0 = nothing known.
 	Durable uint64
 	// ScrubRate is how many bytes a second the background scrubber reads
-	// to verify every segment (0 = no scrubbing); a pass starts at Open
-	// and then every ScrubEvery. Damage it finds is reported like damage
-	// found by a read, before any reader needs the records.
+	// to verify every segment (0 = no scrubbing; DefaultOptions:
+	// DefaultScrubRate); a pass starts at Open and then every ScrubEvery.
+	// Damage it finds is reported like damage found by a read, before any
+	// reader needs the records.
 	ScrubRate  int64
 	ScrubEvery time.Duration // default 1h
 	// OnDamage, if set, is called once for every damaged run found (at

@@ -68,9 +68,10 @@ type OutputPublisher interface {
 	PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error))
 }
 
-// Options configures a Stage.
+// Options configures a Stage. Out and one of Transform and Append are
+// required; other zero values take the defaults named on each field.
 type Options struct {
-	// Name names the stage in markers' reasons and logs.
+	// Name names the stage in markers' reasons and logs; default "stage".
 	Name      string
 	Transform Transform
 	// Append, if set instead of Transform, is the transform in its
@@ -86,7 +87,7 @@ type Options struct {
 	Upstream replay.Instances
 	Secret   string       // the upstream's replay secret
 	HTTP     *http.Client // for the upstream; default: a client with a 60s timeout
-	Logger   *slog.Logger
+	Logger   *slog.Logger // nil = discard
 }
 
 // Stage is a running stage: a pubsub.Handler for its input, and a

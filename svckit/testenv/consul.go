@@ -27,7 +27,8 @@ type Consul struct {
 	HTTPSAddr string
 }
 
-// ConsulOptions adds configuration to a test agent.
+// ConsulOptions adds configuration to a test agent. The zero value is
+// ready to use (StartConsul's).
 type ConsulOptions struct {
 	// HCL snippets passed as -hcl (e.g. an acl block).
 	HCL []string

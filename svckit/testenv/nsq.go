@@ -70,7 +70,8 @@ func (l *NSQLookupd) WaitProducer(t testing.TB, tcpAddr string) {
 	}
 }
 
-// NSQDOptions configures StartNSQD.
+// NSQDOptions configures StartNSQD. The zero value is ready to use: an
+// nsqd that registers with no lookupd.
 type NSQDOptions struct {
 	// LookupdTCPAddrs are the nsqlookupd TCP addresses nsqd registers with.
 	LookupdTCPAddrs []string

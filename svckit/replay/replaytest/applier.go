@@ -11,7 +11,8 @@ import (
 	"github.com/svckit/svckit/svckit/replay"
 )
 
-// ApplierOptions configures TestApplier.
+// ApplierOptions configures TestApplier. Zero values take the defaults
+// named on each field.
 type ApplierOptions struct {
 	Features
 	// Streams are the stream ids messages are applied to; nil is s1, s2,

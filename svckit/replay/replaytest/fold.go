@@ -6,7 +6,8 @@ import (
 	"github.com/svckit/svckit/svckit/replay"
 )
 
-// FoldOptions configures TestFold.
+// FoldOptions configures TestFold. Zero values take the defaults named on
+// each field.
 type FoldOptions struct {
 	// N is how many messages (seq 1..N) each check folds; 0 is DefaultN.
 	N uint64

@@ -47,7 +47,8 @@ type Pipeline struct {
 	NewApplier func() replay.Applier
 }
 
-// PipelineOptions configures TestPipeline.
+// PipelineOptions configures TestPipeline. Zero values take the defaults
+// named on each field.
 type PipelineOptions struct {
 	// Features of the Applier.
 	Features
