@@ -18,6 +18,23 @@ import (
 // ContentType of the counter's payloads: the value in decimal.
 const ContentType = "text/plain"
 
+// Settings are the producer's own flags (config.Config has those of every
+// service): each is declared once, here, its flag in the tags and its
+// default in DefaultSettings (see config.FlagsOf).
+type Settings struct {
+	StreamID string        `flag:"stream-id" usage:"the stream's id: the same across restarts, one process at a time (required)"`
+	Topic    string        `flag:"topic" usage:"NSQ topic to publish to"`
+	Interval time.Duration `flag:"interval" min:"1ns" usage:"how often to publish"`
+	Batch    int           `flag:"batch" min:"1" usage:"values published each time (1: Owner.Publish; more: Owner.PublishBatch, one log write for all)"`
+	Count    uint64        `flag:"count" usage:"stop publishing after this many values in this run (0 = never)"`
+}
+
+// DefaultSettings is the value of each of the producer's flags when
+// neither the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{Topic: "ticks", Interval: 100 * time.Millisecond, Batch: 1}
+}
+
 // Spec is the producer for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
@@ -27,26 +44,25 @@ func Spec(version string) service.Spec {
 		// Every flag has an environment variable (SVCKIT_<FLAG>), so the
 		// same binary runs from a Procfile (flags) or a compose file
 		// (environment).
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "stream-id", Usage: "the stream's id: the same across restarts, one process at a time (required)", EnvVars: config.Env("stream-id")},
-			&cli.StringFlag{Name: "topic", Value: "ticks", Usage: "NSQ topic to publish to", EnvVars: config.Env("topic")},
-			&cli.DurationFlag{Name: "interval", Value: 100 * time.Millisecond, Usage: "how often to publish", EnvVars: config.Env("interval")},
-			&cli.IntFlag{Name: "batch", Value: 1, Usage: "values published each time (1: Owner.Publish; more: Owner.PublishBatch, one log write for all)", EnvVars: config.Env("batch")},
-			&cli.Uint64Flag{Name: "count", Usage: "stop publishing after this many values in this run (0 = never)", EnvVars: config.Env("count")},
-		},
+		Flags: config.FlagsOf(DefaultSettings()),
 		Setup: setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	stream, batch, interval := c.String("stream-id"), c.Int("batch"), c.Duration("interval")
 	// Bad flag values are UsageErrors: exit code 2 and one line naming
 	// the flag, before anything is registered anywhere.
-	if stream == "" {
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	if set.StreamID == "" {
 		return nil, service.UsageError{Err: errors.New("--stream-id is required: a stream keeps its id across restarts, so it cannot be made up at start")}
 	}
-	if batch < 1 || interval <= 0 {
-		return nil, service.UsageError{Err: fmt.Errorf("--batch %d, --interval %s: both must be positive", batch, interval)}
+	// --interval and --batch have min tags: CheckMin names the flag below
+	// its bound.
+	if err := config.CheckMin(set); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
 	fold := &CounterFold{}
 	// OpenStream makes this process the stream's only owner (a claim in
@@ -56,7 +72,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	// something, and tags the instance stream=<id> in Consul so that they
 	// find it. The fold given here is restored from the data directory.
 	owner, err := s.OpenStream(c.Context, service.StreamOptions{
-		Stream: stream, Topic: c.String("topic"),
+		Stream: set.StreamID, Topic: set.Topic,
 		Owner: replay.OwnerOptions{
 			// The retained log's defaults: fsync before a message is
 			// published, keep at least 1M messages or 1 GiB.
@@ -73,9 +89,9 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	// this stream ever published. (Read before the loop publishes: the
 	// owner applies the fold under its own lock while publishing.)
 	next := fold.Count + 1
-	s.Log.Info("producing", "stream", stream, "next", next)
+	s.Log.Info("producing", "stream", set.StreamID, "next", next)
 	return func(ctx context.Context) error {
-		return produce(ctx, owner, next, batch, interval, c.Uint64("count"))
+		return produce(ctx, owner, next, set.Batch, set.Interval, set.Count)
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/config"
@@ -13,21 +14,42 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// Settings are the splitter's own flags (config.Config has those of every
+// service), each declared once in its tags (see config.FlagsOf).
+type Settings struct {
+	InTopic string `flag:"in-topic" usage:"topic of results"`
+	// A channel shared by every splitter: NSQ spreads the results among
+	// them, each result to one instance.
+	Channel  string        `flag:"channel" usage:"channel shared by all splitters"`
+	OutTopic string        `flag:"out-topic" usage:"topic of the parts"`
+	Slow     time.Duration `flag:"slow" usage:"log inputs whose outputs took longer than this to be acknowledged"`
+	Upstream string        `flag:"upstream" usage:"Consul service that publishes --in-topic (replay and snapshot requests are relayed to it)"`
+}
+
+// DefaultSettings is the value of each of the splitter's flags when
+// neither the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{
+		InTopic:  pipeline.ResultsTopic,
+		Channel:  "splitter",
+		OutTopic: "split-results",
+		Slow:     time.Second,
+		Upstream: "worker",
+	}
+}
+
 // Spec is the splitter for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "splitter",
 		Usage:   "split each result in two parts, dropping results of a reading of 0",
 		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "in-topic", Value: pipeline.ResultsTopic, Usage: "topic of results", EnvVars: config.Env("in-topic")},
-			// A channel shared by every splitter: NSQ spreads the results
-			// among them, each result to one instance.
-			&cli.StringFlag{Name: "channel", Value: "splitter", Usage: "channel shared by all splitters", EnvVars: config.Env("channel")},
-			&cli.StringFlag{Name: "out-topic", Value: "split-results", Usage: "topic of the parts", EnvVars: config.Env("out-topic")},
-			&cli.StringFlag{Name: "upstream", Value: "worker", Usage: "Consul service that publishes --in-topic (replay and snapshot requests are relayed to it)", EnvVars: config.Env("upstream")},
-		},
+		Flags:   config.FlagsOf(DefaultSettings()),
 		Setup: func(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+			set := DefaultSettings()
+			if err := config.Load(c, &set); err != nil {
+				return nil, service.UsageError{Err: err}
+			}
 			// Service.Stage does the rest: consume, run Transform, publish
 			// the outputs and finish the input only once nsqd has them all;
 			// serve /streams, /replay and /snapshot for the outputs by
@@ -36,8 +58,9 @@ func Spec(version string) service.Spec {
 			// keeps no state); tag the instance so that consumers of
 			// --out-topic find it.
 			_, err := s.Stage(service.StageOptions{
-				InTopic: c.String("in-topic"), Channel: c.String("channel"), OutTopic: c.String("out-topic"),
-				Upstream: c.String("upstream"), Transform: Transform, Snapshot: MapSnapshot,
+				InTopic: set.InTopic, Channel: set.Channel, OutTopic: set.OutTopic,
+				Upstream: set.Upstream, Transform: Transform, Snapshot: MapSnapshot,
+				Middleware: []pubsub.Middleware{SlowLog(set.Slow, s.Log)},
 			})
 			return nil, err // nil loop: the stage only reacts to messages
 		},

@@ -14,28 +14,42 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// Settings are the tracker's own flags (config.Config has those of every
+// service), each declared once in its tags (see config.FlagsOf).
+type Settings struct {
+	Topic    string `flag:"topic" usage:"topic to consume"`
+	Channel  string `flag:"channel" usage:"channel base name (this instance's id is appended)"`
+	Upstream string `flag:"upstream" usage:"Consul service that publishes --topic: missed messages are replayed from it"`
+}
+
+// DefaultSettings is the value of each of the tracker's flags when neither
+// the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{Topic: "results", Channel: "tracker", Upstream: "worker"}
+}
+
 // Spec is the tracker for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "tracker",
 		Usage:   "count messages and payload bytes per stream, each (stream, seq) exactly once",
 		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "topic", Value: "results", Usage: "topic to consume", EnvVars: config.Env("topic")},
-			&cli.StringFlag{Name: "channel", Value: "tracker", Usage: "channel base name (this instance's id is appended)", EnvVars: config.Env("channel")},
-			&cli.StringFlag{Name: "upstream", Value: "worker", Usage: "Consul service that publishes --topic: missed messages are replayed from it", EnvVars: config.Env("upstream")},
-		},
-		Setup: setup,
+		Flags:   config.FlagsOf(DefaultSettings()),
+		Setup:   setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
 	st := &State{streams: map[string]*Counts{}}
 	// Each (stream, seq) applied to st once, restarts included; gaps
 	// recovered from the upstream; GET /streams, /ready, the checkpoint
 	// (service.Track says how).
 	if _, err := s.Track(st, service.TrackOptions{
-		Topic: c.String("topic"), Channel: c.String("channel"), Upstream: c.String("upstream"),
+		Topic: set.Topic, Channel: set.Channel, Upstream: set.Upstream,
 	}); err != nil {
 		return nil, err
 	}

@@ -26,44 +26,61 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// Settings are the app's own flags (config.Config has the common ones),
+// each declared once in its tags (see config.FlagsOf).
+type Settings struct {
+	Topic              string        `flag:"topic" usage:"topic of results"`
+	Channel            string        `flag:"channel" usage:"channel base name (the instance id is appended when --ephemeral)"`
+	Ephemeral          bool          `flag:"ephemeral" usage:"per-instance ephemeral channel (replay recovers what it misses while away)"`
+	Checkpoint         string        `flag:"checkpoint" usage:"checkpoint file (default <data-dir>/checkpoint.json)"`
+	CheckpointInterval time.Duration `flag:"checkpoint-interval" min:"1ns" usage:"how often state and checkpoint are saved"`
+	Upstream           string        `flag:"upstream" usage:"Consul service that publishes the results (a stage relays replay requests to its own upstream)"`
+	ReplayGapGrace     time.Duration `flag:"replay-gap-grace" min:"1ns" usage:"a gap is requested once it stayed open this long"`
+	ReplayMaxBatch     int           `flag:"replay-max-batch" min:"1" usage:"most sequences per replay request"`
+	ReplayTailInterval time.Duration `flag:"replay-tail-interval" min:"1ns" usage:"how often owners are asked for their latest sequence"`
+	ReplayMaxAhead     uint64        `flag:"replay-max-ahead" min:"1" usage:"a live message more than this past the owner's last known sequence is checked with the owner first, and refused (dead-lettered) if the owner never published it"`
+	SummaryInterval    time.Duration `flag:"summary-interval" usage:"how often the state summary is logged (0 = never)"`
+}
+
+// DefaultSettings is the value of each of the app's flags when neither the
+// command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{
+		Topic:              pipeline.ResultsTopic,
+		Channel:            pipeline.AppChannel,
+		Ephemeral:          true,
+		CheckpointInterval: time.Second,
+		Upstream:           "worker",
+		ReplayGapGrace:     2 * time.Second,
+		ReplayMaxBatch:     10000,
+		ReplayTailInterval: 5 * time.Second,
+		ReplayMaxAhead:     1_000_000,
+		SummaryInterval:    10 * time.Second,
+	}
+}
+
 // Spec is the app service for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "app",
 		Usage:   "collect results into per-stream state, recovering anything missed",
 		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "topic", Value: pipeline.ResultsTopic, Usage: "topic of results", EnvVars: config.Env("topic")},
-			&cli.StringFlag{Name: "channel", Value: pipeline.AppChannel, Usage: "channel base name (the instance id is appended when --ephemeral)", EnvVars: config.Env("channel")},
-			&cli.BoolFlag{Name: "ephemeral", Value: true, Usage: "per-instance ephemeral channel (replay recovers what it misses while away)", EnvVars: config.Env("ephemeral")},
-			&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint file (default <data-dir>/checkpoint.json)", EnvVars: config.Env("checkpoint")},
-			&cli.DurationFlag{Name: "checkpoint-interval", Value: time.Second, Usage: "how often state and checkpoint are saved", EnvVars: config.Env("checkpoint-interval")},
-			&cli.StringFlag{Name: "upstream", Value: "worker", Usage: "Consul service that publishes the results (a stage relays replay requests to its own upstream)", EnvVars: config.Env("upstream")},
-			&cli.DurationFlag{Name: "replay-gap-grace", Value: 2 * time.Second, Usage: "a gap is requested once it stayed open this long", EnvVars: config.Env("replay-gap-grace")},
-			&cli.IntFlag{Name: "replay-max-batch", Value: 10000, Usage: "most sequences per replay request", EnvVars: config.Env("replay-max-batch")},
-			&cli.DurationFlag{Name: "replay-tail-interval", Value: 5 * time.Second, Usage: "how often owners are asked for their latest sequence", EnvVars: config.Env("replay-tail-interval")},
-			&cli.Uint64Flag{Name: "replay-max-ahead", Value: 1_000_000, Usage: "a live message more than this past the owner's last known sequence is checked with the owner first, and refused (dead-lettered) if the owner never published it", EnvVars: config.Env("replay-max-ahead")},
-			&cli.DurationFlag{Name: "summary-interval", Value: 10 * time.Second, Usage: "how often the state summary is logged (0 = never)", EnvVars: config.Env("summary-interval")},
-		},
-		Setup: setup,
+		Flags:   config.FlagsOf(DefaultSettings()),
+		Setup:   setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	if c.Uint64("replay-max-ahead") < 1 {
-		return nil, service.UsageError{Err: fmt.Errorf("--replay-max-ahead %d: must be at least 1", c.Uint64("replay-max-ahead"))}
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
-	if c.Int("replay-max-batch") < 1 {
-		return nil, service.UsageError{Err: fmt.Errorf("--replay-max-batch %d: must be at least 1", c.Int("replay-max-batch"))}
-	}
-	for _, f := range []string{"checkpoint-interval", "replay-gap-grace", "replay-tail-interval"} {
-		if c.Duration(f) <= 0 {
-			return nil, service.UsageError{Err: fmt.Errorf("--%s %s: must be positive", f, c.Duration(f))}
-		}
+	if err := config.CheckMin(set); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
 	st := NewState(s.Metrics)
 	tr, err := s.Track(st, service.TrackOptions{
-		Topic: c.String("topic"), Channel: c.String("channel"), Shared: !c.Bool("ephemeral"), Upstream: c.String("upstream"),
+		Topic: set.Topic, Channel: set.Channel, Shared: !set.Ephemeral, Upstream: set.Upstream,
 		Accept: func(m *pubsub.Message) error {
 			// A marker (a stage made nothing of a reading) has no content
 			// type: the tracker counts it, nothing is applied.
@@ -74,9 +91,9 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 			return nil
 		},
 		Tracker: replay.TrackerOptions{
-			CheckpointPath: c.String("checkpoint"), CheckpointInterval: c.Duration("checkpoint-interval"),
-			GapGrace: c.Duration("replay-gap-grace"), MaxBatch: c.Int("replay-max-batch"),
-			TailInterval: c.Duration("replay-tail-interval"), MaxAhead: c.Uint64("replay-max-ahead"),
+			CheckpointPath: set.Checkpoint, CheckpointInterval: set.CheckpointInterval,
+			GapGrace: set.ReplayGapGrace, MaxBatch: set.ReplayMaxBatch,
+			TailInterval: set.ReplayTailInterval, MaxAhead: set.ReplayMaxAhead,
 		},
 	})
 	if err != nil {
@@ -85,7 +102,7 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	// The state is the pipeline's data: with a replay secret, only its
 	// holders read it.
 	s.HTTP.Handle("GET /state", replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, http.HandlerFunc(st.ServeState)))
-	every := c.Duration("summary-interval")
+	every := set.SummaryInterval
 	return func(ctx context.Context) error {
 		if every <= 0 {
 			<-ctx.Done()

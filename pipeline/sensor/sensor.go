@@ -25,71 +25,94 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// Settings are the sensor's own flags (config.Config has the common ones),
+// each declared once in its tags (see config.FlagsOf).
+type Settings struct {
+	StreamID string  `flag:"stream-id" usage:"stream id (default: kept in <data-dir>/stream.id, made on first start)"`
+	Topic    string  `flag:"topic" usage:"NSQ topic of readings"`
+	Rate     float64 `flag:"rate" usage:"readings per second (0 = only publish --count as fast as possible)"`
+	Count    uint64  `flag:"count" usage:"stop publishing after this many readings in this run (0 = never)"`
+	MaxValue int64   `flag:"max-value" usage:"readings are uniform in [0, max-value)"`
+
+	RetainMessages   uint64        `flag:"retain-messages" usage:"retained log keeps at least this many messages (0 = no count limit)"`
+	RetainBytes      int64         `flag:"retain-bytes" usage:"retained log keeps at least this many bytes (0 = no byte limit)"`
+	RetainAge        time.Duration `flag:"retain-age" usage:"retained log drops segments older than this (0 = no age limit)"`
+	LogSegmentBytes  int64         `flag:"log-segment-bytes" min:"4096" usage:"retained log segment size (retention deletes whole segments)"`
+	LogFsync         string        `flag:"log-fsync" usage:"retained log fsync policy: always (fsync as soon as a reading is due to be published; concurrent ones share it), interval (fsync every --log-fsync-interval: fewer fsyncs, readings wait for it) or never (no fsync: a power loss can take back published readings and reuse their sequence numbers)"`
+	LogFsyncInterval time.Duration `flag:"log-fsync-interval" usage:"fsync period of the interval policy"`
+	LogScrubRate     int64         `flag:"log-scrub-rate" usage:"bytes per second the scrubber reads to verify the retained log, at start and every --log-scrub-every (0 = no scrubbing)"`
+	LogScrubEvery    time.Duration `flag:"log-scrub-every" min:"1ns" usage:"time between the starts of two scrub passes"`
+}
+
+// DefaultSettings is the value of each of the sensor's flags when neither
+// the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{
+		Topic:            pipeline.ReadingsTopic,
+		Rate:             10,
+		MaxValue:         1000,
+		RetainMessages:   1_000_000,
+		RetainBytes:      1 << 30,
+		LogSegmentBytes:  64 << 20,
+		LogFsync:         "always",
+		LogFsyncInterval: 200 * time.Millisecond,
+		LogScrubRate:     retainlog.DefaultScrubRate,
+		LogScrubEvery:    retainlog.DefaultScrubEvery,
+	}
+}
+
 // Spec is the sensor service for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "sensor",
 		Usage:   "publish random readings to NSQ as a replayable stream",
 		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "stream-id", Usage: "stream id (default: kept in <data-dir>/stream.id, made on first start)", EnvVars: config.Env("stream-id")},
-			&cli.StringFlag{Name: "topic", Value: pipeline.ReadingsTopic, Usage: "NSQ topic of readings", EnvVars: config.Env("topic")},
-			&cli.Float64Flag{Name: "rate", Value: 10, Usage: "readings per second (0 = only publish --count as fast as possible)", EnvVars: config.Env("rate")},
-			&cli.Uint64Flag{Name: "count", Value: 0, Usage: "stop publishing after this many readings in this run (0 = never)", EnvVars: config.Env("count")},
-			&cli.Int64Flag{Name: "max-value", Value: 1000, Usage: "readings are uniform in [0, max-value)", EnvVars: config.Env("max-value")},
-			&cli.Uint64Flag{Name: "retain-messages", Value: 1_000_000, Usage: "retained log keeps at least this many messages (0 = no count limit)", EnvVars: config.Env("retain-messages")},
-			&cli.Int64Flag{Name: "retain-bytes", Value: 1 << 30, Usage: "retained log keeps at least this many bytes (0 = no byte limit)", EnvVars: config.Env("retain-bytes")},
-			&cli.DurationFlag{Name: "retain-age", Value: 0, Usage: "retained log drops segments older than this (0 = no age limit)", EnvVars: config.Env("retain-age")},
-			&cli.Int64Flag{Name: "log-segment-bytes", Value: 64 << 20, Usage: "retained log segment size (retention deletes whole segments)", EnvVars: config.Env("log-segment-bytes")},
-			&cli.StringFlag{Name: "log-fsync", Value: "always", Usage: "retained log fsync policy: always (fsync as soon as a reading is due to be published; concurrent ones share it), interval (fsync every --log-fsync-interval: fewer fsyncs, readings wait for it) or never (no fsync: a power loss can take back published readings and reuse their sequence numbers)", EnvVars: config.Env("log-fsync")},
-			&cli.DurationFlag{Name: "log-fsync-interval", Value: 200 * time.Millisecond, Usage: "fsync period of the interval policy", EnvVars: config.Env("log-fsync-interval")},
-			&cli.Int64Flag{Name: "log-scrub-rate", Value: retainlog.DefaultScrubRate, Usage: "bytes per second the scrubber reads to verify the retained log, at start and every --log-scrub-every (0 = no scrubbing)", EnvVars: config.Env("log-scrub-rate")},
-			&cli.DurationFlag{Name: "log-scrub-every", Value: retainlog.DefaultScrubEvery, Usage: "time between the starts of two scrub passes", EnvVars: config.Env("log-scrub-every")},
-		},
-		Setup: setup,
+		Flags:   config.FlagsOf(DefaultSettings()),
+		Setup:   setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	rate := c.Float64("rate")
-	count := c.Uint64("count")
-	if rate < 0 {
-		return nil, service.UsageError{Err: fmt.Errorf("--rate %v: must not be negative", rate)}
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
-	if rate == 0 && count == 0 {
+	if set.Rate < 0 {
+		return nil, service.UsageError{Err: fmt.Errorf("--rate %v: must not be negative", set.Rate)}
+	}
+	if set.Rate == 0 && set.Count == 0 {
 		return nil, service.UsageError{Err: errors.New("--rate 0 needs --count (publish a fixed number as fast as possible)")}
 	}
-	maxValue := c.Int64("max-value")
-	if maxValue <= 0 || maxValue > 3_000_000_000 {
-		return nil, service.UsageError{Err: fmt.Errorf("--max-value %d: want 1..3e9 (squares must fit int64 sums)", maxValue)}
+	if set.MaxValue <= 0 || set.MaxValue > 3_000_000_000 {
+		return nil, service.UsageError{Err: fmt.Errorf("--max-value %d: want 1..3e9 (squares must fit int64 sums)", set.MaxValue)}
 	}
-	fsync, err := retainlog.ParseFsyncPolicy(c.String("log-fsync"))
+	fsync, err := retainlog.ParseFsyncPolicy(set.LogFsync)
 	if err != nil {
 		return nil, service.UsageError{Err: fmt.Errorf("--log-fsync: %w", err)}
 	}
-	if c.Int64("log-segment-bytes") < 4096 {
-		return nil, service.UsageError{Err: fmt.Errorf("--log-segment-bytes %d: at least 4096", c.Int64("log-segment-bytes"))}
+	if set.LogScrubRate < 0 {
+		return nil, service.UsageError{Err: fmt.Errorf("--log-scrub-rate %d: must not be negative", set.LogScrubRate)}
+	}
+	// The other bounds are min tags.
+	if err := config.CheckMin(set); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
 	dataDir := s.Config.DataDir
-	stream, err := streamID(c.String("stream-id"), dataDir)
+	stream, err := streamID(set.StreamID, dataDir)
 	if err != nil {
 		return nil, err
 	}
 	lo := retainlog.DefaultOptions("")
-	lo.SegmentBytes = c.Int64("log-segment-bytes")
-	lo.RetainMessages = c.Uint64("retain-messages")
-	lo.RetainBytes = c.Int64("retain-bytes")
-	lo.RetainAge = c.Duration("retain-age")
+	lo.SegmentBytes = set.LogSegmentBytes
+	lo.RetainMessages = set.RetainMessages
+	lo.RetainBytes = set.RetainBytes
+	lo.RetainAge = set.RetainAge
 	lo.Fsync = fsync
-	lo.FsyncInterval = c.Duration("log-fsync-interval")
-	if lo.ScrubRate = c.Int64("log-scrub-rate"); lo.ScrubRate < 0 {
-		return nil, service.UsageError{Err: fmt.Errorf("--log-scrub-rate %d: must not be negative", lo.ScrubRate)}
-	}
-	if lo.ScrubEvery = c.Duration("log-scrub-every"); lo.ScrubEvery <= 0 {
-		return nil, service.UsageError{Err: fmt.Errorf("--log-scrub-every %s: must be positive", lo.ScrubEvery)}
-	}
+	lo.FsyncInterval = set.LogFsyncInterval
+	lo.ScrubRate = set.LogScrubRate
+	lo.ScrubEvery = set.LogScrubEvery
 	owner, err := s.OpenStream(c.Context, service.StreamOptions{
-		Stream: stream, Topic: c.String("topic"),
+		Stream: stream, Topic: set.Topic,
 		Owner: replay.OwnerOptions{Log: lo, ContentType: pipeline.ReadingType, Fold: &pipeline.ReadingFold{}},
 	})
 	if err != nil {
@@ -97,7 +120,9 @@ func setup(c *cli.Context, s *service.Service) (func(context.Context) error, err
 	}
 	s.SetMeta("stream", stream)
 	s.Log.Info("sensor stream", "stream", stream, "next_seq", owner.Status().LastSeq+1, "retained_first", owner.Status().RetainedFirst)
-	return func(ctx context.Context) error { return publishLoop(ctx, s.Log, owner, rate, count, maxValue) }, nil
+	return func(ctx context.Context) error {
+		return publishLoop(ctx, s.Log, owner, set.Rate, set.Count, set.MaxValue)
+	}, nil
 }
 
 // publishBatchMax bounds one PublishBatch: what is due is published with

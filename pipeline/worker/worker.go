@@ -22,31 +22,52 @@ import (
 // MaxFactor bounds --factor: results must fit int64 sums.
 const MaxFactor = 1_000_000
 
+// Settings are the worker's own flags (config.Config has the common ones),
+// each declared once in its tags (see config.FlagsOf).
+type Settings struct {
+	InTopic  string `flag:"in-topic" usage:"topic of readings"`
+	Channel  string `flag:"channel" usage:"channel shared by all workers"`
+	OutTopic string `flag:"out-topic" usage:"topic of results"`
+	Upstream string `flag:"upstream" usage:"Consul service that publishes the readings (replay requests are relayed to it)"`
+	// A tag is a constant: its 1000000 is MaxFactor (a test keeps them
+	// equal).
+	Factor int64 `flag:"factor" usage:"a result is factor × value² (1..1000000)"`
+}
+
+// DefaultSettings is the value of each of the worker's flags when neither
+// the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{
+		InTopic:  pipeline.ReadingsTopic,
+		Channel:  pipeline.WorkersChannel,
+		OutTopic: pipeline.ResultsTopic,
+		Upstream: "sensor",
+		Factor:   1,
+	}
+}
+
 // Spec is the worker service for service.Main.
 func Spec(version string) service.Spec {
 	return service.Spec{
 		Name:    "worker",
 		Usage:   "compute factor × value² of readings into results (several instances share one channel)",
 		Version: version,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "in-topic", Value: pipeline.ReadingsTopic, Usage: "topic of readings", EnvVars: config.Env("in-topic")},
-			&cli.StringFlag{Name: "channel", Value: pipeline.WorkersChannel, Usage: "channel shared by all workers", EnvVars: config.Env("channel")},
-			&cli.StringFlag{Name: "out-topic", Value: pipeline.ResultsTopic, Usage: "topic of results", EnvVars: config.Env("out-topic")},
-			&cli.StringFlag{Name: "upstream", Value: "sensor", Usage: "Consul service that publishes the readings (replay requests are relayed to it)", EnvVars: config.Env("upstream")},
-			&cli.Int64Flag{Name: "factor", Value: 1, Usage: fmt.Sprintf("a result is factor × value² (1..%d)", MaxFactor), EnvVars: config.Env("factor")},
-		},
-		Setup: setup,
+		Flags:   config.FlagsOf(DefaultSettings()),
+		Setup:   setup,
 	}
 }
 
 func setup(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
-	factor := c.Int64("factor")
-	if factor < 1 || factor > MaxFactor {
-		return nil, service.UsageError{Err: fmt.Errorf("--factor %d: want 1..%d", factor, MaxFactor)}
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	if set.Factor < 1 || set.Factor > MaxFactor {
+		return nil, service.UsageError{Err: fmt.Errorf("--factor %d: want 1..%d", set.Factor, MaxFactor)}
 	}
 	_, err := s.Stage(service.StageOptions{
-		InTopic: c.String("in-topic"), Channel: c.String("channel"), OutTopic: c.String("out-topic"),
-		Upstream: c.String("upstream"), Append: AppendTransform(factor), Snapshot: Snapshot(factor),
+		InTopic: set.InTopic, Channel: set.Channel, OutTopic: set.OutTopic,
+		Upstream: set.Upstream, Append: AppendTransform(set.Factor), Snapshot: Snapshot(set.Factor),
 	})
 	return nil, err
 }

@@ -186,6 +186,22 @@ func CheckMin(v any) error {
 			if s.v.Int() < m {
 				return fmt.Errorf("--%s %d: must be at least %d", s.name, s.v.Int(), m)
 			}
+		case uint64:
+			m, err := strconv.ParseUint(s.min, 0, 64)
+			if err != nil {
+				return fmt.Errorf("setting --%s: min %q: %w", s.name, s.min, err)
+			}
+			if x < m {
+				return fmt.Errorf("--%s %d: must be at least %d", s.name, x, m)
+			}
+		case float64:
+			m, err := strconv.ParseFloat(s.min, 64)
+			if err != nil {
+				return fmt.Errorf("setting --%s: min %q: %w", s.name, s.min, err)
+			}
+			if x < m {
+				return fmt.Errorf("--%s %g: must be at least %g", s.name, x, m)
+			}
 		default:
 			return errors.New("setting --" + s.name + ": min on a " + s.v.Type().String())
 		}

@@ -18,7 +18,7 @@ import (
 type settings struct {
 	Topic  string        `flag:"topic" usage:"topic"`
 	Rate   float64       `flag:"rate" usage:"per second"`
-	Count  uint64        `flag:"count" usage:"how many"`
+	Count  uint64        `flag:"count" min:"1" usage:"how many"`
 	Size   int64         `flag:"size" min:"64" usage:"bytes"`
 	Every  time.Duration `flag:"every" min:"1ns" usage:"period"`
 	On     bool          `flag:"on" usage:"switch"`
@@ -81,7 +81,7 @@ func TestSettingsDeclaredOnce(t *testing.T) {
 		t.Fatalf("flags and environment: %+v", got)
 	}
 
-	for arg, want := range map[string]string{"--size=63": "--size 63: must be at least 64", "--every=0s": "--every 0s: must be positive"} {
+	for arg, want := range map[string]string{"--size=63": "--size 63: must be at least 64", "--every=0s": "--every 0s: must be positive", "--count=0": "--count 0: must be at least 1"} {
 		if _, err := loadSettings(t, def, arg); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err %v, want %q", arg, err, want)
 		}
