@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"regexp"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,197 +22,6 @@ import (
 	"github.com/svckit/svckit/svckit/metrics"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
-
-// Message is one delivery handed to a Handler.
-type Message struct {
-	Envelope envelope.Envelope
-	NSQ      *nsq.Message
-
-	route *route
-	// start is when the handler was called, on the consumer's monotonic
-	// clock: 8 bytes where a time.Time takes 24 (one Message is allocated
-	// per delivery).
-	start time.Duration
-	async atomic.Bool
-	// completed guards the Async completion func against a second call.
-	completed atomic.Bool
-	// phase orders an Async completion against the return of the
-	// handler chain: the outcome layers outside the handler register
-	// themselves (later) as the chain returns, and a completion that
-	// comes first (the handler's publish was acknowledged at once) waits
-	// in early until it has.
-	phase atomic.Uint32
-	early error
-	// hooks are the OnOutcome layers waiting for an Async completion,
-	// innermost first; three fit without an allocation (the consumer's
-	// Retry, count and DeadLetter).
-	hooks  [3]outcomeHook
-	nhooks uint8
-	more   []outcomeHook
-}
-
-type outcomeHook struct {
-	ctx context.Context
-	f   func(context.Context, *Message, error) error
-}
-
-const (
-	phaseRunning  = iota // the handler chain has not returned
-	phaseReturned        // it returned; the Async completion settles
-	phaseEarly           // the Async completion came first; the chain's return settles
-	phaseSettled         // nsqd was answered
-)
-
-// route is what the messages of one consumer share.
-type route struct {
-	topic, channel string
-	respond        func(*Message, error)
-}
-
-// NewMessage is a delivery of env in nm from topic/channel, for running a
-// Handler or Middleware outside a Consumer (in tests: give nm a Delegate
-// that records what was answered). Deliver hands it to a handler as a
-// Consumer would.
-func NewMessage(topic, channel string, nm *nsq.Message, env envelope.Envelope) *Message {
-	return &Message{Envelope: env, NSQ: nm, route: &route{topic: topic, channel: channel, respond: respondPlain}}
-}
-
-// Deliver runs h on m as the Consumer does and answers m.NSQ from the
-// outcome (see Middleware): at once, or when a handler that went Async
-// completes.
-func Deliver(ctx context.Context, h Handler, m *Message) {
-	err := h.HandleMessage(ctx, m)
-	if err != nil || !m.async.Load() {
-		m.settle(err, false)
-		return
-	}
-	if m.phase.CompareAndSwap(phaseRunning, phaseReturned) {
-		return // the completion settles
-	}
-	m.settle(m.early, true)
-}
-
-// respondPlain answers nsqd from an outcome without a consumer's metrics.
-func respondPlain(m *Message, err error) {
-	if err == nil || isFinish(err) {
-		m.NSQ.Finish()
-		return
-	}
-	m.NSQ.RequeueWithoutBackoff(requeueDelay(err, 0))
-}
-
-func isFinish(err error) bool {
-	var fin *FinishError
-	return errors.As(err, &fin)
-}
-
-// requeueDelay is a Requeue outcome's delay, else def (0: go-nsq's
-// DefaultRequeueDelay, through a negative delay).
-func requeueDelay(err error, def time.Duration) time.Duration {
-	var rq *RequeueError
-	if errors.As(err, &rq) {
-		return rq.Delay
-	}
-	if def == 0 {
-		return -1
-	}
-	return def
-}
-
-// Topic is the topic the message was consumed from.
-func (m *Message) Topic() string { return m.route.topic }
-
-// Channel is the channel the message was consumed from (with #ephemeral).
-func (m *Message) Channel() string { return m.route.channel }
-
-// Attempts is the delivery attempt (1 on first delivery).
-func (m *Message) Attempts() uint16 { return m.NSQ.Attempts }
-
-// Touch resets nsqd's timeout for this message (long-running handlers).
-func (m *Message) Touch() { m.NSQ.Touch() }
-
-// LogAttrs are the attributes identifying the message in log records.
-func (m *Message) LogAttrs() []any {
-	a := []any{"stream", m.Envelope.Stream, "seq", m.Envelope.Seq}
-	if m.NSQ != nil {
-		a = append(a, "nsq_id", string(m.NSQ.ID[:]))
-	}
-	if m.Envelope.ID != (envelope.ID{}) {
-		a = append(a, "msg_id", m.Envelope.ID.String())
-	}
-	if m.Envelope.CorrelationID != "" {
-		a = append(a, "correlation_id", m.Envelope.CorrelationID)
-	}
-	return a
-}
-
-// Async takes the response over from the handler: the consumer will not
-// respond when the handler returns nil, and the returned func must be
-// called once, from any goroutine: its error is the message's outcome,
-// seen by every OnOutcome layer (Retry, DeadLetter, ...) as if the handler
-// had returned it. A handler that returns an error after Async has its
-// outcome decided by that error, and the later call does nothing. The
-// worker uses this to finish a reading only when the result's batch was
-// acknowledged, without holding a handler goroutine per message.
-func (m *Message) Async() func(error) {
-	m.async.Store(true)
-	return m.complete
-}
-
-func (m *Message) complete(err error) {
-	if !m.completed.CompareAndSwap(false, true) {
-		return
-	}
-	m.early = err
-	if m.phase.CompareAndSwap(phaseRunning, phaseEarly) {
-		return // the chain has not returned: Deliver settles
-	}
-	m.settle(err, true)
-}
-
-// later registers an OnOutcome layer for the Async completion.
-func (m *Message) later(ctx context.Context, f func(context.Context, *Message, error) error) {
-	h := outcomeHook{ctx, f}
-	if int(m.nhooks) < len(m.hooks) {
-		m.hooks[m.nhooks] = h
-		m.nhooks++
-		return
-	}
-	m.more = append(m.more, h)
-}
-
-// settle answers nsqd once: from the chain's return, or (viaHooks) from
-// the Async completion passed through the waiting OnOutcome layers.
-func (m *Message) settle(err error, viaHooks bool) {
-	if m.phase.Swap(phaseSettled) == phaseSettled {
-		return
-	}
-	if viaHooks {
-		for i := range int(m.nhooks) {
-			err = m.hooks[i].f(m.hooks[i].ctx, m, err)
-		}
-		for _, h := range m.more {
-			err = h.f(h.ctx, m, err)
-		}
-	}
-	if m.route != nil && m.route.respond != nil {
-		m.route.respond(m, err)
-	}
-}
-
-// Handler handles one message. What its error means is decided by the
-// Middleware around it: in a Consumer, nil finishes the message, an error
-// requeues it with backoff, and after MaxAttempts moves it to the
-// dead-letter topic; a permanent error (see Reject) moves it there at once.
-type Handler interface {
-	HandleMessage(ctx context.Context, m *Message) error
-}
-
-// HandlerFunc adapts a func to Handler.
-type HandlerFunc func(ctx context.Context, m *Message) error
-
-// HandleMessage calls f.
-func (f HandlerFunc) HandleMessage(ctx context.Context, m *Message) error { return f(ctx, m) }
 
 // ConsumerOptions configures a Consumer. Zero values take the defaults
 // named on each field.
@@ -248,8 +56,8 @@ type ConsumerOptions struct {
 	// nsqd's message timeout, so long handlers do not get redelivered.
 	AutoTouch bool
 	// Middleware wraps the handler inside svckit's delivery policy: the
-	// first is the outermost, and each sees decoded envelopes and
-	// recovered panics (see the package's Middleware).
+	// first is the outermost. Each sees decoded envelopes; a panic passes
+	// through them to Recover, outside them (see the package's Middleware).
 	Middleware []Middleware
 
 	Logger  *slog.Logger
@@ -624,15 +432,34 @@ func (c *Consumer) policy(h Handler, sink *deadletter.Sink, lg *slog.Logger) Han
 	if c.o.AutoTouch {
 		touch = c.o.NSQ.MsgTimeout / 2
 	}
-	inner := append(append([]Middleware{Recover()}, c.o.Middleware...), AutoTouch(touch))
 	ro := c.o.Retry
-	ro.Logger = lg
-	return Chain(h, append([]Middleware{
-		DeadLetter(DeadLetterOptions{Sink: sink, RequeueDelay: c.o.DeadLetterRequeueDelay, Logger: lg, Metrics: c.o.Metrics}),
+	if ro.Logger == nil {
+		ro.Logger = lg
+	}
+	mws := []Middleware{
+		DeadLetter(DeadLetterOptions{Sink: sink, Drop: c.o.DropDeadLetters, RequeueDelay: c.o.DeadLetterRequeueDelay, Logger: lg, Metrics: c.o.Metrics}),
 		Retry(ro),
 		c.decode,
 		OnOutcome(c.count),
-	}, inner...)...)
+		AutoTouch(touch),
+		Recover(),
+	}
+	if len(c.o.Middleware) > 0 {
+		// Recover is innermost otherwise, and does the same.
+		mws = append(append(mws, c.o.Middleware...), returnedOverridesAsync)
+	}
+	return Chain(h, mws...)
+}
+
+// returnedOverridesAsync is innermost: an error the handler returns after
+// Async decides the outcome even when a middleware outside swallows it,
+// and the handler's later completion does nothing.
+func returnedOverridesAsync(next Handler) Handler {
+	return HandlerFunc(func(ctx context.Context, m *Message) error {
+		err := next.HandleMessage(ctx, m)
+		m.returned(err)
+		return err
+	})
 }
 
 // decode fills the message's envelope; a body that is not one is a
@@ -647,8 +474,10 @@ func (c *Consumer) decode(next Handler) Handler {
 }
 
 // count counts the handler's failures, before Retry or DeadLetter turn
-// them into outcomes.
-func (c *Consumer) count(_ context.Context, _ *Message, err error) error {
+// them into outcomes, and times the handling (until its outcome, Async
+// included; not the dead-lettering).
+func (c *Consumer) count(_ context.Context, m *Message, err error) error {
+	c.handlerSecs.Observe((time.Since(c.epoch) - m.start).Seconds())
 	if err != nil {
 		c.failed.Inc()
 	}
@@ -664,7 +493,6 @@ func (c *Consumer) HandleMessage(nm *nsq.Message) error {
 
 // respond answers nsqd from a message's outcome (see Middleware).
 func (c *Consumer) respond(m *Message, err error) {
-	c.handlerSecs.Observe((time.Since(c.epoch) - m.start).Seconds())
 	nm := m.NSQ
 	switch {
 	case err == nil:
@@ -676,7 +504,7 @@ func (c *Consumer) respond(m *Message, err error) {
 		c.requeued.Inc()
 		// Without backoff: one poison message must not throttle the whole
 		// consumer; Retry's per-message delay grows with the attempt instead.
-		nm.RequeueWithoutBackoff(requeueDelay(err, 0))
+		nm.RequeueWithoutBackoff(requeueDelay(err))
 	}
 }
 

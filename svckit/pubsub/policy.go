@@ -16,7 +16,7 @@ import (
 // connections, decoding, FIN/REQ/TOUCH); what becomes of a message whose
 // handler fails is decided by the middleware it wraps the handler in:
 //
-//	DeadLetter → Retry → (decode, count) → Recover → your Middleware… → AutoTouch → handler
+//	DeadLetter → Retry → (decode, count) → AutoTouch → Recover → your Middleware… → handler
 //
 // A handler's error travels outwards through that chain, each layer free
 // to change it, and the consumer answers nsqd from what comes out:
@@ -25,17 +25,23 @@ import (
 //	Requeue(e, d)   REQ with delay d (without backoff: one poison message
 //	                must not throttle the whole consumer)
 //	Finish(e)       FIN, not counted as consumed (kept elsewhere, or dropped)
-//	any other error REQ with the nsq.Config's DefaultRequeueDelay
+//	any other error REQ with go-nsq's default delay (DefaultRequeueDelay ×
+//	                attempts, at most MaxRequeueDelay)
 //
-// A handler that went Async reports its outcome later; OnOutcome layers see
-// that outcome too, in the same order, so Retry and DeadLetter treat an
-// asynchronous failure exactly like a returned one.
+// Requeue and Finish count only as the outcome itself, not wrapped in
+// another error. A handler that went Async reports its outcome later;
+// OnOutcome layers see that outcome too, in the same order, so Retry and
+// DeadLetter treat an asynchronous failure exactly like a returned one.
 
 // Middleware wraps a Handler, in the way of Watermill's router middleware.
+// A Middleware returns only after the next handler returned (the layers
+// outside it may register for the message's outcome meanwhile), and
+// calls it at most once per message.
 type Middleware func(Handler) Handler
 
 // Chain wraps h in mws; the first is the outermost (it sees the message
-// first and the outcome last).
+// first and the outcome last). Order matters: DeadLetter goes outside
+// Retry, or every failure is dead-lettered on its first attempt.
 func Chain(h Handler, mws ...Middleware) Handler {
 	for i := len(mws) - 1; i >= 0; i-- {
 		h = mws[i](h)
@@ -43,22 +49,23 @@ func Chain(h Handler, mws ...Middleware) Handler {
 	return h
 }
 
-// OnOutcome makes a Middleware that sees every message's outcome and may
-// change it: the error the inner handler returned or, when the handler went
-// Async and returned nil, the error it completed with later. f runs once per
-// message, with the handler's context. Retry, DeadLetter and AutoTouch are
-// built on it; use it for a policy of your own.
+// OnOutcome makes a Middleware that sees a message's outcome and may
+// change it: the error the inner handler returned or, when the handler
+// went Async and returned nil, the error it completed with later (then f
+// runs on the completing goroutine, with this layer's context, which may
+// have ended). f runs at most once per message: not at all when the inner
+// handler panicked, or when a layer outside decided the outcome before an
+// Async completion came. Retry and DeadLetter are built on it; use it for
+// a policy of your own.
 func OnOutcome(f func(ctx context.Context, m *Message, err error) error) Middleware {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, m *Message) error {
 			err := next.HandleMessage(ctx, m)
-			if err == nil && m.async.Load() {
+			if err == nil && m.isAsync() {
 				m.later(ctx, f)
 				return nil
 			}
-			// A returned error overrides Async: the outcome is known now,
-			// and the layers outside must not wait for a completion.
-			m.async.Store(false)
+			m.returned(err)
 			return f(ctx, m, err)
 		})
 	}
@@ -73,18 +80,25 @@ type RequeueError struct {
 func (e *RequeueError) Error() string { return e.Err.Error() }
 func (e *RequeueError) Unwrap() error { return e.Err }
 
-// Requeue is an outcome: requeue the message after delay.
-func Requeue(err error, delay time.Duration) error { return &RequeueError{Err: err, Delay: delay} }
+// Requeue is an outcome: requeue the message after delay (a negative one
+// is 0: nsqd closes the connection on a negative delay). Retry still
+// bounds the attempts: at MaxAttempts, a Requeue from inside it is
+// dead-lettered instead.
+func Requeue(err error, delay time.Duration) error {
+	return &RequeueError{Err: err, Delay: max(delay, 0)}
+}
 
 // FinishError is an outcome: finish the message although it was not
-// handled (it was kept elsewhere, such as a dead letter, or dropped on
-// purpose), so it is not counted as consumed.
+// handled (it was kept elsewhere, such as a dead letter, or is dropped on
+// purpose), so it is not counted as consumed. Returned by a handler, it
+// drops the message: nothing keeps it.
 type FinishError struct{ Err error }
 
 func (e *FinishError) Error() string { return e.Err.Error() }
 func (e *FinishError) Unwrap() error { return e.Err }
 
-// Finish is an outcome: finish the message, which was not handled.
+// Finish is an outcome: finish the message, which was not handled (and
+// is dropped unless something kept it).
 func Finish(err error) error { return &FinishError{Err: err} }
 
 // Reject marks a handler error as permanent: the message is dead-lettered
@@ -152,10 +166,18 @@ func Retry(o RetryOptions) Middleware {
 		o.Logger = logging.Discard()
 	}
 	return OnOutcome(func(_ context.Context, m *Message, err error) error {
-		if err == nil || IsPermanent(err) || isOutcome(err) {
+		if err == nil || IsPermanent(err) || isFinish(err) {
 			return err
 		}
 		n := m.Attempts()
+		if rq, ok := err.(*RequeueError); ok {
+			// A requeue asked for inside is bounded like any failure:
+			// a message must not cycle for ever.
+			if n >= o.MaxAttempts {
+				return &ExhaustedError{Attempts: n, Err: rq.Err}
+			}
+			return err
+		}
 		if n >= o.MaxAttempts {
 			return &ExhaustedError{Attempts: n, Err: err}
 		}
@@ -167,17 +189,21 @@ func Retry(o RetryOptions) Middleware {
 
 // isOutcome: err already says what to do with the message.
 func isOutcome(err error) bool {
-	var rq *RequeueError
-	var fin *FinishError
-	return errors.As(err, &rq) || errors.As(err, &fin)
+	_, rq := err.(*RequeueError)
+	return rq || isFinish(err)
 }
 
-// DeadLetterOptions configures DeadLetter. Zero values: no sink (drop),
-// the defaults named on the fields, a discarding logger, no metrics.
+// DeadLetterOptions configures DeadLetter. Zero values: the defaults
+// named on the fields, a discarding logger, no metrics; without a Sink
+// nothing is kept and nothing dropped (see Sink).
 type DeadLetterOptions struct {
 	// Sink keeps the letters (nsqd's "<topic>.dead", else a local store).
-	// nil drops them instead: logged and counted, and lost.
+	// nil keeps none: each such message is requeued with RequeueDelay
+	// and logged as an error, unless Drop.
 	Sink *deadletter.Sink
+	// Drop finishes what would be dead-lettered, without a Sink: logged,
+	// counted, and lost. Opt-in (ConsumerOptions.DropDeadLetters).
+	Drop bool
 	// RequeueDelay is how long a message waits before its next attempt
 	// when the sink took nothing (nothing accepted is dropped); default
 	// one minute.
@@ -209,6 +235,10 @@ func DeadLetter(o DeadLetterOptions) Middleware {
 		counter := o.Metrics.DeadLettered.WithLabelValues(m.Topic(), m.Channel(), class)
 		nsqID := string(m.NSQ.ID[:])
 		if o.Sink == nil {
+			if !o.Drop {
+				o.Logger.Error("no dead-letter sink; requeueing the message", "nsq_id", nsqID, "reason", reason, "delay", o.RequeueDelay)
+				return Requeue(errors.New(reason), o.RequeueDelay)
+			}
 			counter.Inc()
 			o.Logger.Error("dropping message (DropDeadLetters)", "nsq_id", nsqID, "reason", reason)
 			return Finish(err)
@@ -219,7 +249,13 @@ func DeadLetter(o DeadLetterOptions) Middleware {
 			Original: m.NSQ.Body,
 		}
 		var de *DecodeError
-		if !errors.As(err, &de) {
+		var ex *ExhaustedError
+		switch {
+		case errors.As(err, &de):
+		case errors.As(err, &ex):
+			l.Stream, l.Seq = m.Envelope.Stream, m.Envelope.Seq
+			o.Logger.Error("message failed its last attempt; dead-lettering", append(m.LogAttrs(), "attempts", ex.Attempts, "err", ex.Err)...)
+		default:
 			l.Stream, l.Seq = m.Envelope.Stream, m.Envelope.Seq
 			o.Logger.Error("message cannot be handled; dead-lettering", append(m.LogAttrs(), "err", err)...)
 		}
@@ -262,16 +298,17 @@ func Recover() Middleware {
 				if r := recover(); r != nil {
 					err = fmt.Errorf("handler panicked: %v", r)
 				}
+				m.returned(err)
 			}()
 			return next.HandleMessage(ctx, m)
 		})
 	}
 }
 
-// AutoTouch touches a message every interval until it is responded to
-// (when the handler returns, or later when it went Async), so a long
-// handler does not see it redelivered. Half of nsqd's message timeout is a
-// good interval; 0 or less disables it.
+// AutoTouch touches a message every interval until it is answered (when
+// the handler returns, or later when it went Async; a panic too), so a
+// long handler does not see it redelivered. Half of nsqd's message timeout
+// is a good interval; 0 or less disables it.
 func AutoTouch(every time.Duration) Middleware {
 	if every <= 0 {
 		return func(next Handler) Handler { return next }
@@ -279,6 +316,7 @@ func AutoTouch(every time.Duration) Middleware {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, m *Message) error {
 			stop := make(chan struct{})
+			m.onAnswer(func() { close(stop) })
 			go func() {
 				t := time.NewTicker(every)
 				defer t.Stop()
@@ -291,10 +329,7 @@ func AutoTouch(every time.Duration) Middleware {
 					}
 				}
 			}()
-			return OnOutcome(func(_ context.Context, _ *Message, err error) error {
-				close(stop)
-				return err
-			})(next).HandleMessage(ctx, m)
+			return next.HandleMessage(ctx, m)
 		})
 	}
 }

@@ -179,13 +179,98 @@ func TestDeadLetterKeptNowhereRequeues(t *testing.T) {
 	}
 }
 
-// Without a sink, DeadLetter drops (the opt-in DropDeadLetters).
-func TestDeadLetterWithoutSinkDrops(t *testing.T) {
-	h := policy(nil, pubsub.HandlerFunc(failing))
+// Without a sink, DeadLetter keeps the message in nsqd (a requeue) unless
+// told to drop it (the opt-in DropDeadLetters).
+func TestDeadLetterWithoutSinkDropsOnlyIfTold(t *testing.T) {
 	m, a := message(4, "x")
-	pubsub.Deliver(context.Background(), h, m)
+	pubsub.Deliver(context.Background(), policy(nil, pubsub.HandlerFunc(failing)), m)
+	if fin, req := a.wait(t); fin != 0 || len(req) != 1 || req[0] != time.Hour {
+		t.Fatalf("no sink: %d FIN, REQ %v; want one REQ of 1h", fin, req)
+	}
+	m, a = message(4, "x")
+	pubsub.Deliver(context.Background(), pubsub.Chain(pubsub.HandlerFunc(failing),
+		pubsub.DeadLetter(pubsub.DeadLetterOptions{Drop: true}), pubsub.Retry(pubsub.RetryOptions{MaxAttempts: 4})), m)
 	if fin, req := a.wait(t); fin != 1 || len(req) != 0 {
-		t.Fatalf("%d FIN, REQ %v; want FIN", fin, req)
+		t.Fatalf("Drop: %d FIN, REQ %v; want FIN", fin, req)
+	}
+}
+
+// Outcomes count at the top level only: a Finish wrapped in an error is a
+// failure (retried), not a quiet drop; a negative Requeue delay is 0
+// (nsqd closes the connection on a negative one).
+func TestOutcomesOnlyAtTopLevel(t *testing.T) {
+	m, a := message(1, "x")
+	pubsub.Deliver(context.Background(), policy(nil, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
+		return errors.Join(errors.New("db down"), pubsub.Finish(errors.New("x")))
+	})), m)
+	if fin, req := a.wait(t); fin != 0 || len(req) != 1 || req[0] != 10*time.Millisecond {
+		t.Fatalf("wrapped Finish: %d FIN, REQ %v; want Retry's REQ of 10ms", fin, req)
+	}
+	m, a = message(1, "x")
+	pubsub.Deliver(context.Background(), pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
+		return pubsub.Requeue(errFlaky, -5*time.Second)
+	}), m)
+	if fin, req := a.wait(t); fin != 0 || len(req) != 1 || req[0] != 0 {
+		t.Fatalf("negative Requeue: %d FIN, REQ %v; want REQ 0", fin, req)
+	}
+}
+
+// A middleware that swallows the error a handler returned after Async
+// decides the outcome (here: handled); the message is answered once, at
+// once, and the handler's later completion does nothing.
+func TestReturnedErrorAfterAsyncIsFinal(t *testing.T) {
+	dead := &letters{}
+	c, err := pubsub.NewConsumer(nil, nil, pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
+		done := m.Async()
+		go done(errFlaky)
+		return errFlaky
+	}), pubsub.ConsumerOptions{Topic: "orders", Channel: "svc", DeadLetters: sink(t, dead), Middleware: []pubsub.Middleware{
+		func(next pubsub.Handler) pubsub.Handler {
+			return pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
+				_ = next.HandleMessage(ctx, m)
+				return nil
+			})
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		body, _ := (&envelope.Envelope{Stream: "s", Seq: 1}).Marshal()
+		_, a := message(1, "")
+		nm := nsq.NewMessage(nsq.MessageID{'a'}, body)
+		nm.Attempts, nm.Delegate = 1, a
+		if err := c.HandleMessage(nm); err != nil {
+			t.Fatal(err)
+		}
+		if fin, req := a.wait(t); fin != 1 || len(req) != 0 {
+			t.Fatalf("%d FIN, REQ %v; want the swallowing middleware's FIN", fin, req)
+		}
+	}
+}
+
+// A panicking handler's message is answered (retried), and AutoTouch stops
+// touching it: nothing is left running for it.
+func TestAutoTouchStopsOnPanic(t *testing.T) {
+	c, err := pubsub.NewConsumer(nil, nil, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error { panic("boom") }),
+		pubsub.ConsumerOptions{Topic: "orders", Channel: "svc", DropDeadLetters: true, AutoTouch: true,
+			NSQ: func() *nsq.Config { cfg := nsq.NewConfig(); cfg.MsgTimeout = 2 * time.Millisecond; return cfg }()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := (&envelope.Envelope{Stream: "s", Seq: 1}).Marshal()
+	_, a := message(1, "")
+	nm := nsq.NewMessage(nsq.MessageID{'p'}, body)
+	nm.Attempts, nm.Delegate = 1, a
+	if err := c.HandleMessage(nm); err != nil {
+		t.Fatal(err)
+	}
+	if fin, req := a.wait(t); fin != 0 || len(req) != 1 {
+		t.Fatalf("%d FIN, REQ %v; want a REQ", fin, req)
+	}
+	after := a.touches.Load()
+	time.Sleep(50 * time.Millisecond) // absence cannot be polled for: 50 intervals
+	if n := a.touches.Load(); n > after+1 {
+		t.Fatalf("%d touches after the panicking message was answered", n-after)
 	}
 }
 
@@ -292,14 +377,25 @@ func TestUserMiddlewareOrderAndOutcome(t *testing.T) {
 		}
 		return err
 	})
-	h := policy(nil, pubsub.HandlerFunc(failing), mark("a"), mark("b"), throttle)
-	m, a := message(4, "x") // the last attempt: Retry would give up, but the outcome is already decided
+	dead := &letters{}
+	h := policy(sink(t, dead), pubsub.HandlerFunc(failing), mark("a"), mark("b"), throttle)
+	m, a := message(1, "x")
 	pubsub.Deliver(context.Background(), h, m)
 	if fin, req := a.wait(t); fin != 0 || len(req) != 1 || req[0] != 3*time.Second {
 		t.Fatalf("%d FIN, REQ %v; want the middleware's REQ of 3s", fin, req)
 	}
 	if strings.Join(order, ",") != "a,b" {
 		t.Fatalf("order %v, want a,b", order)
+	}
+	// Retry bounds a requeue asked for inside: the last attempt's is
+	// dead-lettered, so nothing cycles for ever.
+	m, a = message(4, "x")
+	pubsub.Deliver(context.Background(), h, m)
+	if fin, req := a.wait(t); fin != 1 || len(req) != 0 {
+		t.Fatalf("last attempt: %d FIN, REQ %v; want FIN after dead-lettering", fin, req)
+	}
+	if got := dead.all(); len(got) != 1 || got[0].Reason != "handler failed 4 times: flaky" {
+		t.Fatalf("dead letters %+v, want the exhausted one", got)
 	}
 }
 
@@ -340,5 +436,33 @@ func TestConsumerChainDecodes(t *testing.T) {
 	}
 	if fin, _ := a.wait(t); fin != 1 || len(handled) != 1 || handled[0] != 9 {
 		t.Fatalf("a valid envelope: %d FIN, handled %v; want FIN after handling seq 9", fin, handled)
+	}
+}
+
+// An Async completion racing the chain's return (from another goroutine,
+// before, during or after it) answers each message exactly once, with the
+// completion's outcome passed through the policy.
+func TestAsyncCompletionRacesReturn(t *testing.T) {
+	dead := &letters{}
+	h := policy(sink(t, dead), pubsub.HandlerFunc(func(_ context.Context, m *pubsub.Message) error {
+		done := m.Async()
+		outcome := error(nil)
+		if m.Envelope.Seq%2 == 1 {
+			outcome = pubsub.Reject(errors.New("odd"))
+		}
+		go done(outcome)
+		return nil
+	}))
+	const n = 2000
+	for i := range n {
+		m, a := message(1, "x")
+		m.Envelope.Seq = uint64(i)
+		pubsub.Deliver(context.Background(), h, m)
+		if fin, req := a.wait(t); fin != 1 || len(req) != 0 {
+			t.Fatalf("message %d: %d FIN, REQ %v; want one FIN", i, fin, req)
+		}
+	}
+	if got := len(dead.all()); got != n/2 {
+		t.Fatalf("%d dead letters, want %d (the odd ones)", got, n/2)
 	}
 }

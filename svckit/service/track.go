@@ -30,7 +30,9 @@ type TrackOptions struct {
 	// type check, say, or a latency measurement returning nil.
 	Accept func(*pubsub.Message) error
 	// Middleware wraps the tracker inside svckit's delivery policy (see
-	// pubsub.Middleware).
+	// pubsub.Middleware). It sees live messages only: what the tracker
+	// recovers by replay is applied without it, so a middleware must not
+	// change what is applied (a check or a measurement, as Accept is).
 	Middleware []pubsub.Middleware
 	// Tracker tunes the tracker (CheckpointInterval, GapGrace, MaxBatch,
 	// TailInterval, MaxAhead; zero values are the defaults). Track sets
