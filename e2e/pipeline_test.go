@@ -73,7 +73,7 @@ func TestSensorPublishesEachReadingOnce(t *testing.T) {
 	got := e.topicMessages(pipeline.ReadingsTopic)
 	if got != n {
 		if strings.Contains(sensor.proc.Log(), "republishing messages not acknowledged before the last stop") {
-			t.Fatalf("regression of svckit/replay/owner.go Owner.Run: on a fresh start it republished readings of the current run "+
+			t.Fatalf("regression of svckit/replay/owner_pump.go Owner.Run: on a fresh start it republished readings of the current run "+
 				"(topic readings got %d messages for %d readings): Run computes the republish range [acked+1, w.seq] when it "+
 				"starts, concurrently with the sensor's publish loop, so w.seq already includes new, not yet acknowledged "+
 				"readings; fix: take the range in OpenOwner (w.resumeTo = w.seq at open) and republish only up to it", got, n)
