@@ -124,18 +124,8 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
-	d := DefaultRetryOptions()
-	if o.Retry.MaxAttempts == 0 {
-		o.Retry.MaxAttempts = d.MaxAttempts
-	}
-	if o.Retry.Delay <= 0 {
-		o.Retry.Delay = d.Delay
-	}
-	if o.Retry.MaxDelay <= 0 {
-		o.Retry.MaxDelay = d.MaxDelay
-	}
 	if o.DeadLetterRequeueDelay <= 0 {
-		o.DeadLetterRequeueDelay = o.Retry.MaxDelay
+		o.DeadLetterRequeueDelay = o.Retry.withDefaults().MaxDelay
 	}
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
@@ -467,7 +457,7 @@ func returnedOverridesAsync(next Handler) Handler {
 func (c *Consumer) decode(next Handler) Handler {
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
 		if err := c.dec.DecodeInto(&m.Envelope, m.NSQ.Body); err != nil {
-			return &DecodeError{Err: err}
+			return &decodeError{Err: err}
 		}
 		return next.HandleMessage(ctx, m)
 	})

@@ -129,7 +129,7 @@ func respondPlain(m *Message, err error) {
 // Finish or Requeue wrapped in another error is an error like any other
 // (a wrapped Finish must not drop a message quietly).
 func isFinish(err error) bool {
-	_, ok := err.(*FinishError)
+	_, ok := err.(*finishError)
 	return ok
 }
 
@@ -137,7 +137,7 @@ func isFinish(err error) bool {
 // (DefaultRequeueDelay × attempts, at most MaxRequeueDelay), which go-nsq
 // takes a delay of exactly -1 to mean.
 func requeueDelay(err error) time.Duration {
-	if rq, ok := err.(*RequeueError); ok {
+	if rq, ok := err.(*requeueError); ok {
 		return rq.Delay
 	}
 	return -1

@@ -71,35 +71,35 @@ func OnOutcome(f func(ctx context.Context, m *Message, err error) error) Middlew
 	}
 }
 
-// RequeueError asks the consumer to requeue a message after Delay.
-type RequeueError struct {
+// requeueError asks the consumer to requeue a message after Delay.
+type requeueError struct {
 	Err   error
 	Delay time.Duration
 }
 
-func (e *RequeueError) Error() string { return e.Err.Error() }
-func (e *RequeueError) Unwrap() error { return e.Err }
+func (e *requeueError) Error() string { return e.Err.Error() }
+func (e *requeueError) Unwrap() error { return e.Err }
 
 // Requeue is an outcome: requeue the message after delay (a negative one
 // is 0: nsqd closes the connection on a negative delay). Retry still
 // bounds the attempts: at MaxAttempts, a Requeue from inside it is
 // dead-lettered instead.
 func Requeue(err error, delay time.Duration) error {
-	return &RequeueError{Err: err, Delay: max(delay, 0)}
+	return &requeueError{Err: err, Delay: max(delay, 0)}
 }
 
-// FinishError is an outcome: finish the message although it was not
+// finishError is an outcome: finish the message although it was not
 // handled (it was kept elsewhere, such as a dead letter, or is dropped on
 // purpose), so it is not counted as consumed. Returned by a handler, it
 // drops the message: nothing keeps it.
-type FinishError struct{ Err error }
+type finishError struct{ Err error }
 
-func (e *FinishError) Error() string { return e.Err.Error() }
-func (e *FinishError) Unwrap() error { return e.Err }
+func (e *finishError) Error() string { return e.Err.Error() }
+func (e *finishError) Unwrap() error { return e.Err }
 
 // Finish is an outcome: finish the message, which was not handled (and
 // is dropped unless something kept it).
-func Finish(err error) error { return &FinishError{Err: err} }
+func Finish(err error) error { return &finishError{Err: err} }
 
 // Reject marks a handler error as permanent: the message is dead-lettered
 // without further attempts (input that can never be handled).
@@ -113,12 +113,12 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &perm) && perm.Permanent()
 }
 
-// DecodeError is why a message's body is not an envelope. It is permanent.
-type DecodeError struct{ Err error }
+// decodeError is why a message's body is not an envelope. It is permanent.
+type decodeError struct{ Err error }
 
-func (e *DecodeError) Error() string   { return "decode: " + e.Err.Error() }
-func (e *DecodeError) Unwrap() error   { return e.Err }
-func (e *DecodeError) Permanent() bool { return true }
+func (e *decodeError) Error() string   { return "decode: " + e.Err.Error() }
+func (e *decodeError) Unwrap() error   { return e.Err }
+func (e *decodeError) Permanent() bool { return true }
 
 // RetryOptions configures Retry.
 type RetryOptions struct {
@@ -136,22 +136,8 @@ func DefaultRetryOptions() RetryOptions {
 	return RetryOptions{MaxAttempts: 5, Delay: time.Second, MaxDelay: time.Minute}
 }
 
-// ExhaustedError is a failure on the last attempt Retry allows.
-type ExhaustedError struct {
-	Attempts uint16
-	Err      error
-}
-
-func (e *ExhaustedError) Error() string {
-	return fmt.Sprintf("handler failed %d times: %v", e.Attempts, e.Err)
-}
-func (e *ExhaustedError) Unwrap() error { return e.Err }
-
-// Retry requeues a failed message with a delay that grows with its attempt
-// number, until MaxAttempts: that failure, like a permanent one, is passed
-// on as it is (an ExhaustedError), for DeadLetter to keep. Zero fields take
-// DefaultRetryOptions' values.
-func Retry(o RetryOptions) Middleware {
+// withDefaults fills zero fields from DefaultRetryOptions.
+func (o RetryOptions) withDefaults() RetryOptions {
 	d := DefaultRetryOptions()
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = d.MaxAttempts
@@ -165,21 +151,41 @@ func Retry(o RetryOptions) Middleware {
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
 	}
+	return o
+}
+
+// exhaustedError is a failure on the last attempt Retry allows.
+type exhaustedError struct {
+	Attempts uint16
+	Err      error
+}
+
+func (e *exhaustedError) Error() string {
+	return fmt.Sprintf("handler failed %d times: %v", e.Attempts, e.Err)
+}
+func (e *exhaustedError) Unwrap() error { return e.Err }
+
+// Retry requeues a failed message with a delay that grows with its attempt
+// number, until MaxAttempts: that failure, like a permanent one, is passed
+// on (as the last attempt's failure), for DeadLetter to keep. Zero fields take
+// DefaultRetryOptions' values.
+func Retry(o RetryOptions) Middleware {
+	o = o.withDefaults()
 	return OnOutcome(func(_ context.Context, m *Message, err error) error {
 		if err == nil || IsPermanent(err) || isFinish(err) {
 			return err
 		}
 		n := m.Attempts()
-		if rq, ok := err.(*RequeueError); ok {
+		if rq, ok := err.(*requeueError); ok {
 			// A requeue asked for inside is bounded like any failure:
 			// a message must not cycle for ever.
 			if n >= o.MaxAttempts {
-				return &ExhaustedError{Attempts: n, Err: rq.Err}
+				return &exhaustedError{Attempts: n, Err: rq.Err}
 			}
 			return err
 		}
 		if n >= o.MaxAttempts {
-			return &ExhaustedError{Attempts: n, Err: err}
+			return &exhaustedError{Attempts: n, Err: err}
 		}
 		delay := min(o.Delay<<min(max(n, 1)-1, 16), o.MaxDelay)
 		o.Logger.Warn("handler failed; requeueing", append(m.LogAttrs(), "attempts", n, "delay", delay, "err", err)...)
@@ -189,7 +195,7 @@ func Retry(o RetryOptions) Middleware {
 
 // isOutcome: err already says what to do with the message.
 func isOutcome(err error) bool {
-	_, rq := err.(*RequeueError)
+	_, rq := err.(*requeueError)
 	return rq || isFinish(err)
 }
 
@@ -215,7 +221,7 @@ type DeadLetterOptions struct {
 // DeadLetter keeps every message whose outcome is an error that is not
 // already an outcome (Requeue, Finish), as a dead letter of its topic and
 // channel, and finishes it. Below a Retry, that is a permanent failure
-// (Reject, a DecodeError) or the last attempt's; without one, any failure.
+// (Reject, an undecodable body) or the last attempt's; without one, any failure.
 // If the sink takes nothing, the message is requeued with RequeueDelay.
 func DeadLetter(o DeadLetterOptions) Middleware {
 	if o.RequeueDelay <= 0 {
@@ -248,8 +254,8 @@ func DeadLetter(o DeadLetterOptions) Middleware {
 				Time: time.Now().UTC(), NSQID: nsqID},
 			Original: m.NSQ.Body,
 		}
-		var de *DecodeError
-		var ex *ExhaustedError
+		var de *decodeError
+		var ex *exhaustedError
 		switch {
 		case errors.As(err, &de):
 		case errors.As(err, &ex):
@@ -275,8 +281,8 @@ func DeadLetter(o DeadLetterOptions) Middleware {
 
 // deadReason is a dead letter's reason and its metric class.
 func deadReason(err error) (reason, class string) {
-	var de *DecodeError
-	var ex *ExhaustedError
+	var de *decodeError
+	var ex *exhaustedError
 	switch {
 	case errors.As(err, &de):
 		return de.Error(), "decode"
