@@ -30,6 +30,10 @@ type Metrics struct {
 	Unpublishable       *prometheus.CounterVec // stream: refused by nsqd for good (replay only)
 	DamagedRecords      *prometheus.GaugeVec   // stream: records of the owner's log found damaged (kept in quarantine)
 	WriteFailures       *prometheus.CounterVec // stream: appends to the owner's log that failed (a full disk)
+	LagMessages         *prometheus.GaugeVec   // stream: sequences the consumer's contiguous position is behind
+	LagSeconds          *prometheus.GaugeVec   // stream: age of the message at that position, while behind
+	ReplayRequested     *prometheus.GaugeVec   // stream: sequences the running recovery asked for (0: none runs)
+	ReplayReceived      *prometheus.GaugeVec   // stream: of those, received so far
 }
 
 // NewMetrics registers the replay collectors in r.
@@ -53,9 +57,13 @@ func NewMetrics(r prometheus.Registerer) *Metrics {
 		Unpublished:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "owner_unpublished_messages", Help: "Messages in the owner's retained log that nsqd has not acknowledged yet."}, []string{"stream"}),
 		Unpublishable:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_unpublishable_total", Help: "Messages nsqd refused for good; consumers get them by replay only."}, []string{"stream"}),
 		DamagedRecords:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "retainlog_damaged_records", Help: "Records of the owner's retained log found damaged (CRC, length or sequence), kept in quarantine and not served."}, []string{"stream"}),
+		LagMessages:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "stream_lag_messages", Help: "Sequences a tracking consumer's contiguous position is behind the highest known to exist (the owner's last, or one applied out of order)."}, []string{"stream"}),
+		LagSeconds:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "stream_lag_seconds", Help: "While a tracking consumer is behind: how long ago the message at its contiguous position was created; 0 when it is not behind."}, []string{"stream"}),
+		ReplayRequested:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "stream_replay_requested_messages", Help: "Missing sequences the running recovery asked the upstream for; 0 while none runs."}, []string{"stream"}),
+		ReplayReceived:      prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "stream_replay_received_messages", Help: "Of the running recovery's requested sequences, how many came so far."}, []string{"stream"}),
 		WriteFailures:       prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "owner_write_failures_total", Help: "Appends to the owner's retained log that failed (a full disk): the owner does not accept messages until one succeeds."}, []string{"stream"}),
 	}
-	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.SnapshotUnavailable, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable, m.DamagedRecords, m.WriteFailures} {
+	for _, c := range []prometheus.Collector{m.GapsDetected, m.Missing, m.Requests, m.ReplayedMessages, m.ReplayedBytes, m.ReplaySeconds, m.Duplicates, m.SnapshotRecoveries, m.ServedMessages, m.ServedBytes, m.LogTruncations, m.SnapshotUnavailable, m.NeverPublished, m.DeadLettered, m.Unpublished, m.Unpublishable, m.DamagedRecords, m.WriteFailures, m.LagMessages, m.LagSeconds, m.ReplayRequested, m.ReplayReceived} {
 		r.MustRegister(c)
 	}
 	return m

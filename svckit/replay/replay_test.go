@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/svckit/svckit/pipeline"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
@@ -165,9 +167,11 @@ func TestTrackerRecoversGapAndTail(t *testing.T) {
 		return len(s) == 1 && s[0].Applied == 500 && s[0].LastContiguous == 500
 	})
 	s := tr.Status()[0]
-	if s.Duplicates < 1 || len(s.Gaps) != 0 {
+	if s.Duplicates < 1 || len(s.Gaps) != 0 || s.LagMessages != 0 || s.LagSeconds != 0 || s.LastError != "" {
 		t.Fatalf("status %+v", s)
 	}
+	waitFor(t, "the recovery to end", func() bool { return tr.Status()[0].Replay == nil })
+	waitFor(t, "the lag metric at 0", func() bool { return gaugeValue(tr.o.Metrics.LagMessages.WithLabelValues("s1")) == 0 })
 	if got, want := st.m["s1"].Marshal(), f.fold.A.Marshal(); string(got) != string(want) {
 		t.Fatalf("state %s, owner fold %s", got, want)
 	}
@@ -592,6 +596,18 @@ func TestTrackerHungOwnerDelaysNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The stream is behind by 3 (3, 4 missing; the live 5 is the highest
+	// known), and the recovery of 3..4 shows, waiting on the owner: in
+	// the status and in the metrics.
+	waitFor(t, "a recovery of 2 sequences in progress", func() bool {
+		s := tr.Status()
+		return len(s) == 1 && s[0].LagMessages == 3 &&
+			s[0].Replay != nil && s[0].Replay.Requested == 2 && s[0].Replay.Received == 0
+	})
+	waitFor(t, "the metrics to say so", func() bool {
+		return gaugeValue(tr.o.Metrics.LagMessages.WithLabelValues("s6")) == 3 &&
+			gaugeValue(tr.o.Metrics.ReplayRequested.WithLabelValues("s6")) == 2
+	})
 	// The checkpoint holds them, though every request to the owner hangs.
 	waitFor(t, "a checkpoint with the live messages", func() bool {
 		b, err := os.ReadFile(path)
@@ -797,4 +813,13 @@ func pipetestSavedSnapshot(dir string) (uint64, error) {
 	var snap snapshotFile
 	err = json.Unmarshal(b, &snap)
 	return snap.Seq, err
+}
+
+// gaugeValue reads a gauge's current value.
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
 }

@@ -161,7 +161,11 @@ type trackedStream struct {
 	fetching   bool
 	retryAt    time.Time
 	retryDelay time.Duration
-	dups       prometheus.Counter
+	// replayRequested, replayReceived: the running recovery's progress;
+	// lastErr: the last recovery's failure (nil after a success).
+	replayRequested, replayReceived uint64
+	lastErr                         error
+	dups                            prometheus.Counter
 }
 
 // NewTracker loads the checkpoint (if any) into a and returns the tracker.

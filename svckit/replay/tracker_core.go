@@ -30,9 +30,13 @@ type streamCore struct {
 	partial    map[uint64]*partialSeq // split sequences not complete yet
 	duplicates uint64
 	snapshots  uint64
-	ownerLast  uint64               // last_seq the owner reported
-	gapSeen    map[uint64]time.Time // gap start → when first seen open
-	counted    map[uint64]bool      // gap starts already counted in GapsDetected
+	ownerLast  uint64 // last_seq the owner reported
+	// contigAt is when the message that last moved the contiguous
+	// position was created (its envelope's time): how old the position
+	// is, for the lag in seconds.
+	contigAt time.Time
+	gapSeen  map[uint64]time.Time // gap start → when first seen open
+	counted  map[uint64]bool      // gap starts already counted in GapsDetected
 }
 
 func newStreamCore(id string) streamCore {
@@ -56,6 +60,38 @@ type partialSeq struct {
 // upstream) parks the sequence: complete for gap detection, and applied
 // should its message ever arrive (requeued by an operator).
 func (c *streamCore) apply(a Applier, env envelope.Envelope) (applied, duplicate bool, err error) {
+	prev := c.applied.Contiguous()
+	applied, duplicate, err = c.applyOne(a, env)
+	c.noteContiguous(prev, env.Created)
+	return applied, duplicate, err
+}
+
+// noteContiguous keeps the creation time of the message that moved the
+// contiguous position past prev. Sequences fill in order of creation, so
+// the position is at least this old: the lag in seconds is measured from
+// it (an upper bound, by at most the time between two messages).
+func (c *streamCore) noteContiguous(prev uint64, created time.Time) {
+	if c.applied.Contiguous() > prev && !created.IsZero() {
+		c.contigAt = created
+	}
+}
+
+// lag is how far the stream's contiguous position is behind the highest
+// sequence known to exist (the owner's last, or one applied out of
+// order), in messages, and in seconds since the position's message was
+// created; 0, 0 when it is not behind.
+func (c *streamCore) lag(now time.Time) (messages uint64, seconds float64) {
+	top, at := max(c.ownerLast, c.applied.Max()), c.applied.Contiguous()
+	if top <= at {
+		return 0, 0
+	}
+	if !c.contigAt.IsZero() {
+		seconds = max(now.Sub(c.contigAt).Seconds(), 0)
+	}
+	return top - at, seconds
+}
+
+func (c *streamCore) applyOne(a Applier, env envelope.Envelope) (applied, duplicate bool, err error) {
 	seq := env.Seq
 	parked := c.parked.Contains(seq)
 	if c.applied.Contains(seq) && (!parked || env.Marker) && c.partial[seq] == nil {
@@ -139,6 +175,8 @@ func (c *streamCore) settleParts(seq uint64, p *partialSeq) {
 // is not requested again: only its part when it is one (its siblings
 // still come, or are asked for), and nothing when it was handled already.
 func (c *streamCore) park(env envelope.Envelope) {
+	prev := c.applied.Contiguous()
+	defer func() { c.noteContiguous(prev, env.Created) }()
 	seq := env.Seq
 	switch {
 	case env.Parts > 1:

@@ -468,3 +468,41 @@ func TestCoreExactlyOnceAnyOrder(t *testing.T) {
 		})
 	}
 }
+
+// The lag is measured against the highest sequence known to exist (the
+// owner's last, or one applied out of order), in messages and in seconds
+// since the message at the contiguous position was created; it is 0, 0
+// once the position caught up.
+func TestCoreLag(t *testing.T) {
+	core := newStreamCore("s")
+	c := &core
+	a := newCoreApplier()
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	at := func(seq uint64) time.Time { return t0.Add(time.Duration(seq) * time.Second) }
+	if n, s := c.lag(t0); n != 0 || s != 0 {
+		t.Fatalf("empty: lag %d, %vs", n, s)
+	}
+	coreApply(t, c, a, envelope.Envelope{Seq: 1, Created: at(1)}, true, false)
+	coreApply(t, c, a, envelope.Envelope{Seq: 2, Created: at(2)}, true, false)
+	if n, s := c.lag(at(10)); n != 0 || s != 0 {
+		t.Fatalf("caught up: lag %d, %vs; want 0, 0", n, s)
+	}
+	c.noteOwnerLast(5)
+	if n, s := c.lag(at(10)); n != 3 || s != 8 {
+		t.Fatalf("owner at 5, position 2 (created at 2s): lag %d, %vs at 10s; want 3, 8", n, s)
+	}
+	coreApply(t, c, a, envelope.Envelope{Seq: 7, Created: at(7)}, true, false) // out of order: 7 exists
+	if n, _ := c.lag(at(10)); n != 5 {
+		t.Fatalf("7 applied, position 2: lag %d; want 5", n)
+	}
+	coreApply(t, c, a, envelope.Envelope{Seq: 3, Created: at(3)}, true, false)
+	if n, s := c.lag(at(10)); n != 4 || s != 7 {
+		t.Fatalf("position 3 (created at 3s): lag %d, %vs at 10s; want 4, 7", n, s)
+	}
+	for _, seq := range []uint64{4, 5, 6} {
+		coreApply(t, c, a, envelope.Envelope{Seq: seq, Created: at(seq)}, true, false)
+	}
+	if n, s := c.lag(at(10)); n != 0 || s != 0 {
+		t.Fatalf("position 7: lag %d, %vs; want 0, 0", n, s)
+	}
+}

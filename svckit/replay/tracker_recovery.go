@@ -160,6 +160,9 @@ func (t *Tracker) scan(ctx context.Context, wg *sync.WaitGroup) {
 			t.o.Logger.Info("gap detected; requesting replay", "stream", s.id, "from", g[0], "to", g[1])
 		}
 		t.o.Metrics.Missing.WithLabelValues(s.id).Set(float64(n))
+		lagN, lagS := s.lag(now)
+		t.o.Metrics.LagMessages.WithLabelValues(s.id).Set(float64(lagN))
+		t.o.Metrics.LagSeconds.WithLabelValues(s.id).Set(lagS)
 		start := due && !s.fetching && !now.Before(s.retryAt)
 		if start {
 			s.fetching = true
@@ -178,6 +181,10 @@ func (t *Tracker) recover(ctx context.Context, s *trackedStream) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fetching = false
+	s.replayRequested, s.replayReceived = 0, 0
+	t.o.Metrics.ReplayRequested.WithLabelValues(s.id).Set(0)
+	t.o.Metrics.ReplayReceived.WithLabelValues(s.id).Set(0)
+	s.lastErr = err
 	if err == nil {
 		s.retryDelay = 0
 		if s.noSnapshot != nil {
@@ -214,7 +221,14 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 	now := time.Now()
 	s.mu.Lock()
 	due := s.dueGaps(now, t.o.GapGrace)
+	var requested uint64
+	for _, g := range due {
+		requested += g[1] - g[0] + 1
+	}
+	s.replayRequested, s.replayReceived = requested, 0
 	s.mu.Unlock()
+	t.o.Metrics.ReplayRequested.WithLabelValues(s.id).Set(float64(requested))
+	t.o.Metrics.ReplayReceived.WithLabelValues(s.id).Set(0)
 	// A range that fails does not hold up the others (the tail above all):
 	// the first error is returned once every range was tried.
 	var first error
@@ -251,8 +265,13 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 // it.
 func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) (uint64, error) {
 	var high uint64
+	received := t.o.Metrics.ReplayReceived.WithLabelValues(s.id)
 	res, _, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
 		high = max(high, env.Seq)
+		s.mu.Lock()
+		s.replayReceived++
+		s.mu.Unlock()
+		received.Inc()
 		if terr == nil {
 			_, terr = t.apply(s, env)
 		}

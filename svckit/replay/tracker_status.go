@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"time"
 )
 
 // What the tracker reports: every stream's status (GET /streams), and
@@ -24,6 +25,26 @@ type StreamStatus struct {
 	OwnerLast uint64 `json:"owner_last"`
 	// DeadLettered are sequences handled by dead-lettering, not applied.
 	DeadLettered [][2]uint64 `json:"dead_lettered"`
+	// LagMessages is how many sequences the contiguous position is behind
+	// the highest known to exist; LagSeconds how long ago the message at
+	// the position was created (an upper bound, by at most the time
+	// between two messages), while it is behind: 0 otherwise.
+	LagMessages uint64  `json:"lag_messages"`
+	LagSeconds  float64 `json:"lag_seconds"`
+	// Replay is the recovery in progress, if one is.
+	Replay *ReplayProgress `json:"replay,omitempty"`
+	// Snapshots counts recoveries through the upstream's snapshot (since
+	// this process started).
+	Snapshots uint64 `json:"snapshots"`
+	// LastError is the last recovery's failure, "" once one succeeded.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// ReplayProgress is a recovery in progress: of Requested missing
+// sequences (the gaps open past the grace when it started), Received came.
+type ReplayProgress struct {
+	Requested uint64 `json:"requested"`
+	Received  uint64 `json:"received"`
 }
 
 // status is the core's StreamStatus.
@@ -50,12 +71,28 @@ func (t *Tracker) Status() []StreamStatus {
 	}
 	t.mu.RUnlock()
 	out := make([]StreamStatus, len(ss))
+	now := time.Now()
 	for i, s := range ss {
 		s.mu.Lock()
-		out[i] = s.status()
+		out[i] = s.fullStatus(now)
 		s.mu.Unlock()
 	}
 	return out
+}
+
+// fullStatus is the core's status with what the tracker adds: lag,
+// recovery, last error. Called with s.mu held.
+func (s *trackedStream) fullStatus(now time.Time) StreamStatus {
+	st := s.status()
+	st.LagMessages, st.LagSeconds = s.lag(now)
+	st.Snapshots = s.snapshots
+	if s.fetching && s.replayRequested > 0 {
+		st.Replay = &ReplayProgress{Requested: s.replayRequested, Received: min(s.replayReceived, s.replayRequested)}
+	}
+	if s.lastErr != nil {
+		st.LastError = s.lastErr.Error()
+	}
+	return st
 }
 
 // Ready is nil unless a stream cannot be made complete (it needs a
