@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -29,11 +30,14 @@ import (
 const DeadLetterChannel = "svckit-deadletter"
 
 func deadletterCommand() *cli.Command {
-	common := []cli.Flag{
-		&cli.StringFlag{Name: "topic", Usage: "the topic whose dead letters to read (<topic>.dead in nsqd, and the services' local stores)", EnvVars: config.Env("topic")},
-		&cli.IntFlag{Name: "limit", Value: 1000, Usage: "at most this many dead letters", EnvVars: config.Env("deadletter-limit")},
-		&cli.DurationFlag{Name: "wait", Value: 2 * time.Second, Usage: "stop reading nsqd after this long without a new dead letter", EnvVars: config.Env("deadletter-wait")},
-		&cli.StringFlag{Name: "secret", Usage: "the services' shared secret (their --replay-secret), for their local dead letters", EnvVars: config.Env("replay-secret")},
+	// Each subcommand gets a slice of its own (append to a shared one
+	// could write both into the same array).
+	common := func(more ...cli.Flag) []cli.Flag {
+		return append(append([]cli.Flag{
+			&cli.StringFlag{Name: "topic", Usage: "the topic whose dead letters to read (<topic>.dead in nsqd, and the services' local stores)", EnvVars: config.Env("topic")},
+			&cli.IntFlag{Name: "limit", Value: 1000, Usage: "at most this many dead letters", EnvVars: config.Env("deadletter-limit")},
+			&cli.DurationFlag{Name: "wait", Value: 2 * time.Second, Usage: "stop reading nsqd after this long without a new dead letter", EnvVars: config.Env("deadletter-wait")},
+		}, replaySecretFlags("the services' replay secret (their --replay-secret), for their local dead letters")...), more...)
 	}
 	return &cli.Command{
 		Name:  "deadletter",
@@ -46,14 +50,14 @@ port. Services that do are found in Consul by their meta ` + deadletter.MetaKey 
 			{
 				Name:  "ls",
 				Usage: "list dead letters (time, where, reason, size, preview) without consuming them",
-				Flags: append(common,
+				Flags: common(
 					&cli.BoolFlag{Name: "json", Usage: "one JSON object per line instead of a table", EnvVars: config.Env("deadletter-json")}),
 				Action: func(c *cli.Context) error { return runDeadletter(c, false) },
 			},
 			{
 				Name:  "requeue",
 				Usage: "publish dead letters back to their topic (or --to) and remove each once nsqd acknowledged it",
-				Flags: append(common,
+				Flags: common(
 					&cli.StringFlag{Name: "to", Usage: "publish to this topic instead of the original", EnvVars: config.Env("deadletter-to")}),
 				Action: func(c *cli.Context) error { return runDeadletter(c, true) },
 			},
@@ -97,6 +101,10 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	if err != nil {
 		return err
 	}
+	secret, err := replaySecret(c)
+	if err != nil {
+		return err
+	}
 	consul, err := consulClient(c)
 	if err != nil {
 		return err
@@ -130,7 +138,7 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	if fromNSQD != nil {
 		msgs = fromNSQD.msgs
 	}
-	client := deadletter.Client{Secret: c.String("secret")}
+	client := deadletter.Client{Secret: secret, HTTP: serviceHTTP}
 	local, lp := listLocal(ctx, consul, client, topic, limit-len(msgs))
 	problems = append(problems, lp...)
 	msgs = append(msgs, local...)
@@ -140,7 +148,7 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	if requeue {
 		p := pubsub.NewProducer(nsqds, pubsub.ProducerOptions{NSQ: nsqCfg})
 		defer p.Stop()
-		n, fromN, fromL, rp := requeueAll(ctx, p, client, fromNSQD, msgs, to)
+		n, fromN, fromL, rp := requeueAll(ctx, p, nsqCfg.AuthSecret != "", client, fromNSQD, msgs, to)
 		problems = append(problems, rp...)
 		fmt.Fprintf(c.App.Writer, "requeued %d dead letter(s) of %s (%d from nsqd, %d kept locally)\n", n, topic, fromN, fromL)
 	} else if c.Bool("json") {
@@ -150,10 +158,14 @@ func runDeadletter(c *cli.Context, requeue bool) error {
 	} else {
 		printDeadLetters(c.App.Writer, msgs)
 	}
-	if len(problems) > 0 {
+	switch len(problems) {
+	case 0:
+		return nil
+	case 1:
+		return errors.New(problems[0]) // one line
+	default:
 		return fmt.Errorf("%d problem(s):\n  %s", len(problems), strings.Join(problems, "\n  "))
 	}
-	return nil
 }
 
 // nsqdReader holds the messages of "<topic>.dead" it received, unanswered,
@@ -218,7 +230,7 @@ func readNSQD(ctx context.Context, base *nsq.Config, nsqds []discovery.Instance,
 	}
 	if err := nc.ConnectToNSQDs(addrs); err != nil {
 		nc.Stop()
-		return nil, fmt.Errorf("connecting to nsqd %v: %w", addrs, err)
+		return nil, fmt.Errorf("connecting to nsqd %v: %w", addrs, nsqRefusal(err, cfg.AuthSecret != ""))
 	}
 	idle := time.NewTimer(wait)
 	defer idle.Stop()
@@ -247,7 +259,7 @@ collect:
 		// nsqd answers SUB after the connection is made: a subscription
 		// its auth server refused would otherwise list nothing and exit 0.
 		r.close()
-		return nil, fmt.Errorf("nsqd refused reading %s/%s: %s (the operator's identity: --nsq-auth-secret or SVCKIT_NSQ_AUTH_SECRET)", pubsub.DeadLetterTopic(topic), DeadLetterChannel, why)
+		return nil, fmt.Errorf("nsqd refused reading %s/%s: %w", pubsub.DeadLetterTopic(topic), DeadLetterChannel, nsqRefusal(errors.New(why), cfg.AuthSecret != ""))
 	}
 	return r, nil
 }
@@ -355,7 +367,7 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 		list, err := ic.List(lctx, in.Addr(), topic)
 		cancel()
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("instance %s (%s): %v: its local dead letters are not listed", in.ID, in.Addr(), err))
+			problems = append(problems, fmt.Sprintf("instance %s (%s): its local dead letters are not listed: %v", in.ID, in.Addr(), replayRefusal(err, client.Secret != "")))
 			continue
 		}
 		for _, info := range list {
@@ -369,8 +381,9 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 }
 
 // requeueAll publishes every dead letter's original to its topic (or to)
-// and removes the letter once nsqd acknowledged the publish.
-func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Client, r *nsqdReader, msgs []deadMsg, to string) (n, fromNSQD, fromLocal int, problems []string) {
+// and removes the letter once nsqd acknowledged the publish. nsqSecret:
+// the producer has an NSQ secret.
+func requeueAll(ctx context.Context, p *pubsub.Producer, nsqSecret bool, client deadletter.Client, r *nsqdReader, msgs []deadMsg, to string) (n, fromNSQD, fromLocal int, problems []string) {
 	for _, m := range msgs {
 		if !m.ok {
 			problems = append(problems, fmt.Sprintf("message %s in nsqd is not a dead letter; left in place", m.info.ID))
@@ -387,7 +400,7 @@ func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Clien
 			l, err := ic.Get(gctx, m.addr, m.info.Topic, m.info.ID)
 			cancel()
 			if err != nil {
-				problems = append(problems, fmt.Sprintf("reading local dead letter %s of %s: %v (left in place)", m.info.ID, m.instance, err))
+				problems = append(problems, fmt.Sprintf("reading local dead letter %s of %s (left in place): %v", m.info.ID, m.instance, replayRefusal(err, client.Secret != "")))
 				continue
 			}
 			orig, dest = l.Original, l.Topic
@@ -399,7 +412,7 @@ func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Clien
 		err := p.Publish(pctx, dest, orig)
 		cancel()
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("requeueing %s (%s) to %s: %v (left in place)", m.info.ID, m.info.Stored, dest, err))
+			problems = append(problems, fmt.Sprintf("requeueing %s (%s) to %s (left in place): %v", m.info.ID, m.info.Stored, dest, nsqRefusal(err, nsqSecret)))
 			continue
 		}
 		if m.nm != nil {
@@ -412,7 +425,7 @@ func requeueAll(ctx context.Context, p *pubsub.Producer, client deadletter.Clien
 			err := ic.Delete(dctx, m.addr, m.info.Topic, m.info.ID)
 			cancel()
 			if err != nil {
-				problems = append(problems, fmt.Sprintf("local dead letter %s of %s was requeued to %s but not deleted (%v): requeueing again would publish it twice", m.info.ID, m.instance, dest, err))
+				problems = append(problems, fmt.Sprintf("local dead letter %s of %s was requeued to %s but not deleted, and requeueing again would publish it twice: %v", m.info.ID, m.instance, dest, replayRefusal(err, client.Secret != "")))
 			}
 			fromLocal++
 		}

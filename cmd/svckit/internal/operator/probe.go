@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/svckit/svckit/internal/sharedsecret"
@@ -54,9 +55,9 @@ func runProbe(c *cli.Context) error {
 	if timeout <= 0 {
 		return usagef("--timeout %s: must be positive", timeout)
 	}
-	secret, err := config.ReplaySecret(c.String("secret"), c.String("secret-file"))
+	secret, err := replaySecret(c)
 	if err != nil {
-		return usageError{err}
+		return err
 	}
 	ctx, cancel := context.WithTimeout(c.Context, timeout)
 	defer cancel()
@@ -68,6 +69,13 @@ func runProbe(c *cli.Context) error {
 		if _, err := c.App.Writer.Write(body); err != nil {
 			return fmt.Errorf("probe %s: writing the body: %w", u.Redacted(), err)
 		}
+	}
+	if status == http.StatusUnauthorized {
+		kind := replayNoSecret
+		if secret != "" {
+			kind = replayWrongSecret
+		}
+		return fmt.Errorf("probe %s: HTTP %d (%s): %s", u.Redacted(), status, oneLine(strings.TrimSpace(string(body)), 200), replaySecretHint(kind))
 	}
 	if status < 200 || status > 299 {
 		return fmt.Errorf("probe %s: HTTP %d", u.Redacted(), status)

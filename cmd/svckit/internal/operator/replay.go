@@ -37,17 +37,16 @@ service that publishes TOPIC (Consul tag publishes=TOPIC): the stream's owner
 if it publishes there, else a stage, which relays to its own upstream and
 runs the frames through its transform, as it does live. When no passing
 service publishes TOPIC, nothing is published: the command says so and fails.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "stream", Usage: "stream id", EnvVars: config.Env("stream")},
 			&cli.Uint64Flag{Name: "from", Usage: "first sequence", EnvVars: config.Env("replay-from")},
 			&cli.Uint64Flag{Name: "to", Usage: "last sequence (default: the owner's last)", EnvVars: config.Env("replay-to")},
 			&cli.StringFlag{Name: "since", Usage: "replay everything since this time: RFC 3339 or a duration ago (e.g. 10m)", EnvVars: config.Env("replay-since")},
 			&cli.StringFlag{Name: "owner-service", Value: "sensor", Usage: "Consul service of the stream owners", EnvVars: config.Env("replay-owner-service")},
-			&cli.StringFlag{Name: "secret", Usage: "the owners' replay shared secret", EnvVars: config.Env("replay-secret")},
 			&cli.StringFlag{Name: "out", Value: "-", Usage: "write messages as JSON lines here (- = stdout)", EnvVars: config.Env("replay-out")},
 			&cli.StringFlag{Name: "publish", Usage: "republish the messages to this NSQ topic instead of writing them", EnvVars: config.Env("replay-publish")},
 			&cli.BoolFlag{Name: "quiet", Usage: "no progress output", EnvVars: config.Env("quiet")},
-		},
+		}, replaySecretFlags("the owners' replay shared secret (their --replay-secret)")...),
 		Action: runReplay,
 	}
 }
@@ -76,6 +75,10 @@ func runReplay(c *cli.Context) error {
 	if req.To != 0 && req.To < req.From {
 		return usagef("--to %d is below --from %d", req.To, req.From)
 	}
+	secret, err := replaySecret(c)
+	if err != nil {
+		return err
+	}
 	consul, err := consulClient(c)
 	if err != nil {
 		return err
@@ -89,7 +92,7 @@ func runReplay(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	client := replay.Client{Secret: c.String("secret"), Audience: owner.Service}
+	client := replay.Client{Secret: secret, Audience: owner.Service, HTTP: serviceHTTP}
 	if req.Since.IsZero() && req.To == 0 {
 		var st []replay.Status
 		if err := getJSON(ctx, client, owner.Addr(), "/streams", &st); err != nil {
@@ -121,6 +124,16 @@ func runReplay(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
+		// The producer would retry a refused secret until publishStall:
+		// nsqd's refusal comes first, before anything is replayed.
+		var addrs []string
+		for _, in := range w.Instances() {
+			addrs = append(addrs, in.Addr())
+		}
+		if err := checkNSQAuth(addrs, nsqCfg); err != nil {
+			return fmt.Errorf("republishing to %s: %w", topic, err)
+		}
+		given := nsqCfg.AuthSecret != ""
 		p := pubsub.NewProducer(w, pubsub.ProducerOptions{NSQ: nsqCfg})
 		b := p.NewBatcher(topic, pubsub.BatcherOptions{})
 		errs := make(chan error, 1)
@@ -146,7 +159,7 @@ func runReplay(c *cli.Context) error {
 			})
 			select {
 			case err := <-errs:
-				return fmt.Errorf("republishing to %s: %w", topic, err)
+				return fmt.Errorf("republishing to %s: %w", topic, nsqRefusal(err, given))
 			default:
 				return nil
 			}
@@ -160,13 +173,13 @@ func runReplay(c *cli.Context) error {
 				default:
 				}
 				if cause := context.Cause(pctx); cause != nil && !errors.Is(cause, context.Canceled) {
-					return fmt.Errorf("republishing to %s: %v: %w", topic, cause, err)
+					return fmt.Errorf("republishing to %s: %v: %w", topic, cause, nsqRefusal(err, given))
 				}
-				return fmt.Errorf("republishing to %s: %w", topic, err)
+				return fmt.Errorf("republishing to %s: %w", topic, nsqRefusal(err, given))
 			}
 			select {
 			case err := <-errs:
-				return fmt.Errorf("republishing to %s: %w", topic, err)
+				return fmt.Errorf("republishing to %s: %w", topic, nsqRefusal(err, given))
 			default:
 				return nil
 			}
@@ -213,6 +226,7 @@ func runReplay(c *cli.Context) error {
 		return sink(env, frame)
 	})
 	prog.done()
+	err = replayRefusal(err, secret != "")
 	if cerr := closeSink(); err == nil {
 		err = cerr
 	}
@@ -315,7 +329,7 @@ func instanceOf(e *api.ServiceEntry) discovery.Instance {
 func getJSON(ctx context.Context, c replay.Client, addr, path string, v any) error {
 	resp, err := c.Get(ctx, addr, path, nil)
 	if err != nil {
-		return err
+		return replayRefusal(err, c.Secret != "")
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {

@@ -130,7 +130,7 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 	if err := keep("gossip.key", random(32)); err != nil {
 		return nil, err
 	}
-	if err := keep("replay.secret", random(32)); err != nil {
+	if err := keep(replaySecretFile, random(32)); err != nil {
 		return nil, err
 	}
 	if err := keep("management.token", token); err != nil {

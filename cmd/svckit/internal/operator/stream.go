@@ -24,8 +24,7 @@ func streamCommand() *cli.Command {
 				Name: "show",
 				Usage: "print who holds the stream's claim and, from the owner itself, its positions, " +
 					"damaged records and whether it accepts messages",
-				Flags: []cli.Flag{stream,
-					&cli.StringFlag{Name: "secret", Usage: "the owners' replay shared secret", EnvVars: config.Env("replay-secret")}},
+				Flags:  append([]cli.Flag{stream}, replaySecretFlags("the owners' replay shared secret (their --replay-secret)")...),
 				Action: func(c *cli.Context) error { return runStream(c, false) },
 			},
 			{
@@ -49,6 +48,10 @@ func runStream(c *cli.Context, release bool) error {
 		return err
 	}
 	if !release {
+		secret, err := replaySecret(c)
+		if err != nil {
+			return err
+		}
 		claim, alive, err := ownership.ShowClaim(c.Context, consul, "", id)
 		if err != nil {
 			return err
@@ -60,7 +63,7 @@ func runStream(c *cli.Context, release bool) error {
 		fmt.Fprintf(c.App.Writer, "stream %s: %s by instance %s on node %s (pid %d, data directory %s, since %s)\n",
 			id, state, claim.Instance, claim.Node, claim.PID, claim.DataID, claim.Since.Format(time.RFC3339))
 		if alive {
-			return showOwnerStatus(c, consul, id)
+			return showOwnerStatus(c, consul, id, secret)
 		}
 		return nil
 	}
@@ -79,7 +82,7 @@ func runStream(c *cli.Context, release bool) error {
 // showOwnerStatus prints the owner's own account of the stream (GET
 // /streams on the instance tagged stream=<id>): positions, damaged records,
 // whether it accepts messages.
-func showOwnerStatus(c *cli.Context, consul *api.Client, id string) error {
+func showOwnerStatus(c *cli.Context, consul *api.Client, id, secret string) error {
 	ctx := c.Context
 	services, _, err := consul.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
@@ -95,7 +98,7 @@ func showOwnerStatus(c *cli.Context, consul *api.Client, id string) error {
 			return err
 		}
 		var st []replay.Status
-		if err := getJSON(ctx, replay.Client{Secret: c.String("secret"), Audience: in.Service}, in.Addr(), "/streams", &st); err != nil {
+		if err := getJSON(ctx, replay.Client{Secret: secret, Audience: in.Service, HTTP: serviceHTTP}, in.Addr(), "/streams", &st); err != nil {
 			return fmt.Errorf("asking the owner %s (%s) for its streams: %w", in.ID, in.Addr(), err)
 		}
 		for _, s := range st {
