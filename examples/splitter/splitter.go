@@ -22,7 +22,7 @@ type Settings struct {
 	// them, each result to one instance.
 	Channel  string        `flag:"channel" usage:"channel shared by all splitters"`
 	OutTopic string        `flag:"out-topic" usage:"topic of the parts"`
-	Slow     time.Duration `flag:"slow" usage:"log inputs whose outputs took longer than this to be acknowledged"`
+	Slow     time.Duration `flag:"slow" min:"1ns" usage:"log inputs whose outputs took longer than this to be acknowledged"`
 	Upstream string        `flag:"upstream" usage:"Consul service that publishes --in-topic (replay and snapshot requests are relayed to it)"`
 }
 
@@ -48,6 +48,9 @@ func Spec(version string) service.Spec {
 		Setup: func(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
 			set := DefaultSettings()
 			if err := config.Load(c, &set); err != nil {
+				return nil, service.UsageError{Err: err}
+			}
+			if err := config.CheckMin(set); err != nil {
 				return nil, service.UsageError{Err: err}
 			}
 			// Service.Stage does the rest: consume, run Transform, publish

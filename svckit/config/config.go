@@ -206,6 +206,10 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return fmt.Errorf("--data-dir: must not be empty")
 	}
+	if c.DeregisterAfter < time.Minute {
+		// Consul silently clamps DeregisterCriticalServiceAfter to one minute.
+		return fmt.Errorf("--deregister-after %s: Consul's minimum is 1m", c.DeregisterAfter)
+	}
 	if err := CheckMin(c); err != nil {
 		return err
 	}

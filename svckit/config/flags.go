@@ -11,6 +11,54 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// setting is one tagged field found by walk.
+type setting struct {
+	name, usage, min, file string
+	env                    []string
+	v                      reflect.Value // the field, settable when walked from a pointer
+}
+
+// walk calls f for each setting of the struct v points to (or is).
+func walk(v reflect.Value, f func(setting) error) error {
+	if !v.IsValid() {
+		return fmt.Errorf("settings: nil, not a struct")
+	}
+	if v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return fmt.Errorf("settings: a nil %s", v.Type())
+		}
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return fmt.Errorf("settings: %s is not a struct", v.Type())
+	}
+	t := v.Type()
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		name, ok := sf.Tag.Lookup("flag")
+		if !ok {
+			if sf.Type.Kind() == reflect.Struct && sf.Type != reflect.TypeFor[time.Time]() && sf.IsExported() {
+				if err := walk(v.Field(i), f); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if !sf.IsExported() {
+			return fmt.Errorf("setting --%s: field %s is not exported", name, sf.Name)
+		}
+		s := setting{name: name, usage: sf.Tag.Get("usage"), min: sf.Tag.Get("min"), file: sf.Tag.Get("file"), v: v.Field(i)}
+		s.env = Env(name)
+		if e := sf.Tag.Get("env"); e != "" {
+			s.env = strings.Split(e, ",")
+		}
+		if err := f(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // A setting is declared once, as a field of a settings struct (Config, or a
 // service's own) with its flag in tags; its default is the field's value in
 // the struct given to FlagsOf, and its environment variable follows from
@@ -34,48 +82,11 @@ import (
 //
 // Field types: string, bool, int, int64, uint64, float64, time.Duration and
 // []string.
-
-// setting is one tagged field found by walk.
-type setting struct {
-	name, usage, min, file string
-	env                    []string
-	v                      reflect.Value // the field, settable when walked from a pointer
-}
-
-// walk calls f for each setting of the struct v points to (or is).
-func walk(v reflect.Value, f func(setting) error) error {
-	if v.Kind() == reflect.Pointer {
-		v = v.Elem()
-	}
-	if v.Kind() != reflect.Struct {
-		return fmt.Errorf("settings: %s is not a struct", v.Type())
-	}
-	t := v.Type()
-	for i := range t.NumField() {
-		sf := t.Field(i)
-		name, ok := sf.Tag.Lookup("flag")
-		if !ok {
-			if sf.Type.Kind() == reflect.Struct && sf.Type != reflect.TypeFor[time.Time]() && sf.IsExported() {
-				if err := walk(v.Field(i), f); err != nil {
-					return err
-				}
-			}
-			continue
-		}
-		s := setting{name: name, usage: sf.Tag.Get("usage"), min: sf.Tag.Get("min"), file: sf.Tag.Get("file"), v: v.Field(i)}
-		s.env = Env(name)
-		if e := sf.Tag.Get("env"); e != "" {
-			s.env = strings.Split(e, ",")
-		}
-		if err := f(s); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
+//
 // FlagsOf returns the flags of the settings in defaults (a struct or a
-// pointer to one), each with its field's value as its default.
+// pointer to one), each with its field's value as its default. A field
+// of a type not listed above, or a tagged field that is not exported, is
+// a mistake in the program: FlagsOf panics on it.
 func FlagsOf(defaults any) []cli.Flag {
 	var flags []cli.Flag
 	err := walk(reflect.ValueOf(defaults), func(s setting) error {
@@ -118,15 +129,34 @@ func FlagsOf(defaults any) []cli.Flag {
 }
 
 // Load sets the settings of the struct dst points to from the parsed
-// command line (flags made by FlagsOf): a setting given neither as a flag
-// nor in the environment keeps the flag's default. A setting with a file
-// tag is read from <flag>-file when that is given.
+// command line, whose flags must include FlagsOf's for dst's type: a
+// setting given neither as a flag nor in the environment gets the flag's
+// default. A setting with a file tag is read from <flag>-file when that is
+// given. A setting without its flag is an error, not a silent zero.
 func Load(c *cli.Context, dst any) error {
 	v := reflect.ValueOf(dst)
-	if v.Kind() != reflect.Pointer {
-		return fmt.Errorf("settings: Load needs a pointer, not %s", v.Type())
+	if !v.IsValid() || v.Kind() != reflect.Pointer || v.IsNil() {
+		return fmt.Errorf("settings: Load needs a non-nil pointer to a struct, not %T", dst)
+	}
+	defined := map[string]bool{}
+	for _, ctx := range c.Lineage() {
+		var flags []cli.Flag
+		if ctx.Command != nil {
+			flags = append(flags, ctx.Command.Flags...)
+		}
+		if ctx.App != nil {
+			flags = append(flags, ctx.App.Flags...)
+		}
+		for _, f := range flags {
+			for _, n := range f.Names() {
+				defined[n] = true
+			}
+		}
 	}
 	return walk(v, func(s setting) error {
+		if !defined[s.name] {
+			return fmt.Errorf("setting --%s: no such flag (give the command config.FlagsOf of the settings it loads)", s.name)
+		}
 		switch s.v.Interface().(type) {
 		case string:
 			val := c.String(s.name)

@@ -86,6 +86,16 @@ func TestSettingsDeclaredOnce(t *testing.T) {
 			t.Errorf("%s: err %v, want %q", arg, err, want)
 		}
 	}
+	// Loading settings whose flags the command lacks is an error, not
+	// zero values.
+	var other struct {
+		Missing int `flag:"missing" usage:"not a flag of the command"`
+	}
+	app := &cli.App{Name: "own", Flags: config.FlagsOf(def), Writer: io.Discard, ErrWriter: io.Discard,
+		Action: func(c *cli.Context) error { return config.Load(c, &other) }}
+	if err := app.Run([]string{"own"}); err == nil || !strings.Contains(err.Error(), "--missing: no such flag") {
+		t.Errorf("Load of settings without flags: err %v, want one naming --missing", err)
+	}
 	t.Setenv("SVCKIT_SECRET_FILE", "")
 	if _, err := loadSettings(t, def, "--secret=a", "--secret-file="+secret); err == nil || !strings.Contains(err.Error(), "give one") {
 		t.Errorf("--secret and --secret-file: err %v, want one saying to give one", err)

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,7 +86,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 	if log == nil {
 		log = logging.Discard()
 	}
-	s := &Service{Config: cfg, Log: log, meta: map[string]string{"version": cfg.Version}}
+	// --tag's tags first; the roles add theirs (AddTags).
+	s := &Service{Config: cfg, Log: log, meta: map[string]string{"version": cfg.Version}, tags: slices.Clone(cfg.Tags)}
 	// One process per data directory: a second one started with it by
 	// mistake must not write the same files (two owners of one log, two
 	// checkpoints of one consumer).

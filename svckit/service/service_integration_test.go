@@ -135,6 +135,7 @@ func TestServiceRunRegistersServesAndDeregisters(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	const name = "svctest"
 	cfg := testConfig(t, name, consul.HTTPAddr)
+	cfg.Tags = []string{"canary"} // --tag
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s, err := service.New(ctx, cfg, testLogger(t))
@@ -169,7 +170,7 @@ func TestServiceRunRegistersServesAndDeregisters(t *testing.T) {
 	entries := testenv.WaitPassing(t, consul, name, 1)
 	sv := entries[0].Service
 	if sv.ID != s.Config.InstanceID || sv.Port != s.Port || sv.Address != "127.0.0.1" ||
-		!slices.Contains(sv.Tags, "blue") || sv.Meta["version"] != "1.0.0-test" || sv.Meta["zone"] != "z1" {
+		!slices.Contains(sv.Tags, "blue") || !slices.Contains(sv.Tags, "canary") || sv.Meta["version"] != "1.0.0-test" || sv.Meta["zone"] != "z1" {
 		t.Errorf("consul entry = %+v", sv)
 	}
 
