@@ -121,6 +121,14 @@ func PublishesTag(topic string) string { return "publishes=" + topic }
 // every stream its upstream has, through its transform.
 const RelayTag = "replay-relay"
 
+// TrackerTag is the Consul tag of a tracking consumer: its GET /streams
+// reports each stream's position, lag and recovery (StreamStatus).
+const TrackerTag = "replay-tracker"
+
+// ConsumesTag is the Consul tag of a tracking consumer or a stage that
+// consumes topic: with PublishesTag, what draws the pipeline.
+func ConsumesTag(topic string) string { return "consumes=" + topic }
+
 // Tracker applies every (stream, seq) exactly once and recovers what is missing.
 type Tracker struct {
 	a Applier

@@ -53,6 +53,6 @@ func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
 		return nil, UsageError{err}
 	}
 	s.replayServer().SetRelay(st)
-	s.AddTags(replay.RelayTag, replay.PublishesTag(o.OutTopic))
+	s.AddTags(replay.RelayTag, replay.PublishesTag(o.OutTopic), replay.ConsumesTag(o.InTopic))
 	return st, nil
 }

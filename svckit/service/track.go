@@ -100,6 +100,7 @@ func (s *Service) Track(a replay.Applier, o TrackOptions) (*replay.Tracker, erro
 	// secret, only its holders read them.
 	s.HTTP.Handle("GET /streams", replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, http.HandlerFunc(tr.ServeStreams)))
 	s.HTTP.AddCheck("replay", tr.Ready)
+	s.AddTags(replay.TrackerTag, replay.ConsumesTag(o.Topic))
 	s.Go(tr.Run) // gap detection, recovery, checkpoints
 	// After the consumer drained at shutdown: the last checkpoint.
 	s.OnStop(func(context.Context) error { return tr.Save() })
