@@ -174,7 +174,7 @@ func (l *Lease) valid(start int64) int64 { return start + int64(l.o.TTL-l.o.TTL/
 // take creates a session and writes the claim with it, by check-and-set.
 func (l *Lease) take(ctx context.Context) error {
 	start := l.now()
-	sid, err := l.newSession(ctx)
+	sid, err := l.newSessionPatiently(ctx)
 	if err != nil {
 		return err
 	}
@@ -281,6 +281,32 @@ func (l *Lease) waitExpiry(ctx context.Context, old Claim) error {
 		}
 	}
 	return &HeldError{Holder: old}
+}
+
+// newSessionPatiently creates a session, asking again while Consul
+// answers with a server error: an agent that has just started answers
+// "Missing node registration" (500) until its node is in the catalog, and
+// a process started with it (the laptop's Procfile, a compose file) must
+// not exit for that.
+func (l *Lease) newSessionPatiently(ctx context.Context) (string, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	wait := 100 * time.Millisecond
+	for {
+		sid, err := l.newSession(ctx)
+		var se api.StatusError
+		if err == nil || !errors.As(err, &se) || se.Code < 500 || time.Now().After(deadline) {
+			return sid, err
+		}
+		l.log.Warn("Consul cannot create a session yet; asking again", "err", err, "in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return "", fmt.Errorf("creating a Consul session for stream %s: %w (last: %v)", l.o.Stream, ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
 }
 
 func (l *Lease) newSession(ctx context.Context) (string, error) {
