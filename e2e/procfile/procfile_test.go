@@ -34,6 +34,7 @@ var portVars = []string{
 	"LAPTOP_CONSUL_SERF_WAN_PORT", "LAPTOP_CONSUL_DNS_PORT", "LAPTOP_CONSUL_GRPC_PORT",
 	"LAPTOP_CONSUL_GRPC_TLS_PORT", "LAPTOP_NSQLOOKUPD_TCP_PORT", "LAPTOP_NSQLOOKUPD_HTTP_PORT",
 	"LAPTOP_NSQD_TCP_PORT", "LAPTOP_NSQD_HTTP_PORT", "LAPTOP_NSQADMIN_HTTP_PORT", "LAPTOP_NSQAUTH_HTTP_PORT",
+	"LAPTOP_CONSOLE_HTTP_PORT",
 }
 
 // TestProcfileInFreshCheckout clones the repository (its tracked files only:
@@ -168,6 +169,16 @@ func TestProcfileInFreshCheckout(t *testing.T) {
 	app := passing("app", 1)[0].Service
 	appAddr := fmt.Sprintf("%s:%d", app.Address, app.Port)
 
+	// The console, on its port, shows the sensor's stream and the app
+	// applying it.
+	if c := passing("console", 1)[0].Service; c.Port != ports["LAPTOP_CONSOLE_HTTP_PORT"] {
+		t.Fatalf("the console registered port %d; want %d", c.Port, ports["LAPTOP_CONSOLE_HTTP_PORT"])
+	}
+	waitFor(t, goreman, "the console to show stream sensor-laptop and the app", func() bool {
+		code, body, err := localstack.HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/api/state", ports["LAPTOP_CONSOLE_HTTP_PORT"]))
+		return err == nil && code == 200 && strings.Contains(body, `"stream":"sensor-laptop"`) && strings.Contains(body, `"service":"app"`)
+	})
+
 	// nsqadmin, on its port, sees topic readings through nsqlookupd.
 	waitFor(t, goreman, "nsqadmin to list topic readings", func() bool {
 		code, body, err := localstack.HTTPGet(fmt.Sprintf("http://127.0.0.1:%d/api/topics", ports["LAPTOP_NSQADMIN_HTTP_PORT"]))
@@ -287,7 +298,7 @@ func procfileEntries(t *testing.T, repo string) []string {
 			names = append(names, strings.TrimSpace(name))
 		}
 	}
-	want := []string{"consul", "nsqlookupd", "nsqd", "nsqadmin", "nsqauth", "sensor", "worker1", "worker2", "app"}
+	want := []string{"consul", "nsqlookupd", "nsqd", "nsqadmin", "nsqauth", "sensor", "worker1", "worker2", "app", "console"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("Procfile entries %v, want %v", names, want)
 	}

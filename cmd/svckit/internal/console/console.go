@@ -1,0 +1,194 @@
+// Package console is `svckit console`: a live console of the pipeline, run
+// as a svckit service (registered in Consul as "console", with /health,
+// /ready and /metrics). Every second it reads, concurrently and with
+// timeouts of at most a second, what Consul and nsqd already say and what
+// the services already serve on their existing GET endpoints:
+//
+//   - Consul's catalog and health checks: the services, their instances,
+//     and from their tags who publishes and consumes what (publishes=,
+//     consumes=), which instance owns which stream (stream=), the stages
+//     (replay-relay) and the tracking consumers (replay-tracker);
+//   - every nsqd's GET /stats: topics and channels, depth, in flight,
+//     rates, and the dead-letter topics' depth;
+//   - the owners' and the tracking consumers' GET /streams, signed with the
+//     replay secret when one is configured (the console's own
+//     --replay-secret or --replay-secret-file);
+//   - the services' local dead-letter stores (GET /deadletters).
+//
+// It serves the result as one JSON document (GET /api/state), as
+// server-sent events (GET /api/events, a "state" event at least every
+// second) and as a page that draws it (GET /, embedded: no CDN, no
+// external font or script). POST /api/deadletters/requeue sends dead
+// letters back with the code of `svckit deadletter requeue`; it needs the
+// operator's token (--operator-token-file) in an Authorization header and
+// refuses cross-site requests.
+//
+// Reading is open to whoever reaches the console's port: on the laptop
+// that is loopback only (the Procfile). The state shows what the services
+// serve only to holders of the replay secret (positions, dead letters'
+// first bytes), so in a datacenter the console must sit behind the same
+// network security as the services' own ports, never on a public address.
+//
+// The console cannot import package operator, which registers it and
+// whose dead-letter code it reuses: operator hands that code in as a
+// DeadLetterAccess (see Spec).
+package console
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/svckit/config"
+	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/service"
+	nsq "github.com/svckit/svckit/third_party/go-nsq"
+	"github.com/urfave/cli/v2"
+)
+
+// ServiceName is the console's name in Consul.
+const ServiceName = "console"
+
+// Settings are the console's own flags (config.Config has those of every
+// service: the replay secret, the NSQ secret, the HTTP address).
+type Settings struct {
+	// OperatorToken authorizes the requests that change something (a
+	// requeue). Without one, the console only reads.
+	OperatorToken string `flag:"operator-token" file:"file holding the operator's token (instead of --operator-token)" usage:"the operator's token: POST /api/deadletters/requeue needs it as Authorization: Bearer <token> (none: the console only reads)"`
+	// ForgetAfter bounds how long a tracking consumer, or a stream's
+	// owner, that left Consul stays in the state (marked down, its lag
+	// rising) before the console forgets it.
+	ForgetAfter time.Duration `flag:"forget-after" min:"1m" usage:"how long a tracking consumer or stream owner gone from Consul stays in the state, marked down"`
+}
+
+// DefaultSettings is the value of each of the console's flags when
+// neither the command line nor the environment gives one.
+func DefaultSettings() Settings {
+	return Settings{ForgetAfter: time.Hour}
+}
+
+// Timing of the collection.
+const (
+	// Interval is how often the console collects the state.
+	Interval = time.Second
+	// RequestTimeout bounds every request the console makes in a
+	// collection (to Consul, nsqd, a service).
+	RequestTimeout = 900 * time.Millisecond
+	// RateWindow is the span rates are computed over.
+	RateWindow = 5 * time.Second
+	// HistoryWindow is how much lag history each consumer keeps.
+	HistoryWindow = 5 * time.Minute
+	// MaxLetters is how many dead letters per topic the state lists.
+	MaxLetters = 20
+	// NSQDRelist is how often the nsqd dead letters of a topic are read
+	// again while their count does not change (reading them holds them in
+	// flight for a moment, so not every second).
+	NSQDRelist = 30 * time.Second
+	// NSQDListWait is how long a reading of <topic>.dead waits for more
+	// letters when fewer than its limit came.
+	NSQDListWait = 300 * time.Millisecond
+)
+
+// DeadLetterEnv is what DeadLetterAccess needs from the console: its
+// Consul client, its nsqds (passing, from its discovery), its NSQ
+// configuration (the operator's NSQ secret: --nsq-auth-secret-file) and
+// its replay secret (for the services' stores).
+type DeadLetterEnv struct {
+	Consul       *api.Client
+	NSQDs        *discovery.Watcher
+	NSQ          *nsq.Config
+	ReplaySecret string
+}
+
+// DeadLetterAccess lists and requeues dead letters: the code of
+// `svckit deadletter` (package operator provides it). Every call takes a
+// context that bounds it.
+type DeadLetterAccess interface {
+	// ListNSQD reads up to limit of topic's dead letters in <topic>.dead
+	// without consuming them (as `svckit deadletter ls` does), waiting at
+	// most wait for more when fewer came.
+	ListNSQD(ctx context.Context, topic string, limit int, wait time.Duration) ([]DeadLetter, error)
+	// ListLocal lists the dead letters of topic ("" = every topic) that
+	// one instance keeps in its local store.
+	ListLocal(ctx context.Context, in discovery.Instance, topic string) ([]DeadLetter, error)
+	// Requeue publishes topic's dead letters (only the one with id, if id
+	// is not "") back to their topic and removes each once nsqd
+	// acknowledged it, as `svckit deadletter requeue` does. ErrNoSuchLetter
+	// when id names none.
+	Requeue(ctx context.Context, topic, id string) (RequeueResult, error)
+}
+
+// ErrNoSuchLetter is Requeue's answer for an id it did not find.
+var ErrNoSuchLetter = errors.New("no such dead letter")
+
+// RequeueResult is what a requeue did.
+type RequeueResult struct {
+	Requeued  int      `json:"requeued"`
+	FromNSQD  int      `json:"from_nsqd"`
+	FromLocal int      `json:"from_local"`
+	Problems  []string `json:"problems"`
+}
+
+// Spec is the console for service.Main; deadLetters makes the
+// DeadLetterAccess from what the service has (package operator gives its
+// own).
+func Spec(version string, deadLetters func(DeadLetterEnv) DeadLetterAccess) service.Spec {
+	return service.Spec{
+		Name:    ServiceName,
+		Usage:   "a live console of the pipeline: services, topics, streams, consumers' lag and dead letters, in a browser (GET /) and as JSON (GET /api/state)",
+		Version: version,
+		Flags:   config.FlagsOf(DefaultSettings()),
+		Setup: func(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+			return setup(c, s, deadLetters)
+		},
+	}
+}
+
+func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) DeadLetterAccess) (func(context.Context) error, error) {
+	set := DefaultSettings()
+	if err := config.Load(c, &set); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	if err := config.CheckMin(set); err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	if deadLetters == nil {
+		return nil, fmt.Errorf("console: no dead-letter access given")
+	}
+	nsqCfg, err := s.NSQConfig()
+	if err != nil {
+		return nil, service.UsageError{Err: err}
+	}
+	nsqds := s.Discovery.Watch(service.NSQDService)
+	access := deadLetters(DeadLetterEnv{Consul: s.Consul, NSQDs: nsqds, NSQ: nsqCfg, ReplaySecret: s.Config.ReplaySecret})
+	col := newCollector(collectorOptions{
+		Consul: s.Consul, Secret: s.Config.ReplaySecret, DeadLetters: access, ForgetAfter: set.ForgetAfter,
+		Instance: s.Config.InstanceID, Version: s.Config.Version, Log: s.Log,
+		RequeueEnabled: set.OperatorToken != "",
+	})
+	srv := newServer(col, access, set.OperatorToken, s.Log)
+	srv.register(s.HTTP)
+	// Where the operator finds the page, and the token a requeue needs
+	// (goreman's output, on the laptop).
+	requeue := "off (no --operator-token-file)"
+	switch f := c.String("operator-token-file"); {
+	case f != "":
+		requeue = "needs the operator token in " + f
+	case set.OperatorToken != "":
+		requeue = "needs the operator token given by --operator-token"
+	}
+	s.Log.Info("console page", "url", "http://"+net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port))+"/", "requeue", requeue)
+	s.HTTP.AddCheck("console", col.Healthy)
+	// The collection runs in the background; its context ends at
+	// shutdown, which also ends the server-sent event streams (the HTTP
+	// server's shutdown waits for open requests).
+	s.Go(func(ctx context.Context) {
+		defer srv.close()
+		col.Run(ctx)
+	})
+	return nil, nil
+}
