@@ -98,6 +98,7 @@ func (s *server) serveState(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "no state collected yet", http.StatusServiceUnavailable)
 		return
 	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(b)
@@ -204,7 +205,10 @@ func (s *server) serveRequeue(w http.ResponseWriter, r *http.Request) {
 	if req.ID == "all" {
 		req.ID = ""
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), requeueTimeout)
+	// Not the request's context: a requeue that published must go on to
+	// delete what it sent back even if the browser went away, or the next
+	// one would send it twice.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), requeueTimeout)
 	defer cancel()
 	res, err := s.requeue(ctx, req)
 	switch {
@@ -221,6 +225,7 @@ func (s *server) serveRequeue(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("console: requeued dead letters", "topic", req.Topic, "id", req.ID, "requeued", res.Requeued,
 		"from_nsqd", res.FromNSQD, "from_local", res.FromLocal, "problems", len(res.Problems))
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(res)
@@ -267,6 +272,7 @@ func sameSecret(a, b string) bool {
 
 // refuse answers with a status and a one-line reason.
 func refuse(w http.ResponseWriter, status int, why string) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

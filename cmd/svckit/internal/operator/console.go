@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/svckit/svckit/cmd/svckit/internal/console"
@@ -135,10 +136,19 @@ func (d consoleDeadLetters) Requeue(ctx context.Context, topic, id string) (cons
 	return console.RequeueResult{Requeued: n, FromNSQD: fromN, FromLocal: fromL, Problems: append(problems, rp...)}, nil
 }
 
+// cut bounds a letter's text fields: they are whatever the letter's
+// writer put there, and the console sends its state every second.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
+}
+
 // consoleLetter is a dead letter as the console shows it: the fields of
 // `deadletter ls --json`.
 func consoleLetter(m deadMsg) console.DeadLetter {
 	i := m.info
-	return console.DeadLetter{ID: i.ID, Topic: i.Topic, Stored: string(i.Stored), Instance: m.instance, Channel: i.Channel,
-		Reason: i.Reason, Attempts: i.Attempts, Time: i.Time, Size: i.Size, Stream: i.Stream, Seq: i.Seq, Preview: m.preview()}
+	return console.DeadLetter{ID: i.ID, Topic: i.Topic, Stored: string(i.Stored), Instance: m.instance, Channel: cut(i.Channel, 100),
+		Reason: cut(i.Reason, 300), Attempts: i.Attempts, Time: i.Time, Size: i.Size, Stream: i.Stream, Seq: i.Seq, Preview: m.preview()}
 }

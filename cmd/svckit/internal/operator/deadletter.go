@@ -205,7 +205,14 @@ func readNSQD(ctx context.Context, base *nsq.Config, nsqds []discovery.Instance,
 		seen[nm.ID] = true
 		m := deadMsg{nm: nm}
 		m.info = deadletter.Info{ID: string(nm.ID[:]), Size: len(nm.Body), Stored: deadletter.StoredNSQD}
-		if dl, err := deadletter.Decode(nm.Body); err == nil {
+		if dl, err := deadletter.Decode(nm.Body); err == nil && dl.Topic != topic {
+			// A letter names its topic itself, and whoever may write to
+			// <topic>.dead could name another: requeueing it there would
+			// publish with the operator's identity where the writer may
+			// not. Only the topic it was read for is a destination.
+			m.info.Topic = topic
+			m.info.Reason = fmt.Sprintf("(names topic %q, but was in %s: not requeued)", dl.Topic, deadletter.Topic(topic))
+		} else if err == nil {
 			m.ok, m.dl = true, dl
 			m.info.Meta, m.info.Size = dl.Meta, len(dl.Original)
 			if m.info.Stream == "" {
@@ -374,7 +381,14 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 			if len(out) >= limit {
 				return out, problems
 			}
-			out = append(out, deadMsg{info: info, ok: info.Topic != "", instance: in.ID, service: in.Service, addr: in.Addr()})
+			// The same for a service's store: only letters of the topic
+			// asked for may be sent back to it.
+			ok := info.Topic == topic
+			if !ok {
+				info.Reason = fmt.Sprintf("(names topic %q, listed for %s: not requeued)", info.Topic, topic)
+				info.Topic = topic
+			}
+			out = append(out, deadMsg{info: info, ok: ok, instance: in.ID, service: in.Service, addr: in.Addr()})
 		}
 	}
 	return out, problems
@@ -386,7 +400,7 @@ func listLocal(ctx context.Context, consul *api.Client, client deadletter.Client
 func requeueAll(ctx context.Context, p *pubsub.Producer, nsqSecret bool, client deadletter.Client, r *nsqdReader, msgs []deadMsg, to string) (n, fromNSQD, fromLocal int, problems []string) {
 	for _, m := range msgs {
 		if !m.ok {
-			problems = append(problems, fmt.Sprintf("message %s in nsqd is not a dead letter; left in place", m.info.ID))
+			problems = append(problems, fmt.Sprintf("message %s %s: left in place", m.info.ID, m.info.Reason))
 			continue
 		}
 		var orig []byte

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/testenv"
@@ -116,6 +117,26 @@ func TestDeadLetterListAndRequeue(t *testing.T) {
 	testenv.WaitFor(t, 30*time.Second, "dead topic empty and 3 in orders-retry", func() bool {
 		return topicDepth(t, nsqdHTTP, "orders.dead") == 0 && topicDepth(t, nsqdHTTP, "orders-retry") == 3
 	})
+
+	// A letter in orders.dead that names another topic (whoever may write
+	// to orders.dead could forge one) is not sent there: requeueing it
+	// would publish with the operator's identity where its writer may not.
+	forged, err := deadletter.Letter{Meta: deadletter.Meta{Topic: "payments", Channel: "svc", Reason: "forged"}, Original: []byte("forged-body")}.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, "orders.dead", forged); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the forged letter in orders.dead", func() bool { return topicDepth(t, nsqdHTTP, "orders.dead") == 1 })
+	code, out, errOut = runCLI(t, consul, "deadletter", "requeue", "--topic", "orders", "--wait", "500ms")
+	if code == 0 || !strings.Contains(out+errOut, `names topic "payments"`) {
+		t.Fatalf("requeue of a letter naming another topic: exit %d, want a refusal naming it: %s %s", code, out, errOut)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the forged letter left in place", func() bool { return topicDepth(t, nsqdHTTP, "orders.dead") == 1 })
+	if d := topicDepth(t, nsqdHTTP, "payments"); d != 0 {
+		t.Fatalf("payments holds %d messages after the requeue: the forged letter was sent there", d)
+	}
 }
 
 func TestCLIUsageErrors(t *testing.T) {

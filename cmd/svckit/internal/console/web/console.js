@@ -44,7 +44,9 @@
   }
   function setAttrs(e, attrs) {
     for (const [k, v] of Object.entries(attrs || {})) {
-      if (v === null || v === undefined || v === false) continue;
+      // A data attribute says false too (data-up="false" styles a down
+      // consumer); other attributes are left out when false.
+      if (v === null || v === undefined || (v === false && !k.startsWith('data'))) continue;
       if (k === 'class') e.setAttribute('class', v);
       else if (k.startsWith('data')) e.setAttribute(k.replace(/[A-Z]/g, m => '-' + m.toLowerCase()), String(v));
       else e.setAttribute(k, String(v));
