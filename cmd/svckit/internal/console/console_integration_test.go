@@ -211,6 +211,11 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	body := `{"topic":"` + orders + `","id":"` + letter.ID + `"}`
+	var ordersBefore uint64
+	if tp := findTopic(getState(t, base), orders); tp != nil {
+		ordersBefore = tp.MessageCount
+	}
+	refusedAt := time.Now()
 	if code, msg := requeue(nil, body); code != http.StatusUnauthorized || strings.Count(strings.TrimSpace(msg), "\n") != 0 || msg == "" {
 		t.Errorf("requeue without the token: HTTP %d %q, want 401 and one line", code, msg)
 	}
@@ -224,8 +229,24 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 	if code, msg := requeue(map[string]string{"Authorization": "Bearer " + token}, `{"topic":"`+orders+`","id":"none-such"}`); code != http.StatusNotFound {
 		t.Errorf("requeue of an unknown letter: HTTP %d %q, want 404", code, msg)
 	}
-	if d := findDeadLetters(getState(t, base), orders); d == nil || d.Count != 1 {
-		t.Fatalf("the refused requeues changed the dead letters: %+v", d)
+	// The refused requeues sent nothing: in a state collected after them,
+	// orders received no message and the same letter (not one dead-lettered
+	// again, which would have a new id) is the only one.
+	waitState(t, base, 60*time.Second, "a state collected after the refused requeues", &s, func(s *console.State) string {
+		if !s.GeneratedAt.After(refusedAt.Add(time.Second)) {
+			return "state of " + s.GeneratedAt.String()
+		}
+		// The previews of nsqd's letters are read now and then, not in
+		// every state: wait for one that lists them.
+		if d := findDeadLetters(s, orders); d == nil || len(d.Letters) == 0 {
+			return fmt.Sprintf("dead letters of orders not listed: %+v", d)
+		}
+		return ""
+	})
+	d := findDeadLetters(&s, orders)
+	tp := findTopic(&s, orders)
+	if d == nil || d.Count != 1 || len(d.Letters) != 1 || d.Letters[0].ID != letter.ID || tp == nil || tp.MessageCount != ordersBefore {
+		t.Fatalf("the refused requeues changed something: dead letters %+v, orders %+v (received %d before)", d, tp, ordersBefore)
 	}
 	// The sink goes away first, so that the letter, back in orders, stays
 	// in its channel instead of being dead-lettered again.
