@@ -243,6 +243,10 @@ install_secrets() {
         cp "$src/hosts/$host/consul.hcl" "$src/hosts/$host/consul.pem" "$src/hosts/$host/consul-key.pem" "$stage/$id/hosts/$host/" ;;
       nsqd)
         cp "$src/hosts/$host/nsqd.pem" "$src/hosts/$host/nsqd-key.pem" "$stage/$id/" ;;
+      nsqdstats)
+        # svckit nsqd-stats beside nsqd: the replay secret, which its
+        # /stats's readers sign with; no Consul token (it registers nothing)
+        cp "$src/replay.secret" "$stage/$id/" ;;
       *)
         [ -f "$src/tokens/$id.token" ] || die "$src/tokens/$id.token is missing: add --service=$id to datacenters/$dc/acl.flags and run ./build.sh secrets $dc"
         cp "$src/tokens/$id.token" "$stage/$id/consul.token"
@@ -250,6 +254,11 @@ install_secrets() {
         if [ "$id" = nsqauth ]; then
           [ -f "$src/hosts/$host/nsqauth.pem" ] || die "$src/hosts/$host/nsqauth.pem is missing: run ./build.sh secrets $dc (it makes what is missing)"
           cp "$src/hosts/$host/nsqauth.pem" "$src/hosts/$host/nsqauth-key.pem" "$stage/$id/"
+        fi
+        if [ "$id" = console ]; then
+          [ -f "$src/hosts/$host/console.pem" ] && [ -f "$src/operator.token" ] \
+            || die "$src/hosts/$host/console.pem or $src/operator.token is missing: run ./build.sh secrets $dc (it makes what is missing)"
+          cp "$src/hosts/$host/console.pem" "$src/hosts/$host/console-key.pem" "$src/operator.token" "$stage/$id/"
         fi ;;
     esac
     # What the volume holds, to tell a rotated secret from the same one.

@@ -34,16 +34,17 @@ func TestDevHost1(t *testing.T) {
 	secrets := makeSecrets(t, "dev")
 	h := newCompose(t, "dev/host1", project, secrets,
 		"DC_IMAGE_TAG="+tag,
-		// Any free host port: 8501 may be taken on this machine.
+		// Any free host port: 8501 and 4185 may be taken on this machine.
 		"DC_CONSUL_PUBLISH=127.0.0.1:0",
+		"DC_CONSOLE_PUBLISH=127.0.0.1:0",
 	)
 	start := time.Now()
 	up(t, h)
 	consul := h.consul()
 	took := waitPassing(t, consul, 3*time.Minute, map[string]int{
-		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1, "nsqauth": 1,
+		"sensor": 1, "worker": 2, "app": 1, "nsqd": 1, "nsqlookupd": 1, "nsqauth": 1, "console": 1,
 	})
-	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd, nsqauth (its check over HTTPS) passing in Consul %s after up", took.Round(time.Second))
+	t.Logf("dev/host1: sensor, worker ×2, app, nsqd, nsqlookupd, nsqauth and console (their checks over HTTPS) passing in Consul %s after up", took.Round(time.Second))
 
 	// The UI, from the host, over HTTPS with the datacenter's CA.
 	resp, err := consul.client.Get(consul.url + "/ui/")
@@ -93,10 +94,14 @@ func TestDevHost1(t *testing.T) {
 	t.Logf("dev/host1: app state grows (count %d → %d), streams %v; %s from up to here",
 		first, count(), streams["sensor-dev-host1"], time.Since(start).Round(time.Second))
 
+	// The console, from the host, as its operator reads it.
+	checkConsole(t, h, "dev/host1", secrets, "sensor-dev-host1", "app")
+
 	// The intruder, on the datacenter's network.
 	intrusion{
 		network: project + "_default", tag: tag, consul: "consul", nsqds: []string{"nsqd:4150"},
-		services: []string{"http://sensor:8080", "http://worker1:8080", "http://app:8080", "https://nsqauth:8080"},
+		services: []string{"http://sensor:8080", "http://worker1:8080", "http://app:8080", "https://nsqauth:8080", "http://nsqd:4171"},
+		console:  "https://console:8080",
 		stream:   "sensor-dev-host1", sensorID: "sensor-host1",
 	}.check(t, secrets, project+"_nsq-secret-app", consul)
 
@@ -223,7 +228,7 @@ func TestAWSNodeLoss(t *testing.T) {
 	dockerMust(t, "network", "create", "--driver", "bridge", "--label", "svckit.dockertest="+runID, network)
 	secrets := makeSecrets(t, "aws")
 	env := []string{
-		"DC_IMAGE_TAG=" + tag, "DC_NETWORK=" + network, "DC_CONSUL_PUBLISH=127.0.0.1:0",
+		"DC_IMAGE_TAG=" + tag, "DC_NETWORK=" + network, "DC_CONSUL_PUBLISH=127.0.0.1:0", "DC_CONSOLE_PUBLISH=127.0.0.1:0",
 	}
 	nodes := map[string]*compose{}
 	var hosts []*compose
@@ -237,7 +242,7 @@ func TestAWSNodeLoss(t *testing.T) {
 	// applied the ACLs, or this does (idempotent: the README's step).
 	nodes["node3"].buildSh(4*time.Minute, "acl", "aws/node3")
 	consul2 := nodes["node2"].consul()
-	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2, "nsqauth": 3}
+	all := map[string]int{"sensor": 2, "worker": 3, "app": 2, "nsqd": 3, "nsqlookupd": 2, "nsqauth": 3, "console": 1}
 	took := waitPassing(t, consul2, 3*time.Minute, all)
 	t.Logf("aws: all three hosts up, everything passing in Consul %s after up", took.Round(time.Second))
 	var peers []string
@@ -250,9 +255,11 @@ func TestAWSNodeLoss(t *testing.T) {
 		// node1's agent: the sensor it tries to deregister is registered there.
 		network: network, tag: tag, consul: "node1-consul",
 		nsqds:    []string{"node1-nsqd:4150", "node2-nsqd:4150", "node3-nsqd:4150"},
-		services: []string{"http://node1-sensor:8080", "http://node2-worker:8080", "http://node3-app:8080", "https://node2-nsqauth:8080"},
+		services: []string{"http://node1-sensor:8080", "http://node2-worker:8080", "http://node3-app:8080", "https://node2-nsqauth:8080", "http://node3-nsqd:4171"},
+		console:  "https://node2-console:8080",
 		stream:   "sensor-aws-node1", sensorID: "sensor-node1",
 	}.check(t, secrets, prefix+"-node2_nsq-secret-app", consul2)
+	checkConsole(t, nodes["node2"], "aws/node2", secrets, "sensor-aws-node1", "app")
 
 	streams := []struct{ node, stream string }{{"node1", "sensor-aws-node1"}, {"node3", "sensor-aws-node3"}}
 	apps := []string{"node2", "node3"}

@@ -59,6 +59,7 @@ type intrusion struct {
 	services []string // base URLs
 	stream   string
 	sensorID string
+	console  string // the console's base URL
 }
 
 // run runs the intruder in a container of the svckit image on the
@@ -81,6 +82,9 @@ func (in intrusion) run(t *testing.T, control *dcSecrets, nsqSecretVolume string
 	for _, s := range in.services {
 		flags = append(flags, "--service", s)
 	}
+	if in.console != "" {
+		flags = append(flags, "--console", in.console)
+	}
 	if control != nil {
 		// The secrets directory is the operator's (0600, this user's):
 		// the control runs as root in its container to read it.
@@ -90,7 +94,8 @@ func (in intrusion) run(t *testing.T, control *dcSecrets, nsqSecretVolume string
 		// channel of its own (app-*#ephemeral): the control's SUB takes
 		// nothing from anyone.
 		flags = append(flags, "--ca", "/secrets/ca.pem", "--consul-token", "/secrets/management.token",
-			"--replay-secret", "/secrets/replay.secret", "--nsq-secret", "/nsq/secret", "--sub-channel", "app-intruder#ephemeral")
+			"--replay-secret", "/secrets/replay.secret", "--nsq-secret", "/nsq/secret", "--sub-channel", "app-intruder#ephemeral",
+			"--operator-token", "/secrets/operator.token")
 	}
 	args = append(args, "svckit/svckit:"+in.tag)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -149,7 +154,8 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 		"consul-catalog-read", "consul-http-port", "nsqd-https-pub",
 		"nsq-pub-clear", "nsq-sub-clear", "nsq-pub-tls", "nsq-sub-tls", "nsq-pub-wrong-secret",
 		"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities",
-		"svc-deadletters-delete", "svc-wrong-secret",
+		"svc-deadletters-delete", "svc-wrong-secret", "svc-stats",
+		"console-state", "console-requeue", "console-events", "console-wrong-token",
 	} {
 		if !tried[name] {
 			t.Errorf("intruder: no %s attempt was made", name)
@@ -176,7 +182,7 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 		}
 	}
 	t.Logf("intruder: the control with credentials was allowed %d reads on the same addresses", allowed)
-	for _, route := range []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities"} {
+	for _, route := range []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities", "svc-stats"} {
 		if !served[route] {
 			t.Errorf("intruder: no service tried serves %s: the refusals of that route prove nothing", route)
 		}

@@ -89,6 +89,8 @@ type config struct {
 	ReplaySecret string // positive control
 	SensorID     string // "" = look it up
 	SubChannel   string // the channel of results the SUB attempts name
+	Console      string // https://console:8080
+	ConsoleToken string // positive control: the operator's token
 	Timeout      time.Duration
 }
 
@@ -101,6 +103,7 @@ func parseFlags(args []string) (config, error) {
 	var (
 		cfg                                    config
 		tokenFile, caFile, nsqFile, replayFile string
+		consoleTokenFile                       string
 		nsqds, nsqdHTTPS, services             multiFlag
 	)
 	fs := flag.NewFlagSet("intruder", flag.ContinueOnError)
@@ -116,6 +119,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&replayFile, "replay-secret", "", "`FILE` with the replay secret (positive control: signed reads only)")
 	fs.StringVar(&cfg.SensorID, "sensor-id", "", "Consul service `ID` to try deregistering (default: from the catalog, else \"sensor\")")
 	fs.StringVar(&cfg.SubChannel, "sub-channel", "intruder#ephemeral", "the `CHANNEL` of topic results the SUB attempts name (the control's identity must be allowed it)")
+	fs.StringVar(&cfg.Console, "console", "", "the console's base `URL` (https://console:8080)")
+	fs.StringVar(&consoleTokenFile, "operator-token", "", "`FILE` with the console's operator token (positive control: the console's reads)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "timeout of every network operation")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -135,6 +140,9 @@ func parseFlags(args []string) (config, error) {
 		return cfg, err
 	}
 	if cfg.ReplaySecret, err = readSecret(replayFile); err != nil {
+		return cfg, err
+	}
+	if cfg.ConsoleToken, err = readSecret(consoleTokenFile); err != nil {
 		return cfg, err
 	}
 	if caFile != "" {
@@ -217,6 +225,9 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	}
 	for _, base := range cfg.Services {
 		p.service(ctx, base, emit)
+	}
+	if cfg.Console != "" {
+		p.console(ctx, strings.TrimRight(cfg.Console, "/"), emit)
 	}
 	return werr
 }
@@ -611,6 +622,8 @@ func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 	emit(p.svc(ctx, "svc-deadletters-list", http.MethodGet, base+"/deadletters?topic=readings", auth))
 	emit(p.svc(ctx, "svc-state", http.MethodGet, base+"/state", auth))
 	emit(p.svc(ctx, "svc-identities", http.MethodGet, base+"/identities", auth))
+	// nsqd's statistics (svckit nsqd-stats, beside each nsqd)
+	emit(p.svc(ctx, "svc-stats", http.MethodGet, base+"/stats", auth))
 	if !control {
 		r := p.svc(ctx, "svc-deadletters-delete", http.MethodDelete, base+"/deadletters/readings/intruder-0", auth)
 		if strings.Contains(r.Detail, "HTTP 404") {
@@ -619,6 +632,41 @@ func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 		emit(r)
 		// A request signed with a wrong secret.
 		emit(p.svc(ctx, "svc-wrong-secret", http.MethodGet, base+"/streams", signature("wrong", http.MethodGet, "/streams", time.Now())))
+	}
+}
+
+// console tries the console's state, its events and a requeue: with no
+// token and a wrong one, or (the control) with the operator's.
+func (p *prober) console(ctx context.Context, base string, emit func(result)) {
+	control := p.cfg.ConsoleToken != ""
+	bearer := ""
+	if control {
+		bearer = "Bearer " + p.cfg.ConsoleToken
+	}
+	do := func(attempt, method, path, body, auth string) {
+		h := map[string]string{"Authorization": auth}
+		if body != "" {
+			h["Content-Type"] = "application/json"
+		}
+		a, err := p.do(ctx, method, base+path, body, h)
+		if err != nil {
+			emit(failed(attempt, base+path, err))
+			return
+		}
+		r := result{attempt, base + path, a.outcome(), a.String()}
+		if a.status == http.StatusNotFound {
+			r.Detail += " (reached the handler: authentication passed)"
+		}
+		emit(r)
+	}
+	do("console-state", http.MethodGet, "/api/state", "", bearer)
+	// A requeue of a letter that does not exist: the control's reaches
+	// the handler (404) and changes nothing.
+	do("console-requeue", http.MethodPost, "/api/deadletters/requeue", `{"topic":"readings","id":"intruder-0"}`, bearer)
+	if !control {
+		// The events stream on (the control's would not end).
+		do("console-events", http.MethodGet, "/api/events", "", "")
+		do("console-wrong-token", http.MethodGet, "/api/state", "", "Bearer not-the-operator-token")
 	}
 }
 

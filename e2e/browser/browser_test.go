@@ -150,7 +150,7 @@ func TestConsolePageInChromium(t *testing.T) {
 	}
 	port := testenv.FreePort(t)
 	con := testenv.StartProcess(t, "console", testenv.Bin(t, "svckit"),
-		append([]string{"console"}, common(t.TempDir(), "--http-addr="+testenv.Addr(port), "--operator-token-file="+tokenFile)...), nil)
+		append([]string{"console"}, common(t.TempDir(), "--http-addr="+testenv.Addr(port), "--operator-token-file="+tokenFile, "--open-read")...), nil)
 	testenv.WaitPassing(t, st.Consul, "console", 1)
 	if !con.Running() {
 		t.Fatalf("the console exited (code %d)", con.ExitCode())
@@ -218,6 +218,11 @@ func TestConsolePageInChromium(t *testing.T) {
 			t.Fatalf("typing the token: %v", err)
 		}
 	}
+
+	// 0. A console as the datacenters run it, without --open-read: its
+	// page asks for the operator's token before it shows anything, says
+	// a wrong one was refused, and goes live with the right one.
+	tokenRead(t, chrome, st.Consul, common(t.TempDir(), "--operator-token-file="+tokenFile), "stream-"+stream)
 
 	// 1. The pipeline: the owner's and the tracker's services and the
 	// topic in the picture, joined by the tracker's channel; the stream
@@ -389,7 +394,10 @@ func TestConsolePageInChromium(t *testing.T) {
 		return ""
 	})
 	t0 = time.Now()
-	st.NSQD.Publish(t, orders, []byte("console-garbage \x00\x01 not an envelope"))
+	// Its bytes are markup too: the page must show them as text, never
+	// run them.
+	const markup = `<img src=x onerror="document.body.dataset.pwned='yes'">`
+	st.NSQD.Publish(t, orders, []byte("console-garbage "+markup+" \x00\x01 not an envelope"))
 	var letter string
 	v = wait(60*time.Second, "the dead letter counted and previewed", func(v *view) string {
 		d := v.DeadLetters
@@ -400,6 +408,18 @@ func TestConsolePageInChromium(t *testing.T) {
 		return ""
 	})
 	t.Logf("4. dead letter %s on the page %.2fs after the /pub, preview %s", letter, time.Since(t0).Seconds(), v.DeadLetters.Letters[0].Preview)
+	{
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var injected struct {
+			Pwned string `json:"pwned"`
+			Imgs  int    `json:"imgs"`
+		}
+		err := pg.eval(ctx, `({ pwned: document.body.dataset.pwned || '', imgs: document.querySelectorAll('#deadletters img').length })`, &injected)
+		cancel()
+		if err != nil || injected.Pwned != "" || injected.Imgs != 0 || !strings.Contains(v.DeadLetters.Letters[0].Preview, "<img") {
+			t.Fatalf("a letter's markup on the page: %+v %v, preview %q; want it shown as text only", injected, err, v.DeadLetters.Letters[0].Preview)
+		}
+	}
 
 	// 5. Requeue from the page: refused without the operator's token (the
 	// page says what it needs), refused by the console with a wrong one;
@@ -726,4 +746,72 @@ func (r *running) stop(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Errorf("%s did not stop", r.s.Config.Name)
 	}
+}
+
+// tokenRead runs a second console, whose state needs the operator's
+// token, opens its page and types the token in as an operator would.
+func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []string, streamElem string) {
+	t.Helper()
+	port := testenv.FreePort(t)
+	con := testenv.StartProcess(t, "console-token", testenv.Bin(t, "svckit"),
+		append([]string{"console", "--http-addr=" + testenv.Addr(port), "--instance-id=console-token"}, args...), nil)
+	testenv.WaitPassing(t, consul, "console", 2)
+	if !con.Running() {
+		t.Fatalf("the second console exited (code %d)", con.ExitCode())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	pg, err := chrome.open(ctx, "http://"+testenv.Addr(port)+"/")
+	cancel()
+	if err != nil {
+		t.Fatalf("opening the second console in Chromium: %v", err)
+	}
+	type look struct {
+		Connection string `json:"connection"`
+		Text       string `json:"text"`
+		Stream     bool   `json:"stream"`
+		Focused    bool   `json:"focused"`
+	}
+	lookJS := fmt.Sprintf(`(() => ({ connection: document.body.dataset.connection || '',
+		text: document.getElementById('connection').textContent,
+		stream: !!document.getElementById(%s),
+		focused: document.activeElement === document.getElementById('operator-token') }))()`, jsString(streamElem))
+	wait := func(what string, cond func(look) bool) look {
+		t.Helper()
+		var l look
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := pg.eval(ctx, lookJS, &l)
+			cancel()
+			if err == nil && cond(l) {
+				return l
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the console without --open-read: waiting for %s: %+v %v", what, l, err)
+			}
+			time.Sleep(poll)
+		}
+	}
+	typeIn := func(value string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		expr := fmt.Sprintf(`(() => { const f = document.getElementById('operator-token'); f.value = %s;
+			f.dispatchEvent(new Event('change', { bubbles: true })); })()`, jsString(value))
+		if err := pg.eval(ctx, expr, nil); err != nil {
+			t.Fatalf("typing the token: %v", err)
+		}
+	}
+	l := wait("the page to ask for the token", func(l look) bool {
+		return l.Connection == "token" && strings.Contains(l.Text, "enter the operator token") && !l.Stream
+	})
+	t.Logf("0. without --open-read, the page asks: %q (token field focused %v)", l.Text, l.Focused)
+	typeIn("not-the-token")
+	l = wait("a wrong token refused", func(l look) bool {
+		return l.Connection == "token" && strings.Contains(l.Text, "wrong operator token") && !l.Stream
+	})
+	t.Logf("0. a wrong token: %q", l.Text)
+	typeIn(token)
+	wait("the page live with the token", func(l look) bool { return l.Connection == "live" && l.Stream })
+	t.Logf("0. with the token the page is live and shows the stream")
 }

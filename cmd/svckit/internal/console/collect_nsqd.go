@@ -46,9 +46,11 @@ type nsqdStats struct {
 // nsqdAnswer is one nsqd's answer in a collection.
 type nsqdAnswer struct {
 	in       discovery.Instance
-	httpAddr string
-	stats    *nsqdStats
-	err      error
+	httpAddr string // nsqd's own HTTP API (meta http_port)
+	// statsAddr is svckit nsqd-stats' beside it (meta stats_port).
+	statsAddr string
+	stats     *nsqdStats
+	err       error
 }
 
 // nsqdMemory is what the console remembers of an nsqd between
@@ -57,25 +59,35 @@ type nsqdMemory struct {
 	downSince, lastOK time.Time
 }
 
-// askNSQDs asks every nsqd in Consul for its /stats (its HTTP port is the
-// meta http_port), concurrently; the answers are complete once wg is done.
+// askNSQDs asks every nsqd in Consul for its /stats, concurrently; the
+// answers are complete once wg is done. Where nsqd registered the meta
+// http_port (the laptop), its own HTTP API is asked. The datacenters keep
+// that API on nsqd's loopback (NSQ's auth does not cover it) and register
+// the meta stats_port instead: svckit nsqd-stats, beside nsqd, serves its
+// /stats to requests signed with the replay secret.
 func (c *collector) askNSQDs(ctx context.Context, wg *sync.WaitGroup, view consulView) []nsqdAnswer {
 	ins := view.tagged(func(in discovery.Instance) bool { return in.Service == service.NSQDService })
 	out := make([]nsqdAnswer, len(ins))
 	for i, in := range ins {
 		out[i].in = in
+		read := c.readStats
 		addr, ok := in.MetaAddr("http_port")
 		if !ok {
-			// The datacenters register nsqd without it: its HTTP API is
-			// on its container's loopback, out of the console's reach.
-			out[i].err = fmt.Errorf("registered without the meta http_port: its /stats cannot be read")
+			if addr, ok = in.MetaAddr("stats_port"); ok {
+				read = c.readSignedStats
+				out[i].statsAddr = addr
+			}
+		} else {
+			out[i].httpAddr = addr
+		}
+		if !ok {
+			out[i].err = fmt.Errorf("registered with neither the meta http_port nor stats_port: its /stats cannot be read")
 			continue
 		}
-		out[i].httpAddr = addr
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i].stats, out[i].err = c.readStats(ctx, addr)
+			out[i].stats, out[i].err = read(ctx, addr)
 		}()
 	}
 	return out
@@ -104,6 +116,16 @@ func (c *collector) readStats(ctx context.Context, addr string) (*nsqdStats, err
 	return &st, nil
 }
 
+// readSignedStats is one nsqd's /stats from the svckit nsqd-stats beside
+// it: signed with the replay secret for "nsqd", its answer proven.
+func (c *collector) readSignedStats(ctx context.Context, addr string) (*nsqdStats, error) {
+	var st nsqdStats
+	if err := getJSON(ctx, c.streamsClient(service.NSQDService), addr, "/stats", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // buildTopics fills st's nsqds and topics from the answers and the
 // Consul tags, and returns what each topic's "<topic>.dead" holds in nsqd.
 func (c *collector) buildTopics(st *State, view consulView, answers []nsqdAnswer, now time.Time) map[string]int64 {
@@ -126,7 +148,7 @@ func (c *collector) buildTopics(st *State, view consulView, answers []nsqdAnswer
 			m = &nsqdMemory{}
 			c.nsqds[a.in.ID] = m
 		}
-		n := NSQD{ID: a.in.ID, Node: a.in.Node, Address: a.in.Addr(), HTTPAddress: a.httpAddr, Health: view.health[a.in.ID]}
+		n := NSQD{ID: a.in.ID, Node: a.in.Node, Address: a.in.Addr(), HTTPAddress: a.httpAddr, StatsAddress: a.statsAddr, Health: view.health[a.in.ID]}
 		if a.err != nil {
 			if m.downSince.IsZero() {
 				m.downSince = now

@@ -23,11 +23,14 @@
 // operator's token (--operator-token-file) in an Authorization header and
 // refuses cross-site requests.
 //
-// Reading is open to whoever reaches the console's port: on the laptop
-// that is loopback only (the Procfile). The state shows what the services
-// serve only to holders of the replay secret (positions, dead letters'
-// first bytes), so in a datacenter the console must sit behind the same
-// network security as the services' own ports, never on a public address.
+// Reading the state needs the operator's token too, unless --open-read:
+// the state shows what the services serve only to holders of the replay
+// secret (positions, dead letters' first bytes). The laptop's Procfile
+// gives --open-read, its port being on loopback; there a request whose
+// Host is a name other than localhost is refused (a page of another site
+// whose name was made to point at 127.0.0.1 — DNS rebinding — would
+// otherwise read the state as the console's own origin). In the
+// datacenters the console serves HTTPS and reading needs the token.
 //
 // The console cannot import package operator, which registers it and
 // whose dead-letter code it reuses: operator hands that code in as a
@@ -58,7 +61,13 @@ const ServiceName = "console"
 type Settings struct {
 	// OperatorToken authorizes the requests that change something (a
 	// requeue). Without one, the console only reads.
-	OperatorToken string `flag:"operator-token" file:"file holding the operator's token (instead of --operator-token)" usage:"the operator's token: POST /api/deadletters/requeue needs it as Authorization: Bearer <token> (none: the console only reads)"`
+	OperatorToken string `flag:"operator-token" file:"file holding the operator's token (instead of --operator-token)" usage:"the operator's token: reading the state and POST /api/deadletters/requeue need it as Authorization: Bearer <token> (none: the console only reads, and only with --open-read)"`
+	// OpenRead serves the state (GET /api/state, /api/events) to whoever
+	// reaches the console's port, without the token. It is for the
+	// laptop, where that port is on loopback; a datacenter's console
+	// shows what only holders of the replay secret may read, so there
+	// reading needs the token too (the default).
+	OpenRead bool `flag:"open-read" usage:"serve the state to anyone who reaches --http-addr, without the operator's token (the laptop's loopback only: the state shows what the services serve only to holders of the replay secret)"`
 	// ForgetAfter bounds how long a tracking consumer, or a stream's
 	// owner, that left Consul stays in the state (marked down, its lag
 	// rising) before the console forgets it.
@@ -159,6 +168,9 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 	if deadLetters == nil {
 		return nil, fmt.Errorf("console: no dead-letter access given")
 	}
+	if set.OperatorToken == "" && !set.OpenRead {
+		return nil, service.UsageError{Err: errors.New("no one could read the console: give the operator's token (--operator-token-file, SVCKIT_OPERATOR_TOKEN_FILE), or --open-read where only the operator reaches --http-addr (loopback)")}
+	}
 	nsqCfg, err := s.NSQConfig()
 	if err != nil {
 		return nil, service.UsageError{Err: err}
@@ -170,7 +182,7 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 		Instance: s.Config.InstanceID, Version: s.Config.Version, Log: s.Log,
 		RequeueEnabled: set.OperatorToken != "",
 	})
-	srv := newServer(col, access, set.OperatorToken, s.Log)
+	srv := newServer(col, access, set.OperatorToken, set.OpenRead, s.Log)
 	srv.register(s.HTTP)
 	// Where the operator finds the page, and the token a requeue needs
 	// (goreman's output, on the laptop).
@@ -181,7 +193,14 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 	case set.OperatorToken != "":
 		requeue = "needs the operator token given by --operator-token"
 	}
-	s.Log.Info("console page", "url", "http://"+net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port))+"/", "requeue", requeue)
+	scheme, read := "http", "open to whoever reaches the port (--open-read)"
+	if s.Config.HTTPTLSCert != "" {
+		scheme = "https"
+	}
+	if !set.OpenRead {
+		read = "needs the operator token"
+	}
+	s.Log.Info("console page", "url", scheme+"://"+net.JoinHostPort(s.Advertise, strconv.Itoa(s.Port))+"/", "read", read, "requeue", requeue)
 	s.HTTP.AddCheck("console", col.Healthy)
 	// The collection runs in the background; its context ends at
 	// shutdown, which also ends the server-sent event streams (the HTTP

@@ -100,7 +100,7 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	spec := operator.ConsoleSpec("test")
-	con := start(t, spec.Name, spec.Flags, common("--operator-token-file="+tokenFile), spec.Setup)
+	con := start(t, spec.Name, spec.Flags, common("--operator-token-file="+tokenFile, "--open-read"), spec.Setup)
 	defer con.stop(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", con.s.Port)
 	testenv.WaitPassing(t, st.Consul, console.ServiceName, 1)

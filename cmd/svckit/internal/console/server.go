@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -41,15 +42,17 @@ type server struct {
 	col    *collector
 	access DeadLetterAccess
 	token  string // the operator's; "" = requeueing is off
-	log    *slog.Logger
+	// openRead: the state is served without the token (--open-read).
+	openRead bool
+	log      *slog.Logger
 
 	streams   atomic.Int64
 	done      chan struct{} // closed at shutdown: the event streams end
 	closeOnce sync.Once
 }
 
-func newServer(col *collector, access DeadLetterAccess, token string, log *slog.Logger) *server {
-	return &server{col: col, access: access, token: token, log: log, done: make(chan struct{})}
+func newServer(col *collector, access DeadLetterAccess, token string, openRead bool, log *slog.Logger) *server {
+	return &server{col: col, access: access, token: token, openRead: openRead, log: log, done: make(chan struct{})}
 }
 
 // Mux is where the routes go (the service's *health.Server).
@@ -61,8 +64,8 @@ func (s *server) register(mux Mux) {
 	mux.Handle("GET /{$}", asset("web/index.html"))
 	mux.Handle("GET /console.css", asset("web/console.css"))
 	mux.Handle("GET /console.js", asset("web/console.js"))
-	mux.Handle("GET /api/state", http.HandlerFunc(s.serveState))
-	mux.Handle("GET /api/events", http.HandlerFunc(s.serveEvents))
+	mux.Handle("GET /api/state", s.reader(s.serveState))
+	mux.Handle("GET /api/events", s.reader(s.serveEvents))
 	mux.Handle("POST /api/deadletters/requeue", http.HandlerFunc(s.serveRequeue))
 }
 
@@ -89,6 +92,66 @@ func asset(name string) http.Handler {
 		w.Header().Set("Content-Type", ctype)
 		_, _ = w.Write(b)
 	})
+}
+
+// reader admits the requests that may read the state: with the
+// operator's token (Authorization: Bearer, never a cookie or the query
+// string), or, with --open-read, any request whose Host is an address or
+// localhost. The page and its assets hold no data and are served to
+// anyone; the page asks for the token when the state is refused.
+func (s *server) reader(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if why := crossSite(r); why != "" {
+			refuse(w, http.StatusForbidden, why)
+			return
+		}
+		if s.openRead {
+			if why := rebound(r.Host); why != "" {
+				refuse(w, http.StatusForbidden, why)
+				return
+			}
+			h(w, r)
+			return
+		}
+		if why := s.authorized(r); why != "" {
+			refuse(w, http.StatusUnauthorized, why)
+			return
+		}
+		h(w, r)
+	})
+}
+
+// authorized says why r does not carry the operator's token ("" when it
+// does).
+func (s *server) authorized(r *http.Request) string {
+	if r.URL.RawQuery != "" {
+		return "nothing is taken from the query string: send the token as Authorization: Bearer <token>"
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		return "the operator's token is required: Authorization: Bearer <token> (the console's --operator-token-file)"
+	}
+	if !sameSecret(tok, s.token) {
+		return "wrong operator token"
+	}
+	return ""
+}
+
+// rebound says why a Host header is not one the open console answers
+// ("" when it is): an IP address, or localhost. Any other name is
+// refused, so that a page of another site, whose name its owner made
+// resolve to the console's address (DNS rebinding), cannot read the
+// state as if it were the console's own origin.
+func rebound(host string) string {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if h == "" || net.ParseIP(h) != nil || strings.EqualFold(h, "localhost") {
+		return ""
+	}
+	return "Host " + oneLine(host) + " refused: the open console (--open-read) answers requests to an address or localhost only"
 }
 
 // serveState is GET /api/state: the latest state.
@@ -155,8 +218,8 @@ func (s *server) serveEvents(w http.ResponseWriter, r *http.Request) {
 // requeueRequest is POST /api/deadletters/requeue's body.
 type requeueRequest struct {
 	Topic string `json:"topic"`
-	// ID is a letter's id (as the state lists it), or "" or "all" for
-	// every dead letter of Topic.
+	// ID is a letter's id (as the state lists it), or "all" for every
+	// dead letter of Topic ("" is refused).
 	ID string `json:"id"`
 }
 
@@ -174,17 +237,8 @@ func (s *server) serveRequeue(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, "requeueing is off: the console was started without --operator-token-file (or --operator-token)")
 		return
 	}
-	if r.URL.RawQuery != "" {
-		refuse(w, http.StatusUnauthorized, "nothing is taken from the query string: send the token as Authorization: Bearer <token> and the topic in the JSON body")
-		return
-	}
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || tok == "" {
-		refuse(w, http.StatusUnauthorized, "the operator's token is required: Authorization: Bearer <token> (the console's --operator-token-file)")
-		return
-	}
-	if !sameSecret(tok, s.token) {
-		refuse(w, http.StatusUnauthorized, "wrong operator token")
+	if why := s.authorized(r); why != "" {
+		refuse(w, http.StatusUnauthorized, why)
 		return
 	}
 	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
@@ -202,7 +256,13 @@ func (s *server) serveRequeue(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusBadRequest, fmt.Sprintf("topic %q: not a valid NSQ topic name (its .dead topic must fit 64 characters)", req.Topic))
 		return
 	}
-	if req.ID == "all" {
+	switch req.ID {
+	case "":
+		// Every letter of a topic is a deliberate choice: a body that
+		// only forgot the id does not make it.
+		refuse(w, http.StatusBadRequest, "the body names no letter: want {\"topic\": T, \"id\": a letter's id, or \"all\" for every dead letter of T}")
+		return
+	case "all":
 		req.ID = ""
 	}
 	// Not the request's context: a requeue that published must go on to

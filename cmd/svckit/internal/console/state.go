@@ -75,7 +75,10 @@ type NSQD struct {
 	Node        string `json:"node"`
 	Address     string `json:"address"`      // TCP, as registered
 	HTTPAddress string `json:"http_address"` // from the meta http_port; "" when not registered
-	Health      string `json:"health"`       // Consul's: passing, warning, critical
+	// StatsAddress is where svckit nsqd-stats serves its /stats (the
+	// meta stats_port, in the datacenters); "" when not registered.
+	StatsAddress string `json:"stats_address"`
+	Health       string `json:"health"` // Consul's: passing, warning, critical
 	// Up: its GET /stats answered in the last collection.
 	Up        bool       `json:"up"`
 	Error     string     `json:"error,omitempty"`

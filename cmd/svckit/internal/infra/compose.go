@@ -443,8 +443,23 @@ func role(c Container) string {
 	if isNSQAuth(name, c) {
 		return NSQAuthRole // the svckit image running `nsqauth serve`
 	}
+	if name == "svckit" {
+		// the svckit image running the console or nsqd-stats
+		switch prog := svckitCommand(c); {
+		case len(prog) > 0 && prog[0] == ConsoleRole:
+			return ConsoleRole
+		case len(prog) > 0 && prog[0] == NSQDStatsRole:
+			return NSQDStatsRole
+		}
+	}
 	return name
 }
+
+// The roles of the svckit image besides nsqauth.
+const (
+	ConsoleRole   = "console"
+	NSQDStatsRole = "nsqd-stats"
+)
 
 func validRestart(r string) bool {
 	switch r {

@@ -97,16 +97,21 @@ func flagValues(args []string, name string) []string {
 // isNSQAuth reports whether a container of the svckit image runs the
 // authorization server (its command is `nsqauth serve …`).
 func isNSQAuth(name string, c Container) bool {
+	prog := svckitCommand(c)
+	return name == "svckit" && len(prog) >= 2 && prog[0] == "nsqauth" && prog[1] == "serve"
+}
+
+// svckitCommand is the svckit command line a container of the svckit
+// image runs (its entrypoint is /bin/svckit), without the program.
+func svckitCommand(c Container) []string {
 	prog := slices.Clone(c.Entrypoint)
 	if len(prog) > 0 && path0(prog[0]) == "svckit" {
 		prog = prog[1:]
 	}
 	if len(prog) == 0 {
-		prog = c.Command
-	} else {
-		prog = append(prog, c.Command...)
+		return c.Command
 	}
-	return name == "svckit" && len(prog) >= 2 && prog[0] == "nsqauth" && prog[1] == "serve"
+	return append(prog, c.Command...)
 }
 
 func path0(p string) string {

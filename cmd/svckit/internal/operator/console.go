@@ -25,9 +25,11 @@ func consoleCommand() *cli.Command {
 what), every nsqd's /stats, the stream owners' and tracking consumers'
 /streams and the services' local dead letters, and serves them as a page
 (GET /), as JSON (GET /api/state) and as server-sent events (GET
-/api/events). It registers in Consul as "console". Requeueing dead letters
-from the page needs --operator-token-file; reading is open to whoever
-reaches --http-addr (loopback by default).`,
+/api/events). It registers in Consul as "console". Reading the state and
+requeueing dead letters need the operator's token (--operator-token-file),
+which the page asks for; --open-read serves the state without it, for a
+console whose --http-addr only the operator reaches (the laptop's
+loopback).`,
 		SkipFlagParsing: true,
 		Action: func(c *cli.Context) error {
 			code := service.Main(append([]string{"svckit console"}, c.Args().Slice()...), c.App.Writer, c.App.ErrWriter, ConsoleSpec(c.App.Version))

@@ -56,7 +56,7 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer, version stri
 		}, nsqFlags()...),
 		OnUsageError:   func(_ *cli.Context, err error, _ bool) error { return usageError{err} },
 		ExitErrHandler: func(*cli.Context, error) {},
-		Commands:       []*cli.Command{replayCommand(), deadletterCommand(), benchCommand(), infraCommand(), probeCommand(), streamCommand(), nsqauthCommand(), aclCommand(), secretsCommand(), consoleCommand()},
+		Commands:       []*cli.Command{replayCommand(), deadletterCommand(), benchCommand(), infraCommand(), probeCommand(), streamCommand(), nsqauthCommand(), aclCommand(), secretsCommand(), consoleCommand(), nsqdStatsCommand()},
 	}
 	for _, c := range app.Commands {
 		c.OnUsageError = app.OnUsageError

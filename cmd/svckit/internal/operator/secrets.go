@@ -20,6 +20,10 @@ import (
 	"github.com/urfave/cli/v2"
 )
 
+// ConsoleTokenFile is the operator's token for the console, in a
+// datacenter's secrets.
+const ConsoleTokenFile = "operator.token"
+
 func secretsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "secrets",
@@ -33,6 +37,8 @@ func secretsCommand() *cli.Command {
   management.token               the operator's Consul management token (the servers'
                                  initial_management: Consul's from the first leader)
   replay.secret                  the replay endpoints' shared secret
+  operator.token                 the operator's token for the console (svckit console
+                                 --operator-token-file): reading its page, requeueing
   tokens/<service>.token         a Consul token secret per --service
   tokens/agent-<host>.token      the Consul agent token of each --host
   hosts/<host>/consul.hcl        the agent's configuration: gossip encryption, TLS
@@ -47,6 +53,9 @@ func secretsCommand() *cli.Command {
   hosts/<host>/nsqauth.pem, nsqauth-key.pem
                                  its nsqauth's (nsqauth, <host>-nsqauth, localhost,
                                  127.0.0.1): nsqd asks it over HTTPS
+  hosts/<host>/console.pem, console-key.pem
+                                 its console's (console, <host>-console, localhost,
+                                 127.0.0.1): the page is served over HTTPS
 The paths in consul.hcl are where --out is mounted in the container
 (--mount). The tokens become real with 'svckit acl apply --tokens <out>/tokens',
 which keeps these secrets. Running init again makes only what is missing (a
@@ -136,6 +145,10 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 	if err := keep("management.token", token); err != nil {
 		return nil, err
 	}
+	// The console's: reading its page and requeueing dead letters.
+	if err := keep(ConsoleTokenFile, random(32)); err != nil {
+		return nil, err
+	}
 	for _, s := range services {
 		if err := keep(filepath.Join("tokens", s+".token"), token); err != nil {
 			return nil, err
@@ -193,6 +206,9 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 			// nsqd asks nsqauth over HTTPS: an NSQ secret never crosses
 			// the network in clear.
 			{"nsqauth", []string{"nsqauth", h + "-nsqauth", "localhost"}},
+			// The console serves its page over HTTPS: the operator's
+			// token crosses the network to it.
+			{"console", []string{"console", h + "-console", "localhost"}},
 		} {
 			certPath := filepath.Join(dir, leaf.name+".pem")
 			if _, err := os.Lstat(filepath.Join(out, certPath)); err == nil {

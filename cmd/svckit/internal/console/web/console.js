@@ -1,5 +1,7 @@
 // svckit console: draws GET /api/state, kept up to date by the "state"
-// events of GET /api/events. Plain JavaScript, nothing loaded from
+// events of GET /api/events (body[data-connection]: connecting, live,
+// reconnecting, or token: the reading was refused for want of the
+// operator's token). Plain JavaScript, nothing loaded from
 // elsewhere. Every figure carries a stable id or data-* attribute, so
 // that a test can read the page from the DOM:
 //   #banner[data-stale|data-consul-down|data-nsqd-down]
@@ -71,12 +73,17 @@
     return true;
   }
 
-  // --- the operator's token: in sessionStorage, sent only by requeue ---
+  // --- the operator's token: in sessionStorage, sent in the -------------
+  // Authorization header by the state's reading (where the console needs
+  // it: a datacenter's) and by requeue; never a cookie or a query string.
   const tokenInput = document.getElementById('operator-token');
   tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || '';
+  const token = () => tokenInput.value || sessionStorage.getItem(TOKEN_KEY) || '';
   tokenInput.addEventListener('change', () => {
     if (tokenInput.value) sessionStorage.setItem(TOKEN_KEY, tokenInput.value);
     else sessionStorage.removeItem(TOKEN_KEY);
+    // A reading refused for want of the token tries again with it.
+    if (document.body.dataset.connection === 'token') reconnect();
   });
   document.getElementById('operator-token-forget').addEventListener('click', () => {
     tokenInput.value = '';
@@ -90,22 +97,67 @@
     document.body.dataset.connection = s;
     c.textContent = text;
   }
-  function connect() {
-    // EventSource reconnects by itself (the server asks for 2 s).
-    const es = new EventSource('api/events');
-    es.addEventListener('state', ev => {
-      let st;
-      try { st = JSON.parse(ev.data); } catch (e) { return; }
-      lastEventAt = Date.now();
-      if (st.generated_at !== lastGenerated) {
-        lastGenerated = st.generated_at;
-        generatedChangedAt = lastEventAt;
+  function onState(data) {
+    let st;
+    try { st = JSON.parse(data); } catch (e) { return; }
+    lastEventAt = Date.now();
+    if (st.generated_at !== lastGenerated) {
+      lastGenerated = st.generated_at;
+      generatedChangedAt = lastEventAt;
+    }
+    current = st;
+    setConnection('live', 'live');
+    render(st);
+  }
+  // The events are read with fetch rather than EventSource, which cannot
+  // send an Authorization header. One reading at a time: a new one (the
+  // token changed) aborts the old.
+  let reading = null;
+  let retry = null;
+  function reconnect() {
+    if (reading) reading.abort();
+    clearTimeout(retry);
+    connect();
+  }
+  async function connect() {
+    const ctl = new AbortController();
+    reading = ctl;
+    const headers = { 'Accept': 'text/event-stream' };
+    if (token()) headers['Authorization'] = 'Bearer ' + token();
+    try {
+      const resp = await fetch('api/events', { headers, signal: ctl.signal, cache: 'no-store' });
+      if (resp.status === 401 || resp.status === 403) {
+        const why = (await resp.text()).trim();
+        setConnection('token', (token() ? 'refused: ' + why : 'enter the operator token to read the console') +
+          ' (the file its --operator-token-file names; in a datacenter operator.token among its secrets)');
+        if (!token()) tokenInput.focus();
+        return; // the token's change reconnects
       }
-      current = st;
-      setConnection('live', 'live');
-      render(st);
-    });
-    es.addEventListener('error', () => setConnection('reconnecting', 'reconnecting…'));
+      if (!resp.ok || !resp.body) throw new Error('HTTP ' + resp.status);
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let end;
+        while ((end = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let event = 'message', data = [];
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event: ')) event = line.slice(7);
+            else if (line.startsWith('data: ')) data.push(line.slice(6));
+          }
+          if (event === 'state' && data.length) onState(data.join('\n'));
+        }
+      }
+    } catch (e) {
+      if (ctl.signal.aborted) return;
+    }
+    if (reading !== ctl) return;
+    setConnection('reconnecting', 'reconnecting…');
+    retry = setTimeout(connect, 2000);
   }
 
   // --- rendering -------------------------------------------------------
