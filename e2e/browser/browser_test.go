@@ -76,6 +76,16 @@ func TestConsolePageInChromium(t *testing.T) {
 			exMu.Unlock()
 		}
 	})
+	t.Cleanup(func() {
+		// A step that failed may have failed for a script error.
+		if t.Failed() {
+			exMu.Lock()
+			defer exMu.Unlock()
+			for _, e := range exceptions {
+				t.Logf("the page threw: %s", e)
+			}
+		}
+	})
 
 	st := testenv.StartStack(t)
 	common := func(dataDir string, more ...string) []string {
@@ -223,6 +233,14 @@ func TestConsolePageInChromium(t *testing.T) {
 	// page asks for the operator's token before it shows anything, says
 	// a wrong one was refused, and goes live with the right one.
 	tokenRead(t, chrome, st.Consul, common(t.TempDir(), "--operator-token-file="+tokenFile), "stream-"+stream)
+	// The first page in front again: a hidden page keeps its history but
+	// does not draw.
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	err = pg.front(ctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("bringing the console's page to the front: %v", err)
+	}
 
 	// 1. The pipeline: the owner's and the tracker's services and the
 	// topic in the picture, joined by the tracker's channel; the stream
@@ -814,4 +832,9 @@ func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []st
 	typeIn(token)
 	wait("the page live with the token", func(l look) bool { return l.Connection == "live" && l.Stream })
 	t.Logf("0. with the token the page is live and shows the stream")
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pg.close(ctx); err != nil {
+		t.Fatalf("closing the second console's page: %v", err)
+	}
 }

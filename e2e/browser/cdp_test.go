@@ -163,6 +163,19 @@ func (c *chromium) call(ctx context.Context, session, method string, params, out
 type page struct {
 	c       *chromium
 	session string
+	target  string
+}
+
+// close closes the tab (the page that was before it in front is shown
+// again: a hidden page does not draw).
+func (p *page) close(ctx context.Context) error {
+	return p.c.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": p.target}, nil)
+}
+
+// front brings the tab to the front: the console's page draws only while
+// it is visible.
+func (p *page) front(ctx context.Context) error {
+	return p.c.call(ctx, p.session, "Page.bringToFront", nil, nil)
 }
 
 // open opens a tab, attaches to it, enables Runtime (its exceptions are
@@ -176,7 +189,7 @@ func (c *chromium) open(ctx context.Context, url string) (*page, error) {
 	if err := c.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &att); err != nil {
 		return nil, err
 	}
-	p := &page{c: c, session: att.SessionID}
+	p := &page{c: c, session: att.SessionID, target: target.TargetID}
 	if err := c.call(ctx, p.session, "Runtime.enable", nil, nil); err != nil {
 		return nil, err
 	}

@@ -1,6 +1,11 @@
 package service
 
 import (
+	"errors"
+	"net/http"
+	"slices"
+	"time"
+
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/stage"
@@ -25,6 +30,10 @@ type StageOptions struct {
 	// Middleware wraps the stage inside svckit's delivery policy (see
 	// pubsub.Middleware).
 	Middleware []pubsub.Middleware
+	// TailInterval is how often the stage asks Upstream for its streams'
+	// last sequences, for its lag; default 5s, a tracking consumer's
+	// (replay.TrackerOptions.TailInterval).
+	TailInterval time.Duration
 }
 
 // Stage runs a stage in this service: it consumes InTopic on Channel, runs
@@ -33,7 +42,21 @@ type StageOptions struct {
 // /replay and /snapshot for its outputs by relaying to Upstream. The
 // instance is tagged replay-relay and publishes=<OutTopic> in Consul, so
 // that downstream consumers (and `svckit replay --publish`) find it.
+//
+// It keeps the stage's lag in every stream it sees (its position: the
+// highest input finished; against Upstream's last sequence, asked every
+// TailInterval), exported as svckit_stream_lag_messages and
+// svckit_stream_lag_seconds, as a tracking consumer's, and served on GET
+// /stage (stage.StatusPath) behind the replay secret. A service runs one
+// stage: its relay and GET /stage are the service's.
 func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
+	// The replay server relays for one stage, and GET /stage is one
+	// route: a second stage would take the first one's relay over (and
+	// the HTTP server would panic on the route). The relay tag is what a
+	// stage leaves on its service.
+	if slices.Contains(s.tags, replay.RelayTag) {
+		return nil, UsageError{errors.New("this service already runs a stage (tag " + replay.RelayTag + "): run another stage as a service of its own")}
+	}
 	out, err := s.Batcher(o.OutTopic)
 	if err != nil {
 		return nil, err
@@ -45,6 +68,10 @@ func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
 	st, err := stage.New(stage.Options{
 		Name: s.Config.Name, Transform: o.Transform, Append: o.Append, Snapshot: o.Snapshot, Out: out,
 		Upstream: up, Secret: s.Config.ReplaySecret, Logger: s.Log,
+		// The service's one set of replay collectors: a tracker, an owner
+		// or the replay server of the same service write the same ones,
+		// registered once.
+		Metrics: s.ReplayMetrics(), TailInterval: o.TailInterval,
 	})
 	if err != nil {
 		return nil, UsageError{err}
@@ -53,6 +80,11 @@ func (s *Service) Stage(o StageOptions) (*stage.Stage, error) {
 		return nil, UsageError{err}
 	}
 	s.replayServer().SetRelay(st)
+	// The stage's lag in its streams shows the pipeline's data, as a
+	// tracker's /streams does: with a replay secret, only its holders
+	// read it (the console signs its requests with it).
+	s.HTTP.Handle("GET "+stage.StatusPath, replay.RequireSecret(s.Config.ReplaySecret, s.Config.Name, http.HandlerFunc(st.ServeStatus)))
+	s.Go(st.Run) // the upstream's last sequences, the lag gauges
 	s.AddTags(replay.RelayTag, replay.PublishesTag(o.OutTopic), replay.ConsumesTag(o.InTopic))
 	return st, nil
 }

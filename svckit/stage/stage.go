@@ -17,6 +17,13 @@
 // (Relay). Any passing instance can serve, so downstream consumers recover
 // what they missed from their direct upstream, and chains of stages work:
 // app → stage → stage → sensor.
+//
+// A stage also knows its lag in every stream it sees (lag.go): the
+// highest input it finished against the last sequence its upstream
+// reports, exported as a tracking consumer's lag is
+// (svckit_stream_lag_messages, svckit_stream_lag_seconds) and served on
+// GET /stage. Keeping it costs an input two lock-free map lookups and a
+// short lock of its stream.
 package stage
 
 import (
@@ -26,8 +33,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/pubsub"
@@ -88,12 +98,26 @@ type Options struct {
 	Secret   string       // the upstream's replay secret
 	HTTP     *http.Client // for the upstream; default: a client with a 60s timeout
 	Logger   *slog.Logger // nil = discard
+	// TailInterval is how often Run asks the upstream for its streams'
+	// last sequences, for the stage's lag; default 5s, as a Tracker's
+	// (replay.TrackerOptions.TailInterval).
+	TailInterval time.Duration
+	// Metrics gets the stage's lag (LagMessages, LagSeconds, by stream);
+	// nil = replay.NewMetrics on a registry of its own (not exported).
+	// Service.Stage gives the service's, shared with its other replay
+	// roles: the collectors are registered once per registry.
+	Metrics *replay.Metrics
 }
 
-// Stage is a running stage: a pubsub.Handler for its input, and a
-// replay.Source relaying for its outputs.
+// Stage is a running stage: a pubsub.Handler for its input, a
+// replay.Source relaying for its outputs, and its lag in every stream
+// (lag.go).
 type Stage struct {
-	o Options
+	o   Options
+	lag *lagBook
+	// h is handle inside the OnOutcome layer that moves a stream's
+	// position when an input is finished.
+	h pubsub.Handler
 }
 
 // New checks the options and returns the stage.
@@ -110,7 +134,15 @@ func New(o Options) (*Stage, error) {
 	if o.Logger == nil {
 		o.Logger = logging.Discard()
 	}
-	return &Stage{o: o}, nil
+	if o.TailInterval <= 0 {
+		o.TailInterval = 5 * time.Second
+	}
+	if o.Metrics == nil {
+		o.Metrics = replay.NewMetrics(prometheus.NewRegistry())
+	}
+	s := &Stage{o: o, lag: newLagBook(o.Metrics)}
+	s.h = pubsub.OnOutcome(s.finishedHook)(pubsub.HandlerFunc(s.handle))
+	return s, nil
 }
 
 // errNestedSplit: a stage may keep a split input's parts 1:1, not split
@@ -189,9 +221,14 @@ func (s *Stage) deadMarker(in envelope.Envelope, err error) envelope.Envelope {
 
 // HandleMessage implements pubsub.Handler: the input is finished when
 // nsqd acknowledged all its outputs, so a crash means redelivery, never
-// loss.
+// loss. Its stream's position moves then (lag.go).
 func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
+	return s.h.HandleMessage(ctx, m)
+}
+
+func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
+	s.lag.arrived(in.Stream, in.Seq, in.Created)
 	var one envelope.Envelope
 	envs, err := s.outputs(ctx, in, &one, nil)
 	if err != nil {
@@ -202,11 +239,15 @@ func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 		// Dead-lettered here: tell downstream first, then let the
 		// consumer dead-letter the input.
 		done := m.Async()
+		stream, seq, created := in.Stream, in.Seq, in.Created
 		s.o.Out.PublishEnvelopeAsync(ctx, s.deadMarker(in, err), func(merr error) {
 			if merr != nil {
 				done(merr) // the input comes again; so will the marker
 				return
 			}
+			// Handled, for downstream: the marker stands for it (the
+			// outcome is an error, which the position's hook skips).
+			s.lag.finished(stream, seq, created)
 			done(err)
 		})
 		return nil
@@ -225,32 +266,13 @@ func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
 	if s.o.Upstream == nil {
 		return nil, nil
 	}
-	c := s.client()
-	// Asked all at once, each for at most 2 s (the asker's own timeout is
-	// longer): one upstream that does not answer must not hide the others'
-	// streams.
-	type answer struct {
-		id  string
-		st  []replay.Status
-		err error
-	}
-	ins := s.o.Upstream.Instances()
-	answers := make(chan answer, len(ins))
-	for _, in := range ins {
-		go func() {
-			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			defer cancel()
-			st, err := c.Streams(rctx, in.Addr())
-			answers <- answer{in.ID, st, err}
-		}()
-	}
+	answers := s.askUpstream(ctx)
 	last := map[string]replay.Status{}
 	var errs []error
 	answered := false
-	for range ins {
-		a := <-answers
+	for _, a := range answers {
 		if a.err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", a.id, a.err))
+			errs = append(errs, fmt.Errorf("%s: %w", a.in, a.err))
 			continue
 		}
 		answered = true
@@ -268,6 +290,34 @@ func (s *Stage) Streams(ctx context.Context) ([]replay.Status, error) {
 		out = append(out, x)
 	}
 	return out, nil
+}
+
+// askUpstream asks every upstream instance for its /streams, all at once,
+// each for at most 2 s (an asker's own timeout is longer): one upstream
+// that does not answer must not hide the others' streams. Called with an
+// upstream only.
+func (s *Stage) askUpstream(ctx context.Context) []upstreamAnswer {
+	c := s.client()
+	ins := s.o.Upstream.Instances()
+	answers := make([]upstreamAnswer, len(ins))
+	var wg sync.WaitGroup
+	for i, in := range ins {
+		answers[i].in = in.ID
+		for _, t := range in.Tags {
+			if id, ok := strings.CutPrefix(t, replay.OwnerTag("")); ok {
+				answers[i].own = append(answers[i].own, id)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			answers[i].st, answers[i].err = c.Streams(rctx, in.Addr())
+		}()
+	}
+	wg.Wait()
+	return answers
 }
 
 // upstream picks the instance that serves stream: its owner, else any

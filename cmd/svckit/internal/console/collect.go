@@ -48,6 +48,9 @@ type collector struct {
 	encoded []byte
 	changed chan struct{} // closed when a new state is published
 	at      time.Time     // when the last state was published
+	// history is GET /api/lag-history's answer, made at historyAt.
+	history   []byte
+	historyAt time.Time
 
 	dl dlListings
 }
@@ -126,6 +129,7 @@ func (c *collector) collect(ctx context.Context) {
 	c.buildDeadLetters(ctx, st, deadInNSQD, localAnswers, now)
 	c.rates.end()
 	c.publish(st)
+	c.publishHistory(now)
 }
 
 // publish makes st the latest state and wakes the event streams.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/stage"
 )
 
 // ownerAnswer is one owner instance's GET /streams.
@@ -22,12 +23,22 @@ type ownerAnswer struct {
 	err      error
 }
 
-// trackerAnswer is one tracking consumer's GET /streams.
+// trackerAnswer is one tracking consumer's GET /streams (kind
+// kindTracker), or one stage instance's GET /stage (kindStage, in lags):
+// both are asked in the same round (askTrackers).
 type trackerAnswer struct {
 	in       discovery.Instance
+	kind     string
 	statuses []replay.StreamStatus
+	lags     []stage.StreamLag
 	err      error
 }
+
+// The kinds of StreamConsumer.
+const (
+	kindTracker = "tracker"
+	kindStage   = "stage"
+)
 
 // ownerMemory is a stream's owner as last seen: kept while it does not
 // answer, so that the stream's numbers stay (marked down) instead of
@@ -42,18 +53,23 @@ type ownerMemory struct {
 	rate                              rateWindow
 }
 
-// consumerKey is one tracking consumer instance's position in one stream.
-type consumerKey struct{ instance, stream string }
+// consumerKey is one tracking consumer instance's (kind kindTracker,
+// instance its id) or one stage's (kindStage, instance its service name:
+// a stage is one row per service) position in one stream.
+type consumerKey struct{ kind, instance, stream string }
 
-// consumerMemory is a tracking consumer's last answer about a stream,
-// and its lag history.
+// consumerMemory is a tracking consumer's or a stage's last answer about
+// a stream, and its lag history. A stage's answer is in status as a
+// tracker's would be (LastContiguous its position, OwnerLast its
+// upstream's last).
 type consumerMemory struct {
 	service, address    string
+	instances           []string // a stage's instances that reported the stream
 	status              replay.StreamStatus
 	up                  bool
 	err                 string
 	downSince, lastSeen time.Time
-	history             []LagPoint
+	history             lagHistory
 }
 
 // askOwners asks every instance tagged stream=<id> for its /streams.
@@ -78,18 +94,24 @@ func (c *collector) askOwners(ctx context.Context, wg *sync.WaitGroup, view cons
 	return out
 }
 
-// askTrackers asks every instance tagged replay-tracker for its /streams.
+// askTrackers asks every instance tagged replay-tracker for its /streams,
+// and every one tagged replay-relay (a stage) for its /stage
+// (collect_stages.go): the consumers' positions, in one round, each
+// request signed as every /streams request is.
 func (c *collector) askTrackers(ctx context.Context, wg *sync.WaitGroup, view consulView) []trackerAnswer {
-	ins := view.tagged(func(in discovery.Instance) bool { return in.HasTag(replay.TrackerTag) })
-	out := make([]trackerAnswer, len(ins))
-	for i, in := range ins {
-		out[i].in = in
+	trackers := view.tagged(func(in discovery.Instance) bool { return in.HasTag(replay.TrackerTag) })
+	stages := stageInstances(view)
+	// One slice, made before any goroutine writes to it.
+	out := make([]trackerAnswer, len(trackers)+len(stages))
+	for i, in := range trackers {
+		out[i].in, out[i].kind = in, kindTracker
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			out[i].err = getJSON(ctx, c.streamsClient(in.Service), in.Addr(), "/streams", &out[i].statuses)
 		}()
 	}
+	c.askStages(ctx, wg, stages, out[len(trackers):])
 	return out
 }
 
@@ -171,13 +193,16 @@ func (c *collector) buildStreams(st *State, view consulView, owners []ownerAnswe
 	trackerErr := map[string]error{}
 	trackerIn := map[string]discovery.Instance{}
 	for _, a := range trackers {
+		if a.kind != kindTracker {
+			continue
+		}
 		trackerIn[a.in.ID] = a.in
 		if a.err != nil {
 			trackerErr[a.in.ID] = a.err
 			continue
 		}
 		for _, s := range a.statuses {
-			k := consumerKey{a.in.ID, s.Stream}
+			k := consumerKey{kindTracker, a.in.ID, s.Stream}
 			reported[k] = true
 			m := c.consumers[k]
 			if m == nil {
@@ -189,7 +214,7 @@ func (c *collector) buildStreams(st *State, view consulView, owners []ownerAnswe
 		}
 	}
 	for k, m := range c.consumers {
-		if reported[k] {
+		if k.kind != kindTracker || reported[k] {
 			continue
 		}
 		switch in, ok := trackerIn[k.instance]; {
@@ -209,10 +234,13 @@ func (c *collector) buildStreams(st *State, view consulView, owners []ownerAnswe
 		}
 	}
 	for k, m := range c.consumers {
-		if _, ok := trackerIn[k.instance]; !ok && now.Sub(m.lastSeen) > c.o.ForgetAfter {
+		if _, ok := trackerIn[k.instance]; k.kind == kindTracker && !ok && now.Sub(m.lastSeen) > c.o.ForgetAfter {
 			delete(c.consumers, k)
 		}
 	}
+
+	// Stages: their memory, as the trackers' (collect_stages.go).
+	c.buildStages(view, trackers, now)
 
 	streams := map[string]*Stream{}
 	stream := func(id string) *Stream {
@@ -244,14 +272,17 @@ func (c *collector) buildStreams(st *State, view consulView, owners []ownerAnswe
 		if keys[i].stream != keys[j].stream {
 			return keys[i].stream < keys[j].stream
 		}
+		if keys[i].kind != keys[j].kind {
+			// The stages first: the pipeline's order.
+			return keys[i].kind == kindStage
+		}
 		return keys[i].instance < keys[j].instance
 	})
 	for _, k := range keys {
 		m := c.consumers[k]
 		s := stream(k.stream)
 		sc := m.position(k, s.LastSeq, now)
-		m.history = appendHistory(m.history, LagPoint{float64(now.UnixMilli()), float64(sc.LagMessages), sc.LagSeconds}, now)
-		sc.LagHistory = m.history
+		m.history.add(now, sc.LagMessages, sc.LagSeconds)
 		s.Consumers = append(s.Consumers, sc)
 	}
 	st.Streams = make([]Stream, 0, len(streams))
@@ -278,12 +309,13 @@ func (m *consumerMemory) markDown(now time.Time, why string) {
 // of its own account and the owner's current last sequence less its
 // position; while it does not answer, its last position stays and the
 // lag grows with the owner's last sequence (in seconds: what it was,
-// plus the time since it was last seen, an upper bound).
+// plus the time since it was last seen, an upper bound). A stage's is
+// computed the same way, from its position.
 func (m *consumerMemory) position(k consumerKey, ownerLast uint64, now time.Time) StreamConsumer {
 	s := m.status
-	sc := StreamConsumer{Consumer: k.instance, Service: m.service, Address: m.address, Up: m.up, Error: m.err,
-		DownSince: since(m.downSince), LastSeen: since(m.lastSeen),
-		LastContiguous: s.LastContiguous, Applied: s.Applied, Duplicates: s.Duplicates, Gaps: s.Gaps,
+	sc := StreamConsumer{Kind: k.kind, Consumer: k.instance, Service: m.service, Address: m.address, Instances: m.instances,
+		Up: m.up, Error: m.err, DownSince: since(m.downSince), LastSeen: since(m.lastSeen),
+		Position: s.LastContiguous, LastContiguous: s.LastContiguous, Applied: s.Applied, Duplicates: s.Duplicates, Gaps: s.Gaps,
 		OwnerLast: s.OwnerLast, LagMessages: s.LagMessages, LagSeconds: s.LagSeconds, Replay: s.Replay,
 		Snapshots: s.Snapshots, LastError: s.LastError}
 	if sc.Gaps == nil {
@@ -301,18 +333,4 @@ func (m *consumerMemory) position(k consumerKey, ownerLast uint64, now time.Time
 		}
 	}
 	return sc
-}
-
-// appendHistory adds p and drops the points older than HistoryWindow.
-// The slice is a new one when points are dropped, so that a published
-// state never shares an array that is written after it.
-func appendHistory(h []LagPoint, p LagPoint, now time.Time) []LagPoint {
-	cut := float64(now.Add(-HistoryWindow).UnixMilli())
-	i := 0
-	for i < len(h) && h[i][0] < cut {
-		i++
-	}
-	out := make([]LagPoint, 0, len(h)-i+1)
-	out = append(out, h[i:]...)
-	return append(out, p)
 }

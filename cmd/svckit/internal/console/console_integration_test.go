@@ -23,6 +23,7 @@ import (
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/retainlog"
 	"github.com/svckit/svckit/svckit/service"
+	"github.com/svckit/svckit/svckit/stage"
 	"github.com/svckit/svckit/svckit/testenv"
 	"github.com/urfave/cli/v2"
 )
@@ -41,6 +42,9 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 			"--nsq-lookupd-poll-interval=1s", "--shutdown-timeout=5s"}, more...)
 	}
 	const stream, ticks, orders = "console-s1", "ticks", "orders"
+	// A second stream, quiet: 10 messages, then only what the test
+	// publishes; a stage consumes it.
+	const quietStream, quiet, quietOut, quietFirst = "console-s2", "quiet", "quiet-out", 10
 
 	// The owner publishes 20 messages a second to ticks.
 	owner := start(t, "owner", nil, common(), func(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
@@ -66,6 +70,28 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 	})
 	defer owner.stop(t)
 
+	// The quiet stream's owner: a service of its own (the console reads a
+	// stream's topic from its owner's publishes= tag, one per service).
+	var quietOwner *replay.Owner // set by the setup, before start returns
+	quietSvc := start(t, "quietowner", nil, common(), func(c *cli.Context, s *service.Service) (func(context.Context) error, error) {
+		var err error
+		quietOwner, err = s.OpenStream(c.Context, service.StreamOptions{Stream: quietStream, Topic: quiet, Owner: replay.OwnerOptions{
+			Log: retainlog.DefaultOptions(""), ContentType: "text/plain"}})
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context) error {
+			for i := 1; i <= quietFirst; i++ {
+				if _, err := quietOwner.Publish(ctx, []byte(strconv.Itoa(i)), ""); err != nil {
+					return err
+				}
+			}
+			<-ctx.Done() // the loop's return would stop the service
+			return nil
+		}, nil
+	})
+	defer quietSvc.stop(t)
+
 	// A tracking consumer of ticks (service.Track: tags replay-tracker and
 	// consumes=ticks, GET /streams).
 	tracker := start(t, "tracker", nil, common(), func(_ *cli.Context, s *service.Service) (func(context.Context) error, error) {
@@ -76,6 +102,24 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 	defer func() {
 		if !trackerStopped {
 			tracker.stop(t)
+		}
+	}()
+
+	// A stage of the quiet stream (service.Stage: tags replay-relay and
+	// consumes=quiet, GET /stage), asking the owner for its last
+	// sequences every 500 ms.
+	stageSvc := start(t, "stage", nil, common(), func(_ *cli.Context, s *service.Service) (func(context.Context) error, error) {
+		_, err := s.Stage(service.StageOptions{InTopic: quiet, Channel: "stage", OutTopic: quietOut, Upstream: "quietowner",
+			TailInterval: 500 * time.Millisecond,
+			Transform: func(_ context.Context, in envelope.Envelope) ([]stage.Output, error) {
+				return []stage.Output{{ContentType: in.ContentType, Payload: in.Payload}}, nil
+			}})
+		return nil, err
+	})
+	stageStopped := false
+	defer func() {
+		if !stageStopped {
+			stageSvc.stop(t)
 		}
 	}()
 
@@ -137,7 +181,7 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 			return fmt.Sprintf("stream: %+v", sm)
 		}
 		c := findConsumer(sm, trackerID)
-		if c == nil || !c.Up || c.LastContiguous == 0 || c.Service != "tracker" || len(c.LagHistory) == 0 || c.LagEstimated {
+		if c == nil || !c.Up || c.LastContiguous == 0 || c.Service != "tracker" || c.LagEstimated {
 			return fmt.Sprintf("consumer: %+v", c)
 		}
 		return ""
@@ -147,6 +191,57 @@ func TestConsoleShowsPipelineLagAndDeadLetters(t *testing.T) {
 	if s.NSQDDown || !s.Consul.OK || len(s.NSQDs) != 1 || !s.NSQDs[0].Up || s.Version != console.StateVersion {
 		t.Errorf("state: nsqd_down %v, consul %+v, nsqds %+v, version %d", s.NSQDDown, s.Consul, s.NSQDs, s.Version)
 	}
+	if c := findConsumer(findStream(&s, stream), trackerID); c.Kind != "tracker" || c.Position != c.LastContiguous {
+		t.Errorf("the tracker's row: kind %q, position %d, last_contiguous %d", c.Kind, c.Position, c.LastContiguous)
+	}
+	// The lag history a page starts from: not in the state, but at GET
+	// /api/lag-history, the tracker's there with its points.
+	// It is made once per 10 s bucket: within two of them.
+	testenv.WaitFor(t, 2*console.HistoryBucket+5*time.Second, "the tracker's points in GET /api/lag-history", func() bool {
+		return len(lagHistoryOf(t, base, "tracker", trackerID, stream)) > 0
+	})
+
+	// The stage's row in the quiet stream: one per stage service, caught
+	// up (lag 0) with what the owner published.
+	stageID := stageSvc.s.Config.InstanceID
+	var caught console.StreamConsumer
+	waitState(t, base, 60*time.Second, "the stage's row in "+quietStream+", caught up", &s, func(s *console.State) string {
+		sm := findStream(s, quietStream)
+		if sm == nil || sm.LastSeq != quietFirst || sm.Topic != quiet {
+			return fmt.Sprintf("stream %s: %+v", quietStream, sm)
+		}
+		c := findStage(sm, "stage")
+		if c == nil || !c.Up || c.Service != "stage" || c.Position != quietFirst || c.LastContiguous != quietFirst ||
+			c.OwnerLast != quietFirst || c.LagMessages != 0 || c.LagSeconds != 0 || c.LagEstimated ||
+			len(c.Instances) != 1 || c.Instances[0] != stageID || c.Error != "" || c.LastError != "" {
+			return fmt.Sprintf("stage row: %+v", c)
+		}
+		if findStage(findStream(s, stream), "stage") != nil {
+			return "a stage row in " + stream + ", which the stage does not consume"
+		}
+		caught = *c
+		return ""
+	})
+	t.Logf("stage caught up: %+v", caught)
+
+	// The stage stops while the owner publishes: its row is marked down,
+	// keeps its position, and its lag rises with the owner's last.
+	stageSvc.stop(t)
+	stageStopped = true
+	for i := 1; i <= 5; i++ {
+		if _, err := quietOwner.Publish(context.Background(), []byte("more-"+strconv.Itoa(i)), ""); err != nil {
+			t.Fatalf("publishing to %s: %v", quietStream, err)
+		}
+	}
+	waitState(t, base, 60*time.Second, "the stopped stage marked down, 5 behind", &s, func(s *console.State) string {
+		c := findStage(findStream(s, quietStream), "stage")
+		if c == nil || c.Up || !c.LagEstimated || c.DownSince == nil || c.Error == "" || c.Position != quietFirst ||
+			c.LagMessages != 5 || c.LagSeconds <= 0 {
+			return fmt.Sprintf("stage row: %+v", c)
+		}
+		return ""
+	})
+	t.Logf("stopped stage: %q, lag %d", findStage(findStream(&s, quietStream), "stage").Error, findStage(findStream(&s, quietStream), "stage").LagMessages)
 
 	// The tracker stops: it is marked down, keeps its position, and its
 	// lag rises as the owner goes on publishing.
@@ -543,6 +638,19 @@ func findConsumer(s *console.Stream, instance string) *console.StreamConsumer {
 	return nil
 }
 
+// findStage is the row of the stage service name in s.
+func findStage(s *console.Stream, name string) *console.StreamConsumer {
+	if s == nil {
+		return nil
+	}
+	for i := range s.Consumers {
+		if s.Consumers[i].Kind == "stage" && s.Consumers[i].Consumer == name {
+			return &s.Consumers[i]
+		}
+	}
+	return nil
+}
+
 func findDeadLetters(s *console.State, topic string) *console.DeadLetterTopic {
 	for i := range s.DeadLetters {
 		if s.DeadLetters[i].Topic == topic {
@@ -559,4 +667,30 @@ func slicesHas(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// lagHistoryOf is one consumer's points in GET /api/lag-history.
+func lagHistoryOf(t *testing.T, base, kind, consumer, stream string) [][3]float64 {
+	t.Helper()
+	code, body, _ := get(t, base+"/api/lag-history")
+	if code != http.StatusOK {
+		t.Fatalf("GET /api/lag-history: HTTP %d %s", code, body)
+	}
+	var doc struct {
+		Version   int `json:"version"`
+		BucketMS  int `json:"bucket_ms"`
+		Consumers []struct {
+			Kind, Consumer, Stream string
+			Points                 [][3]float64
+		} `json:"consumers"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil || doc.Version != 1 || doc.BucketMS != 10000 {
+		t.Fatalf("GET /api/lag-history: %v, version %d, bucket %d ms", err, doc.Version, doc.BucketMS)
+	}
+	for _, c := range doc.Consumers {
+		if c.Kind == kind && c.Consumer == consumer && c.Stream == stream {
+			return c.Points
+		}
+	}
+	return nil
 }

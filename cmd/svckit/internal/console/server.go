@@ -66,6 +66,7 @@ func (s *server) register(mux Mux) {
 	mux.Handle("GET /console.js", asset("web/console.js"))
 	mux.Handle("GET /api/state", s.reader(s.serveState))
 	mux.Handle("GET /api/events", s.reader(s.serveEvents))
+	mux.Handle("GET /api/lag-history", s.reader(s.serveLagHistory))
 	mux.Handle("POST /api/deadletters/requeue", http.HandlerFunc(s.serveRequeue))
 }
 
@@ -167,9 +168,26 @@ func (s *server) serveState(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write(b)
 }
 
+// serveLagHistory is GET /api/lag-history: every consumer's lag over the
+// last HistoryWindow, one point per HistoryBucket (its highest lag), for
+// a page that has just connected; the page keeps the rest itself from the
+// states that follow.
+func (s *server) serveLagHistory(w http.ResponseWriter, _ *http.Request) {
+	b := s.col.lagHistory()
+	if b == nil {
+		http.Error(w, "no state collected yet", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(b)
+}
+
 // serveEvents is GET /api/events: server-sent events, a "state" event
 // with the latest state whenever one is collected, and at least every
-// Interval (the same state again when a collection is late).
+// Interval an event: the state, or, when a collection is late and there
+// is nothing newer, "alive".
 func (s *server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	if s.streams.Add(1) > maxEventStreams {
 		s.streams.Add(-1)
@@ -198,10 +216,22 @@ func (s *server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	tick := time.NewTimer(Interval)
 	defer tick.Stop()
+	var sent []byte
 	for {
 		b, changed := s.col.latest()
-		if b != nil && !write([]byte("event: state\ndata: "), b, []byte("\n\n")) {
-			return
+		switch {
+		case b == nil:
+		case len(sent) > 0 && &sent[0] == &b[0]:
+			// Nothing newer (a collection is late): a page is told the
+			// console is alive rather than sent the same state again.
+			if !write([]byte("event: alive\ndata: {}\n\n")) {
+				return
+			}
+		default:
+			if !write([]byte("event: state\ndata: "), b, []byte("\n\n")) {
+				return
+			}
+			sent = b
 		}
 		tick.Reset(Interval)
 		select {

@@ -8,7 +8,7 @@ import (
 
 // StateVersion is the version of State's JSON shape; a page (or a test)
 // that reads another version knows it is looking at something else.
-const StateVersion = 1
+const StateVersion = 2
 
 // State is everything the console knows at one moment: GET /api/state
 // serves it, every server-sent "state" event carries it, and the page
@@ -42,7 +42,7 @@ type State struct {
 	// in DeadLetters.
 	Topics []Topic `json:"topics"`
 	// Streams are the replayable streams: their owner and its positions,
-	// and every tracking consumer's position in them.
+	// and every tracking consumer's and every stage's position in them.
 	Streams []Stream `json:"streams"`
 	// DeadLetters are the dead letters of each topic, in nsqd and in the
 	// services' local stores.
@@ -193,7 +193,9 @@ type Stream struct {
 	// PublishRate is sequences per second, from LastSeq's growth over the
 	// last RateWindow.
 	PublishRate float64 `json:"publish_rate"`
-	// Consumers are the tracking consumers that reported the stream.
+	// Consumers are the tracking consumers (Kind "tracker", one per
+	// instance) and the stages (Kind "stage", one per service) that
+	// reported the stream.
 	Consumers []StreamConsumer `json:"consumers"`
 }
 
@@ -208,41 +210,60 @@ type Owner struct {
 	LastSeen  *time.Time `json:"last_seen,omitempty"`
 }
 
-// StreamConsumer is one tracking consumer's position in a stream: its
-// GET /streams entry, or, while it does not answer (stopped, gone from
-// Consul, unreachable), the last one it gave, with the lag computed
-// against the owner's current last sequence: a stopped consumer's lag
-// rises as the owner publishes.
+// StreamConsumer is one tracking consumer's or one stage's position in a
+// stream: its last answer (a tracker's GET /streams entry, a stage's GET
+// /stage entry), or, while it does not answer (stopped, gone from Consul,
+// unreachable), the last one it gave, with the lag computed against the
+// owner's current last sequence: a stopped consumer's lag rises as the
+// owner publishes.
+//
+// A stage is one row per service, not per instance: its instances share
+// one channel, so each finishes only part of a stream's inputs, and the
+// stage is as far as its furthest instance. Its row is that instance's
+// answer; it is up while one of its instances reports the stream.
 type StreamConsumer struct {
-	// Consumer is the instance id; Service its service name.
-	Consumer  string     `json:"consumer"`
-	Service   string     `json:"service"`
-	Address   string     `json:"address"`
-	Up        bool       `json:"up"`
+	// Kind is "tracker" (a tracking consumer instance: replay-tracker) or
+	// "stage" (a stage's service: replay-relay).
+	Kind string `json:"kind"`
+	// Consumer is the tracker's instance id, or the stage's service name;
+	// Service the service name.
+	Consumer string `json:"consumer"`
+	Service  string `json:"service"`
+	// Address is the instance's (a stage's: that of the instance whose
+	// answer the row is).
+	Address string `json:"address"`
+	// Instances are a stage's instances whose answer reported the stream
+	// (the last ones, while none does).
+	Instances []string `json:"instances,omitempty"`
+	Up        bool     `json:"up"`
+	// Error is why it does not answer; for a stage that is up, why some
+	// of its instances do not.
 	Error     string     `json:"error,omitempty"`
 	DownSince *time.Time `json:"down_since,omitempty"`
 	LastSeen  *time.Time `json:"last_seen,omitempty"`
 
-	LastContiguous uint64                 `json:"last_contiguous"`
-	Applied        uint64                 `json:"applied"`
-	Duplicates     uint64                 `json:"duplicates"`
-	Gaps           [][2]uint64            `json:"gaps"`
-	OwnerLast      uint64                 `json:"owner_last"`
-	LagMessages    uint64                 `json:"lag_messages"`
-	LagSeconds     float64                `json:"lag_seconds"`
-	Replay         *replay.ReplayProgress `json:"replay,omitempty"`
-	Snapshots      uint64                 `json:"snapshots"`
-	LastError      string                 `json:"last_error,omitempty"`
+	// Position is how far it is in the stream: a tracker's contiguous
+	// position (LastContiguous), a stage's highest input finished (its
+	// instances finish inputs out of order, so nothing is contiguous).
+	Position uint64 `json:"position"`
+	// LastContiguous is a tracker's contiguous position; for a stage, its
+	// Position (so that a reader of trackers only shows it sensibly).
+	LastContiguous uint64      `json:"last_contiguous"`
+	Applied        uint64      `json:"applied"`
+	Duplicates     uint64      `json:"duplicates"`
+	Gaps           [][2]uint64 `json:"gaps"` // a stage's: always empty
+	// OwnerLast is the last sequence its upstream reported to it (a
+	// stage's: upstream_last).
+	OwnerLast   uint64                 `json:"owner_last"`
+	LagMessages uint64                 `json:"lag_messages"`
+	LagSeconds  float64                `json:"lag_seconds"`
+	Replay      *replay.ReplayProgress `json:"replay,omitempty"`
+	Snapshots   uint64                 `json:"snapshots"`
+	LastError   string                 `json:"last_error,omitempty"`
 	// LagEstimated: the consumer does not answer, so the console computed
 	// the lag (seconds: an upper bound, from when it was last seen).
 	LagEstimated bool `json:"lag_estimated"`
-	// LagHistory is the lag over the last HistoryWindow, one point per
-	// collection: [unix milliseconds, lag messages, lag seconds].
-	LagHistory []LagPoint `json:"lag_history"`
 }
-
-// LagPoint is [unix milliseconds, lag in messages, lag in seconds].
-type LagPoint [3]float64
 
 // DeadLetterTopic is one topic's dead letters.
 type DeadLetterTopic struct {

@@ -104,10 +104,68 @@
     if (st.generated_at !== lastGenerated) {
       lastGenerated = st.generated_at;
       generatedChangedAt = lastEventAt;
+      recordLag(st);
     }
     current = st;
     setConnection('live', 'live');
-    render(st);
+    // A hidden tab only keeps the history; it draws when shown again.
+    if (!document.hidden) safeRender(st);
+  }
+  // A drawing error must not end the reading of the events: it is
+  // thrown on its own, where the browser reports it.
+  function safeRender(st) {
+    try { render(st); } catch (e) { setTimeout(() => { throw e; }); }
+  }
+  // "alive": the console has nothing newer than what it sent last (the
+  // state is not sent twice).
+  function onAlive() {
+    lastEventAt = Date.now();
+    setConnection('live', 'live');
+  }
+  document.addEventListener('visibilitychange', () => { if (!document.hidden && current) safeRender(current); });
+
+  // --- lag history: kept by the page --------------------------------
+  // The state carries each consumer's lag now; the page keeps the last
+  // HISTORY_MS of it, one point per state, and starts from the console's
+  // downsampled history (GET api/lag-history, one point per 10 s, the
+  // highest lag of each 10 s) when it connects.
+  const HISTORY_MS = 5 * 60 * 1000;
+  const lagHistory = new Map(); // consumer key → [[unix ms, lag messages, lag seconds], …]
+  // A stage's row is its service's; a tracker's its instance's: the kind
+  // keeps a stage named like a tracker instance apart.
+  const consumerKey = (kind, consumer, stream) => (kind === 'stage' ? 'stage-' : '') + consumer + '-' + stream;
+  function recordLag(st) {
+    const t = Date.parse(st.generated_at), cut = t - HISTORY_MS;
+    const seen = new Set();
+    for (const s of st.streams) {
+      for (const c of s.consumers) {
+        const key = consumerKey(c.kind, c.consumer, s.stream);
+        seen.add(key);
+        let h = lagHistory.get(key);
+        if (!h) lagHistory.set(key, h = []);
+        h.push([t, c.lag_messages, c.lag_seconds]);
+        let i = 0;
+        while (i < h.length && h[i][0] < cut) i++;
+        if (i) h.splice(0, i);
+      }
+    }
+    for (const key of lagHistory.keys()) if (!seen.has(key)) lagHistory.delete(key);
+  }
+  async function loadLagHistory(headers) {
+    try {
+      const resp = await fetch('api/lag-history', { headers, cache: 'no-store' });
+      if (!resp.ok) return;
+      const doc = await resp.json();
+      for (const c of doc.consumers || []) {
+        const key = consumerKey(c.kind, c.consumer, c.stream);
+        const h = lagHistory.get(key) || [];
+        const first = h.length ? h[0][0] : Infinity;
+        const older = (c.points || []).filter(p => p[0] < first);
+        lagHistory.set(key, older.concat(h));
+      }
+      sparkDrawn.clear();
+      if (current && !document.hidden) safeRender(current);
+    } catch (e) { /* the live points still come */ }
   }
   // The events are read with fetch rather than EventSource, which cannot
   // send an Authorization header. One reading at a time: a new one (the
@@ -134,23 +192,30 @@
         return; // the token's change reconnects
       }
       if (!resp.ok || !resp.body) throw new Error('HTTP ' + resp.status);
+      loadLagHistory(headers);
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buf = '';
+      let buf = '', from = 0;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
         buf += value;
         let end;
-        while ((end = buf.indexOf('\n\n')) >= 0) {
+        // From where the last search stopped: a large state comes in
+        // many chunks, and searching it whole each time would cost the
+        // square of its size.
+        while ((end = buf.indexOf('\n\n', from)) >= 0) {
           const block = buf.slice(0, end);
           buf = buf.slice(end + 2);
+          from = 0;
           let event = 'message', data = [];
           for (const line of block.split('\n')) {
             if (line.startsWith('event: ')) event = line.slice(7);
             else if (line.startsWith('data: ')) data.push(line.slice(6));
           }
           if (event === 'state' && data.length) onState(data.join('\n'));
+          else if (event === 'alive') onAlive();
         }
+        from = Math.max(0, buf.length - 1);
       }
     } catch (e) {
       if (ctl.signal.aborted) return;
@@ -305,59 +370,115 @@
     return g;
   }
 
+  // The streams are drawn in place: a card is built again only when its
+  // stream's own fields or its set of consumers change, a row only when
+  // its consumer's figures change, and a sparkline only when its points
+  // would draw differently. With many streams and consumers, building
+  // every row every second is what would make the page unresponsive.
+  const cards = new Map();      // stream → { sig, card, tbody, rows: Map(key → { sig, tr }) }
+  const sparkDrawn = new Map(); // consumer key → what its sparkline was drawn from
   function renderStreams(st) {
     const list = document.getElementById('streams-list');
     list.dataset.count = st.streams.length;
     if (st.streams.length === 0) {
+      cards.clear();
       list.replaceChildren(el('p', { class: 'empty' }, 'no stream owner in Consul yet'));
       return;
     }
-    list.replaceChildren(...st.streams.map(s => {
-      const o = s.owner;
-      const card = el('article', { class: 'card stream', id: 'stream-' + s.stream, 'data-stream': s.stream,
-        'data-owner': o ? o.instance : '', 'data-owner-up': o ? o.up : false, 'data-last-seq': s.last_seq,
-        'data-retained-first': s.retained_first, 'data-retained-last': s.retained_last,
-        'data-publish-rate': s.publish_rate.toFixed(2), 'data-topic': s.topic || '' });
-      card.append(el('h3', {}, 'stream ' + s.stream + ' ',
-        o ? el('span', { class: 'badge ' + (o.up ? 'up' : 'down') }, o.up ? 'owner up' : 'owner down') : el('span', { class: 'badge' }, 'no owner')));
-      const dl = el('dl', {});
-      const item = (k, v, attrs) => dl.append(el('dt', {}, k), el('dd', attrs || {}, v));
-      item('owner', o ? o.instance + ' (' + o.service + ', ' + o.address + ')' : 'none in Consul');
-      item('topic', s.topic || '–');
-      item('last seq', int(s.last_seq), { 'data-last-seq': s.last_seq });
-      item('retained', int(s.retained_first) + ' – ' + int(s.retained_last));
-      item('publish rate', rate(s.publish_rate), { 'data-publish-rate': s.publish_rate.toFixed(2) });
-      if (o && !o.up) item('owner down', 'since ' + ago(o.down_since) + ': ' + o.error, { class: 'err' });
-      if (s.damaged && s.damaged.length) item('damaged', ranges(s.damaged), { class: 'err' });
-      if (s.not_accepting) item('not accepting', s.not_accepting, { class: 'err' });
-      card.append(dl);
-      if (s.consumers.length === 0) {
-        card.append(el('p', { class: 'empty' }, 'no tracking consumer reports this stream'));
-        return card;
+    const order = [];
+    const live = new Set();
+    for (const s of st.streams) {
+      live.add(s.stream);
+      const head = Object.assign({}, s, { consumers: s.consumers.map(c => c.consumer), publish_rate: s.publish_rate.toFixed(2) });
+      if (s.owner) head.owner = Object.assign({}, s.owner, { down_since: s.owner.up ? '' : ago(s.owner.down_since) });
+      const sig = JSON.stringify(head);
+      let entry = cards.get(s.stream);
+      if (!entry || entry.sig !== sig) {
+        entry = Object.assign(streamCard(s), { sig, rows: entry ? entry.rows : new Map() });
+        cards.set(s.stream, entry);
       }
-      const tbody = el('tbody', {});
-      for (const c of s.consumers) tbody.append(consumerRow(s, c));
-      card.append(el('table', { class: 'consumers' },
-        el('thead', {}, el('tr', {}, ...['consumer', 'state', 'position', 'lag', 'last 5 min', 'gaps', 'replay', 'snapshots', 'error']
-          .map(h => el('th', {}, h)))), tbody));
-      return card;
-    }));
+      if (entry.tbody) {
+        const rows = [];
+        for (const c of s.consumers) {
+          const key = consumerKey(c.kind, c.consumer, s.stream);
+          // What changes every second (position, lag, a replay's
+          // progress) is set in place; the rest rebuilds the row.
+          const rsig = JSON.stringify(Object.assign({}, c, { down_since: c.up ? '' : ago(c.down_since), last_seen: '',
+            last_contiguous: 0, applied: 0, duplicates: 0, position: 0, owner_last: 0, lag_messages: 0, lag_seconds: 0,
+            replay: c.replay ? 1 : 0 }));
+          let r = entry.rows.get(key);
+          if (!r || r.sig !== rsig) {
+            const tr = consumerRow(s, c);
+            if (r && r.tr.parentNode) r.tr.replaceWith(tr);
+            r = { sig: rsig, tr };
+            entry.rows.set(key, r);
+          } else updateFigures(r.tr, c);
+          drawSparkline(key, c, r.tr);
+          rows.push(r.tr);
+        }
+        for (const key of entry.rows.keys()) if (!s.consumers.some(c => consumerKey(c.kind, c.consumer, s.stream) === key)) entry.rows.delete(key);
+        const kids = entry.tbody.children;
+        if (kids.length !== rows.length || rows.some((tr, i) => kids[i] !== tr)) entry.tbody.replaceChildren(...rows);
+      }
+      order.push(entry.card);
+    }
+    for (const id of cards.keys()) if (!live.has(id)) cards.delete(id);
+    const kids = list.children;
+    if (kids.length !== order.length || order.some((c, i) => kids[i] !== c)) list.replaceChildren(...order);
+  }
+
+  function streamCard(s) {
+    const o = s.owner;
+    const card = el('article', { class: 'card stream', id: 'stream-' + s.stream, 'data-stream': s.stream,
+      'data-owner': o ? o.instance : '', 'data-owner-up': o ? o.up : false, 'data-last-seq': s.last_seq,
+      'data-retained-first': s.retained_first, 'data-retained-last': s.retained_last,
+      'data-publish-rate': s.publish_rate.toFixed(2), 'data-topic': s.topic || '' });
+    card.append(el('h3', {}, 'stream ' + s.stream + ' ',
+      o ? el('span', { class: 'badge ' + (o.up ? 'up' : 'down') }, o.up ? 'owner up' : 'owner down') : el('span', { class: 'badge' }, 'no owner')));
+    const dl = el('dl', {});
+    const item = (k, v, attrs) => dl.append(el('dt', {}, k), el('dd', attrs || {}, v));
+    item('owner', o ? o.instance + ' (' + o.service + ', ' + o.address + ')' : 'none in Consul');
+    item('topic', s.topic || '–');
+    item('last seq', int(s.last_seq), { 'data-last-seq': s.last_seq });
+    item('retained', int(s.retained_first) + ' – ' + int(s.retained_last));
+    item('publish rate', rate(s.publish_rate), { 'data-publish-rate': s.publish_rate.toFixed(2) });
+    if (o && !o.up) item('owner down', 'since ' + ago(o.down_since) + ': ' + o.error, { class: 'err' });
+    if (s.damaged && s.damaged.length) item('damaged', ranges(s.damaged), { class: 'err' });
+    if (s.not_accepting) item('not accepting', s.not_accepting, { class: 'err' });
+    card.append(dl);
+    if (s.consumers.length === 0) {
+      card.append(el('p', { class: 'empty' }, 'no tracking consumer or stage reports this stream'));
+      return { card, tbody: null };
+    }
+    const tbody = el('tbody', {});
+    card.append(el('table', { class: 'consumers' },
+      el('thead', {}, el('tr', {}, ...['consumer', 'state', 'position', 'lag', 'last 5 min', 'gaps', 'replay', 'snapshots', 'error']
+        .map(h => el('th', {}, h)))), tbody));
+    return { card, tbody };
   }
 
   function consumerRow(s, c) {
-    const key = c.consumer + '-' + s.stream;
+    const key = consumerKey(c.kind, c.consumer, s.stream);
+    // A stage keeps no applied set: it has no gaps, replays or
+    // snapshots of its own (its position is the highest input finished).
+    const stage = c.kind === 'stage';
     const tr = el('tr', { id: 'consumer-' + key, class: 'consumer', 'data-consumer': c.consumer, 'data-stream': s.stream,
+      'data-kind': c.kind || 'tracker',
       'data-up': c.up, 'data-position': c.last_contiguous, 'data-lag-messages': c.lag_messages,
       'data-lag-seconds': c.lag_seconds.toFixed(3), 'data-gaps': c.gaps.length, 'data-snapshots': c.snapshots });
-    tr.append(el('td', {}, c.consumer, el('br', {}), el('small', {}, c.service)));
+    tr.append(el('td', {}, c.consumer, el('br', {}), el('small', {}, c.kind === 'stage' ? 'stage ' + c.service + (c.instances && c.instances.length ? ' (' + c.instances.join(', ') + ')' : '') : c.service)));
     tr.append(el('td', { 'data-up': c.up }, el('span', { class: 'badge ' + (c.up ? 'up' : 'down') }, c.up ? 'up' : 'down'),
       c.up ? null : el('small', {}, ' since ' + ago(c.down_since))));
-    tr.append(el('td', { class: 'num', 'data-position': c.last_contiguous }, int(c.last_contiguous)));
+    tr.append(el('td', { class: 'num', 'data-position': c.last_contiguous,
+      title: stage ? 'the highest input finished; upstream at ' + int(c.owner_last) : 'the contiguous position' }, int(c.last_contiguous)));
     tr.append(el('td', { id: 'lag-' + key, class: 'num lag', 'data-consumer': c.consumer, 'data-stream': s.stream,
       'data-lag-messages': c.lag_messages, 'data-lag-seconds': c.lag_seconds.toFixed(3), 'data-lag-estimated': c.lag_estimated },
       int(c.lag_messages) + ' msgs', el('br', {}), el('small', {}, (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds))));
-    tr.append(el('td', {}, sparkline('spark-' + key, c)));
-    tr.append(el('td', { 'data-gaps': c.gaps.length }, c.gaps.length ? ranges(c.gaps) : 'none'));
+    const W = 120, H = 24;
+    tr.append(el('td', {}, sv('svg', { id: 'spark-' + key, class: 'spark', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
+      'data-points': 0, 'data-up': c.up, 'data-max': 0 }, sv('polyline', { points: '' }), sv('title', {}, ''))));
+    sparkDrawn.delete(key);
+    tr.append(el('td', { 'data-gaps': c.gaps.length }, stage ? '–' : c.gaps.length ? ranges(c.gaps) : 'none'));
     const rp = el('td', {});
     if (c.replay) {
       rp.append(el('progress', { id: 'replay-' + key, max: c.replay.requested, value: c.replay.received,
@@ -365,24 +486,62 @@
         el('small', {}, ' ' + int(c.replay.received) + '/' + int(c.replay.requested)));
     } else rp.append('–');
     tr.append(rp);
-    tr.append(el('td', { class: 'num', 'data-snapshots': c.snapshots }, int(c.snapshots)));
+    tr.append(el('td', { class: 'num', 'data-snapshots': c.snapshots }, stage ? '–' : int(c.snapshots)));
     tr.append(el('td', { class: 'err' }, c.error || c.last_error || ''));
     return tr;
   }
 
-  function sparkline(id, c) {
-    const pts = c.lag_history || [];
+  // updateFigures sets a row's position, lag and replay progress.
+  function updateFigures(tr, c) {
+    const set = (e, attrs, text) => {
+      if (!e) return;
+      for (const [k, v] of Object.entries(attrs)) e.dataset[k] = String(v);
+      if (text !== undefined && e.textContent !== text) e.textContent = text;
+    };
+    const lagS = c.lag_seconds.toFixed(3);
+    set(tr, { up: c.up, position: c.last_contiguous, lagMessages: c.lag_messages, lagSeconds: lagS });
+    set(tr.querySelector('td.num[data-position]'), { position: c.last_contiguous }, int(c.last_contiguous));
+    const lag = tr.querySelector('td.lag');
+    if (lag) {
+      set(lag, { lagMessages: c.lag_messages, lagSeconds: lagS });
+      lag.firstChild.textContent = int(c.lag_messages) + ' msgs';
+      lag.lastChild.textContent = (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds);
+    }
+    const pr = tr.querySelector('progress');
+    if (pr && c.replay) {
+      pr.max = c.replay.requested;
+      pr.value = c.replay.received;
+      set(pr, { requested: c.replay.requested, received: c.replay.received });
+      pr.nextSibling.textContent = ' ' + int(c.replay.received) + '/' + int(c.replay.requested);
+    }
+  }
+
+  // drawSparkline draws the last 5 minutes of a consumer's lag into its
+  // row's svg. A flat line at 0 stays as it was drawn; otherwise it is
+  // drawn when the lag moved, or every 5 s as the window slides.
+  function drawSparkline(key, c, tr) {
+    const svg = tr.querySelector('svg.spark');
+    const pts = lagHistory.get(key) || [];
+    if (!svg || pts.length === 0) return;
     const W = 120, H = 24;
-    const svg = sv('svg', { id, class: 'spark', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
-      'data-points': pts.length, 'data-up': c.up, 'data-max': 0 });
-    if (pts.length === 0) return svg;
-    const t1 = pts[pts.length - 1][0], t0 = t1 - 5 * 60 * 1000;
-    const maxLag = Math.max(1, ...pts.map(p => p[1]));
-    svg.setAttribute('data-max', maxLag);
-    const xy = pts.map(p => [((p[0] - t0) / (t1 - t0)) * W, H - 1 - (p[1] / maxLag) * (H - 2)]);
-    svg.append(sv('polyline', { points: xy.map(p => p[0].toFixed(1) + ',' + p[1].toFixed(1)).join(' ') }));
-    svg.append(sv('title', {}, 'lag over the last 5 minutes, at most ' + int(maxLag) + ' messages'));
-    return svg;
+    const t1 = pts[pts.length - 1][0], t0 = t1 - HISTORY_MS;
+    let maxLag = 0;
+    for (const p of pts) if (p[1] > maxLag) maxLag = p[1];
+    const last = sparkDrawn.get(key);
+    const lastLag = pts[pts.length - 1][1];
+    if (last && last.max === maxLag && last.lag === lastLag && (maxLag === 0 || t1 - last.t1 < 5000)) {
+      svg.dataset.points = pts.length;
+      return;
+    }
+    sparkDrawn.set(key, { max: maxLag, lag: lastLag, t1 });
+    const scale = Math.max(1, maxLag);
+    let d = '';
+    for (const p of pts) d += (((p[0] - t0) / HISTORY_MS) * W).toFixed(1) + ',' + (H - 1 - (p[1] / scale) * (H - 2)).toFixed(1) + ' ';
+    svg.firstChild.setAttribute('points', d);
+    svg.lastChild.textContent = 'lag over the last 5 minutes, at most ' + int(maxLag) + ' messages';
+    svg.dataset.points = pts.length;
+    svg.dataset.max = maxLag;
+    svg.dataset.up = c.up;
   }
 
   function renderDeadLetters(st) {
