@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/svckit/svckit/internal/cdp"
 	"github.com/svckit/svckit/svckit/config"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/pubsub"
@@ -48,28 +48,11 @@ const (
 	poll = 50 * time.Millisecond
 )
 
-// chromiumBin is Debian's chromium; without it the test is skipped,
-// unless SVCKIT_REQUIRE_BROWSER is set (CI), when it fails.
-func chromiumBin(t *testing.T) string {
-	t.Helper()
-	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
-		return "/usr/bin/chromium"
-	}
-	if p, err := exec.LookPath("chromium"); err == nil {
-		return p
-	}
-	if os.Getenv("SVCKIT_REQUIRE_BROWSER") != "" {
-		t.Fatal("SVCKIT_REQUIRE_BROWSER is set but there is no Chromium (neither /usr/bin/chromium nor chromium on PATH): apt-get install chromium")
-	}
-	t.Skip("no Chromium (neither /usr/bin/chromium nor chromium on PATH): the console's page is not tested in a browser (apt-get install chromium; SVCKIT_REQUIRE_BROWSER=1 makes this a failure)")
-	return ""
-}
-
 func TestConsolePageInChromium(t *testing.T) {
-	bin := chromiumBin(t)
+	bin := cdp.Bin(t)
 	var exMu sync.Mutex
 	var exceptions []string
-	chrome := startChromium(t, bin, func(method string, params json.RawMessage) {
+	chrome := cdp.Start(t, bin, func(method string, params json.RawMessage) {
 		if method == "Runtime.exceptionThrown" {
 			exMu.Lock()
 			exceptions = append(exceptions, string(params))
@@ -168,7 +151,7 @@ func TestConsolePageInChromium(t *testing.T) {
 	base := "http://" + testenv.Addr(port) + "/"
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	pg, err := chrome.open(ctx, base)
+	pg, err := chrome.Open(ctx, base)
 	cancel()
 	if err != nil {
 		t.Fatalf("opening %s in Chromium: %v", base, err)
@@ -176,7 +159,7 @@ func TestConsolePageInChromium(t *testing.T) {
 	read := func(v *view) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		return pg.eval(ctx, viewJS, v)
+		return pg.Eval(ctx, viewJS, v)
 	}
 	// wait reads the page every poll until cond says nothing ("" = met),
 	// or fails the test with what it said last.
@@ -209,7 +192,7 @@ func TestConsolePageInChromium(t *testing.T) {
 			b.click();
 			return '';
 		})()`, jsString(topic), jsString(id))
-		if err := pg.eval(ctx, expr, &res); err != nil || res != "" {
+		if err := pg.Eval(ctx, expr, &res); err != nil || res != "" {
 			t.Fatalf("clicking requeue of %s %s: %v %s", topic, id, err, res)
 		}
 	}
@@ -224,7 +207,7 @@ func TestConsolePageInChromium(t *testing.T) {
 			f.dispatchEvent(new Event('input', { bubbles: true }));
 			f.dispatchEvent(new Event('change', { bubbles: true }));
 		})()`, jsString(value))
-		if err := pg.eval(ctx, expr, nil); err != nil {
+		if err := pg.Eval(ctx, expr, nil); err != nil {
 			t.Fatalf("typing the token: %v", err)
 		}
 	}
@@ -236,7 +219,7 @@ func TestConsolePageInChromium(t *testing.T) {
 	// The first page in front again: a hidden page keeps its history but
 	// does not draw.
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-	err = pg.front(ctx)
+	err = pg.Front(ctx)
 	cancel()
 	if err != nil {
 		t.Fatalf("bringing the console's page to the front: %v", err)
@@ -329,7 +312,7 @@ func TestConsolePageInChromium(t *testing.T) {
 	screenshot := func(v *view) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		png, err := pg.screenshot(ctx)
+		png, err := pg.Screenshot(ctx)
 		if err == nil && !strings.HasPrefix(string(png), "\x89PNG") {
 			err = fmt.Errorf("not a PNG (%d bytes)", len(png))
 		}
@@ -432,7 +415,7 @@ func TestConsolePageInChromium(t *testing.T) {
 			Pwned string `json:"pwned"`
 			Imgs  int    `json:"imgs"`
 		}
-		err := pg.eval(ctx, `({ pwned: document.body.dataset.pwned || '', imgs: document.querySelectorAll('#deadletters img').length })`, &injected)
+		err := pg.Eval(ctx, `({ pwned: document.body.dataset.pwned || '', imgs: document.querySelectorAll('#deadletters img').length })`, &injected)
 		cancel()
 		if err != nil || injected.Pwned != "" || injected.Imgs != 0 || !strings.Contains(v.DeadLetters.Letters[0].Preview, "<img") {
 			t.Fatalf("a letter's markup on the page: %+v %v, preview %q; want it shown as text only", injected, err, v.DeadLetters.Letters[0].Preview)
@@ -768,7 +751,7 @@ func (r *running) stop(t *testing.T) {
 
 // tokenRead runs a second console, whose state needs the operator's
 // token, opens its page and types the token in as an operator would.
-func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []string, streamElem string) {
+func tokenRead(t *testing.T, chrome *cdp.Chromium, consul *testenv.Consul, args []string, streamElem string) {
 	t.Helper()
 	port := testenv.FreePort(t)
 	con := testenv.StartProcess(t, "console-token", testenv.Bin(t, "svckit"),
@@ -778,7 +761,7 @@ func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []st
 		t.Fatalf("the second console exited (code %d)", con.ExitCode())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	pg, err := chrome.open(ctx, "http://"+testenv.Addr(port)+"/")
+	pg, err := chrome.Open(ctx, "http://"+testenv.Addr(port)+"/")
 	cancel()
 	if err != nil {
 		t.Fatalf("opening the second console in Chromium: %v", err)
@@ -799,7 +782,7 @@ func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []st
 		deadline := time.Now().Add(30 * time.Second)
 		for {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := pg.eval(ctx, lookJS, &l)
+			err := pg.Eval(ctx, lookJS, &l)
 			cancel()
 			if err == nil && cond(l) {
 				return l
@@ -816,7 +799,7 @@ func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []st
 		defer cancel()
 		expr := fmt.Sprintf(`(() => { const f = document.getElementById('operator-token'); f.value = %s;
 			f.dispatchEvent(new Event('change', { bubbles: true })); })()`, jsString(value))
-		if err := pg.eval(ctx, expr, nil); err != nil {
+		if err := pg.Eval(ctx, expr, nil); err != nil {
 			t.Fatalf("typing the token: %v", err)
 		}
 	}
@@ -834,7 +817,7 @@ func tokenRead(t *testing.T, chrome *chromium, consul *testenv.Consul, args []st
 	t.Logf("0. with the token the page is live and shows the stream")
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := pg.close(ctx); err != nil {
+	if err := pg.Close(ctx); err != nil {
 		t.Fatalf("closing the second console's page: %v", err)
 	}
 }

@@ -74,6 +74,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/svckit/svckit/internal/cdp"
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/testenv"
@@ -647,6 +648,74 @@ func BenchmarkConsoleCost(b *testing.B) {
 	b.Run("history=5m", func(b *testing.B) {
 		harness(fillHistory)
 		window(b, nil)
+	})
+
+	// The page, in headless Chromium, drawing every state of the same
+	// console: how long drawing one takes (what it reports in
+	// #generated[data-render-ms]), and how busy its main thread is (the
+	// long tasks, over 50 ms, that Chromium reports). Its CPU is
+	// Chromium's, not in the console's core_% above.
+	b.Run("page", func(b *testing.B) {
+		chrome := cdp.Start(b, cdp.Bin(b), nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		pg, err := chrome.Open(ctx, base+"/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pg.Eval(ctx, `(() => { window.costLong = []; new PerformanceObserver(l => { for (const e of l.getEntries()) window.costLong.push(e.duration); }).observe({ type: 'longtask', buffered: true }); })()`, nil); err != nil {
+			b.Fatal(err)
+		}
+		type look struct {
+			Streams  int     `json:"streams"`
+			Rows     int     `json:"rows"`
+			RenderMS float64 `json:"render_ms"`
+			Gen      string  `json:"gen"`
+			Long     []float64
+		}
+		read := func() look {
+			var l look
+			if err := pg.Eval(ctx, `(() => { const g = document.getElementById('generated');
+				const l = { streams: document.querySelectorAll('article.stream').length, rows: document.querySelectorAll('tr.consumer').length,
+					render_ms: Number(g.dataset.renderMs || 0), gen: g.dataset.generatedAt || '', Long: window.costLong };
+				window.costLong = []; return l; })()`, &l); err != nil {
+				b.Fatal(err)
+			}
+			return l
+		}
+		// Until the page draws every stream and every consumer's row.
+		for l := read(); l.Streams < 100 || l.Rows < 1600; l = read() {
+			if ctx.Err() != nil {
+				b.Fatalf("the page drew %d streams, %d rows", l.Streams, l.Rows)
+			}
+			collect()
+		}
+		read() // the first drawing's long tasks are not the steady state's
+		var renders, long []float64
+		wall0 := time.Now()
+		b.ResetTimer()
+		for range b.N {
+			for range costWindow {
+				collect()
+				l := read()
+				renders = append(renders, l.RenderMS)
+				long = append(long, l.Long...)
+			}
+		}
+		b.StopTimer()
+		wall := time.Since(wall0)
+		sort.Float64s(renders)
+		busy, longest := 0.0, 0.0
+		for _, d := range long {
+			busy += d
+			longest = max(longest, d)
+		}
+		b.ReportMetric(renders[len(renders)/2], "render_ms_p50")
+		b.ReportMetric(renders[len(renders)-1], "render_ms_max")
+		b.ReportMetric(100*busy/float64(wall.Milliseconds()), "longtask_busy_%")
+		b.ReportMetric(longest, "longtask_ms_max")
+		b.Logf("the page, 100 streams and 1600 consumer rows, %d states: drawing one took %.0f ms at the median, %.0f ms at most; long tasks (over 50 ms) %d, %.1f%% of the time, the longest %.0f ms",
+			len(renders), renders[len(renders)/2], renders[len(renders)-1], len(long), 100*busy/float64(wall.Milliseconds()), longest)
 	})
 }
 

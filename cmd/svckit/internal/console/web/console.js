@@ -54,7 +54,11 @@
       else e.setAttribute(k, String(v));
     }
   }
-  const int = n => (n === undefined || n === null) ? '–' : Number(n).toLocaleString('en-US');
+  // One formatter: toLocaleString makes one per call, which at a few
+  // numbers per row for a thousand rows a second was most of the page's
+  // drawing time.
+  const numberFormat = new Intl.NumberFormat('en-US');
+  const int = n => (n === undefined || n === null) ? '–' : numberFormat.format(Number(n));
   const rate = r => (r || 0).toFixed(r >= 100 ? 0 : 1) + '/s';
   const secs = s => !s ? '0 s' : s < 10 ? s.toFixed(1) + ' s' : s < 120 ? Math.round(s) + ' s' : Math.round(s / 60) + ' min';
   function ago(iso) {
@@ -227,9 +231,16 @@
 
   // --- rendering -------------------------------------------------------
   function render(st) {
+    const t0 = performance.now();
     const g = document.getElementById('generated');
     g.dataset.generatedAt = st.generated_at;
     g.textContent = 'state of ' + new Date(st.generated_at).toLocaleTimeString();
+    renderSections(st);
+    // How long drawing a state took: what keeps the page responsive or
+    // not (BenchmarkConsoleCost/page reads it).
+    g.dataset.renderMs = (performance.now() - t0).toFixed(1);
+  }
+  function renderSections(st) {
     renderBanner(st);
     renderPipeline(st);
     renderStreams(st);
@@ -389,23 +400,24 @@
     const live = new Set();
     for (const s of st.streams) {
       live.add(s.stream);
-      const head = Object.assign({}, s, { consumers: s.consumers.map(c => c.consumer), publish_rate: s.publish_rate.toFixed(2) });
-      if (s.owner) head.owner = Object.assign({}, s.owner, { down_since: s.owner.up ? '' : ago(s.owner.down_since) });
+      // The card's shape: what its figures (last seq, retained range,
+      // rate), set in place every second, leave out.
+      const head = Object.assign({}, s, { consumers: s.consumers.map(c => c.kind + ':' + c.consumer), publish_rate: 0,
+        last_seq: 0, retained_first: 0, retained_last: 0 });
+      if (s.owner) head.owner = Object.assign({}, s.owner, { down_since: s.owner.up ? '' : ago(s.owner.down_since), last_seen: '' });
       const sig = JSON.stringify(head);
       let entry = cards.get(s.stream);
       if (!entry || entry.sig !== sig) {
         entry = Object.assign(streamCard(s), { sig, rows: entry ? entry.rows : new Map() });
         cards.set(s.stream, entry);
-      }
+      } else updateStreamFigures(entry, s);
       if (entry.tbody) {
         const rows = [];
         for (const c of s.consumers) {
           const key = consumerKey(c.kind, c.consumer, s.stream);
           // What changes every second (position, lag, a replay's
           // progress) is set in place; the rest rebuilds the row.
-          const rsig = JSON.stringify(Object.assign({}, c, { down_since: c.up ? '' : ago(c.down_since), last_seen: '',
-            last_contiguous: 0, applied: 0, duplicates: 0, position: 0, owner_last: 0, lag_messages: 0, lag_seconds: 0,
-            replay: c.replay ? 1 : 0 }));
+          const rsig = rowShape(c);
           let r = entry.rows.get(key);
           if (!r || r.sig !== rsig) {
             const tr = consumerRow(s, c);
@@ -436,25 +448,41 @@
     card.append(el('h3', {}, 'stream ' + s.stream + ' ',
       o ? el('span', { class: 'badge ' + (o.up ? 'up' : 'down') }, o.up ? 'owner up' : 'owner down') : el('span', { class: 'badge' }, 'no owner')));
     const dl = el('dl', {});
-    const item = (k, v, attrs) => dl.append(el('dt', {}, k), el('dd', attrs || {}, v));
+    const item = (k, v, attrs) => { const dd = el('dd', attrs || {}, v); dl.append(el('dt', {}, k), dd); return dd; };
     item('owner', o ? o.instance + ' (' + o.service + ', ' + o.address + ')' : 'none in Consul');
     item('topic', s.topic || '–');
-    item('last seq', int(s.last_seq), { 'data-last-seq': s.last_seq });
-    item('retained', int(s.retained_first) + ' – ' + int(s.retained_last));
-    item('publish rate', rate(s.publish_rate), { 'data-publish-rate': s.publish_rate.toFixed(2) });
+    const figures = {
+      lastSeq: item('last seq', int(s.last_seq), { 'data-last-seq': s.last_seq }),
+      retained: item('retained', int(s.retained_first) + ' – ' + int(s.retained_last)),
+      rate: item('publish rate', rate(s.publish_rate), { 'data-publish-rate': s.publish_rate.toFixed(2) }),
+    };
     if (o && !o.up) item('owner down', 'since ' + ago(o.down_since) + ': ' + o.error, { class: 'err' });
     if (s.damaged && s.damaged.length) item('damaged', ranges(s.damaged), { class: 'err' });
     if (s.not_accepting) item('not accepting', s.not_accepting, { class: 'err' });
     card.append(dl);
     if (s.consumers.length === 0) {
       card.append(el('p', { class: 'empty' }, 'no tracking consumer or stage reports this stream'));
-      return { card, tbody: null };
+      return { card, tbody: null, figures };
     }
     const tbody = el('tbody', {});
     card.append(el('table', { class: 'consumers' },
       el('thead', {}, el('tr', {}, ...['consumer', 'state', 'position', 'lag', 'last 5 min', 'gaps', 'replay', 'snapshots', 'error']
         .map(h => el('th', {}, h)))), tbody));
-    return { card, tbody };
+    return { card, tbody, figures };
+  }
+
+  function updateStreamFigures(entry, s) {
+    const { card, figures: f } = entry;
+    const text = (e, t) => { if (e.textContent !== t) e.textContent = t; };
+    card.dataset.lastSeq = s.last_seq;
+    card.dataset.retainedFirst = s.retained_first;
+    card.dataset.retainedLast = s.retained_last;
+    card.dataset.publishRate = s.publish_rate.toFixed(2);
+    f.lastSeq.dataset.lastSeq = s.last_seq;
+    text(f.lastSeq, int(s.last_seq));
+    text(f.retained, int(s.retained_first) + ' – ' + int(s.retained_last));
+    f.rate.dataset.publishRate = s.publish_rate.toFixed(2);
+    text(f.rate, rate(s.publish_rate));
   }
 
   function consumerRow(s, c) {
@@ -469,77 +497,99 @@
     tr.append(el('td', {}, c.consumer, el('br', {}), el('small', {}, c.kind === 'stage' ? 'stage ' + c.service + (c.instances && c.instances.length ? ' (' + c.instances.join(', ') + ')' : '') : c.service)));
     tr.append(el('td', { 'data-up': c.up }, el('span', { class: 'badge ' + (c.up ? 'up' : 'down') }, c.up ? 'up' : 'down'),
       c.up ? null : el('small', {}, ' since ' + ago(c.down_since))));
-    tr.append(el('td', { class: 'num', 'data-position': c.last_contiguous,
-      title: stage ? 'the highest input finished; upstream at ' + int(c.owner_last) : 'the contiguous position' }, int(c.last_contiguous)));
-    tr.append(el('td', { id: 'lag-' + key, class: 'num lag', 'data-consumer': c.consumer, 'data-stream': s.stream,
+    const pos = el('td', { class: 'num', 'data-position': c.last_contiguous,
+      title: stage ? 'the highest input finished; upstream at ' + int(c.owner_last) : 'the contiguous position' }, int(c.last_contiguous));
+    const lag = el('td', { id: 'lag-' + key, class: 'num lag', 'data-consumer': c.consumer, 'data-stream': s.stream,
       'data-lag-messages': c.lag_messages, 'data-lag-seconds': c.lag_seconds.toFixed(3), 'data-lag-estimated': c.lag_estimated },
-      int(c.lag_messages) + ' msgs', el('br', {}), el('small', {}, (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds))));
+      int(c.lag_messages) + ' msgs', el('br', {}), el('small', {}, (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds)));
     const W = 120, H = 24;
-    tr.append(el('td', {}, sv('svg', { id: 'spark-' + key, class: 'spark', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
-      'data-points': 0, 'data-up': c.up, 'data-max': 0 }, sv('polyline', { points: '' }), sv('title', {}, ''))));
+    const spark = sv('svg', { id: 'spark-' + key, class: 'spark', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
+      'data-points': 0, 'data-up': c.up, 'data-max': 0 }, sv('polyline', { points: '' }), sv('title', {}, ''));
+    tr.append(pos, lag, el('td', {}, spark));
     sparkDrawn.delete(key);
     tr.append(el('td', { 'data-gaps': c.gaps.length }, stage ? '–' : c.gaps.length ? ranges(c.gaps) : 'none'));
     const rp = el('td', {});
+    let progress = null;
     if (c.replay) {
-      rp.append(el('progress', { id: 'replay-' + key, max: c.replay.requested, value: c.replay.received,
-        'data-requested': c.replay.requested, 'data-received': c.replay.received }),
-        el('small', {}, ' ' + int(c.replay.received) + '/' + int(c.replay.requested)));
+      progress = el('progress', { id: 'replay-' + key, max: c.replay.requested, value: c.replay.received,
+        'data-requested': c.replay.requested, 'data-received': c.replay.received });
+      rp.append(progress, el('small', {}, ' ' + int(c.replay.received) + '/' + int(c.replay.requested)));
     } else rp.append('–');
+    tr.figures = { pos, lag, spark, progress };
     tr.append(rp);
     tr.append(el('td', { class: 'num', 'data-snapshots': c.snapshots }, stage ? '–' : int(c.snapshots)));
     tr.append(el('td', { class: 'err' }, c.error || c.last_error || ''));
     return tr;
   }
 
-  // updateFigures sets a row's position, lag and replay progress.
+  // rowShape is what rebuilds a row when it changes: everything but the
+  // figures updateFigures sets in place (a plain string: comparing it
+  // for every row every second must cost little).
+  function rowShape(c) {
+    return [c.kind, c.service, c.up, c.up ? '' : ago(c.down_since), c.error || '', c.last_error || '',
+      c.gaps.length ? ranges(c.gaps) : '', c.snapshots, c.replay ? 1 : 0, c.lag_estimated, c.owner_last === 0,
+      (c.instances || []).join(',')].join('\u0000');
+  }
+
+  // updateFigures sets a row's position, lag and replay progress, through
+  // the references consumerRow kept (no lookup per row per second).
   function updateFigures(tr, c) {
-    const set = (e, attrs, text) => {
-      if (!e) return;
-      for (const [k, v] of Object.entries(attrs)) e.dataset[k] = String(v);
-      if (text !== undefined && e.textContent !== text) e.textContent = text;
-    };
+    const f = tr.figures;
     const lagS = c.lag_seconds.toFixed(3);
-    set(tr, { up: c.up, position: c.last_contiguous, lagMessages: c.lag_messages, lagSeconds: lagS });
-    set(tr.querySelector('td.num[data-position]'), { position: c.last_contiguous }, int(c.last_contiguous));
-    const lag = tr.querySelector('td.lag');
-    if (lag) {
-      set(lag, { lagMessages: c.lag_messages, lagSeconds: lagS });
-      lag.firstChild.textContent = int(c.lag_messages) + ' msgs';
-      lag.lastChild.textContent = (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds);
-    }
-    const pr = tr.querySelector('progress');
+    const text = (e, t) => { if (e.textContent !== t) e.textContent = t; };
+    tr.dataset.position = c.last_contiguous;
+    tr.dataset.lagMessages = c.lag_messages;
+    tr.dataset.lagSeconds = lagS;
+    f.pos.dataset.position = c.last_contiguous;
+    text(f.pos, int(c.last_contiguous));
+    f.lag.dataset.lagMessages = c.lag_messages;
+    f.lag.dataset.lagSeconds = lagS;
+    text(f.lag.firstChild, int(c.lag_messages) + ' msgs');
+    text(f.lag.lastChild, (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds));
+    const pr = f.progress;
     if (pr && c.replay) {
       pr.max = c.replay.requested;
       pr.value = c.replay.received;
-      set(pr, { requested: c.replay.requested, received: c.replay.received });
-      pr.nextSibling.textContent = ' ' + int(c.replay.received) + '/' + int(c.replay.requested);
+      pr.dataset.requested = c.replay.requested;
+      pr.dataset.received = c.replay.received;
+      text(pr.nextSibling, ' ' + int(c.replay.received) + '/' + int(c.replay.requested));
     }
   }
 
   // drawSparkline draws the last 5 minutes of a consumer's lag into its
-  // row's svg. A flat line at 0 stays as it was drawn; otherwise it is
-  // drawn when the lag moved, or every 5 s as the window slides.
+  // row's svg, at most SPARK_POINTS points (the highest lag of each
+  // slice). A flat line at 0 stays as it was drawn; otherwise it is drawn
+  // again at most every SPARK_EVERY_MS, or at once when the consumer goes
+  // up or down: with many consumers, drawing every line every second is
+  // most of what the page would do.
+  const SPARK_POINTS = 60, SPARK_EVERY_MS = 5000;
   function drawSparkline(key, c, tr) {
-    const svg = tr.querySelector('svg.spark');
+    const svg = tr.figures && tr.figures.spark;
     const pts = lagHistory.get(key) || [];
     if (!svg || pts.length === 0) return;
     const W = 120, H = 24;
     const t1 = pts[pts.length - 1][0], t0 = t1 - HISTORY_MS;
-    let maxLag = 0;
-    for (const p of pts) if (p[1] > maxLag) maxLag = p[1];
     const last = sparkDrawn.get(key);
     const lastLag = pts[pts.length - 1][1];
-    if (last && last.max === maxLag && last.lag === lastLag && (maxLag === 0 || t1 - last.t1 < 5000)) {
-      svg.dataset.points = pts.length;
-      return;
+    svg.dataset.points = pts.length;
+    if (last && last.up === c.up && ((last.max === 0 && lastLag === 0) || t1 - last.t1 < SPARK_EVERY_MS)) return;
+    const slice = HISTORY_MS / SPARK_POINTS;
+    const ys = new Array(SPARK_POINTS).fill(-1);
+    let maxLag = 0;
+    for (const p of pts) {
+      const i = Math.min(SPARK_POINTS - 1, Math.max(0, Math.floor((p[0] - t0) / slice)));
+      if (p[1] > ys[i]) ys[i] = p[1];
+      if (p[1] > maxLag) maxLag = p[1];
     }
-    sparkDrawn.set(key, { max: maxLag, lag: lastLag, t1 });
+    sparkDrawn.set(key, { max: maxLag, t1, up: c.up });
     const scale = Math.max(1, maxLag);
     let d = '';
-    for (const p of pts) d += (((p[0] - t0) / HISTORY_MS) * W).toFixed(1) + ',' + (H - 1 - (p[1] / scale) * (H - 2)).toFixed(1) + ' ';
+    for (let i = 0; i < SPARK_POINTS; i++) {
+      if (ys[i] < 0) continue;
+      d += (((i + 1) / SPARK_POINTS) * W).toFixed(1) + ',' + (H - 1 - (ys[i] / scale) * (H - 2)).toFixed(1) + ' ';
+    }
     svg.firstChild.setAttribute('points', d);
     svg.lastChild.textContent = 'lag over the last 5 minutes, at most ' + int(maxLag) + ' messages';
-    svg.dataset.points = pts.length;
     svg.dataset.max = maxLag;
     svg.dataset.up = c.up;
   }

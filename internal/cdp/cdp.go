@@ -1,4 +1,7 @@
-package browser
+// Package cdp is a small client of the Chrome DevTools protocol for
+// tests that drive headless Chromium (e2e/browser, the console's cost
+// benchmark). Only tests import it.
+package cdp
 
 import (
 	"bufio"
@@ -21,8 +24,8 @@ import (
 // from its fd 3 and writes NUL-terminated responses and events to its
 // fd 4. No websocket, no port, no dependency.
 
-// chromium is a headless Chromium, ended with the test.
-type chromium struct {
+// Chromium is a headless Chromium, ended with the test.
+type Chromium struct {
 	w       *os.File // commands: Chromium's fd 3
 	mu      sync.Mutex
 	nextID  int64
@@ -40,11 +43,11 @@ type cdpMessage struct {
 	Error     *struct{ Message, Data string } `json:"error,omitempty"`
 }
 
-// startChromium starts bin headless; onEvent sees every event (on the
+// Start starts bin headless; onEvent sees every event (on the
 // reading goroutine). Its output goes to <tmp>/chromium.log, printed if
 // the test failed. Chromium also exits by itself when its command pipe
 // ends: it does not outlive a test binary killed by -timeout.
-func startChromium(t *testing.T, bin string, onEvent func(method string, params json.RawMessage)) *chromium {
+func Start(t testing.TB, bin string, onEvent func(method string, params json.RawMessage)) *Chromium {
 	t.Helper()
 	cmdR, cmdW, err := os.Pipe()
 	if err != nil {
@@ -69,13 +72,13 @@ func startChromium(t *testing.T, bin string, onEvent func(method string, params 
 	}
 	cmdR.Close()
 	respW.Close()
-	c := &chromium{w: cmdW, pending: map[int64]chan cdpMessage{}, gone: make(chan struct{}), onEvent: onEvent}
+	c := &Chromium{w: cmdW, pending: map[int64]chan cdpMessage{}, gone: make(chan struct{}), onEvent: onEvent}
 	go c.read(respR)
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		_ = c.call(ctx, "", "Browser.close", nil, nil)
+		_ = c.Call(ctx, "", "Browser.close", nil, nil)
 		cancel()
 		select {
 		case <-exited:
@@ -93,7 +96,7 @@ func startChromium(t *testing.T, bin string, onEvent func(method string, params 
 	return c
 }
 
-func (c *chromium) read(r *os.File) {
+func (c *Chromium) read(r *os.File) {
 	defer close(c.gone)
 	defer r.Close()
 	br := bufio.NewReader(r)
@@ -123,7 +126,7 @@ func (c *chromium) read(r *os.File) {
 
 // call sends method (to a page's session, unless session is "") and
 // decodes its result into out (if not nil), within ctx's deadline.
-func (c *chromium) call(ctx context.Context, session, method string, params, out any) error {
+func (c *Chromium) Call(ctx context.Context, session, method string, params, out any) error {
 	var p json.RawMessage
 	if params != nil {
 		var err error
@@ -160,41 +163,41 @@ func (c *chromium) call(ctx context.Context, session, method string, params, out
 }
 
 // page is a tab, attached with a flat session.
-type page struct {
-	c       *chromium
+type Page struct {
+	c       *Chromium
 	session string
 	target  string
 }
 
-// close closes the tab (the page that was before it in front is shown
+// Close closes the tab (the page that was before it in front is shown
 // again: a hidden page does not draw).
-func (p *page) close(ctx context.Context) error {
-	return p.c.call(ctx, "", "Target.closeTarget", map[string]any{"targetId": p.target}, nil)
+func (p *Page) Close(ctx context.Context) error {
+	return p.c.Call(ctx, "", "Target.closeTarget", map[string]any{"targetId": p.target}, nil)
 }
 
-// front brings the tab to the front: the console's page draws only while
+// Front brings the tab to the front: the console's page draws only while
 // it is visible.
-func (p *page) front(ctx context.Context) error {
-	return p.c.call(ctx, p.session, "Page.bringToFront", nil, nil)
+func (p *Page) Front(ctx context.Context) error {
+	return p.c.Call(ctx, p.session, "Page.bringToFront", nil, nil)
 }
 
-// open opens a tab, attaches to it, enables Runtime (its exceptions are
+// Open opens a tab, attaches to it, enables Runtime (its exceptions are
 // events) and only then loads url, so that no exception is missed.
-func (c *chromium) open(ctx context.Context, url string) (*page, error) {
+func (c *Chromium) Open(ctx context.Context, url string) (*Page, error) {
 	var target struct{ TargetID string }
-	if err := c.call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
+	if err := c.Call(ctx, "", "Target.createTarget", map[string]any{"url": "about:blank"}, &target); err != nil {
 		return nil, err
 	}
 	var att struct{ SessionID string }
-	if err := c.call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &att); err != nil {
+	if err := c.Call(ctx, "", "Target.attachToTarget", map[string]any{"targetId": target.TargetID, "flatten": true}, &att); err != nil {
 		return nil, err
 	}
-	p := &page{c: c, session: att.SessionID, target: target.TargetID}
-	if err := c.call(ctx, p.session, "Runtime.enable", nil, nil); err != nil {
+	p := &Page{c: c, session: att.SessionID, target: target.TargetID}
+	if err := c.Call(ctx, p.session, "Runtime.enable", nil, nil); err != nil {
 		return nil, err
 	}
 	var nav struct{ ErrorText string }
-	if err := c.call(ctx, p.session, "Page.navigate", map[string]any{"url": url}, &nav); err != nil {
+	if err := c.Call(ctx, p.session, "Page.navigate", map[string]any{"url": url}, &nav); err != nil {
 		return nil, err
 	}
 	if nav.ErrorText != "" {
@@ -203,9 +206,9 @@ func (c *chromium) open(ctx context.Context, url string) (*page, error) {
 	return p, nil
 }
 
-// eval evaluates a JavaScript expression in the page (awaiting a
+// Eval evaluates a JavaScript expression in the page (awaiting a
 // promise) and decodes its value, returned by value, into out.
-func (p *page) eval(ctx context.Context, expr string, out any) error {
+func (p *Page) Eval(ctx context.Context, expr string, out any) error {
 	var res struct {
 		Result           struct{ Value json.RawMessage }
 		ExceptionDetails *struct {
@@ -213,7 +216,7 @@ func (p *page) eval(ctx context.Context, expr string, out any) error {
 			Exception struct{ Description string }
 		}
 	}
-	err := p.c.call(ctx, p.session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}, &res)
+	err := p.c.Call(ctx, p.session, "Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": true}, &res)
 	if err != nil {
 		return err
 	}
@@ -226,11 +229,28 @@ func (p *page) eval(ctx context.Context, expr string, out any) error {
 	return json.Unmarshal(res.Result.Value, out)
 }
 
-// screenshot is a PNG of the page's viewport.
-func (p *page) screenshot(ctx context.Context) ([]byte, error) {
+// Screenshot is a PNG of the page's viewport.
+func (p *Page) Screenshot(ctx context.Context) ([]byte, error) {
 	var res struct{ Data string }
-	if err := p.c.call(ctx, p.session, "Page.captureScreenshot", map[string]any{"format": "png"}, &res); err != nil {
+	if err := p.c.Call(ctx, p.session, "Page.captureScreenshot", map[string]any{"format": "png"}, &res); err != nil {
 		return nil, err
 	}
 	return base64.StdEncoding.DecodeString(res.Data)
+}
+
+// Bin is Chromium's path; without one the test is skipped, or fails
+// when SVCKIT_REQUIRE_BROWSER is set (CI).
+func Bin(t testing.TB) string {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/chromium"); err == nil {
+		return "/usr/bin/chromium"
+	}
+	if p, err := exec.LookPath("chromium"); err == nil {
+		return p
+	}
+	if os.Getenv("SVCKIT_REQUIRE_BROWSER") != "" {
+		t.Fatal("SVCKIT_REQUIRE_BROWSER is set but there is no Chromium (neither /usr/bin/chromium nor chromium on PATH): apt-get install chromium")
+	}
+	t.Skip("no Chromium (neither /usr/bin/chromium nor chromium on PATH): the console's page is not tested in a browser (apt-get install chromium; SVCKIT_REQUIRE_BROWSER=1 makes this a failure)")
+	return ""
 }
