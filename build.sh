@@ -32,9 +32,9 @@
 #                       stop and remove that host's containers; volumes are kept
 #                       unless --volumes (the secrets' volumes are kept always)
 #
-# Third-party programs come from tools/go.mod (pinned versions, Go module
-# proxy only) and are rebuilt only when their pinned version changes: Consul
-# takes minutes to build.
+# Third-party programs come from tools/go.mod and tools/nats/go.mod (pinned
+# versions, Go module proxy only) and are rebuilt only when their pinned
+# version changes: Consul takes minutes to build.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -50,44 +50,56 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 step() { echo "==> $*"; }
 
-# tool name → package, module (the module's pinned version decides rebuilds)
+# tool name → package, module (its pinned version decides rebuilds), the
+# tools module that pins it: tools/ (consul, nsq, goreman), or tools/nats/
+# (nats-server, for svckit bench --peer jetstream: its own module, so that
+# its dependencies do not move the versions Consul and nsqd are built with)
 TOOLS=(
-  "consul github.com/hashicorp/consul github.com/hashicorp/consul"
-  "nsqd github.com/nsqio/nsq/apps/nsqd github.com/nsqio/nsq"
-  "nsqlookupd github.com/nsqio/nsq/apps/nsqlookupd github.com/nsqio/nsq"
-  "nsqadmin github.com/nsqio/nsq/apps/nsqadmin github.com/nsqio/nsq"
-  "goreman github.com/mattn/goreman github.com/mattn/goreman"
+  "consul github.com/hashicorp/consul github.com/hashicorp/consul tools"
+  "nsqd github.com/nsqio/nsq/apps/nsqd github.com/nsqio/nsq tools"
+  "nsqlookupd github.com/nsqio/nsq/apps/nsqlookupd github.com/nsqio/nsq tools"
+  "nsqadmin github.com/nsqio/nsq/apps/nsqadmin github.com/nsqio/nsq tools"
+  "goreman github.com/mattn/goreman github.com/mattn/goreman tools"
+  "nats-server github.com/nats-io/nats-server/v2 github.com/nats-io/nats-server/v2 tools/nats"
 )
 
-pinned() { # module → version pinned in tools/go.mod
-  awk -v m="$1" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" && $2==m {print $3; exit}' tools/go.mod
+pinned() { # module, tools module dir → version pinned in its go.mod
+  awk -v m="$1" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$2/go.mod"
 }
 
 build_tools() {
   command -v go >/dev/null || die "go is not on PATH (need Go $(awk '/^go /{print $2}' go.mod))"
   mkdir -p "$BIN"
-  local stale=() names=()
+  local stale=() names=() dirs=() all=()
   for t in "${TOOLS[@]}"; do
-    read -r name pkg mod <<<"$t"
-    local ver; ver=$(pinned "$mod")
-    [ -n "$ver" ] || die "tools/go.mod pins no version of $mod (needed for $name)"
+    read -r name pkg mod dir <<<"$t"
+    all+=("$name")
+    local ver; ver=$(pinned "$mod" "$dir")
+    [ -n "$ver" ] || die "$dir/go.mod pins no version of $mod (needed for $name)"
     local stamp="$mod@$ver $(go env GOVERSION)"
     if [ -x "$BIN/$name" ] && [ "$(cat "$BIN/.$name.stamp" 2>/dev/null)" = "$stamp" ]; then
       continue
     fi
-    stale+=("$pkg"); names+=("$name")
+    stale+=("$pkg"); names+=("$name"); dirs+=("$dir")
   done
   if [ ${#stale[@]} -eq 0 ]; then
-    step "tools up to date (consul, nsqd, nsqlookupd, nsqadmin, goreman)"
+    step "tools up to date (${all[*]})"
     return
   fi
   step "building tools: ${names[*]} (consul takes several minutes the first time)"
-  (cd tools && go build -trimpath -ldflags "-s -w" -o "$BIN/" "${stale[@]}") \
-    || die "building tools failed: ${names[*]} (see the go output above)"
+  local d i pkgs
+  for d in $(printf '%s\n' "${dirs[@]}" | sort -u); do
+    pkgs=()
+    for i in "${!stale[@]}"; do
+      [ "${dirs[$i]}" = "$d" ] && pkgs+=("${stale[$i]}")
+    done
+    (cd "$d" && go build -trimpath -ldflags "-s -w" -o "$BIN/" "${pkgs[@]}") \
+      || die "building tools failed: ${names[*]} (see the go output above)"
+  done
   for t in "${TOOLS[@]}"; do
-    read -r name pkg mod <<<"$t"
+    read -r name pkg mod dir <<<"$t"
     for n in "${names[@]}"; do
-      [ "$n" = "$name" ] && echo "$mod@$(pinned "$mod") $(go env GOVERSION)" >"$BIN/.$name.stamp"
+      [ "$n" = "$name" ] && echo "$mod@$(pinned "$mod" "$dir") $(go env GOVERSION)" >"$BIN/.$name.stamp"
     done
   done
 }

@@ -35,13 +35,24 @@ type Options struct {
 	// the hop ratio and the importer's hop ratio), "importer" (only the
 	// importer's hop ratio) or "pipeline" (the pipeline's throughput burst,
 	// with per-process CPU and queue depths, then the latency rates) or
-	// "replay" (the burst, then replay direct and through a relay). ""
-	// runs everything.
+	// "replay" (the burst, then replay direct and through a relay) or
+	// "durable" (svckit's durable hop, beside the peer if there is one).
+	// "" runs everything. The disk is measured in every run.
 	Only string
 	// BinDir is where consul, nsqd, nsqlookupd, sensor, worker, app, svckit
-	// and hop are.
+	// and hop are (and nats-server, for Peer "jetstream").
 	BinDir string
 	Log    io.Writer // progress lines (nil = discard)
+	// Peer is another system measured beside svckit's durable hop, on the
+	// same terms: "jetstream" (nats-server with JetStream, its default
+	// sync interval and sync_interval: always), or "" for none. With a
+	// peer, or with Only "durable", the run measures svckit's durable hop
+	// (Results.Comparison); a full run does too.
+	Peer string
+	// DataDir is where the run makes its directories (the owners' logs,
+	// nsqd's and nats-server's data) and where the disk is measured;
+	// "" = os.TempDir().
+	DataDir string
 }
 
 // Results are the headline figures (the issue's JSON keys) and every raw
@@ -71,8 +82,17 @@ type Results struct {
 	// a slower svckit than the repository's own binaries.
 	ImporterHopRatio float64 `json:"importer_hop_ratio"`
 	// ImporterHopRounds are its rounds, sides "importer" and "repo".
-	ImporterHopRounds []HopRound        `json:"importer_hop_rounds,omitempty"`
-	Machine           map[string]string `json:"machine"`
+	ImporterHopRounds []HopRound `json:"importer_hop_rounds,omitempty"`
+	// Disk is the disk's own latency for one durable append, measured in
+	// this run where its directories are (DataDir).
+	Disk *DiskResult `json:"disk,omitempty"`
+	// LatencyTargets judge the pipeline's p99 at 1k/s and 10k/s, when this
+	// run measured them, against Disk (issue 26's targets).
+	LatencyTargets []LatencyTarget `json:"latency_targets,omitempty"`
+	// Comparison is one hop through svckit (an owner's fsynced log to one
+	// tracking consumer), the pipeline and the peer, side by side.
+	Comparison []ComparisonRow   `json:"comparison,omitempty"`
+	Machine    map[string]string `json:"machine"`
 }
 
 // HopRound is one round of the hop: the sides in the order they ran and
@@ -99,9 +119,14 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		o.Log = io.Discard
 	}
 	switch o.Only {
-	case "", "hop", "importer", "pipeline", "replay":
+	case "", "hop", "importer", "pipeline", "replay", "durable":
 	default:
-		return nil, fmt.Errorf("--only %q: want hop, importer, pipeline or replay", o.Only)
+		return nil, fmt.Errorf("--only %q: want hop, importer, pipeline, replay or durable", o.Only)
+	}
+	switch o.Peer {
+	case "", PeerJetStream:
+	default:
+		return nil, fmt.Errorf("--peer %q: want %s", o.Peer, PeerJetStream)
 	}
 	abs, err := filepath.Abs(o.BinDir)
 	if err != nil {
@@ -117,8 +142,18 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			return nil, fmt.Errorf("--bin %s: hop is missing: the importer's hop (importer_hop_ratio) runs it; ./build.sh builds it from examples/hop, a module of its own", abs)
 		}
 	}
+	if o.Peer == PeerJetStream {
+		if _, err := os.Stat(filepath.Join(abs, "nats-server")); err != nil {
+			return nil, fmt.Errorf("--peer jetstream: %s is missing (run ./build.sh)", filepath.Join(abs, "nats-server"))
+		}
+	}
+	if o.DataDir != "" {
+		if fi, err := os.Stat(o.DataDir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--data-dir %s: not a directory", o.DataDir)
+		}
+	}
 	os.Setenv("SVCKIT_BIN", abs)
-	r := &runner{o: o, env: newRunEnv(abs), bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
+	r := &runner{o: o, env: newRunEnv(abs, o.DataDir), bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
 	defer r.env.close()
 	err = r.env.run(func() {
 		r.step("starting consul, nsqlookupd, nsqd on free loopback ports")
@@ -148,6 +183,13 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		if o.Only == "" || o.Only == "pipeline" || o.Only == "replay" {
 			r.pipeline(ctx)
 		}
+		if r.res.Disk == nil { // the pipeline's latencies were not measured: here, then
+			r.measureDisk(ctx)
+		}
+		if o.Only == "" || o.Only == "durable" || o.Peer != "" {
+			r.comparison(ctx)
+		}
+		r.judgeTargets()
 	})
 	if err != nil {
 		r.logTails()
@@ -784,6 +826,9 @@ func (r *runner) pipeline(ctx context.Context) {
 		return true
 	})
 
+	// The disk's own limit, just before the latencies judged against it.
+	r.measureDisk(ctx)
+
 	// Latency at fixed rates, seen by a consumer of results like the app.
 	secs := pick(r.o.Quick, 5, 15)
 	for _, rate := range []int{1000, 10000} {
@@ -997,10 +1042,9 @@ func (r *runner) latency(stream string, start func() *localstack.Process, d time
 	if len(samples) == 0 {
 		r.fail("no latency samples for %s (the consumer of results received %d messages)", stream, received.Load())
 	}
-	sort.Float64s(samples)
-	q := func(p float64) float64 { return samples[min(len(samples)-1, int(p*float64(len(samples))))] }
+	q := quantiles(samples, 0.5, 0.99, 0.999)
 	r.fig("latency_samples_"+stream, float64(len(samples)))
-	return [3]float64{q(0.5), q(0.99), q(0.999)}
+	return [3]float64{q[0], q[1], q[2]}
 }
 
 // usage samples, during a burst, each process's CPU time and the largest

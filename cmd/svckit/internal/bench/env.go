@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -19,10 +20,27 @@ type runEnv struct {
 	*localstack.Group
 	mu       sync.Mutex
 	cleanups []func()
+	dirs     []string // made under a data directory: removed by close
 }
 
-func newRunEnv(binDir string) *runEnv {
-	return &runEnv{Group: &localstack.Group{BinDir: binDir}}
+// newRunEnv makes the run's environment; its directories are made under
+// dataDir ("" = os.TempDir(), the group's own), so that the disk a run
+// measures is the one its logs are on.
+func newRunEnv(binDir, dataDir string) *runEnv {
+	e := &runEnv{Group: &localstack.Group{BinDir: binDir}}
+	if dataDir != "" {
+		e.Group.TempDir = func() (string, error) {
+			d, err := os.MkdirTemp(dataDir, "svckit-bench-")
+			if err != nil {
+				return "", fmt.Errorf("making a directory in %s: %w", dataDir, err)
+			}
+			e.mu.Lock()
+			e.dirs = append(e.dirs, d)
+			e.mu.Unlock()
+			return d, nil
+		}
+	}
+	return e
 }
 
 // fatal is raised by Fatalf and recovered by run.
@@ -79,6 +97,14 @@ func (e *runEnv) close() {
 		f()
 	}
 	e.Group.Close()
+	// After the programs are gone: the group removes only what it made.
+	e.mu.Lock()
+	ds := e.dirs
+	e.dirs = nil
+	e.mu.Unlock()
+	for _, d := range ds {
+		_ = os.RemoveAll(d)
+	}
 }
 
 // run calls f, turning a Fatalf inside it into an error.
