@@ -256,21 +256,25 @@ install_secrets() {
       nsqd)
         cp "$src/hosts/$host/nsqd.pem" "$src/hosts/$host/nsqd-key.pem" "$stage/$id/" ;;
       nsqdstats)
-        # svckit nsqd-stats beside nsqd: the replay secret, which its
-        # /stats's readers sign with; no Consul token (it registers nothing)
-        cp "$src/replay.secret" "$stage/$id/" ;;
+        # svckit nsqd-stats beside nsqd: its own secret, which its /stats's
+        # reader (the console) signs with, not the replay secret; no
+        # Consul token (it registers nothing)
+        [ -f "$src/nsqdstats.secret" ] || die "$src/nsqdstats.secret is missing: run ./build.sh secrets $dc (it makes what is missing)"
+        cp "$src/nsqdstats.secret" "$stage/$id/" ;;
       *)
         [ -f "$src/tokens/$id.token" ] || die "$src/tokens/$id.token is missing: add --service=$id to datacenters/$dc/acl.flags and run ./build.sh secrets $dc"
         cp "$src/tokens/$id.token" "$stage/$id/consul.token"
         cp "$src/replay.secret" "$stage/$id/"
+        [ -f "$src/metrics.token" ] || die "$src/metrics.token is missing: run ./build.sh secrets $dc (it makes what is missing)"
+        cp "$src/metrics.token" "$stage/$id/"
         if [ "$id" = nsqauth ]; then
           [ -f "$src/hosts/$host/nsqauth.pem" ] || die "$src/hosts/$host/nsqauth.pem is missing: run ./build.sh secrets $dc (it makes what is missing)"
           cp "$src/hosts/$host/nsqauth.pem" "$src/hosts/$host/nsqauth-key.pem" "$stage/$id/"
         fi
         if [ "$id" = console ]; then
-          [ -f "$src/hosts/$host/console.pem" ] && [ -f "$src/operator.token" ] \
-            || die "$src/hosts/$host/console.pem or $src/operator.token is missing: run ./build.sh secrets $dc (it makes what is missing)"
-          cp "$src/hosts/$host/console.pem" "$src/hosts/$host/console-key.pem" "$src/operator.token" "$stage/$id/"
+          [ -f "$src/hosts/$host/console.pem" ] && [ -f "$src/operator.token" ] && [ -f "$src/nsqdstats.secret" ] \
+            || die "$src/hosts/$host/console.pem, $src/operator.token or $src/nsqdstats.secret is missing: run ./build.sh secrets $dc (it makes what is missing)"
+          cp "$src/hosts/$host/console.pem" "$src/hosts/$host/console-key.pem" "$src/operator.token" "$src/nsqdstats.secret" "$stage/$id/"
         fi ;;
     esac
     # What the volume holds, to tell a rotated secret from the same one.

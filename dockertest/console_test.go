@@ -51,24 +51,7 @@ type consoleView struct {
 // owner up and the app following it.
 func checkConsole(t *testing.T, c *compose, host string, secrets *dcSecrets, stream, app string) {
 	t.Helper()
-	base := "https://" + c.published("console", "8080")
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: secrets.tlsConfig()}}
-	get := func(path, token string) (int, []byte, error) {
-		req, err := http.NewRequest(http.MethodGet, base+path, nil)
-		if err != nil {
-			return 0, nil, err
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		return resp.StatusCode, b, err
-	}
+	base, get := consoleClient(t, c, secrets)
 	waitFor(t, 2*time.Minute, func() (bool, string) {
 		code, _, err := get("/", "")
 		return err == nil && code == 200, fmt.Sprintf("the console's page at %s/: HTTP %d %v", base, code, err)
@@ -118,4 +101,43 @@ func checkConsole(t *testing.T, c *compose, host string, secrets *dcSecrets, str
 	})
 	t.Logf("%s: the console at %s (HTTPS) refuses its state without the operator's token and with a wrong one; with it: %d nsqd(s) up (read through nsqd-stats at %s), stream %s and its %s",
 		host, base, len(v.NSQDs), v.NSQDs[0].StatsAddress, stream, app)
+}
+
+// consoleClient is the console's base URL, from this machine, and a GET
+// of one of its paths with a token ("" for none).
+func consoleClient(t *testing.T, c *compose, secrets *dcSecrets) (string, func(path, token string) (int, []byte, error)) {
+	t.Helper()
+	base := "https://" + c.published("console", "8080")
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: secrets.tlsConfig()}}
+	return base, func(path, token string) (int, []byte, error) {
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		if err != nil {
+			return 0, nil, err
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		return resp.StatusCode, b, err
+	}
+}
+
+// waitConsoleNSQDDown waits until the console shows an nsqd down.
+func waitConsoleNSQDDown(t *testing.T, c *compose, secrets *dcSecrets) {
+	t.Helper()
+	_, get := consoleClient(t, c, secrets)
+	token := strings.TrimSpace(secrets.read(t, "operator.token"))
+	waitFor(t, time.Minute, func() (bool, string) {
+		code, body, err := get("/api/state", token)
+		var v consoleView
+		if err != nil || code != 200 || json.Unmarshal(body, &v) != nil {
+			return false, fmt.Sprintf("the console's state: HTTP %d %v", code, err)
+		}
+		return v.NSQDDown, fmt.Sprintf("nsqds %+v", v.NSQDs)
+	})
 }

@@ -162,6 +162,16 @@ func TestDevHost1(t *testing.T) {
 		t.Fatalf("gossip after the key's rotation: %v", self["Stats"]["serf_lan"])
 	}
 	waitPassing(t, consul, time.Minute, map[string]int{"sensor": 1, "worker": 2, "app": 1})
+
+	// nsqd restarts alone (docker-compose restart nsqd, as a crash would):
+	// nsqd-stats, left in nsqd's old network namespace, exits once nsqd
+	// has not answered for 10 s and is started again beside it, and the
+	// console reads nsqd's statistics again.
+	restarted := time.Now()
+	h.must(2*time.Minute, "restart", "nsqd")
+	waitConsoleNSQDDown(t, h, secrets)
+	checkConsole(t, h, "dev/host1, nsqd restarted alone,", secrets, "sensor-dev-host1", "app")
+	t.Logf("dev/host1: the console read nsqd again %s after nsqd restarted alone", time.Since(restarted).Round(time.Second))
 	t.Logf("dev/host1: %s from up to the end", time.Since(start).Round(time.Second))
 }
 

@@ -95,7 +95,8 @@ func (in intrusion) run(t *testing.T, control *dcSecrets, nsqSecretVolume string
 		// nothing from anyone.
 		flags = append(flags, "--ca", "/secrets/ca.pem", "--consul-token", "/secrets/management.token",
 			"--replay-secret", "/secrets/replay.secret", "--nsq-secret", "/nsq/secret", "--sub-channel", "app-intruder#ephemeral",
-			"--operator-token", "/secrets/operator.token")
+			"--operator-token", "/secrets/operator.token", "--stats-secret", "/secrets/nsqdstats.secret",
+			"--metrics-token", "/secrets/metrics.token")
 	}
 	args = append(args, "svckit/svckit:"+in.tag)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -154,8 +155,8 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 		"consul-catalog-read", "consul-http-port", "nsqd-https-pub",
 		"nsq-pub-clear", "nsq-sub-clear", "nsq-pub-tls", "nsq-sub-tls", "nsq-pub-wrong-secret",
 		"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities",
-		"svc-deadletters-delete", "svc-wrong-secret", "svc-stats",
-		"console-state", "console-requeue", "console-events", "console-wrong-token",
+		"svc-deadletters-delete", "svc-wrong-secret", "svc-stats", "svc-metrics",
+		"console-state", "console-lag-history", "console-requeue", "console-events", "console-wrong-token",
 	} {
 		if !tried[name] {
 			t.Errorf("intruder: no %s attempt was made", name)
@@ -182,7 +183,7 @@ func (in intrusion) check(t *testing.T, secrets *dcSecrets, nsqSecretVolume stri
 		}
 	}
 	t.Logf("intruder: the control with credentials was allowed %d reads on the same addresses", allowed)
-	for _, route := range []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities", "svc-stats"} {
+	for _, route := range []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities", "svc-stats", "svc-metrics"} {
 		if !served[route] {
 			t.Errorf("intruder: no service tried serves %s: the refusals of that route prove nothing", route)
 		}

@@ -91,6 +91,8 @@ type config struct {
 	SubChannel   string // the channel of results the SUB attempts name
 	Console      string // https://console:8080
 	ConsoleToken string // positive control: the operator's token
+	StatsSecret  string // positive control: nsqd-stats' secret (svc-stats)
+	MetricsToken string // positive control: the token /metrics asks for
 	Timeout      time.Duration
 }
 
@@ -103,7 +105,8 @@ func parseFlags(args []string) (config, error) {
 	var (
 		cfg                                    config
 		tokenFile, caFile, nsqFile, replayFile string
-		consoleTokenFile                       string
+		consoleTokenFile, statsFile            string
+		metricsFile                            string
 		nsqds, nsqdHTTPS, services             multiFlag
 	)
 	fs := flag.NewFlagSet("intruder", flag.ContinueOnError)
@@ -121,6 +124,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.SubChannel, "sub-channel", "intruder#ephemeral", "the `CHANNEL` of topic results the SUB attempts name (the control's identity must be allowed it)")
 	fs.StringVar(&cfg.Console, "console", "", "the console's base `URL` (https://console:8080)")
 	fs.StringVar(&consoleTokenFile, "operator-token", "", "`FILE` with the console's operator token (positive control: the console's reads)")
+	fs.StringVar(&metricsFile, "metrics-token", "", "`FILE` with the token /metrics asks for (positive control: svc-metrics)")
+	fs.StringVar(&statsFile, "stats-secret", "", "`FILE` with nsqd-stats' secret (positive control: svc-stats)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Second, "timeout of every network operation")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -143,6 +148,12 @@ func parseFlags(args []string) (config, error) {
 		return cfg, err
 	}
 	if cfg.ConsoleToken, err = readSecret(consoleTokenFile); err != nil {
+		return cfg, err
+	}
+	if cfg.StatsSecret, err = readSecret(statsFile); err != nil {
+		return cfg, err
+	}
+	if cfg.MetricsToken, err = readSecret(metricsFile); err != nil {
 		return cfg, err
 	}
 	if caFile != "" {
@@ -622,8 +633,20 @@ func (p *prober) service(ctx context.Context, base string, emit func(result)) {
 	emit(p.svc(ctx, "svc-deadletters-list", http.MethodGet, base+"/deadletters?topic=readings", auth))
 	emit(p.svc(ctx, "svc-state", http.MethodGet, base+"/state", auth))
 	emit(p.svc(ctx, "svc-identities", http.MethodGet, base+"/identities", auth))
-	// nsqd's statistics (svckit nsqd-stats, beside each nsqd)
-	emit(p.svc(ctx, "svc-stats", http.MethodGet, base+"/stats", auth))
+	// The metrics name the streams and count their messages: the control
+	// sends the metrics token, as Prometheus would.
+	if p.cfg.MetricsToken != "" {
+		emit(p.svc(ctx, "svc-metrics", http.MethodGet, base+"/metrics", "Bearer "+p.cfg.MetricsToken))
+	} else {
+		emit(p.svc(ctx, "svc-metrics", http.MethodGet, base+"/metrics", auth))
+	}
+	// nsqd's statistics (svckit nsqd-stats, beside each nsqd): signed, by
+	// the control, with their own secret; the replay secret is refused.
+	if p.cfg.StatsSecret != "" {
+		emit(p.svc(ctx, "svc-stats", http.MethodGet, base+"/stats", signature(p.cfg.StatsSecret, http.MethodGet, "/stats", time.Now())))
+	} else {
+		emit(p.svc(ctx, "svc-stats", http.MethodGet, base+"/stats", auth))
+	}
 	if !control {
 		r := p.svc(ctx, "svc-deadletters-delete", http.MethodDelete, base+"/deadletters/readings/intruder-0", auth)
 		if strings.Contains(r.Detail, "HTTP 404") {
@@ -660,6 +683,7 @@ func (p *prober) console(ctx context.Context, base string, emit func(result)) {
 		emit(r)
 	}
 	do("console-state", http.MethodGet, "/api/state", "", bearer)
+	do("console-lag-history", http.MethodGet, "/api/lag-history", "", bearer)
 	// A requeue of a letter that does not exist: the control's reaches
 	// the handler (404) and changes nothing.
 	do("console-requeue", http.MethodPost, "/api/deadletters/requeue", `{"topic":"readings","id":"intruder-0"}`, bearer)

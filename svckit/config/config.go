@@ -56,6 +56,10 @@ type Config struct {
 	LogFormat string `flag:"log-format" usage:"log format: text or json"`
 	LogLevel  string `flag:"log-level" usage:"log level: debug, info, warn, error"`
 	Pprof     bool   `flag:"pprof" usage:"serve runtime profiles under /debug/pprof/ on the HTTP port"`
+	// MetricsToken, when set, is what GET /metrics asks for: the metrics
+	// name the streams and count their messages, which is the pipeline's
+	// data to whoever reaches the port.
+	MetricsToken string `flag:"metrics-token" file:"file holding the token GET /metrics asks for (instead of --metrics-token)" usage:"GET /metrics answers only Authorization: Bearer <token> (Prometheus: authorization.credentials_file); none: /metrics is open to whoever reaches --http-addr"`
 
 	CheckInterval time.Duration `flag:"check-interval" min:"1ns" usage:"interval of the Consul HTTP check on /health"`
 	// Consul silently clamps DeregisterCriticalServiceAfter to one minute.

@@ -6,6 +6,8 @@ package health
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -14,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +35,9 @@ type Options struct {
 	Pprof bool
 	// TLSCertFile and TLSKeyFile, when set, make Serve serve TLS.
 	TLSCertFile, TLSKeyFile string
+	// MetricsToken, when set, is what /metrics asks for, as
+	// Authorization: Bearer; "" = /metrics is open.
+	MetricsToken string
 }
 
 // CheckFunc reports a dependency's state: nil means OK.
@@ -62,7 +68,7 @@ func New(o Options) *Server {
 	})
 	s.mux.HandleFunc("GET /ready", s.serveReady)
 	if o.Registry != nil {
-		s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Registry: o.Registry}))
+		s.mux.Handle("GET /metrics", requireBearer(o.MetricsToken, promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Registry: o.Registry})))
 	}
 	if o.Pprof {
 		s.mountPprof()
@@ -205,4 +211,23 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	_ = json.NewEncoder(w).Encode(r)
+}
+
+// requireBearer answers only requests carrying token as Authorization:
+// Bearer (compared in constant time); "" leaves h open.
+func requireBearer(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(got))
+		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="metrics"`)
+			http.Error(w, "GET /metrics needs Authorization: Bearer <the metrics token> (--metrics-token-file)", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

@@ -6,6 +6,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Linking svckit must not put profiling handlers on http.DefaultServeMux
@@ -45,5 +47,36 @@ func TestReadyDetail(t *testing.T) {
 	}
 	if _, ok := r.Checks["quiet"]; ok {
 		t.Fatalf("an empty detail is listed: %+v", r)
+	}
+}
+
+// With a metrics token, /metrics answers only a request bearing it;
+// /health stays open (Consul's and Docker's checks carry no token).
+func TestMetricsToken(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "svckit_test_total", Help: "a test counter"}))
+	s := New(Options{Registry: reg, MetricsToken: "the-metrics-token"})
+	for _, c := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/metrics", "", http.StatusUnauthorized},
+		{"/metrics", "Bearer wrong", http.StatusUnauthorized},
+		{"/metrics", "Basic the-metrics-token", http.StatusUnauthorized},
+		{"/metrics", "Bearer the-metrics-token", http.StatusOK},
+		{"/health", "", http.StatusOK},
+	} {
+		r := httptest.NewRequest(http.MethodGet, c.path, nil)
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		w := httptest.NewRecorder()
+		s.mux.ServeHTTP(w, r)
+		if w.Code != c.want {
+			t.Errorf("GET %s with %q: HTTP %d, want %d", c.path, c.auth, w.Code, c.want)
+		}
+		if w.Code == http.StatusOK && c.path == "/metrics" && !strings.Contains(w.Body.String(), "svckit_test_total") {
+			t.Errorf("GET /metrics with the token: no metric in %q", w.Body.String())
+		}
 	}
 }

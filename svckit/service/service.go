@@ -108,7 +108,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		return nil, err
 	}
 	s.HTTP = health.New(health.Options{Addr: cfg.HTTPAddr, Registry: s.Metrics.Registry, Logger: log, Pprof: cfg.Pprof,
-		TLSCertFile: cfg.HTTPTLSCert, TLSKeyFile: cfg.HTTPTLSKey})
+		TLSCertFile: cfg.HTTPTLSCert, TLSKeyFile: cfg.HTTPTLSKey, MetricsToken: cfg.MetricsToken})
 	if err := s.serveDeadLetters(); err != nil {
 		unlock()
 		return nil, err

@@ -15,8 +15,10 @@ import (
 )
 
 type collectorOptions struct {
-	Consul      *api.Client
-	Secret      string // the replay secret: signs requests to /streams
+	Consul *api.Client
+	Secret string // the replay secret: signs requests to /streams
+	// StatsSecret signs requests to svckit nsqd-stats ("" = Secret).
+	StatsSecret string
 	DeadLetters DeadLetterAccess
 	ForgetAfter time.Duration
 	Instance    string // the console's own

@@ -13,6 +13,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/deadletter"
 	"github.com/svckit/svckit/svckit/discovery"
+	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/service"
 )
 
@@ -117,10 +118,15 @@ func (c *collector) readStats(ctx context.Context, addr string) (*nsqdStats, err
 }
 
 // readSignedStats is one nsqd's /stats from the svckit nsqd-stats beside
-// it: signed with the replay secret for "nsqd", its answer proven.
+// it: signed with the statistics' secret for "nsqd", its answer proven.
 func (c *collector) readSignedStats(ctx context.Context, addr string) (*nsqdStats, error) {
 	var st nsqdStats
-	if err := getJSON(ctx, c.streamsClient(service.NSQDService), addr, "/stats", &st); err != nil {
+	secret := c.o.StatsSecret
+	if secret == "" {
+		secret = c.o.Secret
+	}
+	client := replay.Client{Secret: secret, Audience: service.NSQDService, HTTP: c.http}
+	if err := getJSON(ctx, client, addr, "/stats", &st); err != nil {
 		return nil, err
 	}
 	return &st, nil

@@ -67,7 +67,11 @@ type Settings struct {
 	// laptop, where that port is on loopback; a datacenter's console
 	// shows what only holders of the replay secret may read, so there
 	// reading needs the token too (the default).
-	OpenRead bool `flag:"open-read" usage:"serve the state to anyone who reaches --http-addr, without the operator's token (the laptop's loopback only: the state shows what the services serve only to holders of the replay secret)"`
+	// NSQDStatsSecret signs the requests to svckit nsqd-stats (nsqd's
+	// statistics in the datacenters, meta stats_port): its own secret,
+	// not the replay secret, which nsqd-stats does not hold.
+	NSQDStatsSecret string `flag:"nsqd-stats-secret" file:"file holding it, instead of --nsqd-stats-secret (a datacenter's nsqdstats.secret)" usage:"what requests to svckit nsqd-stats are signed with (none: the replay secret)"`
+	OpenRead        bool   `flag:"open-read" usage:"serve the state to anyone who reaches --http-addr, without the operator's token (the laptop's loopback only: the state shows what the services serve only to holders of the replay secret)"`
 	// ForgetAfter bounds how long a tracking consumer, or a stream's
 	// owner, that left Consul stays in the state (marked down, its lag
 	// rising) before the console forgets it.
@@ -178,7 +182,7 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 	nsqds := s.Discovery.Watch(service.NSQDService)
 	access := deadLetters(DeadLetterEnv{Consul: s.Consul, NSQDs: nsqds, NSQ: nsqCfg, ReplaySecret: s.Config.ReplaySecret})
 	col := newCollector(collectorOptions{
-		Consul: s.Consul, Secret: s.Config.ReplaySecret, DeadLetters: access, ForgetAfter: set.ForgetAfter,
+		Consul: s.Consul, Secret: s.Config.ReplaySecret, StatsSecret: set.NSQDStatsSecret, DeadLetters: access, ForgetAfter: set.ForgetAfter,
 		Instance: s.Config.InstanceID, Version: s.Config.Version, Log: s.Log,
 		RequeueEnabled: set.OperatorToken != "",
 	})

@@ -650,7 +650,7 @@ func checkOurSecrets(h *Host, c *Container, ps *problems) {
 	if v, ok := env["CONSUL_HTTP_SSL_VERIFY"]; ok && isFalse(v) {
 		add("CONSUL_HTTP_SSL_VERIFY", "CONSUL_HTTP_SSL_VERIFY=%s: the service would give its token to whoever answers; remove it", v)
 	}
-	for _, k := range []string{"CONSUL_HTTP_TOKEN", "SVCKIT_REPLAY_SECRET", "SVCKIT_NSQ_AUTH_SECRET"} {
+	for _, k := range []string{"CONSUL_HTTP_TOKEN", "SVCKIT_REPLAY_SECRET", "SVCKIT_NSQ_AUTH_SECRET", "SVCKIT_METRICS_TOKEN", "SVCKIT_OPERATOR_TOKEN", "SVCKIT_NSQD_STATS_SECRET"} {
 		if env[k] != "" {
 			add(k, "%s=…: a secret in the compose file (the repository and docker inspect show it); put it in the service's secrets volume and name the file in %s_FILE", k, k)
 		}

@@ -81,4 +81,9 @@ func TestNSQDStatsServesOnlySignedStats(t *testing.T) {
 	if got := get(replay.Client{}, "/health"); got != http.StatusBadGateway {
 		t.Errorf("health with nsqd stopped: HTTP %d, want 502", got)
 	}
+	// Left beside an nsqd that no longer answers (in the namespace of
+	// one that restarted), it gives up, to be started again.
+	if err := watchNSQD(ctx, nsqd.HTTPAddr, time.Second); err == nil || !strings.Contains(err.Error(), "has not answered /ping") {
+		t.Errorf("watching a stopped nsqd: %v, want an error", err)
+	}
 }

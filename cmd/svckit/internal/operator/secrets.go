@@ -24,6 +24,10 @@ import (
 // datacenter's secrets.
 const ConsoleTokenFile = "operator.token"
 
+// MetricsTokenFile is what the services' GET /metrics asks for, in a
+// datacenter's secrets.
+const MetricsTokenFile = "metrics.token"
+
 func secretsCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "secrets",
@@ -39,6 +43,10 @@ func secretsCommand() *cli.Command {
   replay.secret                  the replay endpoints' shared secret
   operator.token                 the operator's token for the console (svckit console
                                  --operator-token-file): reading its page, requeueing
+  nsqdstats.secret               what the console signs its requests to svckit nsqd-stats
+                                 with (nsqd's /stats)
+  metrics.token                  what the services' GET /metrics asks for (--metrics-token-file;
+                                 Prometheus: authorization.credentials_file)
   tokens/<service>.token         a Consul token secret per --service
   tokens/agent-<host>.token      the Consul agent token of each --host
   hosts/<host>/consul.hcl        the agent's configuration: gossip encryption, TLS
@@ -147,6 +155,15 @@ func initSecrets(out, mount, dc string, hosts, services []string) ([]string, err
 	}
 	// The console's: reading its page and requeueing dead letters.
 	if err := keep(ConsoleTokenFile, random(32)); err != nil {
+		return nil, err
+	}
+	// What the services' GET /metrics asks for (Prometheus sends it).
+	if err := keep(MetricsTokenFile, random(32)); err != nil {
+		return nil, err
+	}
+	// nsqd's statistics' (svckit nsqd-stats and the console): not the
+	// replay secret, which whoever verifies with could also sign with.
+	if err := keep(NSQDStatsSecretFile, random(32)); err != nil {
 		return nil, err
 	}
 	for _, s := range services {

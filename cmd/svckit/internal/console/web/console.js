@@ -92,6 +92,9 @@
   document.getElementById('operator-token-forget').addEventListener('click', () => {
     tokenInput.value = '';
     sessionStorage.removeItem(TOKEN_KEY);
+    // A reading made with the token ends with it (one that needs none,
+    // --open-read, goes on).
+    if (document.body.dataset.connection === 'live') reconnect();
   });
 
   // --- the connection --------------------------------------------------
@@ -135,9 +138,12 @@
   // highest lag of each 10 s) when it connects.
   const HISTORY_MS = 5 * 60 * 1000;
   const lagHistory = new Map(); // consumer key → [[unix ms, lag messages, lag seconds], …]
-  // A stage's row is its service's; a tracker's its instance's: the kind
-  // keeps a stage named like a tracker instance apart.
-  const consumerKey = (kind, consumer, stream) => (kind === 'stage' ? 'stage-' : '') + consumer + '-' + stream;
+  // A stage's row is its service's; a tracker's its instance's. The maps'
+  // key keeps the three apart whatever the names hold ('a-b' + 'c' is not
+  // 'a' + 'b-c'); the elements' ids (#consumer-…, #lag-…, #spark-…) are
+  // readable ones, for the DOM's readers.
+  const consumerKey = (kind, consumer, stream) => JSON.stringify([kind || 'tracker', consumer, stream]);
+  const domKey = (kind, consumer, stream) => (kind === 'stage' ? 'stage-' : '') + consumer + '-' + stream;
   function recordLag(st) {
     const t = Date.parse(st.generated_at), cut = t - HISTORY_MS;
     const seen = new Set();
@@ -486,7 +492,7 @@
   }
 
   function consumerRow(s, c) {
-    const key = consumerKey(c.kind, c.consumer, s.stream);
+    const key = domKey(c.kind, c.consumer, s.stream);
     // A stage keeps no applied set: it has no gaps, replays or
     // snapshots of its own (its position is the highest input finished).
     const stage = c.kind === 'stage';
@@ -506,7 +512,7 @@
     const spark = sv('svg', { id: 'spark-' + key, class: 'spark', viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none',
       'data-points': 0, 'data-up': c.up, 'data-max': 0 }, sv('polyline', { points: '' }), sv('title', {}, ''));
     tr.append(pos, lag, el('td', {}, spark));
-    sparkDrawn.delete(key);
+    sparkDrawn.delete(consumerKey(c.kind, c.consumer, s.stream));
     tr.append(el('td', { 'data-gaps': c.gaps.length }, stage ? '–' : c.gaps.length ? ranges(c.gaps) : 'none'));
     const rp = el('td', {});
     let progress = null;
@@ -542,6 +548,7 @@
     tr.dataset.lagSeconds = lagS;
     f.pos.dataset.position = c.last_contiguous;
     text(f.pos, int(c.last_contiguous));
+    if (c.kind === 'stage') f.pos.title = 'the highest input finished; upstream at ' + int(c.owner_last);
     f.lag.dataset.lagMessages = c.lag_messages;
     f.lag.dataset.lagSeconds = lagS;
     text(f.lag.firstChild, int(c.lag_messages) + ' msgs');
