@@ -44,7 +44,8 @@ type StageOptions struct {
 // that downstream consumers (and `svckit replay --publish`) find it.
 //
 // It keeps the stage's lag in every stream it sees (its position: the
-// highest input finished; against Upstream's last sequence, asked every
+// point up to which every input is finished, just before the lowest it
+// holds unfinished; against Upstream's last sequence, asked every
 // TailInterval), exported as svckit_stream_lag_messages and
 // svckit_stream_lag_seconds, as a tracking consumer's, and served on GET
 // /stage (stage.StatusPath) behind the replay secret. A service runs one

@@ -44,7 +44,9 @@ func gaugeValue(t *testing.T, s *service.Service, name, stream string) (float64,
 // A stage's lag against real consul and nsqd: an owner publishes, the
 // stage's transform is held, and its lag in the stream (GET /stage, signed
 // with the replay secret, and svckit_stream_lag_messages) rises with what
-// the owner publishes; let go, the stage catches up and its lag is 0.
+// the owner publishes; let go, the stage catches up and its lag is 0. One
+// input stuck while those after it are finished holds the position just
+// before it, until it is finished too.
 func TestStageLagRisesWhileHeldAndReturnsToZero(t *testing.T) {
 	t.Parallel()
 	stack := testenv.StartStack(t)
@@ -74,11 +76,24 @@ func TestStageLagRisesWhileHeldAndReturnsToZero(t *testing.T) {
 		t.Fatalf("New stage: %v", err)
 	}
 	gate := make(chan struct{}) // closed: the transform lets its inputs through
-	held := func(ctx context.Context, e envelope.Envelope) ([]stage.Output, error) {
+	const stuckSeq = 18         // held until stuck is closed
+	stuck := make(chan struct{})
+	wait := func(ctx context.Context, c chan struct{}) error {
 		select {
-		case <-gate:
+		case <-c:
+			return nil
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
+		}
+	}
+	held := func(ctx context.Context, e envelope.Envelope) ([]stage.Output, error) {
+		if err := wait(ctx, gate); err != nil {
+			return nil, err
+		}
+		if e.Seq == stuckSeq {
+			if err := wait(ctx, stuck); err != nil {
+				return nil, err
+			}
 		}
 		return []stage.Output{{ContentType: "text/plain", Payload: e.Payload}}, nil
 	}
@@ -168,6 +183,22 @@ func TestStageLagRisesWhileHeldAndReturnsToZero(t *testing.T) {
 		v, ok := gaugeValue(t, ss, "svckit_stream_lag_messages", stream)
 		s, _ := gaugeValue(t, ss, "svckit_stream_lag_seconds", stream)
 		return ok && v == 0 && s == 0
+	})
+
+	// 16 to 20, 18 stuck (the stage's other handlers finish the rest): the
+	// stage is at 17, 3 behind, 18 in flight; not at 20.
+	publish(5)
+	waitLag("the position held before the stuck input", func() bool {
+		return l.Position == stuckSeq-1 && l.InFlight == 1 && l.UpstreamLast == 20 && l.LagMessages == 3 && l.LagSeconds > 0
+	})
+	testenv.WaitFor(t, waitLong, "svckit_stream_lag_messages at 3 with one input stuck", func() bool {
+		v, ok := gaugeValue(t, ss, "svckit_stream_lag_messages", stream)
+		return ok && v == 3
+	})
+	t.Logf("stuck: %+v", l)
+	close(stuck)
+	waitLag("the stage at 20 once the stuck input finished", func() bool {
+		return l.Position == 20 && l.InFlight == 0 && l.LagMessages == 0 && l.LagSeconds == 0
 	})
 
 	cancel()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -26,28 +27,30 @@ import (
 // acknowledgements, in the order and with the outcome the test chooses.
 type heldOut struct {
 	mu    sync.Mutex
-	dones map[uint64]func(error) // by the input's sequence
+	dones map[uint64][]func(error) // by the input's sequence, oldest first
 }
 
 func (h *heldOut) PublishEnvelopeAsync(_ context.Context, env envelope.Envelope, done func(error)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.dones == nil {
-		h.dones = map[uint64]func(error){}
+		h.dones = map[uint64][]func(error){}
 	}
-	h.dones[env.Seq] = done
+	h.dones[env.Seq] = append(h.dones[env.Seq], done)
 }
 
 func (h *heldOut) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error)) {
 	h.PublishEnvelopeAsync(ctx, envs[0], done)
 }
 
-// ack completes the publish of seq's outputs with err.
+// ack completes the oldest publish in flight of seq's outputs with err.
 func (h *heldOut) ack(t *testing.T, seq uint64, err error) {
 	t.Helper()
 	h.mu.Lock()
-	done := h.dones[seq]
-	delete(h.dones, seq)
+	var done func(error)
+	if q := h.dones[seq]; len(q) > 0 {
+		done, h.dones[seq] = q[0], q[1:]
+	}
 	h.mu.Unlock()
 	if done == nil {
 		t.Fatalf("no publish in flight for seq %d", seq)
@@ -138,10 +141,11 @@ func lagOfStream(t *testing.T, st *Stage, stream string) StreamLag {
 	return StreamLag{}
 }
 
-// A stage's position in a stream is the highest input whose outputs were
-// all acknowledged, whatever the order they finish in; its lag is how far
-// that is behind what the upstream last reported, in messages and in the
-// age of the position's input; a failing upstream leaves the last known
+// A stage's position in a stream is just before the lowest input it holds
+// unfinished, else the highest whose outputs were all acknowledged,
+// whatever the order they finish in; its lag is how far that is behind the
+// highest sequence known to exist, in messages and in the age of the
+// input after the position; a failing upstream leaves the last known
 // value and says why.
 func TestStageLagFollowsAcknowledgements(t *testing.T) {
 	ctx := context.Background()
@@ -165,40 +169,46 @@ func TestStageLagFollowsAcknowledgements(t *testing.T) {
 	}
 
 	// Seen as soon as an input arrives: nothing finished, so the position
-	// is just before it.
+	// is just before it, and the inputs that arrived exist: behind by 4,
+	// since 1 was created.
 	for seq := uint64(1); seq <= 4; seq++ {
 		deliver(t, st, in(seq))
 	}
-	if l := lagOfStream(t, st, "s"); l.Position != 0 || l.UpstreamLast != 0 || l.LagMessages != 0 || l.LagSeconds != 0 || l.LastError != "" {
-		t.Fatalf("before any acknowledgement or upstream answer: %+v", l)
+	l := lagOfStream(t, st, "s")
+	if l.Position != 0 || l.InFlight != 4 || l.UpstreamLast != 0 || l.LagMessages != 4 || l.LastError != "" ||
+		math.Abs(l.LagSeconds-time.Since(in(1).Created).Seconds()) > 5 {
+		t.Fatalf("before any acknowledgement or upstream answer: %+v, want position 0, 4 in flight, lag 4 since 1's creation", l)
 	}
 	st.refreshUpstream(ctx)
-	l := lagOfStream(t, st, "s")
+	l = lagOfStream(t, st, "s")
 	if l.UpstreamLast != 10 || l.Position != 0 || l.LagMessages != 10 || l.LastError != "" {
 		t.Fatalf("after the upstream said 10: %+v, want position 0, lag 10", l)
 	}
 
-	// Out of order: 3 then 1. The position is 3, its age 3's.
+	// Out of order: 3 then 1. 2 is not finished: the position is 1, its
+	// lag in seconds 2's age.
 	out.ack(t, 3, nil)
 	out.ack(t, 1, nil)
-	now := time.Now()
 	l = lagOfStream(t, st, "s")
-	wantSecs := now.Sub(in(3).Created).Seconds()
-	if l.Position != 3 || l.LagMessages != 7 || math.Abs(l.LagSeconds-wantSecs) > 5 {
-		t.Fatalf("after 3 and 1 finished: %+v, want position 3, lag 7 and about %.0fs", l, wantSecs)
+	wantSecs := time.Since(in(2).Created).Seconds()
+	if l.Position != 1 || l.InFlight != 2 || l.LagMessages != 9 || math.Abs(l.LagSeconds-wantSecs) > 5 {
+		t.Fatalf("after 3 and 1 finished: %+v, want position 1, 2 and 4 in flight, lag 9 and about %.0fs", l, wantSecs)
 	}
-	// A failed publish finishes nothing (the input comes again).
+	// A failed publish finishes nothing: the input comes again, and holds
+	// the position back meanwhile.
 	out.ack(t, 4, errors.New("nsqd went away"))
-	if l := lagOfStream(t, st, "s"); l.Position != 3 {
-		t.Fatalf("a failed publish moved the position: %+v", l)
+	out.ack(t, 2, nil)
+	l = lagOfStream(t, st, "s")
+	if wantSecs := time.Since(in(4).Created).Seconds(); l.Position != 3 || l.InFlight != 1 || l.LagMessages != 7 ||
+		math.Abs(l.LagSeconds-wantSecs) > 5 {
+		t.Fatalf("2 finished, 4 failed: %+v, want position 3, 4 in flight, lag 7 and about %.0fs", l, wantSecs)
 	}
 	// Caught up: lag 0, in seconds too.
-	out.ack(t, 2, nil)
 	for seq := uint64(4); seq <= 10; seq++ {
 		deliver(t, st, in(seq))
 		out.ack(t, seq, nil)
 	}
-	if l := lagOfStream(t, st, "s"); l.Position != 10 || l.LagMessages != 0 || l.LagSeconds != 0 {
+	if l := lagOfStream(t, st, "s"); l.Position != 10 || l.InFlight != 0 || l.LagMessages != 0 || l.LagSeconds != 0 {
 		t.Fatalf("caught up: %+v, want position 10, lag 0", l)
 	}
 
@@ -241,8 +251,8 @@ func TestStageLagFollowsAcknowledgements(t *testing.T) {
 	}
 }
 
-// An input dead-lettered by the stage counts once its marker was
-// acknowledged (downstream has it), not before; unsequenced inputs and
+// An input dead-lettered by the stage counts as finished once its marker
+// was acknowledged (downstream has it), not before; unsequenced inputs and
 // markers passing through are handled like any input.
 func TestStageLagCountsDeadLetteredInputs(t *testing.T) {
 	out := &heldOut{}
@@ -256,13 +266,17 @@ func TestStageLagCountsDeadLetteredInputs(t *testing.T) {
 		t.Fatalf("first seen at 5: %+v, want position 4", l)
 	}
 	out.ack(t, 6, errors.New("nsqd went away")) // the marker was not taken
-	if l := lagOfStream(t, st, "d"); l.Position != 4 {
-		t.Fatalf("a dead marker not acknowledged moved the position: %+v", l)
+	out.ack(t, 5, nil)
+	if l := lagOfStream(t, st, "d"); l.Position != 5 || l.InFlight != 1 {
+		t.Fatalf("a dead marker not acknowledged: %+v, want position 5, 6 in flight (it comes again)", l)
 	}
 	bad = deliver(t, st, envelope.Envelope{Stream: "d", Seq: 6, Payload: []byte("not 8 bytes")})
+	if l := lagOfStream(t, st, "d"); l.Position != 5 || l.InFlight != 1 {
+		t.Fatalf("6 delivered again: %+v, want it counted once", l)
+	}
 	out.ack(t, 6, nil)
-	if l := lagOfStream(t, st, "d"); l.Position != 6 {
-		t.Fatalf("a dead-lettered input whose marker was acknowledged: %+v, want position 6", l)
+	if l := lagOfStream(t, st, "d"); l.Position != 6 || l.InFlight != 0 {
+		t.Fatalf("a dead-lettered input whose marker was acknowledged: %+v, want position 6, nothing in flight", l)
 	}
 	bad.mu.Lock()
 	if bad.finished == bad.requeued {
@@ -272,7 +286,6 @@ func TestStageLagCountsDeadLetteredInputs(t *testing.T) {
 	// A marker from upstream passes through and counts.
 	deliver(t, st, envelope.Envelope{Stream: "d", Seq: 8, Marker: true})
 	out.ack(t, 8, nil)
-	out.ack(t, 5, nil)
 	if l := lagOfStream(t, st, "d"); l.Position != 8 {
 		t.Fatalf("after the marker of 8: %+v, want position 8", l)
 	}
@@ -284,9 +297,10 @@ func TestStageLagCountsDeadLetteredInputs(t *testing.T) {
 	}
 }
 
-// Inputs arrive out of order (handled concurrently): until one is
-// finished, the position is just before the lowest that arrived; after,
-// only a finished input moves it.
+// Inputs arrive out of order (handled concurrently): the position is just
+// before the lowest that arrived and is not finished, even one that
+// arrives long after higher ones were finished (nsqd delivering it again):
+// it is not finished.
 func TestStageLagFirstPositionIsBeforeTheLowestArrival(t *testing.T) {
 	out := &heldOut{}
 	st, err := New(Options{Transform: splitOdd, Out: out})
@@ -300,35 +314,46 @@ func TestStageLagFirstPositionIsBeforeTheLowestArrival(t *testing.T) {
 		t.Fatalf("13, 11, 12 arrived, none finished: %+v, want position 10", l)
 	}
 	out.ack(t, 12, nil)
+	if l := lagOfStream(t, st, "o"); l.Position != 10 || l.InFlight != 2 {
+		t.Fatalf("12 finished, 11 and 13 not: %+v, want position 10", l)
+	}
+	out.ack(t, 11, nil)
+	out.ack(t, 13, nil)
 	deliver(t, st, envelope.Envelope{Stream: "o", Seq: 5, Payload: value(2)}) // redelivered, from long ago
-	if l := lagOfStream(t, st, "o"); l.Position != 12 {
-		t.Fatalf("12 finished, then 5 arrived: %+v, want position 12", l)
+	if l := lagOfStream(t, st, "o"); l.Position != 4 || l.InFlight != 1 || l.LagMessages != 9 {
+		t.Fatalf("13 finished, then 5 arrived: %+v, want position 4, lag 9", l)
+	}
+	out.ack(t, 5, nil)
+	if l := lagOfStream(t, st, "o"); l.Position != 13 || l.InFlight != 0 || l.LagMessages != 0 {
+		t.Fatalf("5 finished: %+v, want position 13, lag 0", l)
 	}
 }
 
 // lagOf is the tracker's definition: behind the highest sequence known
-// to exist (the upstream's last, or the position itself), in messages,
-// and in the age of the position's input while behind.
+// to exist (the upstream's last, or one seen here), in messages, and in
+// the age of the input after the position while behind; never negative.
 func TestLagOf(t *testing.T) {
 	now := time.Unix(1000, 0)
 	at := time.Unix(990, 0).UnixNano()
 	for _, c := range []struct {
-		pos, up uint64
-		n       uint64
-		secs    float64
+		pos, highest, up uint64
+		n                uint64
+		secs             float64
 	}{
-		{0, 0, 0, 0},
-		{5, 0, 0, 0},  // the upstream never answered
-		{5, 3, 0, 0},  // ahead of a stale answer
-		{5, 5, 0, 0},  // caught up
-		{5, 9, 4, 10}, // behind
+		{0, 0, 0, 0, 0},
+		{5, 5, 0, 0, 0},  // the upstream never answered
+		{5, 5, 3, 0, 0},  // ahead of a stale or lowered answer
+		{5, 5, 5, 0, 0},  // caught up
+		{5, 5, 9, 4, 10}, // behind
+		{2, 5, 0, 3, 10}, // an input past the position seen, the upstream silent
+		{2, 5, 4, 3, 10}, // the same, the upstream's answer older than 5
 	} {
-		if n, secs := lagOf(c.pos, at, c.up, now); n != c.n || secs != c.secs {
-			t.Errorf("lagOf(%d, up %d) = %d, %v; want %d, %v", c.pos, c.up, n, secs, c.n, c.secs)
+		if n, secs := lagOf(c.pos, c.highest, at, c.up, now); n != c.n || secs != c.secs {
+			t.Errorf("lagOf(%d, highest %d, up %d) = %d, %v; want %d, %v", c.pos, c.highest, c.up, n, secs, c.n, c.secs)
 		}
 	}
 	// A clock ahead of ours: never negative.
-	if _, secs := lagOf(1, time.Unix(2000, 0).UnixNano(), 2, now); secs != 0 {
+	if _, secs := lagOf(1, 1, time.Unix(2000, 0).UnixNano(), 2, now); secs != 0 {
 		t.Errorf("lag seconds from the future: %v", secs)
 	}
 }
@@ -361,7 +386,7 @@ func TestServeStatusShape(t *testing.T) {
 		slices.Sort(k)
 		return k
 	}
-	want := []string{"lag_messages", "lag_seconds", "last_error", "position", "stream", "upstream_last"}
+	want := []string{"in_flight", "lag_messages", "lag_seconds", "last_error", "position", "stream", "upstream_last"}
 	if got := keys(raw[0]); !slices.Equal(got, want) || raw[0]["stream"] != "a" || raw[1]["stream"] != "b" {
 		t.Fatalf("GET /stage: %s, want keys %v, streams a then b", rec.Body, want)
 	}
@@ -487,5 +512,385 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waiting 30s for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond) // polling, not synchronisation
+	}
+}
+
+// A stuck input holds the position back: inputs 1 to 5 arrive, all but 3
+// finish, and the stage is at 2, one input in flight, 3 behind the
+// upstream's 5, for as long as 3 is not finished (a delivery still running
+// never stops counting). Once it is, the stage is at 5.
+func TestStageLagStuckInputHoldsThePosition(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := replay.NewMetrics(reg)
+	out := &heldOut{}
+	st, err := New(Options{Transform: splitOdd, Out: out, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Now().Add(-time.Minute)
+	in := func(seq uint64) envelope.Envelope {
+		return envelope.Envelope{Stream: "s", Seq: seq, Created: base.Add(time.Duration(seq) * time.Second), Payload: value(2)}
+	}
+	for seq := uint64(1); seq <= 5; seq++ {
+		deliver(t, st, in(seq))
+	}
+	st.lag.learn("upstream", []upstreamAnswer{{in: "owner", st: []replay.Status{{Stream: "s", LastSeq: 5}}}}, time.Now())
+	for _, seq := range []uint64{1, 2, 4, 5} {
+		out.ack(t, seq, nil)
+	}
+	l := lagOfStream(t, st, "s")
+	wantSecs := time.Since(in(3).Created).Seconds()
+	if l.Position != 2 || l.InFlight != 1 || l.UpstreamLast != 5 || l.LagMessages != 3 || math.Abs(l.LagSeconds-wantSecs) > 5 {
+		t.Fatalf("1, 2, 4, 5 finished, 3 stuck: %+v, want position 2, 1 in flight, lag 3 and about %.0fs", l, wantSecs)
+	}
+	st.lag.export(time.Now())
+	if n := gaugeValue(t, m.LagMessages.WithLabelValues("s")); n != 3 {
+		t.Fatalf("svckit_stream_lag_messages = %v with 3 stuck, want 3", n)
+	}
+	// An hour later, still running: still holding the stream back.
+	if ls := st.lag.status(time.Now().Add(time.Hour)); len(ls) != 1 || ls[0].Position != 2 || ls[0].InFlight != 1 {
+		t.Fatalf("3 stuck for an hour: %+v, want position 2", ls)
+	}
+	out.ack(t, 3, nil)
+	if l := lagOfStream(t, st, "s"); l.Position != 5 || l.InFlight != 0 || l.LagMessages != 0 || l.LagSeconds != 0 {
+		t.Fatalf("3 finished: %+v, want position 5, lag 0", l)
+	}
+}
+
+// nsqd delivers an input again while it is in flight (its timeout passed
+// while its transform hung): it is one input, counted once, in flight
+// until one of its deliveries finishes. Once none runs (they failed), it
+// counts until its retry is due (retryHold), then no longer: it may have
+// gone to another instance.
+func TestStageLagRedeliveredInputCountsOnce(t *testing.T) {
+	out := &heldOut{}
+	st, err := New(Options{Transform: splitOdd, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := func(seq uint64) envelope.Envelope { return envelope.Envelope{Stream: "r", Seq: seq, Payload: value(2)} }
+	for seq := uint64(1); seq <= 5; seq++ {
+		deliver(t, st, in(seq))
+	}
+	deliver(t, st, in(3)) // again, while the first is in flight
+	for _, seq := range []uint64{1, 2, 4, 5} {
+		out.ack(t, seq, nil)
+	}
+	if l := lagOfStream(t, st, "r"); l.Position != 2 || l.InFlight != 1 {
+		t.Fatalf("3 delivered twice, in flight: %+v, want position 2, 1 in flight", l)
+	}
+	// The first delivery fails; the second still runs, and never expires.
+	out.ack(t, 3, errors.New("nsqd went away"))
+	if ls := st.lag.status(time.Now().Add(time.Hour)); len(ls) != 1 || ls[0].Position != 2 || ls[0].InFlight != 1 {
+		t.Fatalf("3's first delivery failed, its second runs: %+v, want position 2 even an hour on", ls)
+	}
+	// The second fails too: 3 waits for its retry, counted meanwhile...
+	out.ack(t, 3, errors.New("nsqd went away"))
+	now := time.Now()
+	if ls := st.lag.status(now.Add(retryHold(1) - time.Second)); ls[0].Position != 2 || ls[0].InFlight != 1 {
+		t.Fatalf("3 waiting for its retry: %+v, want position 2", ls)
+	}
+	// ... and not after it was due (and the grace).
+	if ls := st.lag.status(now.Add(retryHold(1) + time.Second)); ls[0].Position != 5 || ls[0].InFlight != 0 {
+		t.Fatalf("3's retry overdue: %+v, want position 5, nothing in flight", ls)
+	}
+	// It comes here after all: in flight again, then finished.
+	deliver(t, st, in(3))
+	if l := lagOfStream(t, st, "r"); l.Position != 2 || l.InFlight != 1 {
+		t.Fatalf("3 delivered once more: %+v, want position 2", l)
+	}
+	out.ack(t, 3, nil)
+	if l := lagOfStream(t, st, "r"); l.Position != 5 || l.InFlight != 0 {
+		t.Fatalf("3 finished: %+v, want position 5", l)
+	}
+	// A retry's hold follows the default policy's delays, capped.
+	if a, b, c := retryHold(1), retryHold(3), retryHold(100); a != time.Second+retryGrace || b != 4*time.Second+retryGrace ||
+		c != time.Minute+retryGrace {
+		t.Errorf("retryHold(1, 3, 100) = %s, %s, %s", a, b, c)
+	}
+}
+
+// The upstream's last sequence is its latest answer, even lower than the
+// one before (the stream restarted): the stage's position follows it down,
+// so that the restarted stream's inputs move it again and the lag is 0
+// when they are finished, not the old position's distance for ever.
+func TestStageLagFollowsALoweredUpstream(t *testing.T) {
+	b := newLagBook(replay.NewMetrics(prometheus.NewRegistry()))
+	created := time.Now()
+	answer := func(last uint64) []upstreamAnswer {
+		return []upstreamAnswer{{in: "owner", st: []replay.Status{{Stream: "s", LastSeq: last}}}}
+	}
+	one := func() StreamLag {
+		t.Helper()
+		ls := b.status(time.Now())
+		if len(ls) != 1 {
+			t.Fatalf("streams: %+v, want s alone", ls)
+		}
+		return ls[0]
+	}
+	b.arrived("s", 990, created)
+	b.finished("s", 990, created)
+	b.learn("upstream", answer(1000), time.Now())
+	if l := one(); l.Position != 990 || l.UpstreamLast != 1000 || l.LagMessages != 10 {
+		t.Fatalf("at 990 of 1000: %+v, want lag 10", l)
+	}
+	b.learn("upstream", answer(1), time.Now()) // restarted
+	if l := one(); l.Position != 1 || l.UpstreamLast != 1 || l.LagMessages != 0 || l.LagSeconds != 0 {
+		t.Fatalf("the upstream restarted at 1: %+v, want position 1, lag 0", l)
+	}
+	b.arrived("s", 2, created)
+	if l := one(); l.Position != 1 || l.LagMessages != 1 || l.InFlight != 1 {
+		t.Fatalf("the restarted stream's 2 in flight: %+v, want position 1, lag 1", l)
+	}
+	b.finished("s", 2, created)
+	if l := one(); l.Position != 2 || l.LagMessages != 0 {
+		t.Fatalf("the restarted stream's 2 finished: %+v, want position 2, lag 0", l)
+	}
+	b.learn("upstream", answer(3), time.Now())
+	if l := one(); l.UpstreamLast != 3 || l.LagMessages != 1 {
+		t.Fatalf("the upstream at 3: %+v, want lag 1", l)
+	}
+}
+
+// A stream the upstream answers without, twice in a row, with nothing of
+// it in flight, is forgotten, its gauge series deleted; one with an input
+// in flight, or whose owner did not answer, or when no upstream answered,
+// is kept. Forgotten, it comes back with its next input.
+func TestStageLagForgetsStreamsTheUpstreamNoLongerReports(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := newLagBook(replay.NewMetrics(reg))
+	created := time.Now()
+	for _, id := range []string{"gone", "kept", "busy", "ownerfailed"} {
+		b.arrived(id, 1, created)
+		if id != "busy" {
+			b.finished(id, 1, created)
+		}
+	}
+	series := func() []string {
+		t.Helper()
+		b.export(time.Now())
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, mf := range mfs {
+			if mf.GetName() != "svckit_stream_lag_messages" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "stream" {
+						ids = append(ids, l.GetValue())
+					}
+				}
+			}
+		}
+		slices.Sort(ids)
+		return ids
+	}
+	streams := func() []string {
+		var ids []string
+		for _, l := range b.status(time.Now()) {
+			ids = append(ids, l.Stream)
+		}
+		return ids
+	}
+	all := []string{"busy", "gone", "kept", "ownerfailed"}
+	if got := series(); !slices.Equal(got, all) {
+		t.Fatalf("series %v, want %v", got, all)
+	}
+	answers := []upstreamAnswer{
+		{in: "owner-of-kept", own: []string{"kept"}, st: []replay.Status{{Stream: "kept", LastSeq: 1}}},
+		{in: "owner-of-ownerfailed", own: []string{"ownerfailed"}, err: errors.New("connection refused")},
+	}
+	// No upstream, or none answering: nothing is learnt, nothing forgotten.
+	for range 3 {
+		b.learn("upstream", nil, time.Now())
+		b.learn("upstream", answers[1:], time.Now())
+	}
+	b.learn("upstream", answers, time.Now())
+	if got := streams(); !slices.Equal(got, all) {
+		t.Fatalf("after one refresh without gone and busy: %v, want all kept", got)
+	}
+	b.learn("upstream", answers, time.Now())
+	want := []string{"busy", "kept", "ownerfailed"}
+	if got := streams(); !slices.Equal(got, want) {
+		t.Fatalf("after two refreshes without gone and busy: %v, want %v", got, want)
+	}
+	if got := series(); !slices.Equal(got, want) {
+		t.Fatalf("series after gone was forgotten: %v, want %v", got, want)
+	}
+	// busy finished: forgotten at the next refresh without it.
+	b.finished("busy", 1, created)
+	b.learn("upstream", answers, time.Now())
+	want = []string{"kept", "ownerfailed"}
+	if got := streams(); !slices.Equal(got, want) {
+		t.Fatalf("busy finished, unreported: %v, want %v", got, want)
+	}
+	// gone's next input brings it back, from just before it.
+	b.arrived("gone", 7, created)
+	b.finished("gone", 7, created)
+	for _, l := range b.status(time.Now()) {
+		if l.Stream == "gone" && l.Position != 7 {
+			t.Fatalf("gone back: %+v, want position 7", l)
+		}
+	}
+	if got := series(); !slices.Equal(got, []string{"gone", "kept", "ownerfailed"}) {
+		t.Fatalf("series with gone back: %v", got)
+	}
+}
+
+// Inputs of a stream that the book drops meanwhile are not lost: one that
+// found the stream before it was dropped looks it up again.
+func TestStageLagArrivalRacingAForget(t *testing.T) {
+	b := newLagBook(replay.NewMetrics(prometheus.NewRegistry()))
+	created := time.Now()
+	b.arrived("s", 1, created)
+	b.finished("s", 1, created)
+	stale := b.byID.Load() // as an input that looked s up before the drop
+	none := []upstreamAnswer{{in: "owner", st: []replay.Status{}}}
+	b.learn("upstream", none, time.Now())
+	b.learn("upstream", none, time.Now())
+	if got := b.status(time.Now()); len(got) != 0 {
+		t.Fatalf("s not forgotten: %+v", got)
+	}
+	b.byID.Store(stale) // the input goes on from the stale copy
+	b.arrived("s", 2, created)
+	if got := b.status(time.Now()); len(got) != 1 || got[0].Position != 1 || got[0].InFlight != 1 {
+		t.Fatalf("an arrival from a stale lookup: %+v, want s back, 2 in flight", got)
+	}
+}
+
+// Inputs from many goroutines while refreshes forget the stream: nothing
+// races (go test -race), and nothing is left in flight once every input
+// finished.
+func TestStageLagConcurrentInputsAndForgets(t *testing.T) {
+	b := newLagBook(replay.NewMetrics(prometheus.NewRegistry()))
+	created := time.Now()
+	none := []upstreamAnswer{{in: "owner", st: []replay.Status{}}}
+	stop := make(chan struct{})
+	forgot := make(chan struct{})
+	go func() {
+		defer close(forgot)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				b.learn("upstream", none, time.Now())
+				b.status(time.Now())
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := range uint64(4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := uint64(1); i <= 2000; i++ {
+				seq := i*4 + g
+				b.arrived("s", seq, created)
+				if i%7 == 0 {
+					b.failed("s", seq, 1, time.Now())
+					b.arrived("s", seq, created)
+				}
+				b.finished("s", seq, created)
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-forgot
+	for _, l := range b.status(time.Now()) {
+		if l.InFlight != 0 {
+			t.Fatalf("every input finished, yet %+v", l)
+		}
+	}
+}
+
+// The in-flight table agrees with a map through random additions and
+// deletions: a window of consecutive sequences, as a stream's inputs are,
+// some left behind for long (stuck inputs), growing to a few hundred and
+// shrinking again, and deletions of sequences not in it.
+func TestFlightSetAgreesWithAMap(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var set flightSet
+	ref := map[uint64]bool{}
+	var in []uint64 // ref's keys, for picking one at random
+	del := func(i int) {
+		set.del(in[i])
+		delete(ref, in[i])
+		in[i] = in[len(in)-1]
+		in = in[:len(in)-1]
+	}
+	check := func(step int) {
+		t.Helper()
+		if set.n != len(ref) {
+			t.Fatalf("step %d: %d in the table, %d in the map", step, set.n, len(ref))
+		}
+		for seq := range ref {
+			if f := set.find(seq); f == nil || f.seq != seq {
+				t.Fatalf("step %d: %d not found", step, seq)
+			}
+		}
+		n := 0
+		for _, f := range set.slots {
+			if f.seq != 0 {
+				n++
+				if !ref[f.seq] {
+					t.Fatalf("step %d: %d in the table, deleted", step, f.seq)
+				}
+			}
+		}
+		if n != len(ref) {
+			t.Fatalf("step %d: %d slots used, want %d", step, n, len(ref))
+		}
+	}
+	next := uint64(1)
+	for step := range 60000 {
+		// Phases of 5000 steps: arrivals ahead of finishes, then behind.
+		arriving := 6
+		if step/5000%2 == 1 {
+			arriving = 4
+		}
+		switch op := r.IntN(10); {
+		case op < arriving || len(in) == 0:
+			set.add(inFlight{seq: next})
+			ref[next] = true
+			in = append(in, next)
+			next++
+		case op < 9: // a recent one finishes (the last few added)
+			del(len(in) - 1 - r.IntN(min(len(in), 8)))
+		default: // any, or one that is not in
+			if r.IntN(2) == 0 {
+				del(r.IntN(len(in)))
+			} else {
+				set.del(next + uint64(r.IntN(100)))
+			}
+		}
+		if step%53 == 0 {
+			check(step)
+		}
+	}
+	check(-1)
+}
+
+// BenchmarkLagBookPerInputWindow: BenchmarkLagBookPerInput with 256
+// inputs of the stream in flight throughout (a busy stream whose outputs
+// are being published), one of them stuck.
+func BenchmarkLagBookPerInputWindow(b *testing.B) {
+	book := newLagBook(replay.NewMetrics(prometheus.NewRegistry()))
+	created := time.Now()
+	const window = 256
+	for seq := uint64(1); seq <= window; seq++ {
+		book.arrived("sensor-1", seq, created)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		seq := uint64(i) + 2 // 1 stays in flight
+		book.arrived("sensor-1", seq+window, created)
+		book.finished("sensor-1", seq, created)
 	}
 }

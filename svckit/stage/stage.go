@@ -18,12 +18,12 @@
 // what they missed from their direct upstream, and chains of stages work:
 // app → stage → stage → sensor.
 //
-// A stage also knows its lag in every stream it sees (lag.go): the
-// highest input it finished against the last sequence its upstream
-// reports, exported as a tracking consumer's lag is
-// (svckit_stream_lag_messages, svckit_stream_lag_seconds) and served on
-// GET /stage. Keeping it costs an input two lock-free map lookups and a
-// short lock of its stream.
+// A stage also knows its lag in every stream it sees (lag.go): its
+// position (just before the lowest input it holds unfinished, else the
+// highest it finished) against the last sequence its upstream reports,
+// exported as a tracking consumer's lag is (svckit_stream_lag_messages,
+// svckit_stream_lag_seconds) and served on GET /stage. Keeping it costs an
+// input two lock-free map lookups and two short locks of its stream.
 package stage
 
 import (

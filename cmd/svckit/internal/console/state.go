@@ -218,9 +218,12 @@ type Owner struct {
 // owner publishes.
 //
 // A stage is one row per service, not per instance: its instances share
-// one channel, so each finishes only part of a stream's inputs, and the
-// stage is as far as its furthest instance. Its row is that instance's
-// answer; it is up while one of its instances reports the stream.
+// one channel, so each sees only part of a stream's inputs. The stage is
+// at the lowest position among its instances holding an input of the
+// stream unfinished, else at the highest position (an idle instance keeps
+// the position it had when it last got an input). It is up while one of
+// its instances answers GET /stage, even one that reports nothing of the
+// stream yet (restarted on a quiet stream).
 type StreamConsumer struct {
 	// Kind is "tracker" (a tracking consumer instance: replay-tracker) or
 	// "stage" (a stage's service: replay-relay).
@@ -230,7 +233,7 @@ type StreamConsumer struct {
 	Consumer string `json:"consumer"`
 	Service  string `json:"service"`
 	// Address is the instance's (a stage's: that of the instance whose
-	// answer the row is).
+	// position the row shows).
 	Address string `json:"address"`
 	// Instances are a stage's instances whose answer reported the stream
 	// (the last ones, while none does).
@@ -243,8 +246,8 @@ type StreamConsumer struct {
 	LastSeen  *time.Time `json:"last_seen,omitempty"`
 
 	// Position is how far it is in the stream: a tracker's contiguous
-	// position (LastContiguous), a stage's highest input finished (its
-	// instances finish inputs out of order, so nothing is contiguous).
+	// position (LastContiguous); a stage's, the point up to which every
+	// input is finished (just before the lowest it holds unfinished).
 	Position uint64 `json:"position"`
 	// LastContiguous is a tracker's contiguous position; for a stage, its
 	// Position (so that a reader of trackers only shows it sensibly).

@@ -494,7 +494,7 @@
   function consumerRow(s, c) {
     const key = domKey(c.kind, c.consumer, s.stream);
     // A stage keeps no applied set: it has no gaps, replays or
-    // snapshots of its own (its position is the highest input finished).
+    // snapshots of its own (its position: every input up to it finished).
     const stage = c.kind === 'stage';
     const tr = el('tr', { id: 'consumer-' + key, class: 'consumer', 'data-consumer': c.consumer, 'data-stream': s.stream,
       'data-kind': c.kind || 'tracker',
@@ -504,7 +504,7 @@
     tr.append(el('td', { 'data-up': c.up }, el('span', { class: 'badge ' + (c.up ? 'up' : 'down') }, c.up ? 'up' : 'down'),
       c.up ? null : el('small', {}, ' since ' + ago(c.down_since))));
     const pos = el('td', { class: 'num', 'data-position': c.last_contiguous,
-      title: stage ? 'the highest input finished; upstream at ' + int(c.owner_last) : 'the contiguous position' }, int(c.last_contiguous));
+      title: stage ? 'every input up to here finished; upstream at ' + int(c.owner_last) : 'the contiguous position' }, int(c.last_contiguous));
     const lag = el('td', { id: 'lag-' + key, class: 'num lag', 'data-consumer': c.consumer, 'data-stream': s.stream,
       'data-lag-messages': c.lag_messages, 'data-lag-seconds': c.lag_seconds.toFixed(3), 'data-lag-estimated': c.lag_estimated },
       int(c.lag_messages) + ' msgs', el('br', {}), el('small', {}, (c.lag_estimated ? '≤ ' : '') + secs(c.lag_seconds)));
@@ -548,7 +548,7 @@
     tr.dataset.lagSeconds = lagS;
     f.pos.dataset.position = c.last_contiguous;
     text(f.pos, int(c.last_contiguous));
-    if (c.kind === 'stage') f.pos.title = 'the highest input finished; upstream at ' + int(c.owner_last);
+    if (c.kind === 'stage') f.pos.title = 'every input up to here finished; upstream at ' + int(c.owner_last);
     f.lag.dataset.lagMessages = c.lag_messages;
     f.lag.dataset.lagSeconds = lagS;
     text(f.lag.firstChild, int(c.lag_messages) + ' msgs');
