@@ -98,7 +98,7 @@ func all(outcome string, names ...string) map[string]string {
 var (
 	consulWrites = []string{"consul-kv-put-policy", "consul-kv-put-issued", "consul-service-register", "consul-service-deregister", "consul-claim", "consul-kv-put-claim", "consul-acl-bootstrap"}
 	consulReads  = []string{"consul-kv-read", "consul-catalog-read"}
-	svcReads     = []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities"}
+	svcReads     = []string{"svc-streams", "svc-replay", "svc-snapshot", "svc-deadletters-list", "svc-state", "svc-identities", "svc-metrics", "svc-stats"}
 	svcWrites    = []string{"svc-deadletters-delete", "svc-wrong-secret"}
 	nsqAll       = []string{"nsq-pub-clear", "nsq-sub-clear", "nsq-pub-tls", "nsq-sub-tls", "nsq-pub-wrong-secret"}
 )
