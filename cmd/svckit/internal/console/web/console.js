@@ -419,8 +419,10 @@
       } else updateStreamFigures(entry, s);
       if (entry.tbody) {
         const rows = [];
+        const present = new Set();
         for (const c of s.consumers) {
           const key = consumerKey(c.kind, c.consumer, s.stream);
+          present.add(key);
           // What changes every second (position, lag, a replay's
           // progress) is set in place; the rest rebuilds the row.
           const rsig = rowShape(c);
@@ -434,7 +436,7 @@
           drawSparkline(key, c, r.tr);
           rows.push(r.tr);
         }
-        for (const key of entry.rows.keys()) if (!s.consumers.some(c => consumerKey(c.kind, c.consumer, s.stream) === key)) entry.rows.delete(key);
+        for (const key of entry.rows.keys()) if (!present.has(key)) entry.rows.delete(key);
         const kids = entry.tbody.children;
         if (kids.length !== rows.length || rows.some((tr, i) => kids[i] !== tr)) entry.tbody.replaceChildren(...rows);
       }
