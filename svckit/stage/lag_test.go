@@ -20,6 +20,7 @@ import (
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/retainlog"
+	"github.com/svckit/svckit/svckit/testenv"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
@@ -506,13 +507,7 @@ func TestStageRunAsksUpstreamPeriodically(t *testing.T) {
 // waitUntil polls cond until it holds, for at most 30 s.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting 30s for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling, not synchronisation
-	}
+	testenv.WaitFor(t, 30*time.Second, what, cond)
 }
 
 // A stuck input holds the position back: inputs 1 to 5 arrive, all but 3

@@ -158,6 +158,12 @@ func rebound(host string) string {
 // serveState is GET /api/state: the latest state.
 func (s *server) serveState(w http.ResponseWriter, _ *http.Request) {
 	b, _ := s.col.latest()
+	serveJSON(w, b)
+}
+
+// serveJSON writes b, JSON encoded once by the collector; nil (nothing
+// collected yet) is a 503.
+func serveJSON(w http.ResponseWriter, b []byte) {
 	if b == nil {
 		http.Error(w, "no state collected yet", http.StatusServiceUnavailable)
 		return
@@ -173,15 +179,7 @@ func (s *server) serveState(w http.ResponseWriter, _ *http.Request) {
 // a page that has just connected; the page keeps the rest itself from the
 // states that follow.
 func (s *server) serveLagHistory(w http.ResponseWriter, _ *http.Request) {
-	b := s.col.lagHistory()
-	if b == nil {
-		http.Error(w, "no state collected yet", http.StatusServiceUnavailable)
-		return
-	}
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	_, _ = w.Write(b)
+	serveJSON(w, s.col.lagHistory())
 }
 
 // serveEvents is GET /api/events: server-sent events, a "state" event
