@@ -6,6 +6,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/svckit/svckit/svckit/durable"
 )
 
 // Appending: a batch is checked, encoded into one buffer and written with
@@ -59,24 +61,36 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return ErrClosed
-	}
-	if l.err != nil {
-		return l.err
-	}
-	if l.count > 0 && first != l.last.Load()+1 {
-		return fmt.Errorf("%w: append seq %d, log ends at %d", ErrNotContiguous, first, l.last.Load())
-	}
-	act := l.active()
-	// act.f is nil when the last roll sealed it but could not create the
-	// next segment (too many open files, say): roll again.
-	if act == nil || act.f == nil || act.sealNext || (act.count == 0 && act.base != first) ||
-		(act.size > 0 && act.size+int64(size) > l.opts.SegmentBytes) {
-		if err := l.roll(first); err != nil {
-			return err
+	var act *segment
+	for {
+		if l.closed {
+			return ErrClosed
+		}
+		if l.err != nil {
+			return l.err
+		}
+		if l.count > 0 && first != l.last.Load()+1 {
+			return fmt.Errorf("%w: append seq %d, log ends at %d", ErrNotContiguous, first, l.last.Load())
 		}
 		act = l.active()
+		// act.f is nil when the last roll sealed it but could not create the
+		// next segment (too many open files, say): roll again.
+		needRoll := act == nil || act.f == nil || act.sealNext || (act.count == 0 && act.base != first) ||
+			(act.size > 0 && act.size+int64(size) > l.opts.SegmentBytes)
+		// A roll (which cuts the zeros off) or a write beyond the zeroed
+		// space would race the job zero-filling there: wait for it. It
+		// is ahead of the appends by half a chunk, so this is rare.
+		if act != nil && act.zeroing && (needRoll || act.size+int64(size) > act.alloc) {
+			l.prepCond.Wait()
+			continue
+		}
+		if needRoll {
+			if err := l.roll(first); err != nil {
+				return err
+			}
+			act = l.active()
+		}
+		break
 	}
 
 	var now, lastNanos int64
@@ -112,7 +126,14 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 			l.err = fmt.Errorf("retainlog: %s is unusable after a failed write (%v) and truncate: %w", act.path, err, terr)
 			l.log.Error("retainlog: failed write could not be undone", "segment", act.path, "error", l.err)
 		}
+		// The truncate took the zeroed space too (and a job zero-filling
+		// meanwhile must not give it back): none for this segment.
+		act.alloc, act.metaDirty, act.noPrealloc = act.size, true, true
 		return fmt.Errorf("%w: %s: %w", ErrWrite, act.path, err)
+	}
+	if end := act.size + int64(len(buf)); end > act.alloc {
+		// The file grew: its new size must reach the disk with the data.
+		act.alloc, act.metaDirty = end, true
 	}
 	act.idxMu.Lock()
 	act.index = append(act.index, pend...)
@@ -131,6 +152,7 @@ func (l *Log) AppendNoWait(recs ...Record) error {
 	// bound tight: at most the limit plus one segment. It is O(1) unless a
 	// segment goes.
 	l.enforceRetentionLocked()
+	l.maybePrepareLocked()
 
 	l.dirty = true
 	return nil
@@ -174,6 +196,13 @@ func (l *Log) roll(first uint64) error {
 			l.segs = l.segs[:len(l.segs)-1]
 			l.dropSegment(act)
 		} else {
+			// A sealed segment ends at its last record (Open takes its
+			// extent from its size): cut the zeroed space off. No job is
+			// writing zeros into it (AppendNoWait waited); one may still
+			// be fsyncing them, so ask the file, not alloc.
+			if err := l.cutZeros(act); err != nil {
+				return err
+			}
 			// The sealed segment must be durable before anything is written
 			// after it: Open trusts sealed segments without scanning them.
 			if l.opts.Fsync != FsyncNever {
@@ -191,18 +220,24 @@ func (l *Log) roll(first uint64) error {
 		}
 	}
 	path := filepath.Join(l.opts.Dir, segmentName(first))
-	// O_EXCL: a file with this name would be another segment with the same
-	// first seq; overwriting it could destroy data, so fail loudly instead,
-	// unless it is empty: what an earlier roll left when it failed after
-	// the create (its directory fsync, or the removal after it).
-	f, err := l.opts.FS.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if errors.Is(err, fs.ErrExist) {
-		if fi, serr := l.opts.FS.Stat(path); serr == nil && fi.Size() == 0 {
-			f, err = l.opts.FS.OpenFile(path, os.O_RDWR, 0)
+	// The next segment's file, zero-filled in the background, if it is
+	// ready; else a new file.
+	f, alloc := l.takePrepared(path)
+	l.nextFailed = false
+	if f == nil {
+		// O_EXCL: a file with this name would be another segment with the same
+		// first seq; overwriting it could destroy data, so fail loudly instead,
+		// unless it holds nothing but zeros: what an earlier roll left when
+		// it failed after the create or the rename of the prepared file (its
+		// directory fsync, or the removal after it).
+		var err error
+		f, err = l.opts.FS.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if errors.Is(err, fs.ErrExist) {
+			f, err = l.reuseZeroFile(path, err)
 		}
-	}
-	if err != nil {
-		return fmt.Errorf("%w: creating segment %s: %w", ErrWrite, path, err)
+		if err != nil {
+			return fmt.Errorf("%w: creating segment %s: %w", ErrWrite, path, err)
+		}
 	}
 	if l.opts.Fsync != FsyncNever {
 		if err := l.opts.FS.SyncDir(l.opts.Dir); err != nil {
@@ -211,7 +246,48 @@ func (l *Log) roll(first uint64) error {
 			return fmt.Errorf("%w: fsync of directory %s after creating a segment: %w", ErrWrite, l.opts.Dir, err)
 		}
 	}
-	l.segs = append(l.segs, &segment{base: first, path: path, f: f, indexed: true})
+	l.segs = append(l.segs, &segment{base: first, path: path, f: f, indexed: true, alloc: alloc})
 	l.log.Debug("retainlog: new segment", "segment", path)
 	return nil
+}
+
+// cutZeros truncates the active segment act, about to be sealed, to its
+// records when preallocated space follows them. A failure is sticky: a
+// sealed segment with zeros after its records would be damage to every
+// later Open and scrub. Caller holds mu.
+func (l *Log) cutZeros(act *segment) error {
+	fi, err := act.f.Stat()
+	if err == nil && fi.Size() > act.size {
+		err = act.f.Truncate(act.size)
+	}
+	if err != nil {
+		l.err = fmt.Errorf("retainlog: cutting the preallocated space off %s before sealing it: %w", act.path, err)
+		l.log.Error("retainlog: could not seal a segment; refusing further appends", "segment", act.path, "error", err)
+		return l.err
+	}
+	act.alloc = act.size
+	act.noPrealloc = true
+	return nil
+}
+
+// reuseZeroFile opens path, a segment an earlier roll left behind, when
+// it holds nothing but zeros (nothing of a record); else it returns
+// exists, the error of the create it stands in for.
+func (l *Log) reuseZeroFile(path string, exists error) (durable.File, error) {
+	f, err := l.opts.FS.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, exists
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		bufp := l.getBuf()
+		var from int64
+		from, err = zeroTailFrom(f, fi.Size(), *bufp)
+		l.putBuf(bufp)
+		if err == nil && from == 0 {
+			return f, nil
+		}
+	}
+	f.Close()
+	return nil, exists
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/svckit/svckit/svckit/durable"
 )
 
 // Durability: fsyncs (shared by concurrent callers), the highest sequence
@@ -73,8 +75,17 @@ func (l *Log) SyncTo(seq uint64) error {
 			l.mu.Unlock()
 			return fmt.Errorf("%w: sync to %d, log ends at %d", ErrBeyondEnd, seq, upTo)
 		}
+		// Within preallocated space only data changed: fdatasync. A
+		// failure below is sticky, so the flag need not come back.
+		full := act.metaDirty
+		act.metaDirty = false
 		l.mu.Unlock()
-		err := f.Sync()
+		var err error
+		if full {
+			err = f.Sync()
+		} else {
+			err = durable.Datasync(f)
+		}
 		switch {
 		case err == nil:
 			l.fsyncs.Add(1)

@@ -77,6 +77,12 @@ const (
 	// directory fsync) are rare, and small enough that retention, which deletes
 	// whole segments, stays close to its limits.
 	DefaultSegmentBytes = 64 << 20
+	// DefaultPreallocateBytes is the zero-filled space kept ahead of the
+	// appends: at 200-byte records about 20k of them, so the background
+	// extends a segment a few times a second at full speed, while a log
+	// that sits idle holds at most 4 MiB it has not used (and the next
+	// segment's first 4 MiB near the end of a segment).
+	DefaultPreallocateBytes = 4 << 20
 	// DefaultFsyncInterval bounds what a power loss can take under
 	// FsyncInterval.
 	DefaultFsyncInterval = 200 * time.Millisecond
@@ -98,16 +104,23 @@ const (
 // other zero values take the defaults named on each field, but a zero
 // Fsync is FsyncInterval and a zero ScrubRate turns the scrubber off.
 type Options struct {
-	Dir            string           // segment files live here (created if missing)
-	SegmentBytes   int64            // roll to a new segment beyond this size; default 64 MiB
-	RetainMessages uint64           // 0 = no count limit
-	RetainBytes    int64            // 0 = no byte limit
-	RetainAge      time.Duration    // 0 = no age limit
-	Fsync          FsyncPolicy      // DefaultOptions: FsyncAlways
-	FsyncInterval  time.Duration    // default 200ms
-	Logger         *slog.Logger     // nil = discard
-	Now            func() time.Time // nil = time.Now (tests inject a clock for age retention)
-	FS             durable.FS       // nil = the OS's; tests use crashfs to cut the power
+	Dir            string        // segment files live here (created if missing)
+	SegmentBytes   int64         // roll to a new segment beyond this size; default 64 MiB
+	RetainMessages uint64        // 0 = no count limit
+	RetainBytes    int64         // 0 = no byte limit
+	RetainAge      time.Duration // 0 = no age limit
+	Fsync          FsyncPolicy   // DefaultOptions: FsyncAlways
+	// PreallocateBytes is how far ahead of the appends the background
+	// zero-fills and fsyncs the active segment (and, near its end, the
+	// next one), so that an append overwrites blocks already allocated
+	// and its fsync is an fdatasync that flushes the data alone. At most
+	// SegmentBytes; 0 = none (DefaultOptions: DefaultPreallocateBytes).
+	// Unused under FsyncNever, where nothing is flushed on the path.
+	PreallocateBytes int64
+	FsyncInterval    time.Duration    // default 200ms
+	Logger           *slog.Logger     // nil = discard
+	Now              func() time.Time // nil = time.Now (tests inject a clock for age retention)
+	FS               durable.FS       // nil = the OS's; tests use crashfs to cut the power
 	// Floor is the floor (see SetFloor) from the start: Open's own
 	// retention pass already keeps every record at or above it, which
 	// SetFloor, callable only once Open returned, comes too late for. An
@@ -132,17 +145,18 @@ type Options struct {
 }
 
 // DefaultOptions returns the defaults for a log in dir: 64 MiB segments,
-// fsync as soon as a record is waited for (FsyncAlways, group commit), no
-// retention limits, a scrub pass over every segment at Open and every hour
+// fsync as soon as a record is waited for (FsyncAlways, group commit),
+// 4 MiB preallocated ahead of the appends, no retention limits, a scrub pass over every segment at Open and every hour
 // at DefaultScrubRate.
 func DefaultOptions(dir string) Options {
 	return Options{
-		Dir:           dir,
-		SegmentBytes:  DefaultSegmentBytes,
-		Fsync:         FsyncAlways,
-		FsyncInterval: DefaultFsyncInterval,
-		ScrubRate:     DefaultScrubRate,
-		ScrubEvery:    DefaultScrubEvery,
+		Dir:              dir,
+		SegmentBytes:     DefaultSegmentBytes,
+		Fsync:            FsyncAlways,
+		FsyncInterval:    DefaultFsyncInterval,
+		PreallocateBytes: DefaultPreallocateBytes,
+		ScrubRate:        DefaultScrubRate,
+		ScrubEvery:       DefaultScrubEvery,
 	}
 }
 
@@ -167,6 +181,13 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.ScrubRate < 0 {
 		return o, fmt.Errorf("retainlog: negative ScrubRate %d", o.ScrubRate)
+	}
+	if o.PreallocateBytes < 0 {
+		return o, fmt.Errorf("retainlog: negative PreallocateBytes %d", o.PreallocateBytes)
+	}
+	o.PreallocateBytes = min(o.PreallocateBytes, o.SegmentBytes)
+	if o.Fsync == FsyncNever {
+		o.PreallocateBytes = 0
 	}
 	if o.ScrubEvery <= 0 {
 		o.ScrubEvery = DefaultScrubEvery
@@ -200,10 +221,10 @@ type Recovery struct {
 // Stats is a snapshot of the log for metrics.
 type Stats struct {
 	FirstSeq, LastSeq uint64 // 0 when empty
-	Bytes             int64  // total size of the segment files
+	Bytes             int64  // bytes of records in the segments (preallocated space not counted)
 	Segments          int
 	Appended          uint64 // records appended since Open
-	Fsyncs            uint64 // successful fsyncs of segment files since Open
+	Fsyncs            uint64 // successful fsyncs (or fdatasyncs) of records since Open; preallocation's not counted
 	ScrubbedBytes     uint64 // bytes the scrubber read since Open
 	ScrubPasses       uint64 // complete scrub passes since Open
 }
@@ -243,6 +264,16 @@ type Log struct {
 	wbuf     []byte
 	pending  []indexEntry
 	recovery Recovery
+	// Preallocation (prealloc.go): one background job at a time
+	// (preparing), waited for with prepCond (on mu) by an append that
+	// would write where a job is zero-filling, and by Close (prepWG);
+	// next is the next segment's file once prepared; nextFailed stops
+	// retrying to prepare it until the next roll (a full disk).
+	preparing  bool
+	prepCond   *sync.Cond
+	prepWG     sync.WaitGroup
+	next       durable.File
+	nextFailed bool
 	// deferred: segments retention dropped whose damaged bytes still need a
 	// quarantine copy; the background goroutine removes them (removeDeferred).
 	deferred []*segment

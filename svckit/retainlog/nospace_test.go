@@ -167,6 +167,12 @@ func (d *nsDisk) options() Options {
 	// unlinked when it lets go, which would give space back at a moment
 	// the test does not choose (a retry meant to fail would succeed).
 	o.ScrubRate = 0
+	// Byte for byte, what a failed write leaves and undoes in a file
+	// that grows with every append. A write into preallocated space
+	// needs no more of the disk, so with preallocation a full disk
+	// fails other writes at other moments:
+	// TestPreallocationOnAFullDisk is that case.
+	o.PreallocateBytes = 0
 	return o
 }
 

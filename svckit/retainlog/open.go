@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/svckit/svckit/svckit/durable"
@@ -38,6 +41,12 @@ func Open(opts Options) (*Log, error) {
 		done:      make(chan struct{}),
 		scrubDone: make(chan struct{}),
 		syncedCh:  make(chan struct{}),
+	}
+	l.prepCond = sync.NewCond(&l.mu)
+	// A next segment's file a crash left before a roll named it: the
+	// next one is prepared afresh.
+	if err := opts.FS.Remove(filepath.Join(opts.Dir, preparedName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("retainlog: removing a leftover prepared segment: %w", err)
 	}
 	l.floor.Store(opts.Floor)
 	l.bufPool.New = func() any {
@@ -94,6 +103,7 @@ func Open(opts Options) (*Log, error) {
 	}
 	l.dirty = false
 	l.enforceRetentionLocked()
+	l.maybePrepareLocked()
 	l.mu.Unlock()
 
 	tick := maxRetentionTick
@@ -127,8 +137,15 @@ func (l *Log) openActive(s *segment) error {
 	size := fi.Size()
 	bufp := l.getBuf()
 	defer l.putBuf(bufp)
+	// Preallocated space a crash left unwritten is all zeros: where it
+	// starts, the records end, and the scan need not resync through it.
+	zeroFrom, err := zeroTailFrom(f, size, *bufp)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("retainlog: reading the end of %s: %w", s.path, err)
+	}
 	s.idxMu.Lock()
-	res, err := scan(newSegReader(f, 0, size, *bufp), s, math.MaxUint64, true)
+	res, err := scan(newSegReader(f, 0, size, *bufp), s, math.MaxUint64, true, zeroFrom)
 	s.indexed = true
 	s.idxMu.Unlock()
 	if err != nil {
@@ -143,6 +160,7 @@ func (l *Log) openActive(s *segment) error {
 	s.count = res.last + 1 - s.base
 	s.lastNanos = res.lastNanos
 	s.lastKnown = res.intact > 0
+	s.alloc = res.good
 	if res.good == size && res.fault == "" {
 		return nil
 	}
@@ -150,7 +168,18 @@ func (l *Log) openActive(s *segment) error {
 	if reason == "" {
 		reason = fmt.Sprintf("file shrank to %d bytes during scan", res.good)
 	}
-	if want := res.last + 1; want <= l.opts.Durable {
+	want := res.last + 1
+	if res.zeroTail && want > l.opts.Durable {
+		// Zeros to the end: preallocated space that no write reached
+		// (Close leaves it, and so does a crash; so does a write that
+		// was never fsynced when the power went). No record is there
+		// and nothing is cut: the appends go on over it. Zeros where
+		// records known to be durable should be are damage (below).
+		s.alloc = size
+		l.log.Debug("retainlog: preallocated space after the last record", "segment", s.path, "offset", res.good, "bytes", size-res.good)
+		return nil
+	}
+	if want <= l.opts.Durable {
 		// Not a torn tail: the owner knew these records were durable,
 		// so the disk damaged them. Keep the bytes; the log goes on
 		// after what was durable, in a new segment from the next append.
@@ -164,10 +193,16 @@ func (l *Log) openActive(s *segment) error {
 	// A torn tail: a write that never completed before a crash (nothing
 	// above Options.Durable was known to be durable, nothing intact
 	// follows). Keep a copy, then cut it so appends go on at a record
-	// boundary.
-	copyPath, qerr := l.quarantine(f, res.good, s.path, res.good, size-res.good, "torn")
-	if qerr != nil {
-		l.log.Warn("retainlog: could not keep a copy of a torn tail before cutting it", "segment", s.path, "error", qerr)
+	// boundary (preallocation starts again from there). The copy stops
+	// where the zeros begin: they are evidence of nothing, and in a
+	// preallocated segment there are megabytes of them.
+	var copyPath string
+	if zeroFrom > res.good {
+		var qerr error
+		copyPath, qerr = l.quarantine(f, res.good, s.path, res.good, zeroFrom-res.good, "torn")
+		if qerr != nil {
+			l.log.Warn("retainlog: could not keep a copy of a torn tail before cutting it", "segment", s.path, "error", qerr)
+		}
 	}
 	if err := f.Truncate(res.good); err != nil {
 		f.Close()
@@ -177,6 +212,8 @@ func (l *Log) openActive(s *segment) error {
 		f.Close()
 		return fmt.Errorf("retainlog: fsync %s: %w", s.path, err)
 	}
+	s.alloc = res.good
+	s.metaDirty = true
 	l.recovery = Recovery{Segment: s.path, TruncatedBytes: size - res.good, Reason: reason, Copy: copyPath}
 	l.log.Warn("retainlog: truncated torn tail",
 		"segment", s.path, "offset", res.good, "truncated_bytes", size-res.good,
@@ -237,14 +274,19 @@ func (l *Log) Close() error {
 	close(l.stop)
 	<-l.done
 	<-l.scrubDone
+	l.prepWG.Wait()
 	l.removeDeferred()
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closePrepared()
 	act := l.active()
 	if act == nil || act.f == nil {
 		return nil
 	}
+	// The preallocated space stays (the next Open takes it for space
+	// again). Close writes nothing but this fsync: an owner whose Close
+	// gave up on a hung disk may already have opened the log again.
 	var err error
 	if l.err == nil {
 		if err = act.f.Sync(); err == nil {

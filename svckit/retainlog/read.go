@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"sort"
@@ -125,7 +126,7 @@ func (l *Log) readSegment(ctx context.Context, r segRef, from, to uint64, buf []
 		// First read of a segment found at Open: build its sparse index with
 		// one sequential scan so that this and later reads can seek. The
 		// scan finds what damage there is too.
-		res, err := scan(newSegReader(f, 0, r.limit, buf), s, maxSeq, true)
+		res, err := scan(newSegReader(f, 0, r.limit, buf), s, maxSeq, true, math.MaxInt64)
 		if err != nil {
 			s.index = s.index[:0]
 			s.idxMu.Unlock()

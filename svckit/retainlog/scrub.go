@@ -3,6 +3,7 @@ package retainlog
 import (
 	"errors"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -71,7 +72,7 @@ func (l *Log) scrubSegment(r segRef) error {
 	defer l.putBuf(bufp)
 	pr := &pacedReader{f: f, rate: l.opts.ScrubRate, stop: l.stop, log: l}
 	maxSeq := r.s.base + r.count - 1
-	res, err := scan(newSegReader(pr, 0, r.limit, *bufp), r.s, maxSeq, false)
+	res, err := scan(newSegReader(pr, 0, r.limit, *bufp), r.s, maxSeq, false, math.MaxInt64)
 	if err != nil {
 		return err
 	}

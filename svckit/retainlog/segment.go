@@ -42,8 +42,20 @@ type segment struct {
 	size      int64        // committed bytes: only records that write(2) completed
 	lastNanos int64        // time of the newest record (an upper bound, see Log.newestNanos)
 	lastKnown bool
-	refs      int  // readers currently using the file
-	removed   bool // dropped by retention; the last reader to leave unlinks it
+	// alloc is how far the file is known to hold, durably, records or
+	// zeros (>= size): an append that stays below it only overwrites
+	// preallocated blocks. zeroing: a background job is zero-filling
+	// from alloc on; an append that would write there waits for it.
+	// metaDirty: the file grew (or shrank) since its last fsync, so the
+	// next one must be an fsync, not an fdatasync. noPrealloc: a
+	// preallocation failed (a full disk) or a write was undone; this
+	// segment is not extended again.
+	alloc      int64
+	zeroing    bool
+	metaDirty  bool
+	noPrealloc bool
+	refs       int  // readers currently using the file
+	removed    bool // dropped by retention; the last reader to leave unlinks it
 	// sealNext: Open found damage at the end of this (active) segment that
 	// its owner knew was durable; the damaged bytes stay, and the next
 	// append starts a new segment after them.
@@ -226,6 +238,9 @@ type scanResult struct {
 	// fault says why the scan stopped at good before the limit, with no
 	// intact record after it; "" = the records ran up to the limit.
 	fault string
+	// zeroTail: from good to the limit every byte is zero (space
+	// preallocated and never written), so the scan did not resync.
+	zeroTail bool
 }
 
 // scan reads every record from the reader's position (the segment's
@@ -234,7 +249,12 @@ type scanResult struct {
 // (resync) and notes the damaged run; it stops where nothing intact
 // follows. With index set it feeds the segment's sparse index (caller
 // holds s.idxMu). maxSeq bounds the sequence numbers the segment may hold.
-func scan(r *segReader, s *segment, maxSeq uint64, index bool) (scanResult, error) {
+//
+// zeroFrom is where the bytes up to the limit are all zero: a record
+// that fails there is the start of unwritten (preallocated) space, not
+// damage, and the scan ends there without a resync (openActive; the others
+// pass math.MaxInt64).
+func scan(r *segReader, s *segment, maxSeq uint64, index bool, zeroFrom int64) (scanResult, error) {
 	want := s.base
 	res := scanResult{good: r.offset(), last: want - 1}
 	for {
@@ -261,6 +281,11 @@ func scan(r *segReader, s *segment, maxSeq uint64, index bool) (scanResult, erro
 			reason = fmt.Sprintf("seq %d, want %d", rec.Seq, want)
 		}
 		reason = fmt.Sprintf("%s at offset %d", reason, off)
+		if off >= zeroFrom {
+			res.fault = reason + ", zeros from there on (space never written)"
+			res.zeroTail = true
+			return res, nil
+		}
 		p, q, found, err := resync(r.f, off, r.limit, want, maxSeq, nil)
 		if err != nil {
 			return res, err
