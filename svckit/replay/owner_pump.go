@@ -125,7 +125,10 @@ func (w *Owner) pump(ctx context.Context) {
 func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
 	// The bodies go into one arena per call: the publisher keeps a body
 	// until it answers, and an arena is one allocation for many messages.
-	arena := make([]byte, 0, 64<<10)
+	// Sized for the range (a few hundred bytes a message), so that a
+	// message or two at a time, the pump's lot at low rates, does not
+	// cost 64 KiB of garbage each.
+	arena := make([]byte, 0, min(64<<10, (to-from+1)*512))
 	var n uint64
 	err := w.log.Read(ctx, from, to, func(r retainlog.Record) error {
 		n++

@@ -138,6 +138,11 @@ func (l *Log) WaitDurable(ctx context.Context, seq uint64) error {
 		if l.synced.Load() >= seq {
 			return nil
 		}
+		if ctx.Done() == nil {
+			// A context that cannot end (a publisher's, which waits for
+			// what it appended whatever happens): no goroutine to watch it.
+			return l.SyncTo(seq)
+		}
 		// fsync takes no context: on a hung disk it never returns, and a
 		// caller that is shutting down must not hang with it.
 		done := make(chan error, 1)
