@@ -270,6 +270,7 @@ type Log struct {
 	// next is the next segment's file once prepared; nextFailed stops
 	// retrying to prepare it until the next roll (a full disk).
 	preparing  bool
+	closing    atomic.Bool // Close began: jobs stop between chunks
 	prepCond   *sync.Cond
 	prepWG     sync.WaitGroup
 	next       durable.File

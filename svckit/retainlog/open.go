@@ -176,7 +176,9 @@ func (l *Log) openActive(s *segment) error {
 		// and nothing is cut: the appends go on over it. Zeros where
 		// records known to be durable should be are damage (below).
 		s.alloc = size
-		l.log.Debug("retainlog: preallocated space after the last record", "segment", s.path, "offset", res.good, "bytes", size-res.good)
+		// Said at Info: zeros are also what a disk that lost the last
+		// records (acknowledged after the owner's last save) would show.
+		l.log.Info("retainlog: preallocated space after the last record", "segment", s.path, "last_seq", res.last, "offset", res.good, "bytes", size-res.good)
 		return nil
 	}
 	if want <= l.opts.Durable {
@@ -268,6 +270,7 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	l.closed = true
+	l.closing.Store(true)
 	l.mu.Unlock()
 
 	// The goroutines take mu, so wait for them without holding mu.

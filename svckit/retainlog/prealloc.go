@@ -50,9 +50,8 @@ func (l *Log) maybePrepareLocked() {
 	if live && !act.noPrealloc && act.alloc < l.opts.SegmentBytes && act.alloc-act.size < chunk/2 {
 		from := act.alloc
 		n := min(chunk, l.opts.SegmentBytes-from)
-		f := act.f
 		act.zeroing = true
-		l.startPrep(func() { l.extend(act, f, from, n) })
+		l.startPrep(func() { l.extend(act, from, n) })
 		return
 	}
 	if l.next == nil && !l.nextFailed && (!live || act.size+chunk >= l.opts.SegmentBytes) {
@@ -70,22 +69,38 @@ func (l *Log) startPrep(job func()) {
 	}()
 }
 
-// extend zero-fills [from, from+n) of the active segment s (f) and
-// fsyncs it. Appends go on below from meanwhile; one that would write at
-// or beyond it waits (prepCond) while the zeros are being written, not
-// for their fsync: on a disk that stopped answering, appends still reach
-// the page cache, as they do without preallocation.
-func (l *Log) extend(s *segment, f durable.File, from, n int64) {
-	err := writeZeros(f, from, n)
+// extend zero-fills [from, from+n) of the active segment s and fsyncs
+// it. Appends go on below from meanwhile; one that would write at or
+// beyond it waits (prepCond) while the zeros are being written, not for
+// their fsync: on a disk that stopped answering, appends still reach the
+// page cache, as they do without preallocation.
+//
+// It writes and fsyncs through a descriptor of its own. Linux reports a
+// write-back error once to every open file description, so the fsync
+// here cannot take an error meant for the records (which were written
+// through the appends' descriptor) and leave a later fdatasync of theirs
+// to report success over pages the kernel dropped. Should it see one
+// anyway, the log fails as for any failed fsync of a segment.
+func (l *Log) extend(s *segment, from, n int64) {
+	f, err := l.opts.FS.OpenFile(s.path, os.O_RDWR, 0)
+	if err == nil {
+		err = l.writeZeros(f, from, n)
+	}
 	l.mu.Lock()
 	s.zeroing = false
 	l.prepCond.Broadcast()
 	l.mu.Unlock()
-	if err == nil {
-		// The size and the blocks on disk, once: appends below from+n
-		// then need only fdatasync. One that went beyond from meanwhile
-		// marked the segment for a full fsync itself.
-		err = f.Sync()
+	synced := false
+	if f != nil {
+		if err == nil {
+			// The size and the blocks on disk, once: appends below from+n
+			// then need only fdatasync. One that went beyond from meanwhile
+			// marked the segment for a full fsync itself.
+			if err = f.Sync(); err == nil {
+				synced = true
+			}
+		}
+		f.Close()
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -93,8 +108,15 @@ func (l *Log) extend(s *segment, f durable.File, from, n int64) {
 	l.prepCond.Broadcast()
 	if err != nil {
 		s.noPrealloc = true
-		if l.closed || errors.Is(err, os.ErrClosed) {
-			return // a roll sealed s meanwhile, or Close
+		if l.closed || errors.Is(err, os.ErrClosed) || errors.Is(err, errClosing) {
+			return
+		}
+		if f != nil && !synced && !errors.Is(err, errZeroWrite) && l.err == nil {
+			// The fsync of a segment holding records failed (sealed by
+			// a roll meanwhile or not: the disk failed under them).
+			l.failSync(s, err)
+			l.wake()
+			return
 		}
 		l.log.Warn("retainlog: could not preallocate; appends go on without it", "segment", s.path, "error", err)
 		// The disk is full, most likely: the prepared next file's space
@@ -114,9 +136,16 @@ func (l *Log) extend(s *segment, f durable.File, from, n int64) {
 func (l *Log) prepareNext() {
 	path := filepath.Join(l.opts.Dir, preparedName)
 	n := l.opts.PreallocateBytes
+	if l.closing.Load() {
+		l.mu.Lock()
+		l.preparing = false
+		l.prepCond.Broadcast()
+		l.mu.Unlock()
+		return
+	}
 	f, err := l.opts.FS.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err == nil {
-		err = writeZeros(f, 0, n)
+		err = l.writeZeros(f, 0, n)
 		if err == nil {
 			err = f.Sync()
 		}
@@ -186,13 +215,27 @@ func (l *Log) closePrepared() {
 	l.opts.FS.Remove(filepath.Join(l.opts.Dir, preparedName))
 }
 
-// writeZeros writes n zero bytes to f at off.
-func writeZeros(f durable.File, off, n int64) error {
+var (
+	// errZeroWrite marks a failed write of zeros (a full disk): the log
+	// goes on without preallocation.
+	errZeroWrite = errors.New("retainlog: zero-filling failed")
+	// errClosing: Close began; a job stops between chunks, so that a
+	// Close that its caller stopped waiting for (an owner's, on a slow
+	// disk) writes as little as it can after it.
+	errClosing = errors.New("retainlog: log closing")
+)
+
+// writeZeros writes n zero bytes to f at off, in chunks, stopping when
+// Close begins.
+func (l *Log) writeZeros(f durable.File, off, n int64) error {
 	zeros := make([]byte, min(n, zeroChunk))
 	for n > 0 {
+		if l.closing.Load() {
+			return errClosing
+		}
 		w := min(n, int64(len(zeros)))
 		if _, err := f.WriteAt(zeros[:w], off); err != nil {
-			return fmt.Errorf("zero-filling at %d: %w", off, err)
+			return fmt.Errorf("%w at %d: %w", errZeroWrite, off, err)
 		}
 		off += w
 		n -= w

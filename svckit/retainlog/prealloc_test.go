@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -288,4 +289,39 @@ func TestPreallocationOnAFullDisk(t *testing.T) {
 		t.Fatalf("a full disk made the log fail: %v", err)
 	}
 	t.Logf("%d records appended on a 48 KiB disk before it was full", seq-1)
+}
+
+// failJobSyncFS fails the fsync of a segment file opened without
+// O_CREATE: the preallocation job's own descriptor (the appends write
+// through the one that created the segment).
+type failJobSyncFS struct{ durable.FS }
+
+func (c failJobSyncFS) OpenFile(name string, flag int, perm fs.FileMode) (durable.File, error) {
+	f, err := c.FS.OpenFile(name, flag, perm)
+	if err != nil || flag&os.O_CREATE != 0 || filepath.Ext(name) != ".log" {
+		return f, err
+	}
+	return jobSyncFailFile{f}, nil
+}
+
+type jobSyncFailFile struct{ durable.File }
+
+func (jobSyncFailFile) Sync() error { return syscall.EIO }
+
+// TestPreallocationFsyncFailureIsSticky: the job's fsync flushes the
+// segment, records included; when it fails, the log fails as it does for
+// any failed fsync (Err, and no append or durable wait succeeds after).
+// A warning and "go on without preallocation" would let a later
+// fdatasync report success over pages the kernel dropped.
+func TestPreallocationFsyncFailureIsSticky(t *testing.T) {
+	o := preallocOptions(t.TempDir(), failJobSyncFS{durable.OS()})
+	l := mustOpen(t, o)
+	if err := l.Append(mkRecs(1, 1, 100)...); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 10*time.Second, "the job's failed fsync to fail the log", func() bool { return l.Err() != nil })
+	if err := l.Append(mkRecs(2, 1, 100)...); err == nil {
+		t.Fatal("Append succeeded after a failed fsync of its segment")
+	}
+	t.Logf("the log failed: %v", l.Err())
 }
