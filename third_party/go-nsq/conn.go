@@ -279,8 +279,16 @@ func (c *Conn) String() string {
 }
 
 // Read performs a deadlined read on the underlying TCP connection
+//
+// svckit patch: a Read the read buffer serves cannot block, so it sets no
+// deadline (a bufio.Reader with bytes buffered copies them and does not
+// touch the connection); upstream set one for every Read, two per message
+// (size, then body), each a time.Now and a poller timer update, about a
+// tenth of a busy consumer's CPU.
 func (c *Conn) Read(p []byte) (int, error) {
-	c.conn.SetReadDeadline(time.Now().Add(c.config.ReadTimeout))
+	if br, ok := c.r.(*bufio.Reader); !ok || br.Buffered() == 0 {
+		c.conn.SetReadDeadline(time.Now().Add(c.config.ReadTimeout))
+	}
 	return c.r.Read(p)
 }
 
