@@ -53,6 +53,10 @@ type Options struct {
 	// nsqd's and nats-server's data) and where the disk is measured;
 	// "" = os.TempDir().
 	DataDir string
+	// ProfileDir, if set, receives a CPU profile of every process of the
+	// pipeline (sensor, both workers, app, nsqd) taken during its
+	// throughput burst: <name>.pprof, for go tool pprof.
+	ProfileDir string
 }
 
 // Results are the headline figures (the issue's JSON keys) and every raw
@@ -61,8 +65,13 @@ type Results struct {
 	Quick              bool    `json:"quick"`
 	HopRatio           float64 `json:"hop_ratio"`
 	PipelineMsgsPerSec float64 `json:"pipeline_msgs_per_sec"`
-	P99MsAt1k          float64 `json:"p99_ms_at_1k"`
-	ReplayMsgsPerSec   float64 `json:"replay_msgs_per_sec"`
+	// PipelineRatio is the pipeline's readings a second end to end over
+	// the raw go-nsq hop's messages a second, both from the same run:
+	// every reading crosses nsqd twice, so 0.5 is where nsqd alone would
+	// stop the pipeline (issue 26's target). 0 unless both ran.
+	PipelineRatio    float64 `json:"pipeline_ratio"`
+	P99MsAt1k        float64 `json:"p99_ms_at_1k"`
+	ReplayMsgsPerSec float64 `json:"replay_msgs_per_sec"`
 	// RelayReplayMsgsPerSec is replay through one relay stage (a worker
 	// asking the sensor and transforming every frame), RelayRatio its
 	// ratio to replay directly from the owner, in alternating rounds.
@@ -188,6 +197,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 		if o.Only == "" || o.Only == "durable" || o.Peer != "" {
 			r.comparison(ctx)
+		}
+		if raw := r.res.Figures["raw_hop_msgs_per_sec"]; raw > 0 && r.res.PipelineMsgsPerSec > 0 {
+			r.res.PipelineRatio = r.res.PipelineMsgsPerSec / raw
 		}
 		r.judgeTargets()
 	})
@@ -709,6 +721,9 @@ func (r *runner) discovery(ctx context.Context) {
 func (r *runner) service(name, bin string, args ...string) *localstack.Process {
 	base := []string{"--consul-addr=" + r.st.Consul.HTTPAddr, "--http-addr=127.0.0.1:0", "--data-dir=" + r.env.TempDir(),
 		"--check-interval=1s", "--nsq-lookupd-poll-interval=1s", "--log-level=warn"}
+	if r.o.ProfileDir != "" {
+		base = append(base, "--pprof")
+	}
 	p := r.env.StartProcess(name, filepath.Join(r.bins, bin), append(base, args...))
 	r.procs = append(r.procs, p)
 	return p
@@ -788,16 +803,21 @@ func (r *runner) pipeline(ctx context.Context) {
 	var t0 time.Time
 	var a0 uint64
 	var use *usage
+	profiled := func() {}
 	r.env.WaitFor(10*time.Minute, "the app to apply every reading", func() bool {
 		s := appStatus(appAddr, "bench-tp")
 		if t0.IsZero() && s.Applied > 0 {
 			t0, a0 = time.Now(), s.Applied
 			use = r.startUsage(map[string]int{"sensor": sensor.Pid(), "worker1": w1.Pid(), "worker2": w2.Pid(), "app": app.Pid(), "nsqd": r.st.NSQD.Proc.Pid()})
+			if r.o.ProfileDir != "" {
+				profiled = r.profilePipeline(appAddr)
+			}
 		}
 		return s.Applied == uint64(n) && s.LastContiguous == uint64(n)
 	})
 	r.res.PipelineMsgsPerSec = float64(uint64(n)-a0) / time.Since(t0).Seconds()
 	use.stop()
+	profiled()
 	if r.o.Only == "replay" {
 		r.replayRounds(ctx, n, sensor, w1)
 		sensor.Stop()
@@ -1169,4 +1189,51 @@ func machine() map[string]string {
 		m["mem"] = strings.TrimSpace(strings.TrimPrefix(strings.Split(string(b), "\n")[0], "MemTotal:"))
 	}
 	return m
+}
+
+// profileSeconds is how long each process is profiled in the burst: the
+// full run's burst lasts about 5 s on two cores, the quick run's 1–2 s.
+const profileSeconds = 3
+
+// profilePipeline starts taking a CPU profile of every process of the
+// pipeline at once (the services serve /debug/pprof with --pprof, nsqd
+// always) into ProfileDir; the returned func waits for them.
+func (r *runner) profilePipeline(appAddr string) (wait func()) {
+	targets := map[string]string{"app": appAddr, "nsqd": r.st.NSQD.HTTPAddr}
+	for _, e := range r.passing("worker") {
+		targets[e.Service.ID] = addrOf(e)
+	}
+	for _, e := range r.passing("sensor") {
+		targets[e.Service.ID] = addrOf(e)
+	}
+	var wg sync.WaitGroup
+	for name, addr := range targets {
+		wg.Go(func() {
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, profileSeconds)
+			path := filepath.Join(r.o.ProfileDir, name+".pprof")
+			if err := fetchTo(url, path); err != nil {
+				r.step("profile of %s: %v", name, err)
+				return
+			}
+			r.step("profile of %s: %s", name, path)
+		})
+	}
+	return wg.Wait
+}
+
+// fetchTo writes the body of a GET of url to path.
+func fetchTo(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	return os.WriteFile(path, b, 0o644)
 }

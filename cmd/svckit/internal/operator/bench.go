@@ -36,6 +36,7 @@ file storage, its default sync interval and sync_interval: always).`,
 			&cli.BoolFlag{Name: "quick", Usage: "a short run (about a minute)", EnvVars: config.Env("bench-quick")},
 			&cli.StringFlag{Name: "json", Usage: "also write the results as JSON to this file", EnvVars: config.Env("bench-json")},
 			&cli.StringFlag{Name: "cpuprofile", Usage: "write a CPU profile of the bench process (svckit's producer and consumer in the hop runs) to this file", EnvVars: config.Env("bench-cpuprofile")},
+			&cli.StringFlag{Name: "profile-dir", Usage: "write a CPU profile of every process of the pipeline (sensor, both workers, app, nsqd) taken during its throughput burst to this directory (<name>.pprof; the services run with --pprof)", EnvVars: config.Env("bench-profile-dir")},
 			&cli.StringFlag{Name: "memprofile", Usage: "write an allocation profile of the bench process to this file at the end (go tool pprof -sample_index=alloc_space)", EnvVars: config.Env("bench-memprofile")},
 			&cli.StringFlag{Name: "only", Usage: "measure one part, for profiling: hop (the ceiling, the hop ratio and the importer's hop ratio), importer (only the importer's hop ratio: bin/hop against this build), pipeline (the throughput burst, with per-process CPU and nsqd queue depths, then the latency rates), replay (the burst, then replay directly from the sensor and through a worker's relay) or durable (svckit's durable hop); the disk is measured in every run", EnvVars: config.Env("bench-only")},
 			&cli.StringFlag{Name: "peer", Usage: "also measure one hop through this system beside svckit's durable hop, on the same terms: jetstream (bin/nats-server, file storage, its default sync interval and sync_interval: always)", EnvVars: config.Env("bench-peer")},
@@ -79,7 +80,7 @@ file storage, its default sync interval and sync_interval: always).`,
 				}()
 			}
 			res, err := bench.Run(c.Context, bench.Options{Quick: c.Bool("quick"), Only: c.String("only"), BinDir: bin, Log: c.App.ErrWriter,
-				Peer: c.String("peer"), DataDir: c.String("data-dir")})
+				Peer: c.String("peer"), DataDir: c.String("data-dir"), ProfileDir: c.String("profile-dir")})
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}
@@ -126,6 +127,7 @@ func printBench(w io.Writer, r *bench.Results) {
 	row("hop_ratio (svckit / raw go-nsq, both 4 MPUBs in flight)", r.HopRatio, "", ">= 0.9")
 	row("importer_hop_ratio (bin/hop, an importer's build / this build)", r.ImporterHopRatio, "", ">= 0.95")
 	row("pipeline_msgs_per_sec", r.PipelineMsgsPerSec, "msg/s", ">= 50000")
+	row("pipeline_ratio (pipeline readings/s / raw hop msg/s)", r.PipelineRatio, "", ">= 0.5")
 	row("p99_ms_at_1k", r.P99MsAt1k, "ms", "<= 5")
 	row("replay_msgs_per_sec", r.ReplayMsgsPerSec, "msg/s", ">= 100000")
 	row("relay_replay_msgs_per_sec (through one relay stage)", r.RelayReplayMsgsPerSec, "msg/s", ">= 1000000")

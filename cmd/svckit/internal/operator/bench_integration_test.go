@@ -111,7 +111,13 @@ func checkBenchJSON(t *testing.T, m map[string]any, quick bool) {
 	}
 	hopRatio := ratio(m, "", "hop_ratio")
 	importerRatio := ratio(m, "", "importer_hop_ratio")
-	positive(m, "", "pipeline_msgs_per_sec")
+	pipeline := positive(m, "", "pipeline_msgs_per_sec")
+	if pr := ratio(m, "", "pipeline_ratio"); pr > 0 {
+		figs, _ := m["figures"].(map[string]any)
+		if raw, ok := figs["raw_hop_msgs_per_sec"].(float64); ok && math.Abs(pr-pipeline/raw) > 1e-6 {
+			t.Errorf("bench JSON pipeline_ratio %v, want pipeline_msgs_per_sec / raw_hop_msgs_per_sec = %v", pr, pipeline/raw)
+		}
+	}
 	p99 := positive(m, "", "p99_ms_at_1k")
 	replayDirect := positive(m, "", "replay_msgs_per_sec")
 	relayed := positive(m, "", "relay_replay_msgs_per_sec")
