@@ -1200,11 +1200,12 @@ const profileSeconds = 3
 // always) into ProfileDir; the returned func waits for them.
 func (r *runner) profilePipeline(appAddr string) (wait func()) {
 	targets := map[string]string{"app": appAddr, "nsqd": r.st.NSQD.HTTPAddr}
-	for _, e := range r.passing("worker") {
-		targets[e.Service.ID] = addrOf(e)
-	}
-	for _, e := range r.passing("sensor") {
-		targets[e.Service.ID] = addrOf(e)
+	// Registered, passing or not yet: the burst's sensor has just started.
+	for _, svc := range []string{"worker", "sensor"} {
+		es, _, _ := r.st.Consul.Client.Health().Service(svc, "", false, nil)
+		for _, e := range es {
+			targets[e.Service.ID] = addrOf(e)
+		}
 	}
 	var wg sync.WaitGroup
 	for name, addr := range targets {
