@@ -101,9 +101,12 @@ type OwnerOptions struct {
 // costs nothing but time: the log holds everything until it is back, and
 // shutdown does not wait for it.
 type Owner struct {
-	o   OwnerOptions
-	log *retainlog.Log
-	pub PumpPublisher
+	o OwnerOptions
+	// unpublished is the stream's gauge, looked up once: nsqd's answer
+	// to every message sets it, and WithLabelValues hashes its labels.
+	unpublished prometheus.Gauge
+	log         *retainlog.Log
+	pub         PumpPublisher
 
 	mu      sync.Mutex
 	seq     uint64 // last assigned
@@ -269,7 +272,8 @@ func OpenOwner(o OwnerOptions, pub PumpPublisher) (*Owner, error) {
 	if snap != nil {
 		w.savedSnap = snap.Seq
 	}
-	o.Metrics.Unpublished.WithLabelValues(o.Stream).Set(float64(w.seq - mark))
+	w.unpublished = o.Metrics.Unpublished.WithLabelValues(o.Stream)
+	w.unpublished.Set(float64(w.seq - mark))
 	return w, nil
 }
 

@@ -158,7 +158,7 @@ func (w *Owner) skipDamaged(ranges [][2]uint64) {
 	}
 	unpublished := w.seq - w.acked.Contiguous()
 	w.mu.Unlock()
-	w.o.Metrics.Unpublished.WithLabelValues(w.o.Stream).Set(float64(unpublished))
+	w.unpublished.Set(float64(unpublished))
 	w.o.Logger.Error("damaged records are not published; consumers that need them recover through the snapshot", "damaged", retainlog.FormatRanges(ranges))
 	w.signal()
 }
@@ -184,7 +184,7 @@ func (w *Owner) settle(seq uint64, err error) {
 	}
 	unpublished := w.seq - w.acked.Contiguous()
 	w.mu.Unlock()
-	w.o.Metrics.Unpublished.WithLabelValues(w.o.Stream).Set(float64(unpublished))
+	w.unpublished.Set(float64(unpublished))
 	w.inflight.Add(-1)
 	w.signal()
 }
