@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -127,17 +128,49 @@ func consoleClient(t *testing.T, c *compose, secrets *dcSecrets) (string, func(p
 	}
 }
 
-// waitConsoleNSQDDown waits until the console shows an nsqd down.
-func waitConsoleNSQDDown(t *testing.T, c *compose, secrets *dcSecrets) {
+// watchConsoleNSQDDown starts watching the console's state before nsqd
+// is made to go away, and returns a func that waits until the watch saw
+// an nsqd down (two minutes from the start at most). Watching only after
+// `docker-compose restart nsqd` returned missed it under load: nsqd's
+// stop can take its whole grace period, nsqd-stats gives up on it in
+// that time and is back beside the new nsqd before the command returns.
+func watchConsoleNSQDDown(t *testing.T, c *compose, secrets *dcSecrets) (wait func()) {
 	t.Helper()
 	_, get := consoleClient(t, c, secrets)
 	token := strings.TrimSpace(secrets.read(t, "operator.token"))
-	waitFor(t, time.Minute, func() (bool, string) {
-		code, body, err := get("/api/state", token)
-		var v consoleView
-		if err != nil || code != 200 || json.Unmarshal(body, &v) != nil {
-			return false, fmt.Sprintf("the console's state: HTTP %d %v", code, err)
+	seen, stop := make(chan struct{}), make(chan struct{})
+	var last atomic.Value
+	last.Store("nothing read yet")
+	go func() {
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			code, body, err := get("/api/state", token)
+			var v consoleView
+			switch {
+			case err != nil || code != 200 || json.Unmarshal(body, &v) != nil:
+				last.Store(fmt.Sprintf("the console's state: HTTP %d %v", code, err))
+			case v.NSQDDown:
+				close(seen)
+				return
+			default:
+				last.Store(fmt.Sprintf("nsqds %+v", v.NSQDs))
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
 		}
-		return v.NSQDDown, fmt.Sprintf("nsqds %+v", v.NSQDs)
-	})
+	}()
+	deadline := time.After(2 * time.Minute)
+	return func() {
+		t.Helper()
+		defer close(stop)
+		select {
+		case <-seen:
+		case <-deadline:
+			t.Fatalf("the console never showed nsqd down in two minutes: %v", last.Load())
+		}
+	}
 }

@@ -168,8 +168,9 @@ func TestDevHost1(t *testing.T) {
 	// has not answered for 10 s and is started again beside it, and the
 	// console reads nsqd's statistics again.
 	restarted := time.Now()
+	nsqdDown := watchConsoleNSQDDown(t, h, secrets)
 	h.must(2*time.Minute, "restart", "nsqd")
-	waitConsoleNSQDDown(t, h, secrets)
+	nsqdDown()
 	checkConsole(t, h, "dev/host1, nsqd restarted alone,", secrets, "sensor-dev-host1", "app")
 	t.Logf("dev/host1: the console read nsqd again %s after nsqd restarted alone", time.Since(restarted).Round(time.Second))
 	t.Logf("dev/host1: %s from up to the end", time.Since(start).Round(time.Second))
