@@ -1,7 +1,11 @@
 // Package envelope is svckit's versioned binary framing for NSQ message bodies.
 //
 // NSQ messages have no headers, so every piece of metadata svckit needs travels
-// in the body. This package writes version 2 and reads versions 1 and 2.
+// in the body. This package writes versions 2 and 3 and reads versions 1 to 3.
+// Version 3 is version 2 with a W3C trace context: it is written only for
+// an envelope that carries one, so an envelope without costs the same bytes
+// as before, and a reader that knows only versions 1 and 2 refuses a traced
+// message as an unknown version rather than misreading it.
 //
 // Version 2 layout (fixed-size integers big-endian; uvarint as in
 // encoding/binary, in its shortest form):
@@ -10,8 +14,12 @@
 //	2         magic "SK"
 //	1         version (2)
 //	1         flags: 0x01 a message id follows; 0x02 the content type is a code;
-//	          0x04 the sequence is split into parts; 0x08 a marker
+//	          0x04 the sequence is split into parts; 0x08 a marker;
+//	          0x10 a trace context follows (version 3 only, which sets it)
 //	16        message id (with flag 0x01; a zero id is not written)
+//	16+8+1    trace context (with flag 0x10): trace id, span id and trace
+//	          flags, as W3C traceparent's trace-id, parent-id and
+//	          trace-flags (neither id zero)
 //	uvarint   sequence number within the stream (0 = not sequenced)
 //	uvarint   part index, then uvarint number of parts (with flag 0x04 only;
 //	          at least 2 parts, the index below them)
@@ -53,10 +61,15 @@ import (
 	"time"
 )
 
-// Version is the envelope version this package writes. Decode also reads
+// Version is the envelope version this package writes for an envelope
+// without a trace context; VersionTraced for one with. Decode also reads
 // version 1, so consumers read what older producers wrote and what retained
-// logs hold; upgrade consumers before producers.
-const Version = 2
+// logs hold; upgrade consumers before producers (and before turning tracing
+// on: a consumer that reads only versions 1 and 2 refuses version 3).
+const (
+	Version       = 2
+	VersionTraced = 3
+)
 
 const (
 	magic0, magic1 = 'S', 'K'
@@ -69,7 +82,10 @@ const (
 	flagContentCode = 0x02
 	flagParts       = 0x04
 	flagMarker      = 0x08
+	flagTrace       = 0x10
 	v2Flags         = flagID | flagContentCode | flagParts | flagMarker
+	v3Flags         = v2Flags | flagTrace
+	traceLen        = 16 + 8 + 1
 	// MaxFieldLen is the longest stream id, content type or correlation id.
 	MaxFieldLen = 255
 	// DefaultMaxPayload bounds payloads when the caller sets no limit; nsqd's
@@ -141,6 +157,22 @@ type ID [16]byte
 // String renders the id as 32 hex digits.
 func (id ID) String() string { return hex.EncodeToString(id[:]) }
 
+// TraceContext is the W3C trace context a message was created in (trace-id,
+// parent-id and trace-flags of a traceparent header): what a consumer's
+// span links to. Its zero value is no context, and costs no bytes.
+type TraceContext struct {
+	TraceID [16]byte
+	SpanID  [8]byte
+	Flags   byte // trace-flags; 0x01 is sampled
+}
+
+// IsZero reports whether t is no context (its trace id is zero).
+func (t TraceContext) IsZero() bool { return t.TraceID == [16]byte{} }
+
+// ErrTrace: a trace context with a zero span id, which W3C trace context
+// does not allow (a zero trace id is no context).
+var ErrTrace = errors.New("envelope: invalid trace context")
+
 // Envelope is one message with its metadata.
 type Envelope struct {
 	// ID identifies a message that has no stream. A sequenced message is
@@ -163,6 +195,10 @@ type Envelope struct {
 	// filtered it out, or dead-lettered it, then Payload says why). It has
 	// no content type.
 	Marker bool
+	// Trace, if not zero, is the context the message was created in
+	// (svckit/tracing's spans set and read it). Replay and relays keep a
+	// record's original context: it is part of the retained record.
+	Trace TraceContext
 }
 
 // ErrParts: parts or marker fields that no encoder writes.
@@ -192,6 +228,9 @@ func (e *Envelope) EncodedLen() int {
 	if e.split() {
 		n += uvarintLen(uint64(e.Part)) + uvarintLen(uint64(e.Parts))
 	}
+	if !e.Trace.IsZero() {
+		n += traceLen
+	}
 	if contentTypeCode(e.ContentType) != 0 {
 		n++
 	} else {
@@ -205,7 +244,7 @@ func (e *Envelope) EncodedLen() int {
 // lengths), without looking up the content type's code. A batcher cutting
 // groups to fit a size limit needs a bound per envelope, not the exact size.
 func (e *Envelope) MaxEncodedLen() int {
-	return 4 + len(e.ID) + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
+	return 4 + len(e.ID) + traceLen + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
 		len(e.Stream) + len(e.ContentType) + len(e.CorrelationID) + len(e.Payload)
 }
 
@@ -233,6 +272,10 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 	if err := e.checkParts(); err != nil {
 		return dst, err
 	}
+	traced := !e.Trace.IsZero()
+	if traced && e.Trace.SpanID == [8]byte{} {
+		return dst, fmt.Errorf("%w: zero span id", ErrTrace)
+	}
 	var created int64
 	if !e.Created.IsZero() {
 		created = e.Created.UnixNano()
@@ -252,9 +295,19 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 	if e.Marker {
 		flags |= flagMarker
 	}
-	dst = append(dst, magic0, magic1, Version, flags)
+	version := byte(Version)
+	if traced {
+		version = VersionTraced
+		flags |= flagTrace
+	}
+	dst = append(dst, magic0, magic1, version, flags)
 	if hasID {
 		dst = append(dst, e.ID[:]...)
+	}
+	if traced {
+		dst = append(dst, e.Trace.TraceID[:]...)
+		dst = append(dst, e.Trace.SpanID[:]...)
+		dst = append(dst, e.Trace.Flags)
 	}
 	dst = binary.AppendUvarint(dst, e.Seq)
 	if e.split() {
@@ -366,7 +419,7 @@ func (c *StringCache) get(b []byte) string {
 // Decode decodes b with the default payload limit. See Decoder.Decode.
 func Decode(b []byte) (Envelope, error) { return Decoder{}.Decode(b) }
 
-// Decode parses one envelope, of version 1 or 2. The returned Payload
+// Decode parses one envelope, of version 1, 2 or 3. The returned Payload
 // aliases b (no copy): callers that keep it beyond the life of b must copy it.
 func (d Decoder) Decode(b []byte) (Envelope, error) {
 	var e Envelope
@@ -396,18 +449,18 @@ func (d Decoder) decode(e *Envelope, b []byte) error {
 	var rest []byte
 	var err error
 	switch b[2] {
-	case 2:
+	case 2, 3:
 		rest, err = d.headerV2(e, b)
 	case 1:
 		rest, err = d.headerV1(e, b)
 	default:
-		return fmt.Errorf("%w %d (this build reads 1 and 2)", ErrUnknownVersion, b[2])
+		return fmt.Errorf("%w %d (this build reads 1 to 3)", ErrUnknownVersion, b[2])
 	}
 	if err != nil {
 		return err
 	}
 	var n uint64
-	if b[2] == 2 {
+	if b[2] != 1 {
 		n, rest, err = readUvarint(rest, "payload length")
 		if err != nil {
 			return err
@@ -436,11 +489,20 @@ func (d Decoder) decode(e *Envelope, b []byte) error {
 	return nil
 }
 
-// headerV2 decodes a version 2 envelope up to its payload length.
+// headerV2 decodes a version 2 or 3 envelope up to its payload length.
+// Version 3 is version 2 with a trace context, and always has one: a
+// version 3 envelope without would be a second encoding of a version 2 one.
 func (d Decoder) headerV2(e *Envelope, b []byte) ([]byte, error) {
 	flags := b[3]
-	if flags&^v2Flags != 0 {
+	allowed := byte(v2Flags)
+	if b[2] == VersionTraced {
+		allowed = v3Flags
+	}
+	if flags&^allowed != 0 {
 		return nil, fmt.Errorf("%w 0x%02x", ErrBadFlags, flags)
+	}
+	if b[2] == VersionTraced && flags&flagTrace == 0 {
+		return nil, fmt.Errorf("%w: version 3 without a trace context", ErrMalformed)
 	}
 	if len(b) < v2MinLen {
 		return nil, ErrTooShort
@@ -455,6 +517,20 @@ func (d Decoder) headerV2(e *Envelope, b []byte) ([]byte, error) {
 			return nil, fmt.Errorf("message id: %w (zero, yet flagged present)", ErrMalformed)
 		}
 		rest = rest[len(e.ID):]
+	}
+	if flags&flagTrace != 0 {
+		if len(rest) < traceLen {
+			return nil, fmt.Errorf("trace context: %w", ErrTruncated)
+		}
+		t := &e.Trace
+		copy(t.TraceID[:], rest)
+		copy(t.SpanID[:], rest[16:])
+		t.Flags = rest[24]
+		if t.TraceID == [16]byte{} || t.SpanID == [8]byte{} {
+			*t = TraceContext{}
+			return nil, fmt.Errorf("trace context: %w (zero trace or span id)", ErrMalformed)
+		}
+		rest = rest[traceLen:]
 	}
 	var err error
 	if e.Seq, rest, err = readUvarint(rest, "sequence"); err != nil {

@@ -62,6 +62,18 @@ func equalEnvelope(t *testing.T, got, want Envelope) {
 	if !bytes.Equal(got.Payload, want.Payload) {
 		t.Errorf("Payload = %d bytes %.40q, want %d bytes %.40q", len(got.Payload), got.Payload, len(want.Payload), want.Payload)
 	}
+	if got.Part != want.Part || got.Parts != want.Parts || got.Marker != want.Marker {
+		t.Errorf("Part, Parts, Marker = %d, %d, %v, want %d, %d, %v", got.Part, got.Parts, got.Marker, want.Part, want.Parts, want.Marker)
+	}
+	if got.Trace != want.Trace {
+		t.Errorf("Trace = %x, want %x", got.Trace, want.Trace)
+	}
+}
+
+// sampleTrace is a W3C trace context with every byte set.
+func sampleTrace() TraceContext {
+	return TraceContext{TraceID: [16]byte{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+		SpanID: [8]byte{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7}, Flags: 0x01}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -97,6 +109,11 @@ func TestRoundTrip(t *testing.T) {
 		"marker":          {Stream: "s", Seq: 7, Created: full.Created, Marker: true},
 		"marker, reason":  {Stream: "s", Seq: 7, Marker: true, Payload: []byte("dead-lettered by worker: bad reading")},
 		"part marker":     {Stream: "s", Seq: 7, Marker: true, Part: 1, Parts: 2},
+		"traced":             func() Envelope { e := full; e.Trace = sampleTrace(); return e }(),
+		"traced, no id":      func() Envelope { e := full; e.ID = ID{}; e.Trace = sampleTrace(); return e }(),
+		"traced, flags 0xff": func() Envelope { e := full; e.Trace = sampleTrace(); e.Trace.Flags = 0xff; return e }(),
+		"traced part":        {Stream: "s", Seq: 7, Part: 1, Parts: 2, Trace: sampleTrace(), Payload: []byte("p")},
+		"traced marker":      {Stream: "s", Seq: 7, Marker: true, Trace: sampleTrace()},
 		"binary fields": func() Envelope {
 			e := full
 			e.Stream, e.ContentType, e.CorrelationID = "\x00\xff", "\n", "\x00"
@@ -350,6 +367,12 @@ func TestDecodeErrors(t *testing.T) {
 	longPayload := e
 	longPayload.Payload = make([]byte, 200) // a two-byte payload length
 	longGood := mustMarshal(t, &longPayload)
+	withTrace := e
+	withTrace.Trace = sampleTrace()
+	traced := mustMarshal(t, &withTrace) // the trace context at 20
+	with3 := func(f func(b []byte) []byte) []byte {
+		return f(append([]byte(nil), traced...))
+	}
 	cases := []struct {
 		name string
 		in   []byte
@@ -366,9 +389,14 @@ func TestDecodeErrors(t *testing.T) {
 		{"bad magic short input", []byte("XXXX"), ErrBadMagic},
 		{"json", []byte(`{"value":1}`), ErrBadMagic},
 		{"version 0", with(func(b []byte) []byte { b[2] = 0; return b }), ErrUnknownVersion},
-		{"version 3", with(func(b []byte) []byte { b[2] = 3; return b }), ErrUnknownVersion},
+		{"version 4", with(func(b []byte) []byte { b[2] = 4; return b }), ErrUnknownVersion},
+		{"version 3 without a trace context", with(func(b []byte) []byte { b[2] = 3; return b }), ErrMalformed},
+		{"version 2 with a trace context", with(func(b []byte) []byte { b[3] |= flagTrace; return b }), ErrBadFlags},
+		{"trace context cut", traced[:4+16+traceLen-1], ErrTruncated},
+		{"zero trace id", with3(func(b []byte) []byte { clear(b[20:36]); return b }), ErrMalformed},
+		{"zero span id", with3(func(b []byte) []byte { clear(b[36:44]); return b }), ErrMalformed},
+		{"version 3 flags 0x20", with3(func(b []byte) []byte { b[3] |= 0x20; return b }), ErrBadFlags},
 		{"version 255 short", []byte("SK\xff\x00"), ErrUnknownVersion},
-		{"flags 0x10", with(func(b []byte) []byte { b[3] |= 0x10; return b }), ErrBadFlags},
 		{"parts flag, parts cut", with(func(b []byte) []byte { b[3] |= flagParts; return b[:21] }), ErrTruncated},
 		{"one part", withParts(0, 1), ErrParts},
 		{"part beyond parts", withParts(3, 3), ErrParts},
@@ -412,7 +440,7 @@ func TestDecodeErrors(t *testing.T) {
 			if !errors.Is(err, c.want) {
 				t.Fatalf("Decode error = %v, want %v", err, c.want)
 			}
-			if got.Stream != "" || got.Payload != nil || got.Seq != 0 || got.ID != (ID{}) {
+			if got.Stream != "" || got.Payload != nil || got.Seq != 0 || got.ID != (ID{}) || !got.Trace.IsZero() {
 				t.Fatalf("Decode returned a partial envelope with an error: %+v", got)
 			}
 			// Exactly one class: the sentinels are distinct.
@@ -586,6 +614,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(mustV1(f, e))
 	f.Add(mustMarshal(f, &Envelope{Stream: "s", Seq: 9, Part: 2, Parts: 5, ContentType: "application/json", Payload: []byte("{}")}))
 	f.Add(mustMarshal(f, &Envelope{Stream: "s", Seq: 9, Marker: true, Payload: []byte("why")}))
+	traced := Envelope{Stream: "s", Seq: 9, Part: 1, Parts: 2, ContentType: "application/json", Payload: []byte("{}"), Trace: sampleTrace()}
+	f.Add(mustMarshal(f, &traced))
 	f.Add([]byte("SK\x01\x00"))
 	f.Add([]byte("SK\x02\x03"))
 	f.Add([]byte{})
@@ -609,7 +639,7 @@ func FuzzDecode(f *testing.F) {
 			if err != nil {
 				t.Fatalf("version 1 input re-encoded does not decode: %v", err)
 			}
-			if again.ID != env.ID || again.Stream != env.Stream || again.Seq != env.Seq || !again.Created.Equal(env.Created) ||
+			if again.ID != env.ID || again.Trace != env.Trace || again.Stream != env.Stream || again.Seq != env.Seq || !again.Created.Equal(env.Created) ||
 				again.ContentType != env.ContentType || again.CorrelationID != env.CorrelationID || !bytes.Equal(again.Payload, env.Payload) {
 				t.Fatalf("version 1 input re-encoded decodes differently:\n %+v\n %+v", env, again)
 			}
@@ -832,5 +862,32 @@ func TestStringCacheMax(t *testing.T) {
 	}
 	if m := c.m.Load(); m == nil || len(*m) != 3 {
 		t.Fatalf("the cache keeps %v strings, want Max = 3", m)
+	}
+}
+
+// TestTraceLayout pins version 3 byte for byte: version 2's header with
+// flag 0x10, the 25 bytes of trace context after the id, the rest as
+// version 2. An envelope without a trace context is version 2, unchanged
+// (TestGoldenV2), so tracing off costs no byte.
+func TestTraceLayout(t *testing.T) {
+	e := Envelope{Stream: "s", Seq: 5, Trace: sampleTrace(), Payload: []byte("p")}
+	got := mustMarshal(t, &e)
+	want := "534b0310" + "4bf92f3577b34da6a3ce929d0e0e4736" + "00f067aa0ba902b7" + "01" +
+		"05" + "0000000000000000" + "0173" + "00" + "00" + "0170"
+	if fmt.Sprintf("%x", got) != want {
+		t.Fatalf("encoded\n got  %x\n want %s", got, want)
+	}
+	plain := e
+	plain.Trace = TraceContext{}
+	if n := len(got) - len(mustMarshal(t, &plain)); n != traceLen {
+		t.Fatalf("a trace context costs %d bytes, want %d", n, traceLen)
+	}
+	if b := mustMarshal(t, &plain); b[2] != Version || b[3]&flagTrace != 0 {
+		t.Fatalf("an envelope without a trace context encodes as %x", b[:4])
+	}
+	bad := e
+	bad.Trace.SpanID = [8]byte{}
+	if _, err := bad.Marshal(); !errors.Is(err, ErrTrace) {
+		t.Fatalf("Marshal with a zero span id = %v, want ErrTrace", err)
 	}
 }
