@@ -32,7 +32,8 @@
 #                       stop and remove that host's containers; volumes are kept
 #                       unless --volumes (the secrets' volumes are kept always)
 #
-# Third-party programs come from tools/go.mod and tools/nats/go.mod (pinned
+# Third-party programs come from tools/go.mod, tools/nats/go.mod and
+# tools/jaeger/go.mod (pinned
 # versions, Go module proxy only) and are rebuilt only when their pinned
 # version changes: Consul takes minutes to build.
 set -euo pipefail
@@ -51,9 +52,10 @@ trap 'exit 143' TERM
 step() { echo "==> $*"; }
 
 # tool name → package, module (its pinned version decides rebuilds), the
-# tools module that pins it: tools/ (consul, nsq, goreman), or tools/nats/
-# (nats-server, for svckit bench --peer jetstream: its own module, so that
-# its dependencies do not move the versions Consul and nsqd are built with)
+# tools module that pins it: tools/ (consul, nsq, goreman), tools/nats/
+# (nats-server, for svckit bench --peer jetstream) or tools/jaeger/ (the
+# OTLP receiver the tracing tests export to): modules of their own, so that
+# their dependencies do not move the versions Consul and nsqd are built with
 TOOLS=(
   "consul github.com/hashicorp/consul github.com/hashicorp/consul tools"
   "nsqd github.com/nsqio/nsq/apps/nsqd github.com/nsqio/nsq tools"
@@ -61,6 +63,7 @@ TOOLS=(
   "nsqadmin github.com/nsqio/nsq/apps/nsqadmin github.com/nsqio/nsq tools"
   "goreman github.com/mattn/goreman github.com/mattn/goreman tools"
   "nats-server github.com/nats-io/nats-server/v2 github.com/nats-io/nats-server/v2 tools/nats"
+  "jaeger github.com/jaegertracing/jaeger/cmd/jaeger github.com/jaegertracing/jaeger tools/jaeger"
 )
 
 pinned() { # module, tools module dir → version pinned in its go.mod

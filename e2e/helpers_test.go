@@ -32,6 +32,8 @@ type env struct {
 	st     *testenv.Stack
 	dir    string
 	starts map[string]int // starts per instance id
+	// extraEnv is added to the environment of the services started next.
+	extraEnv []string
 }
 
 func newEnv(t *testing.T) *env {
@@ -63,7 +65,7 @@ func (e *env) start(name, id string, extra ...string) *svc {
 	if k := e.starts[id]; k > 1 {
 		pname = fmt.Sprintf("%s.%d", id, k)
 	}
-	s.proc = testenv.StartProcess(e.t, pname, testenv.Bin(e.t, name), args, e.st.Env())
+	s.proc = testenv.StartProcess(e.t, pname, testenv.Bin(e.t, name), args, append(e.st.Env(), e.extraEnv...))
 	keepLog(e.t, s.proc)
 	return s
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // ErrBatcherClosed is returned by a publish after Close.
@@ -34,6 +35,11 @@ type BatcherOptions struct {
 	// once; default 4. go-nsq pipelines them over one connection, so a
 	// publisher is not limited to one batch per round trip.
 	InFlight int
+	// Tracer, if set, makes a send span of every PublishEnvelopeAsync and
+	// PublishEnvelopesAsync call (a child of the span in its ctx: a
+	// stage's process span), ended by nsqd's answer; an envelope without
+	// a trace context gets the span's (svckit/tracing).
+	Tracer *tracing.Tracer
 }
 
 // batchItem is one publish call's messages: a body, an envelope, or a
@@ -144,7 +150,22 @@ func (b *Batcher) PublishAsync(ctx context.Context, body []byte, done func(error
 // encoding error if the envelope cannot be encoded. env's Payload must not
 // change until then.
 func (b *Batcher) PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error)) {
+	if b.o.Tracer != nil {
+		var span tracing.Span
+		ctx, span = b.o.Tracer.Send(ctx, b.topic)
+		span.Created(&env)
+		span.Messages(env.Stream, env.Seq, env.Seq)
+		done = endSpan(span, done)
+	}
 	b.enqueue(ctx, batchItem{env: env, kind: kindEnv, done: done})
+}
+
+// endSpan is done, ending span first.
+func endSpan(span tracing.Span, done func(error)) func(error) {
+	return func(err error) {
+		span.End(err)
+		done(err)
+	}
 }
 
 // PublishEnvelopesAsync is PublishEnvelopeAsync for envelopes produced
@@ -154,11 +175,25 @@ func (b *Batcher) PublishEnvelopeAsync(ctx context.Context, env envelope.Envelop
 // exactly once: nil when nsqd acknowledged all of them, else the first
 // error (an envelope that cannot be encoded fails its whole MPUB's share,
 // which is then not sent). envs and their payloads must not change until
-// then.
+// then. With a Tracer, an envelope in envs without a trace context gets
+// the send span's, in place.
 func (b *Batcher) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error)) {
 	if len(envs) == 0 {
 		done(nil)
 		return
+	}
+	if b.o.Tracer != nil {
+		var span tracing.Span
+		ctx, span = b.o.Tracer.Send(ctx, b.topic)
+		for i := range envs {
+			span.Created(&envs[i])
+		}
+		if len(envs) == 1 {
+			span.Messages(envs[0].Stream, envs[0].Seq, envs[0].Seq)
+		} else {
+			span.Batch(len(envs))
+		}
+		done = endSpan(span, done)
 	}
 	chunks := b.chunks(envs)
 	chunkDone := done

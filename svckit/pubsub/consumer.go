@@ -20,6 +20,7 @@ import (
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/metrics"
+	"github.com/svckit/svckit/svckit/tracing"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
@@ -55,6 +56,10 @@ type ConsumerOptions struct {
 	// AutoTouch touches messages whose handler runs longer than half of
 	// nsqd's message timeout, so long handlers do not get redelivered.
 	AutoTouch bool
+	// Tracer, if set, makes a process span of every delivery, from its
+	// decoding to its outcome (an Async completion included); the
+	// handler's ctx carries it (svckit/tracing).
+	Tracer *tracing.Tracer
 	// Middleware wraps the handler inside svckit's delivery policy: the
 	// first is the outermost. Each sees decoded envelopes; a panic passes
 	// through them to Recover, outside them (see the package's Middleware).
@@ -430,6 +435,7 @@ func (c *Consumer) policy(h Handler, sink *deadletter.Sink, lg *slog.Logger) Han
 		DeadLetter(DeadLetterOptions{Sink: sink, Drop: c.o.DropDeadLetters, RequeueDelay: c.o.DeadLetterRequeueDelay, Logger: lg, Metrics: c.o.Metrics}),
 		Retry(ro),
 		c.decode,
+		c.process,
 		OnOutcome(c.count),
 		AutoTouch(touch),
 		Recover(),
@@ -460,6 +466,22 @@ func (c *Consumer) decode(next Handler) Handler {
 			return &decodeError{Err: err}
 		}
 		return next.HandleMessage(ctx, m)
+	})
+}
+
+// process runs the rest in the delivery's process span, ended by its
+// outcome; without a Tracer it is not there.
+func (c *Consumer) process(next Handler) Handler {
+	if c.o.Tracer == nil {
+		return next
+	}
+	end := OnOutcome(func(ctx context.Context, _ *Message, err error) error {
+		tracing.SpanFromContext(ctx).End(err)
+		return err
+	})(next)
+	return HandlerFunc(func(ctx context.Context, m *Message) error {
+		ctx, _ = c.o.Tracer.Process(ctx, c.o.Topic, c.channel, &m.Envelope, tracing.Live, m.NSQ.Attempts)
+		return end.HandleMessage(ctx, m)
 	})
 }
 

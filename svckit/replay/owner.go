@@ -16,6 +16,7 @@ import (
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/retainlog"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // The publisher side of the protocol, the Owner, by job:
@@ -90,6 +91,12 @@ type OwnerOptions struct {
 	Metrics    *Metrics     // nil = NewMetrics on a registry of its own (not exported)
 	// FS holds Dir; nil is the OS's (tests cut the power with crashfs).
 	FS durable.FS
+	// Tracer, if set, makes a send span of every Publish, covering the
+	// wait for the durable append; its context is written into the
+	// messages' envelopes (svckit/tracing). Topic names the span's
+	// destination (the topic the pump publishes to).
+	Tracer *tracing.Tracer
+	Topic  string
 }
 
 // Owner is a replayable publisher of one stream.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/retainlog"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // Publishing: a batch gets contiguous sequence numbers, is appended to the
@@ -47,9 +48,18 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 			return 0, fmt.Errorf("stream %s: not assigning sequence numbers: %w", w.o.Stream, err)
 		}
 	}
-	first, last, appended, err := w.append(payloads, correlationID)
+	// The spans start before the envelopes are made: their contexts are
+	// the messages' creation contexts.
+	ctx, span := w.o.Tracer.Send(ctx, w.o.Topic)
+	created, traces := w.createSpans(ctx, span, len(payloads))
+	first, last, appended, err := w.append(payloads, correlationID, traces)
 	if !appended {
+		endSpans(span, created, err)
 		return 0, err
+	}
+	span.Messages(w.o.Stream, first, last)
+	for i, c := range created {
+		c.Messages(w.o.Stream, first+uint64(i), first+uint64(i))
 	}
 	w.signal()
 	// Once appended the messages will be published whatever happens: the
@@ -58,24 +68,52 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 	if werr := w.log.WaitDurable(context.WithoutCancel(ctx), last); werr != nil {
 		err = errors.Join(err, fmt.Errorf("making messages %d-%d of stream %s durable: %w", first, last, w.o.Stream, werr))
 	}
+	endSpans(span, created, err)
 	if err != nil {
 		return last, err
 	}
 	return last, nil
 }
 
+// createSpans gives each of n messages its creation context: the send
+// span's for one message, a create span's each for several (so that each
+// has a trace of its own). Nothing when tracing is off.
+func (w *Owner) createSpans(ctx context.Context, send tracing.Span, n int) ([]tracing.Span, []envelope.TraceContext) {
+	if w.o.Tracer == nil {
+		return nil, nil
+	}
+	if n == 1 {
+		return nil, []envelope.TraceContext{send.Context()}
+	}
+	created := make([]tracing.Span, n)
+	traces := make([]envelope.TraceContext, n)
+	for i := range created {
+		created[i] = w.o.Tracer.Create(ctx, w.o.Topic, send)
+		traces[i] = created[i].Context()
+	}
+	return created, traces
+}
+
+func endSpans(send tracing.Span, created []tracing.Span, err error) {
+	for _, c := range created {
+		c.End(err)
+	}
+	send.End(err)
+}
+
 // append appends under mu; appended reports whether the messages are in
 // the log (then they will be published, even with an error).
-func (w *Owner) append(payloads [][]byte, correlationID string) (first, last uint64, appended bool, err error) {
+func (w *Owner) append(payloads [][]byte, correlationID string, traces []envelope.TraceContext) (first, last uint64, appended bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock() // a panic below must not leave the owner locked
 	before := w.seq
-	first, last, err = w.appendLocked(payloads, correlationID)
+	first, last, err = w.appendLocked(payloads, correlationID, traces)
 	return first, last, w.seq > before, err
 }
 
-// appendLocked encodes, appends and folds one batch. Caller holds mu.
-func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, last uint64, err error) {
+// appendLocked encodes, appends and folds one batch; traces, if not nil,
+// are the messages' creation contexts. Caller holds mu.
+func (w *Owner) appendLocked(payloads [][]byte, correlationID string, traces []envelope.TraceContext) (first, last uint64, err error) {
 	switch {
 	case w.closed:
 		return 0, 0, ErrOwnerClosed
@@ -94,6 +132,9 @@ func (w *Owner) appendLocked(payloads [][]byte, correlationID string) (first, la
 		// No message id: (stream, seq) identifies the message.
 		env := envelope.Envelope{Stream: w.o.Stream, Seq: seq, Created: now,
 			ContentType: w.o.ContentType, CorrelationID: correlationID, Payload: payload}
+		if traces != nil {
+			env.Trace = traces[i]
+		}
 		start := len(buf)
 		if buf, err = env.Append(buf); err != nil {
 			return 0, 0, fmt.Errorf("encoding message %d of stream %s: %w", seq, w.o.Stream, err)

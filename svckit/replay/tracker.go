@@ -15,6 +15,7 @@ import (
 	"github.com/svckit/svckit/svckit/durable"
 	"github.com/svckit/svckit/svckit/envelope"
 	"github.com/svckit/svckit/svckit/logging"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // The consumer side of the protocol, the Tracker, by job:
@@ -55,6 +56,12 @@ type Applier interface {
 // TrackerOptions configures a Tracker. Zero values take the defaults named
 // on each field.
 type TrackerOptions struct {
+	// Tracer, if set, makes a process span of every replayed message the
+	// tracker applies (svckit.delivery "replay"), in the message's
+	// original trace; Topic and Channel name its destination and group,
+	// as the live deliveries' spans do (svckit/tracing).
+	Tracer         *tracing.Tracer
+	Topic, Channel string
 	// CheckpointPath is where applied sets and state are saved together
 	// (atomically); "" keeps everything in memory.
 	CheckpointPath     string

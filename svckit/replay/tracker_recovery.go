@@ -12,6 +12,7 @@ import (
 
 	"github.com/svckit/svckit/svckit/discovery"
 	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // The tracker's recovery: everything it asks the owners for, through a
@@ -273,7 +274,9 @@ func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) 
 		s.mu.Unlock()
 		received.Inc()
 		if terr == nil {
+			_, span := t.o.Tracer.Process(ctx, t.o.Topic, t.o.Channel, &env, tracing.Replay, 0)
 			_, terr = t.apply(s, env)
+			span.End(terr)
 		}
 		if terr == nil {
 			return nil

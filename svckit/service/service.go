@@ -35,6 +35,8 @@ import (
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/registry"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/tracing"
+	"github.com/svckit/svckit/svckit/tracing/otlp"
 	nsq "github.com/svckit/svckit/third_party/go-nsq"
 )
 
@@ -60,6 +62,12 @@ type Service struct {
 	Node      string // the local Consul agent's node name
 	Advertise string // address registered in Consul
 	Port      int    // HTTP port registered in Consul
+	// Tracer makes the spans of this service's publishers and consumers;
+	// nil (tracing off) unless OTEL_EXPORTER_OTLP_ENDPOINT is set (see
+	// svckit/tracing/otlp).
+	Tracer *tracing.Tracer
+	// stopTracing flushes and stops the span exporter (nil when off).
+	stopTracing func(context.Context) error
 
 	tags []string
 	meta map[string]string
@@ -127,9 +135,43 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		s.Config.InstanceID = config.DefaultInstanceID(cfg.Name, s.Advertise, s.Port)
 	}
 	s.Log = log.With("service", cfg.Name, "instance", s.Config.InstanceID)
+	if err := s.startTracing(ctx); err != nil {
+		_ = s.HTTP.Close()
+		unlock()
+		return nil, err
+	}
 	s.Discovery = discovery.New(client, discovery.Options{Logger: s.Log, Metrics: s.Metrics})
 	s.HTTP.AddCheck("discovery", s.Discovery.Healthy)
 	return s, nil
+}
+
+// startTracing turns tracing on when the OTEL_* environment asks for it.
+func (s *Service) startTracing(ctx context.Context) error {
+	tc, err := otlp.DefaultConfig(s.Config.Name, os.Getenv)
+	if err != nil {
+		return UsageError{fmt.Errorf("tracing: %w", err)}
+	}
+	tp, err := otlp.New(ctx, tc)
+	if err != nil {
+		return fmt.Errorf("tracing: %w", err)
+	}
+	if tp != nil {
+		s.Tracer = tracing.New(tp)
+		s.stopTracing = tp.Shutdown
+		s.Log.Info("tracing on: exporting spans over OTLP", "protocol", tc.Protocol)
+	}
+	return nil
+}
+
+// flushTracing exports the spans still held and stops the exporter.
+func (s *Service) flushTracing(ctx context.Context) error {
+	if s.stopTracing == nil {
+		return nil
+	}
+	if err := s.stopTracing(ctx); err != nil {
+		return fmt.Errorf("flushing spans: %w", err)
+	}
+	return nil
 }
 
 // waitForAgent asks the agent for its node name until it answers, backing off;
@@ -266,7 +308,8 @@ func (s *Service) Batcher(topic string) (*pubsub.Batcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: s.Config.NSQ.BatchSize, MaxBytes: s.Config.NSQ.BatchBytes, MaxDelay: s.Config.NSQ.BatchDelay})
+	b := p.NewBatcher(topic, pubsub.BatcherOptions{MaxBatch: s.Config.NSQ.BatchSize, MaxBytes: s.Config.NSQ.BatchBytes, MaxDelay: s.Config.NSQ.BatchDelay,
+		Tracer: s.Tracer})
 	s.mu.Lock()
 	s.batchers = append(s.batchers, b)
 	s.mu.Unlock()
@@ -294,6 +337,9 @@ func (s *Service) Consumer(o pubsub.ConsumerOptions, h pubsub.Handler) (*pubsub.
 	o.Retry = pubsub.RetryOptions{MaxAttempts: uint16(n.MaxAttempts), Delay: n.RequeueDelay, MaxDelay: n.MaxRequeueDelay}
 	o.DeadLetters = sink
 	o.Logger, o.Metrics = s.Log, s.Metrics
+	if o.Tracer == nil {
+		o.Tracer = s.Tracer
+	}
 	c, err := pubsub.NewConsumer(s.Discovery.Watch(NSQLookupdService), s.Discovery.Watch(NSQDService), h, o)
 	if err != nil {
 		return nil, err
@@ -476,6 +522,9 @@ func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, ht
 	if err := <-httpErr; err != nil {
 		errs = append(errs, err)
 	}
+	if err := s.flushTracing(dctx); err != nil {
+		errs = append(errs, err)
+	}
 	s.Discovery.Stop()
 	if s.unlockData == nil {
 	} else if err := s.unlockData(); err != nil {
@@ -521,6 +570,9 @@ func (s *Service) Close(ctx context.Context) error {
 	s.Discovery.Stop()
 	if err := s.HTTP.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing the HTTP listener: %w", err))
+	}
+	if err := s.flushTracing(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if s.unlockData != nil {
 		if err := s.unlockData(); err != nil {

@@ -66,6 +66,7 @@ func (s *Service) OpenStream(ctx context.Context, o StreamOptions) (*replay.Owne
 	oo := o.Owner
 	oo.Stream, oo.Dir, oo.Fence, oo.FS = o.Stream, dir, lease, fsys
 	oo.Logger, oo.Metrics = s.Log, s.replayMetrics()
+	oo.Tracer, oo.Topic = s.Tracer, o.Topic
 	owner, err := replay.OpenOwner(oo, pub)
 	if err != nil {
 		lease.Release(ctx)

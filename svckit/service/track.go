@@ -75,6 +75,7 @@ func (s *Service) Track(a replay.Applier, o TrackOptions) (*replay.Tracker, erro
 		to.CheckpointPath = filepath.Join(s.Config.DataDir, "checkpoint.json")
 	}
 	to.Owners = s.Discovery.Watch(o.Upstream)
+	to.Tracer, to.Topic, to.Channel = s.Tracer, o.Topic, channel
 	to.Secret = s.Config.ReplaySecret
 	to.DeadLetter = deadLetter
 	to.Logger = s.Log

@@ -378,6 +378,9 @@ func (s *Stage) Replay(ctx context.Context, stream string, from, to uint64, sinc
 			envs = single
 		}
 		for i := range envs {
+			// A relayed output keeps the record's original creation
+			// context: its trace is the reading's, not the relay's.
+			envs[i].Trace = in.Trace
 			if buf, err = envs[i].Append(buf[:0]); err != nil {
 				return fmt.Errorf("%s: encoding the output of %s/%d: %w", s.o.Name, in.Stream, in.Seq, err)
 			}

@@ -105,6 +105,16 @@ func (f *sumFold) State() []byte        { return fmt.Appendf(nil, `{"n":%d,"sum"
 func (f *sumFold) Restore([]byte) error { return nil }
 
 // serve runs h on a loopback HTTP server and returns it as an instance.
+// serveRelay serves st's relay of the replay protocol, as a relaying
+// instance.
+func serveRelay(t *testing.T, st *Stage) discovery.Instance {
+	m := http.NewServeMux()
+	srv := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
+	srv.SetRelay(st)
+	srv.Register(m)
+	return serve(t, m, replay.RelayTag)
+}
+
 func serve(t *testing.T, h http.Handler, tags ...string) discovery.Instance {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
@@ -145,21 +155,13 @@ func TestRelayChains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m1 := http.NewServeMux()
-	srv1 := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
-	srv1.SetRelay(first)
-	srv1.Register(m1)
-	relay1 := serve(t, m1, replay.RelayTag)
+	relay1 := serveRelay(t, first)
 
 	second, err := New(Options{Name: "second", Transform: splitOdd, Out: nopOut{}, Upstream: staticUpstream{relay1}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m2 := http.NewServeMux()
-	srv2 := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
-	srv2.SetRelay(second)
-	srv2.Register(m2)
-	relay2 := serve(t, m2, replay.RelayTag)
+	relay2 := serveRelay(t, second)
 
 	var got []envelope.Envelope
 	c := replay.Client{}
@@ -229,11 +231,7 @@ func TestRelayPassesGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := http.NewServeMux()
-	srv := replay.NewServer("", replay.NewMetrics(prometheus.NewRegistry()))
-	srv.SetRelay(st)
-	srv.Register(m)
-	relay := serve(t, m, replay.RelayTag)
+	relay := serveRelay(t, st)
 	_, err = replay.Client{}.Replay(context.Background(), relay.Addr(), replay.Request{Stream: "s", From: 1, To: 50}, func(envelope.Envelope, int) error { return nil })
 	if !errors.Is(err, replay.ErrGone) {
 		t.Fatalf("a trimmed range through a relay: %v, want ErrGone", err)

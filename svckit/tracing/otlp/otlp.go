@@ -1,0 +1,116 @@
+// Package otlp makes the OpenTelemetry SDK's tracer provider that exports
+// svckit's spans over OTLP, configured as every OpenTelemetry SDK is: by
+// the standard environment variables.
+//
+//   - OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT):
+//     setting one turns tracing on. Unset, tracing is off and costs nothing.
+//   - OTEL_EXPORTER_OTLP_PROTOCOL (or ..._TRACES_PROTOCOL): "http/protobuf"
+//     (the default) or "grpc".
+//   - OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG: the sampler (default
+//     parentbased_always_on), read by the SDK.
+//   - OTEL_SDK_DISABLED=true, or OTEL_TRACES_EXPORTER=none: off, whatever
+//     the endpoint.
+//   - OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES: the resource; the
+//     service name defaults to svckit's service name.
+//   - The exporters read the rest themselves: headers, TLS certificates,
+//     timeouts, compression (OTEL_EXPORTER_OTLP_HEADERS, ..._CERTIFICATE,
+//     ..._INSECURE, ...).
+package otlp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// Protocols the exporter speaks.
+const (
+	ProtocolHTTP = "http/protobuf"
+	ProtocolGRPC = "grpc"
+)
+
+// Config says whether and how to export spans. DefaultConfig reads it from
+// the environment.
+type Config struct {
+	// Enabled is true when an endpoint is set and the SDK is not disabled.
+	Enabled bool
+	// Protocol is ProtocolHTTP or ProtocolGRPC.
+	Protocol string
+	// ServiceName is the resource's service.name unless OTEL_SERVICE_NAME
+	// sets it.
+	ServiceName string
+}
+
+// DefaultConfig reads the OTEL_* environment variables (see the package
+// comment) through getenv; nil is os.Getenv.
+func DefaultConfig(serviceName string, getenv func(string) string) (Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	c := Config{ServiceName: serviceName, Protocol: ProtocolHTTP}
+	first := func(keys ...string) string {
+		for _, k := range keys {
+			if v := strings.TrimSpace(getenv(k)); v != "" {
+				return v
+			}
+		}
+		return ""
+	}
+	endpoint := first("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+	disabled := strings.EqualFold(first("OTEL_SDK_DISABLED"), "true") ||
+		strings.EqualFold(first("OTEL_TRACES_EXPORTER"), "none")
+	if exp := first("OTEL_TRACES_EXPORTER"); exp != "" && !strings.EqualFold(exp, "none") && !strings.EqualFold(exp, "otlp") {
+		return c, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: svckit exports traces over otlp only (or none)", exp)
+	}
+	c.Enabled = endpoint != "" && !disabled
+	if p := first("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" {
+		switch p {
+		case ProtocolHTTP, ProtocolGRPC:
+			c.Protocol = p
+		default:
+			return c, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: want %q or %q", p, ProtocolHTTP, ProtocolGRPC)
+		}
+	}
+	return c, nil
+}
+
+// New makes the provider c asks for, or returns nil (tracing off) when c
+// is not Enabled. Shut it down to flush what it holds.
+func New(ctx context.Context, c Config) (*sdktrace.TracerProvider, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	var exp *otlptrace.Exporter
+	var err error
+	// The exporters take their endpoint, headers, TLS and timeouts from
+	// the environment themselves.
+	switch c.Protocol {
+	case ProtocolGRPC:
+		exp, err = otlptracegrpc.New(ctx)
+	case ProtocolHTTP, "":
+		exp, err = otlptracehttp.New(ctx)
+	default:
+		err = fmt.Errorf("unknown protocol %q", c.Protocol)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("making the OTLP trace exporter (%s): %w", c.Protocol, err)
+	}
+	// Later detectors win: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+	// (WithFromEnv) over the service's own name.
+	res, err := resource.New(ctx, resource.WithAttributes(attribute.String("service.name", c.ServiceName)),
+		resource.WithTelemetrySDK(), resource.WithFromEnv())
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("making the trace resource: %w", err)
+	}
+	// The sampler comes from OTEL_TRACES_SAMPLER (the SDK reads it).
+	return sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res)), nil
+}

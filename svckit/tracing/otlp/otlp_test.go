@@ -1,0 +1,48 @@
+package otlp
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestDefaultConfig(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		env      map[string]string
+		enabled  bool
+		protocol string
+		err      string
+	}{
+		{name: "nothing set: off", protocol: ProtocolHTTP},
+		{name: "an endpoint: on", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, enabled: true, protocol: ProtocolHTTP},
+		{name: "a traces endpoint: on", env: map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, enabled: true, protocol: ProtocolHTTP},
+		{name: "grpc", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, enabled: true, protocol: ProtocolGRPC},
+		{name: "traces protocol wins", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, enabled: true, protocol: ProtocolGRPC},
+		{name: "SDK disabled", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, protocol: ProtocolHTTP},
+		{name: "exporter none", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, protocol: ProtocolHTTP},
+		{name: "http/json", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, err: `OTEL_EXPORTER_OTLP_PROTOCOL="http/json"`},
+		{name: "zipkin", env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, err: `OTEL_TRACES_EXPORTER="zipkin"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := DefaultConfig("worker", func(k string) string { return c.env[k] })
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("error %v, want one naming %s", err, c.err)
+				}
+				return
+			}
+			if err != nil || got.Enabled != c.enabled || got.Protocol != c.protocol || got.ServiceName != "worker" {
+				t.Fatalf("DefaultConfig = %+v, %v; want enabled %v, protocol %s", got, err, c.enabled, c.protocol)
+			}
+		})
+	}
+}
+
+// Off makes no provider: nothing runs, nothing is exported.
+func TestNewOff(t *testing.T) {
+	tp, err := New(context.Background(), Config{})
+	if tp != nil || err != nil {
+		t.Fatalf("New(off) = %v, %v", tp, err)
+	}
+}

@@ -1,0 +1,261 @@
+// Package tracing follows one message through every hop with OpenTelemetry
+// spans, carrying the trace context in the envelope (NSQ messages have no
+// headers). It depends on the OpenTelemetry API only; svckit/tracing/otlp
+// makes the SDK's provider that exports the spans, from the standard
+// OTEL_* environment variables.
+//
+// A nil *Tracer is tracing off: every method returns at once, allocates
+// nothing and adds no byte to an envelope.
+//
+// # Spans
+//
+// The spans follow the OpenTelemetry semantic conventions for messaging,
+// version 1.43.0 (SemconvVersion), which are still in development status:
+//
+//   - send <topic> (PRODUCER): a publish. For a stream's owner it covers
+//     the wait for the durable append; for a batching publisher, the wait
+//     for nsqd's acknowledgement. Its context is the message's creation
+//     context, written into the envelope, unless the envelope already
+//     carries one (a relayed or re-published message): then the span
+//     links to that context and leaves it as it is.
+//   - create <topic> (PRODUCER): one message of a batch a stream's owner
+//     publishes (PublishBatch of several): the root of that message's
+//     own trace, linked to and from the batch's send span, and its
+//     creation context. It ends with the send span.
+//   - process <topic> (CONSUMER): one delivery handed to a handler, until
+//     its outcome (an asynchronous handler included), or one replayed
+//     message applied by a tracking consumer (svckit.delivery "replay").
+//     It links to the message's creation context and, since it processes
+//     one message pushed to it, is also that context's child: the
+//     conventions allow the parent for a single message and require the
+//     link. A reading is then one trace (sensor's send, a worker's
+//     process and send, the app's process), sampled or not as a whole.
+//
+// Attributes: messaging.system "nsq" (the conventions list no value for
+// NSQ, so a custom one), messaging.operation.name and .type,
+// messaging.destination.name (the topic), messaging.consumer.group.name
+// (the channel), messaging.message.id ("<stream>/<seq>", svckit's identity
+// of a message), messaging.batch.message_count for a batch, and
+// messaging.nsq.message.attempts for a delivery.
+package tracing
+
+import (
+	"context"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/svckit/svckit/svckit/envelope"
+)
+
+// SemconvVersion is the version of the OpenTelemetry semantic conventions
+// the spans follow (messaging, in development status at that version).
+const SemconvVersion = "1.43.0"
+
+// System is the messaging.system attribute's value.
+const System = "nsq"
+
+// instrumentationName names svckit's tracer in every span it makes.
+const instrumentationName = "github.com/svckit/svckit"
+
+// The attribute keys, as the conventions name them.
+const (
+	keySystem        = attribute.Key("messaging.system")
+	keyOperationName = attribute.Key("messaging.operation.name")
+	keyOperationType = attribute.Key("messaging.operation.type")
+	keyDestination   = attribute.Key("messaging.destination.name")
+	keyGroup         = attribute.Key("messaging.consumer.group.name")
+	keyMessageID     = attribute.Key("messaging.message.id")
+	keyBatchCount    = attribute.Key("messaging.batch.message_count")
+	keyAttempts      = attribute.Key("messaging.nsq.message.attempts")
+	keyErrorType     = attribute.Key("error.type")
+	// KeyDelivery is "live" for a delivery from nsqd and "replay" for a
+	// message a tracking consumer recovered by replay.
+	KeyDelivery = attribute.Key("svckit.delivery")
+)
+
+// Tracer makes svckit's spans. A nil *Tracer is tracing off.
+type Tracer struct {
+	tr trace.Tracer
+}
+
+// New returns a Tracer over tp, or nil (tracing off) when tp is nil.
+func New(tp trace.TracerProvider) *Tracer {
+	if tp == nil {
+		return nil
+	}
+	return &Tracer{tr: tp.Tracer(instrumentationName,
+		trace.WithSchemaURL("https://opentelemetry.io/schemas/"+SemconvVersion))}
+}
+
+// Span is one of svckit's spans; the zero Span (tracing off) does nothing.
+type Span struct {
+	s trace.Span
+}
+
+// Context is the span's context as an envelope carries it; zero when
+// tracing is off.
+func (s Span) Context() envelope.TraceContext {
+	if s.s == nil {
+		return envelope.TraceContext{}
+	}
+	sc := s.s.SpanContext()
+	if !sc.IsValid() {
+		return envelope.TraceContext{}
+	}
+	return envelope.TraceContext{TraceID: sc.TraceID(), SpanID: sc.SpanID(), Flags: byte(sc.TraceFlags())}
+}
+
+// Messages names the messages the span is about: one (first == last) sets
+// messaging.message.id, several messaging.batch.message_count.
+func (s Span) Messages(stream string, first, last uint64) {
+	if s.s == nil || !s.s.IsRecording() {
+		return
+	}
+	if first == last {
+		if stream != "" || first != 0 {
+			s.s.SetAttributes(keyMessageID.String(MessageID(stream, first)))
+		}
+		return
+	}
+	s.Batch(int(last - first + 1))
+}
+
+// SpanFromContext is the span ctx carries (one Process or Send put there);
+// a Span that does nothing when there is none.
+func SpanFromContext(ctx context.Context) Span {
+	s := trace.SpanFromContext(ctx)
+	if !s.SpanContext().IsValid() {
+		return Span{}
+	}
+	return Span{s: s}
+}
+
+// Batch says the span is about n messages (messaging.batch.message_count).
+func (s Span) Batch(n int) {
+	if s.s == nil || !s.s.IsRecording() {
+		return
+	}
+	s.s.SetAttributes(keyBatchCount.Int(n))
+}
+
+// End ends the span with the operation's outcome.
+func (s Span) End(err error) {
+	if s.s == nil {
+		return
+	}
+	if err != nil && s.s.IsRecording() {
+		s.s.SetStatus(codes.Error, err.Error())
+		s.s.SetAttributes(keyErrorType.String("_OTHER"))
+	}
+	s.s.End()
+}
+
+// MessageID is the messaging.message.id of (stream, seq).
+func MessageID(stream string, seq uint64) string {
+	return stream + "/" + strconv.FormatUint(seq, 10)
+}
+
+// Remote is an envelope's trace context as a remote span context; invalid
+// when tc is zero.
+func Remote(tc envelope.TraceContext) trace.SpanContext {
+	if tc.IsZero() {
+		return trace.SpanContext{}
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tc.TraceID, SpanID: tc.SpanID,
+		TraceFlags: trace.TraceFlags(tc.Flags), Remote: true})
+}
+
+// Send starts the send span of messages published to topic, as a child of
+// ctx's span. Put Context() in envelopes that carry no context yet (see
+// Created); call End with the outcome.
+func (t *Tracer) Send(ctx context.Context, topic string) (context.Context, Span) {
+	if t == nil {
+		return ctx, Span{}
+	}
+	ctx, s := t.tr.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(keySystem.String(System), keyOperationName.String("send"),
+			keyOperationType.String("send"), keyDestination.String(topic)))
+	return ctx, Span{s: s}
+}
+
+// Create starts the create span of one message of a batch that send
+// publishes: a new trace's root, so that every message of the batch has a
+// creation context (and a trace, sampled or not) of its own, as the
+// conventions ask of batch publishing. It links to the send span and the
+// send span to it (up to the SDK's link limit, 128 by default). End it
+// when the send span ends.
+func (t *Tracer) Create(ctx context.Context, topic string, send Span) Span {
+	if t == nil {
+		return Span{}
+	}
+	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(keySystem.String(System), keyOperationName.String("create"),
+			keyOperationType.String("create"), keyDestination.String(topic))}
+	if send.s != nil {
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: send.s.SpanContext()}))
+	}
+	_, s := t.tr.Start(ctx, "create "+topic, opts...)
+	if send.s != nil && send.s.IsRecording() {
+		send.s.AddLink(trace.Link{SpanContext: s.SpanContext()})
+	}
+	return Span{s: s}
+}
+
+// Created gives env its creation context: the send span's, unless env
+// already has one (a message re-published or relayed keeps its own, as
+// the conventions ask), which the span then links to.
+func (s Span) Created(env *envelope.Envelope) {
+	if s.s == nil {
+		return
+	}
+	if env.Trace.IsZero() {
+		env.Trace = s.Context()
+		return
+	}
+	s.s.AddLink(trace.Link{SpanContext: Remote(env.Trace)})
+}
+
+// Delivery says how a message reached its consumer.
+type Delivery uint8
+
+const (
+	Live   Delivery = iota // from nsqd
+	Replay                 // recovered by a replay request
+)
+
+func (d Delivery) String() string {
+	if d == Replay {
+		return "replay"
+	}
+	return "live"
+}
+
+// Process starts the process span of one message from topic on channel:
+// a child of the message's creation context (when it has one) that also
+// links to it. attempts is nsqd's delivery count (0 for a replay).
+func (t *Tracer) Process(ctx context.Context, topic, channel string, env *envelope.Envelope, how Delivery, attempts uint16) (context.Context, Span) {
+	if t == nil {
+		return ctx, Span{}
+	}
+	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+	if created := Remote(env.Trace); created.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, created)
+		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: created}))
+	}
+	attrs := []attribute.KeyValue{keySystem.String(System), keyOperationName.String("process"),
+		keyOperationType.String("process"), keyDestination.String(topic), KeyDelivery.String(how.String())}
+	if channel != "" {
+		attrs = append(attrs, keyGroup.String(channel))
+	}
+	if env.Stream != "" || env.Seq != 0 {
+		attrs = append(attrs, keyMessageID.String(MessageID(env.Stream, env.Seq)))
+	}
+	if attempts > 0 {
+		attrs = append(attrs, keyAttempts.Int(int(attempts)))
+	}
+	ctx, s := t.tr.Start(ctx, "process "+topic, append(opts, trace.WithAttributes(attrs...))...)
+	return ctx, Span{s: s}
+}

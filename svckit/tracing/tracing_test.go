@@ -1,0 +1,188 @@
+package tracing
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/svckit/svckit/svckit/envelope"
+)
+
+func recorder(t *testing.T, opts ...sdktrace.TracerProviderOption) (*Tracer, *tracetest.SpanRecorder) {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(append(opts, sdktrace.WithSpanProcessor(rec))...)
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	return New(tp), rec
+}
+
+func attr(s sdktrace.ReadOnlySpan, key string) string {
+	for _, a := range s.Attributes() {
+		if string(a.Key) == key {
+			return a.Value.Emit()
+		}
+	}
+	return ""
+}
+
+// Tracing off is a nil *Tracer: nothing is made, nothing allocated, and an
+// envelope gets no context.
+func TestOffIsFree(t *testing.T) {
+	var tr *Tracer
+	if New(nil) != nil {
+		t.Fatal("New(nil) is not nil")
+	}
+	ctx := context.Background()
+	env := envelope.Envelope{Stream: "s", Seq: 1}
+	failed := errors.New("x")
+	allocs := testing.AllocsPerRun(100, func() {
+		_, send := tr.Send(ctx, "readings")
+		send.Created(&env)
+		send.Messages("s", 1, 1)
+		send.End(nil)
+		_, p := tr.Process(ctx, "readings", "workers", &env, Live, 1)
+		p.End(failed)
+		tr.Create(ctx, "readings", send).End(nil)
+	})
+	if allocs != 0 {
+		t.Fatalf("tracing off allocates %v times per message", allocs)
+	}
+	if !env.Trace.IsZero() {
+		t.Fatalf("tracing off gave the envelope a context: %x", env.Trace)
+	}
+}
+
+// A send span is the creation context of an envelope without one; an
+// envelope with one keeps it, and the span links to it.
+func TestSendCreationContext(t *testing.T) {
+	tr, rec := recorder(t)
+	ctx, send := tr.Send(context.Background(), "readings")
+	env := envelope.Envelope{Stream: "s", Seq: 7}
+	send.Created(&env)
+	send.Messages("s", 7, 7)
+	if got, want := env.Trace, send.Context(); got != want || got.IsZero() {
+		t.Fatalf("envelope's context %x, want the span's %x", got, want)
+	}
+	if SpanFromContext(ctx).Context() != send.Context() {
+		t.Fatal("the send span is not in its context")
+	}
+	original := envelope.TraceContext{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Flags: 1}
+	kept := envelope.Envelope{Stream: "s", Seq: 8, Trace: original}
+	send.Created(&kept)
+	if kept.Trace != original {
+		t.Fatalf("a message's own creation context was replaced: %x", kept.Trace)
+	}
+	send.End(errors.New("nsqd refused"))
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	s := spans[0]
+	if s.Name() != "send readings" || s.SpanKind() != trace.SpanKindProducer || attr(s, "messaging.system") != "nsq" ||
+		attr(s, "messaging.operation.type") != "send" || attr(s, "messaging.destination.name") != "readings" ||
+		attr(s, "messaging.message.id") != "s/7" || attr(s, "error.type") != "_OTHER" || s.Status().Code != codes.Error {
+		t.Fatalf("send span: %s %v %v %v", s.Name(), s.SpanKind(), s.Attributes(), s.Status())
+	}
+	if len(s.Links()) != 1 || s.Links()[0].SpanContext.SpanID() != original.SpanID {
+		t.Fatalf("send span's links %v, want the kept context", s.Links())
+	}
+}
+
+// A process span is the child of its message's creation context and links
+// to it; a replayed one says so.
+func TestProcessChildAndLink(t *testing.T) {
+	tr, rec := recorder(t)
+	_, send := tr.Send(context.Background(), "readings")
+	env := envelope.Envelope{Stream: "s", Seq: 9}
+	send.Created(&env)
+	send.End(nil)
+	// The envelope crosses a process boundary: only its bytes do.
+	b, err := env.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := envelope.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, p := tr.Process(context.Background(), "readings", "workers", &got, Replay, 3)
+	p.End(nil)
+	spans := rec.Ended()
+	s := spans[len(spans)-1]
+	sc := Remote(env.Trace)
+	if s.Parent().SpanID() != sc.SpanID() || s.SpanContext().TraceID() != sc.TraceID() || !s.Parent().IsRemote() {
+		t.Fatalf("process span's parent %v, want the creation context %v", s.Parent(), sc)
+	}
+	if len(s.Links()) != 1 || s.Links()[0].SpanContext.SpanID() != sc.SpanID() {
+		t.Fatalf("process span's links %v", s.Links())
+	}
+	if s.Name() != "process readings" || s.SpanKind() != trace.SpanKindConsumer || attr(s, "messaging.consumer.group.name") != "workers" ||
+		attr(s, "messaging.operation.type") != "process" || attr(s, "messaging.message.id") != "s/9" ||
+		attr(s, "svckit.delivery") != "replay" || attr(s, "messaging.nsq.message.attempts") != "3" {
+		t.Fatalf("process span: %s %v %v", s.Name(), s.SpanKind(), s.Attributes())
+	}
+	// A message without a context starts a trace of its own.
+	_, root := tr.Process(context.Background(), "readings", "workers", &envelope.Envelope{Stream: "s", Seq: 10}, Live, 1)
+	root.End(nil)
+	spans = rec.Ended()
+	if s := spans[len(spans)-1]; s.Parent().IsValid() || len(s.Links()) != 0 {
+		t.Fatalf("a message without a context: parent %v, links %v", s.Parent(), s.Links())
+	}
+}
+
+// Each message of a batch gets a create span: the root of its own trace,
+// linked to and from the batch's send span.
+func TestCreateSpansOfABatch(t *testing.T) {
+	tr, rec := recorder(t)
+	ctx, send := tr.Send(context.Background(), "readings")
+	var creates []Span
+	for range 3 {
+		creates = append(creates, tr.Create(ctx, "readings", send))
+	}
+	traces := map[trace.TraceID]bool{}
+	for i, c := range creates {
+		c.Messages("s", uint64(i+1), uint64(i+1))
+		traces[c.s.SpanContext().TraceID()] = true
+		c.End(nil)
+	}
+	send.Batch(3)
+	send.End(nil)
+	if len(traces) != 3 || traces[send.s.SpanContext().TraceID()] {
+		t.Fatalf("create spans share traces: %d distinct, send's among them %v", len(traces), traces[send.s.SpanContext().TraceID()])
+	}
+	spans := rec.Ended()
+	s := spans[len(spans)-1]
+	if s.Name() != "send readings" || len(s.Links()) != 3 || attr(s, "messaging.batch.message_count") != "3" {
+		t.Fatalf("send span of a batch: %s, %d links, %v", s.Name(), len(s.Links()), s.Attributes())
+	}
+	for _, c := range spans[:3] {
+		if c.Name() != "create readings" || c.Parent().IsValid() || len(c.Links()) != 1 ||
+			c.Links()[0].SpanContext.SpanID() != send.s.SpanContext().SpanID() || attr(c, "messaging.operation.type") != "create" {
+			t.Fatalf("create span: %s parent %v links %v attrs %v", c.Name(), c.Parent(), c.Links(), c.Attributes())
+		}
+	}
+}
+
+// An unsampled creation context travels (flags 0), and the process span
+// follows its decision: the parent-based default sampler records nothing.
+func TestSamplingFollowsTheReading(t *testing.T) {
+	tr, rec := recorder(t, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
+	_, send := tr.Send(context.Background(), "readings")
+	env := envelope.Envelope{Stream: "s", Seq: 1}
+	send.Created(&env)
+	send.End(nil)
+	if env.Trace.IsZero() || env.Trace.Flags&1 != 0 {
+		t.Fatalf("an unsampled send gave %x", env.Trace)
+	}
+	tr2, rec2 := recorder(t) // downstream samples everything it roots
+	_, p := tr2.Process(context.Background(), "readings", "workers", &env, Live, 1)
+	p.End(nil)
+	if n := len(rec.Ended()) + len(rec2.Ended()); n != 0 {
+		t.Fatalf("%d spans recorded of an unsampled reading", n)
+	}
+}
