@@ -106,6 +106,7 @@ type Batcher struct {
 	closed    bool
 	in        chan batchItem
 	done      chan struct{}
+	spans     *tracing.Destination // nil: tracing off
 }
 
 // NewBatcher starts a batching publisher for topic.
@@ -130,7 +131,7 @@ func (p *Producer) NewBatcher(topic string, o BatcherOptions) *Batcher {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	b := &Batcher{p: p, topic: topic, o: o, ctx: ctx, stop: stop, closing: make(chan struct{}),
-		in: make(chan batchItem, o.Queue), done: make(chan struct{})}
+		in: make(chan batchItem, o.Queue), done: make(chan struct{}), spans: o.Tracer.Topic(topic, "")}
 	go b.run()
 	return b
 }
@@ -150,9 +151,9 @@ func (b *Batcher) PublishAsync(ctx context.Context, body []byte, done func(error
 // encoding error if the envelope cannot be encoded. env's Payload must not
 // change until then.
 func (b *Batcher) PublishEnvelopeAsync(ctx context.Context, env envelope.Envelope, done func(error)) {
-	if b.o.Tracer != nil {
+	if b.spans != nil {
 		var span tracing.Span
-		ctx, span = b.o.Tracer.Send(ctx, b.topic)
+		ctx, span = b.spans.Send(ctx)
 		span.Created(&env)
 		span.Messages(env.Stream, env.Seq, env.Seq)
 		done = endSpan(span, done)
@@ -182,9 +183,9 @@ func (b *Batcher) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Env
 		done(nil)
 		return
 	}
-	if b.o.Tracer != nil {
+	if b.spans != nil {
 		var span tracing.Span
-		ctx, span = b.o.Tracer.Send(ctx, b.topic)
+		ctx, span = b.spans.Send(ctx)
 		for i := range envs {
 			span.Created(&envs[i])
 		}

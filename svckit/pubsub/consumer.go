@@ -95,6 +95,7 @@ type Consumer struct {
 	prepared map[string]bool   // nsqd HTTP addresses with the topic/channel created
 	refusing map[string]string // nsqd TCP address → why it will refuse our IDENTIFY
 
+	spans                      *tracing.Destination // nil: tracing off
 	consumed, failed, requeued prometheus.Counter
 	handlerSecs                prometheus.Observer
 }
@@ -183,6 +184,7 @@ func NewConsumer(lookupds, nsqds *discovery.Watcher, h Handler, o ConsumerOption
 	c.requeued = o.Metrics.Requeued.WithLabelValues(o.Topic, ch)
 	c.handlerSecs = o.Metrics.HandlerSeconds.WithLabelValues(o.Topic, ch)
 	c.handlerCtx, c.cancelHandler = context.WithCancel(context.Background())
+	c.spans = o.Tracer.Topic(o.Topic, ch)
 	c.route = route{topic: o.Topic, channel: ch, respond: c.respond}
 	c.h = c.policy(h, sink, lg)
 	nc.AddConcurrentHandlers(c, o.Concurrency)
@@ -472,7 +474,7 @@ func (c *Consumer) decode(next Handler) Handler {
 // process runs the rest in the delivery's process span, ended by its
 // outcome; without a Tracer it is not there.
 func (c *Consumer) process(next Handler) Handler {
-	if c.o.Tracer == nil {
+	if c.spans == nil {
 		return next
 	}
 	end := OnOutcome(func(ctx context.Context, _ *Message, err error) error {
@@ -480,7 +482,7 @@ func (c *Consumer) process(next Handler) Handler {
 		return err
 	})(next)
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
-		ctx, _ = c.o.Tracer.Process(ctx, c.o.Topic, c.channel, &m.Envelope, tracing.Live, m.NSQ.Attempts)
+		ctx, _ = c.spans.Process(ctx, &m.Envelope, tracing.Live, m.NSQ.Attempts)
 		return end.HandleMessage(ctx, m)
 	})
 }

@@ -114,6 +114,7 @@ type Owner struct {
 	unpublished prometheus.Gauge
 	log         *retainlog.Log
 	pub         PumpPublisher
+	spans       *tracing.Destination // nil: tracing off
 
 	mu      sync.Mutex
 	seq     uint64 // last assigned
@@ -231,7 +232,7 @@ func OpenOwner(o OwnerOptions, pub PumpPublisher) (*Owner, error) {
 	if snap != nil {
 		o.Log.Durable = max(o.Log.Durable, snap.Seq)
 	}
-	w := &Owner{o: o, pub: pub, wake: make(chan struct{}, 1)}
+	w := &Owner{o: o, pub: pub, wake: make(chan struct{}, 1), spans: o.Tracer.Topic(o.Topic, "")}
 	userOnDamage := o.Log.OnDamage
 	o.Log.OnDamage = func(d retainlog.Damage) {
 		w.damageFound(d)

@@ -50,7 +50,7 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 	}
 	// The spans start before the envelopes are made: their contexts are
 	// the messages' creation contexts.
-	ctx, span := w.o.Tracer.Send(ctx, w.o.Topic)
+	ctx, span := w.spans.Send(ctx)
 	created, traces := w.createSpans(ctx, span, len(payloads))
 	first, last, appended, err := w.append(payloads, correlationID, traces)
 	if !appended {
@@ -79,7 +79,7 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 // span's for one message, a create span's each for several (so that each
 // has a trace of its own). Nothing when tracing is off.
 func (w *Owner) createSpans(ctx context.Context, send tracing.Span, n int) ([]tracing.Span, []envelope.TraceContext) {
-	if w.o.Tracer == nil {
+	if w.spans == nil {
 		return nil, nil
 	}
 	if n == 1 {
@@ -88,7 +88,7 @@ func (w *Owner) createSpans(ctx context.Context, send tracing.Span, n int) ([]tr
 	created := make([]tracing.Span, n)
 	traces := make([]envelope.TraceContext, n)
 	for i := range created {
-		created[i] = w.o.Tracer.Create(ctx, w.o.Topic, send)
+		created[i] = w.spans.Create(ctx, send)
 		traces[i] = created[i].Context()
 	}
 	return created, traces

@@ -140,6 +140,8 @@ func ConsumesTag(topic string) string { return "consumes=" + topic }
 type Tracker struct {
 	a Applier
 	o TrackerOptions
+	// spans are the replayed messages' process spans (nil: tracing off).
+	spans *tracing.Destination
 
 	mu      sync.RWMutex
 	streams map[string]*trackedStream
@@ -222,7 +224,7 @@ func NewTracker(a Applier, o TrackerOptions) (*Tracker, error) {
 		o.Metrics = NewMetrics(prometheus.NewRegistry())
 	}
 	o.FS = durable.Or(o.FS)
-	t := &Tracker{a: a, o: o, streams: map[string]*trackedStream{}}
+	t := &Tracker{a: a, o: o, streams: map[string]*trackedStream{}, spans: o.Tracer.Topic(o.Topic, o.Channel)}
 	if err := t.load(); err != nil {
 		return nil, err
 	}

@@ -274,7 +274,7 @@ func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) 
 		s.mu.Unlock()
 		received.Inc()
 		if terr == nil {
-			_, span := t.o.Tracer.Process(ctx, t.o.Topic, t.o.Channel, &env, tracing.Replay, 0)
+			_, span := t.spans.Process(ctx, &env, tracing.Replay, 0)
 			_, terr = t.apply(s, env)
 			span.End(terr)
 		}

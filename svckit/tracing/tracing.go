@@ -41,6 +41,7 @@ package tracing
 
 import (
 	"context"
+	"slices"
 	"strconv"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -168,42 +169,6 @@ func Remote(tc envelope.TraceContext) trace.SpanContext {
 		TraceFlags: trace.TraceFlags(tc.Flags), Remote: true})
 }
 
-// Send starts the send span of messages published to topic, as a child of
-// ctx's span. Put Context() in envelopes that carry no context yet (see
-// Created); call End with the outcome.
-func (t *Tracer) Send(ctx context.Context, topic string) (context.Context, Span) {
-	if t == nil {
-		return ctx, Span{}
-	}
-	ctx, s := t.tr.Start(ctx, "send "+topic, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(keySystem.String(System), keyOperationName.String("send"),
-			keyOperationType.String("send"), keyDestination.String(topic)))
-	return ctx, Span{s: s}
-}
-
-// Create starts the create span of one message of a batch that send
-// publishes: a new trace's root, so that every message of the batch has a
-// creation context (and a trace, sampled or not) of its own, as the
-// conventions ask of batch publishing. It links to the send span and the
-// send span to it (up to the SDK's link limit, 128 by default). End it
-// when the send span ends.
-func (t *Tracer) Create(ctx context.Context, topic string, send Span) Span {
-	if t == nil {
-		return Span{}
-	}
-	opts := []trace.SpanStartOption{trace.WithNewRoot(), trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(keySystem.String(System), keyOperationName.String("create"),
-			keyOperationType.String("create"), keyDestination.String(topic))}
-	if send.s != nil {
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: send.s.SpanContext()}))
-	}
-	_, s := t.tr.Start(ctx, "create "+topic, opts...)
-	if send.s != nil && send.s.IsRecording() {
-		send.s.AddLink(trace.Link{SpanContext: s.SpanContext()})
-	}
-	return Span{s: s}
-}
-
 // Created gives env its creation context: the send span's, unless env
 // already has one (a message re-published or relayed keeps its own, as
 // the conventions ask), which the span then links to.
@@ -233,29 +198,96 @@ func (d Delivery) String() string {
 	return "live"
 }
 
-// Process starts the process span of one message from topic on channel:
-// a child of the message's creation context (when it has one) that also
-// links to it. attempts is nsqd's delivery count (0 for a replay).
-func (t *Tracer) Process(ctx context.Context, topic, channel string, env *envelope.Envelope, how Delivery, attempts uint16) (context.Context, Span) {
+// Destination is the spans of one topic (and, for a consumer, its
+// channel): their names and fixed attributes, made once rather than for
+// every message. A nil *Destination (tracing off) makes no spans.
+type Destination struct {
+	tr                    trace.Tracer
+	send, create, process string
+	// The spans' start options: kind and fixed attributes (an option is
+	// an allocation each time it is made).
+	sendOpts, createOpts, procOpts []trace.SpanStartOption
+}
+
+// Topic prepares the spans of messages to or from topic, consumed on
+// channel ("" for a publisher); nil when tracing is off.
+func (t *Tracer) Topic(topic, channel string) *Destination {
 	if t == nil {
+		return nil
+	}
+	common := []attribute.KeyValue{keySystem.String(System), keyDestination.String(topic)}
+	attrs := func(op string, more ...attribute.KeyValue) trace.SpanStartOption {
+		return trace.WithAttributes(append(append(slices.Clip(common), keyOperationName.String(op), keyOperationType.String(op)), more...)...)
+	}
+	var group []attribute.KeyValue
+	if channel != "" {
+		group = append(group, keyGroup.String(channel))
+	}
+	producer, consumer := trace.WithSpanKind(trace.SpanKindProducer), trace.WithSpanKind(trace.SpanKindConsumer)
+	return &Destination{tr: t.tr, send: "send " + topic, create: "create " + topic, process: "process " + topic,
+		sendOpts:   []trace.SpanStartOption{producer, attrs("send")},
+		createOpts: []trace.SpanStartOption{trace.WithNewRoot(), producer, attrs("create")},
+		procOpts:   []trace.SpanStartOption{consumer, attrs("process", group...)},
+	}
+}
+
+// Send starts the send span of messages published to the topic, as a
+// child of ctx's span. Give it the envelopes (Created); call End with the
+// outcome.
+func (d *Destination) Send(ctx context.Context) (context.Context, Span) {
+	if d == nil {
 		return ctx, Span{}
 	}
-	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+	ctx, s := d.tr.Start(ctx, d.send, d.sendOpts...)
+	return ctx, Span{s: s}
+}
+
+// Create starts the create span of one message of a batch that send
+// publishes: a new trace's root, so that every message of the batch has a
+// creation context (and a trace, sampled or not) of its own, as the
+// conventions ask of batch publishing. It links to the send span and the
+// send span to it (up to the SDK's link limit, 128 by default). End it
+// when the send span ends.
+func (d *Destination) Create(ctx context.Context, send Span) Span {
+	if d == nil {
+		return Span{}
+	}
+	opts := d.createOpts
+	if send.s != nil {
+		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: send.s.SpanContext()}))
+	}
+	_, s := d.tr.Start(ctx, d.create, opts...)
+	if send.s != nil && send.s.IsRecording() {
+		send.s.AddLink(trace.Link{SpanContext: s.SpanContext()})
+	}
+	return Span{s: s}
+}
+
+// Process starts the process span of one message: a child of the
+// message's creation context (when it has one) that also links to it.
+// attempts is nsqd's delivery count (0 for a replay).
+func (d *Destination) Process(ctx context.Context, env *envelope.Envelope, how Delivery, attempts uint16) (context.Context, Span) {
+	if d == nil {
+		return ctx, Span{}
+	}
+	opts := d.procOpts
 	if created := Remote(env.Trace); created.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, created)
-		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: created}))
+		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: created}))
 	}
-	attrs := []attribute.KeyValue{keySystem.String(System), keyOperationName.String("process"),
-		keyOperationType.String("process"), keyDestination.String(topic), KeyDelivery.String(how.String())}
-	if channel != "" {
-		attrs = append(attrs, keyGroup.String(channel))
+	ctx, s := d.tr.Start(ctx, d.process, opts...)
+	// The message's own attributes only for a span that records: an
+	// unsampled one costs no more than the SDK's own work.
+	if s.IsRecording() {
+		attrs := make([]attribute.KeyValue, 0, 3)
+		attrs = append(attrs, KeyDelivery.String(how.String()))
+		if env.Stream != "" || env.Seq != 0 {
+			attrs = append(attrs, keyMessageID.String(MessageID(env.Stream, env.Seq)))
+		}
+		if attempts > 0 {
+			attrs = append(attrs, keyAttempts.Int(int(attempts)))
+		}
+		s.SetAttributes(attrs...)
 	}
-	if env.Stream != "" || env.Seq != 0 {
-		attrs = append(attrs, keyMessageID.String(MessageID(env.Stream, env.Seq)))
-	}
-	if attempts > 0 {
-		attrs = append(attrs, keyAttempts.Int(int(attempts)))
-	}
-	ctx, s := t.tr.Start(ctx, "process "+topic, append(opts, trace.WithAttributes(attrs...))...)
 	return ctx, Span{s: s}
 }

@@ -37,17 +37,21 @@ func TestOffIsFree(t *testing.T) {
 	if New(nil) != nil {
 		t.Fatal("New(nil) is not nil")
 	}
+	d := tr.Topic("readings", "workers")
+	if d != nil {
+		t.Fatal("a nil Tracer's Topic is not nil")
+	}
 	ctx := context.Background()
 	env := envelope.Envelope{Stream: "s", Seq: 1}
 	failed := errors.New("x")
 	allocs := testing.AllocsPerRun(100, func() {
-		_, send := tr.Send(ctx, "readings")
+		_, send := d.Send(ctx)
 		send.Created(&env)
 		send.Messages("s", 1, 1)
 		send.End(nil)
-		_, p := tr.Process(ctx, "readings", "workers", &env, Live, 1)
+		_, p := d.Process(ctx, &env, Live, 1)
 		p.End(failed)
-		tr.Create(ctx, "readings", send).End(nil)
+		d.Create(ctx, send).End(nil)
 	})
 	if allocs != 0 {
 		t.Fatalf("tracing off allocates %v times per message", allocs)
@@ -61,7 +65,7 @@ func TestOffIsFree(t *testing.T) {
 // envelope with one keeps it, and the span links to it.
 func TestSendCreationContext(t *testing.T) {
 	tr, rec := recorder(t)
-	ctx, send := tr.Send(context.Background(), "readings")
+	ctx, send := tr.Topic("readings", "").Send(context.Background())
 	env := envelope.Envelope{Stream: "s", Seq: 7}
 	send.Created(&env)
 	send.Messages("s", 7, 7)
@@ -97,7 +101,8 @@ func TestSendCreationContext(t *testing.T) {
 // to it; a replayed one says so.
 func TestProcessChildAndLink(t *testing.T) {
 	tr, rec := recorder(t)
-	_, send := tr.Send(context.Background(), "readings")
+	d := tr.Topic("readings", "workers")
+	_, send := d.Send(context.Background())
 	env := envelope.Envelope{Stream: "s", Seq: 9}
 	send.Created(&env)
 	send.End(nil)
@@ -110,7 +115,7 @@ func TestProcessChildAndLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, p := tr.Process(context.Background(), "readings", "workers", &got, Replay, 3)
+	_, p := d.Process(context.Background(), &got, Replay, 3)
 	p.End(nil)
 	spans := rec.Ended()
 	s := spans[len(spans)-1]
@@ -127,7 +132,7 @@ func TestProcessChildAndLink(t *testing.T) {
 		t.Fatalf("process span: %s %v %v", s.Name(), s.SpanKind(), s.Attributes())
 	}
 	// A message without a context starts a trace of its own.
-	_, root := tr.Process(context.Background(), "readings", "workers", &envelope.Envelope{Stream: "s", Seq: 10}, Live, 1)
+	_, root := d.Process(context.Background(), &envelope.Envelope{Stream: "s", Seq: 10}, Live, 1)
 	root.End(nil)
 	spans = rec.Ended()
 	if s := spans[len(spans)-1]; s.Parent().IsValid() || len(s.Links()) != 0 {
@@ -139,10 +144,11 @@ func TestProcessChildAndLink(t *testing.T) {
 // linked to and from the batch's send span.
 func TestCreateSpansOfABatch(t *testing.T) {
 	tr, rec := recorder(t)
-	ctx, send := tr.Send(context.Background(), "readings")
+	d := tr.Topic("readings", "")
+	ctx, send := d.Send(context.Background())
 	var creates []Span
 	for range 3 {
-		creates = append(creates, tr.Create(ctx, "readings", send))
+		creates = append(creates, d.Create(ctx, send))
 	}
 	traces := map[trace.TraceID]bool{}
 	for i, c := range creates {
@@ -172,7 +178,7 @@ func TestCreateSpansOfABatch(t *testing.T) {
 // follows its decision: the parent-based default sampler records nothing.
 func TestSamplingFollowsTheReading(t *testing.T) {
 	tr, rec := recorder(t, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
-	_, send := tr.Send(context.Background(), "readings")
+	_, send := tr.Topic("readings", "").Send(context.Background())
 	env := envelope.Envelope{Stream: "s", Seq: 1}
 	send.Created(&env)
 	send.End(nil)
@@ -180,7 +186,7 @@ func TestSamplingFollowsTheReading(t *testing.T) {
 		t.Fatalf("an unsampled send gave %x", env.Trace)
 	}
 	tr2, rec2 := recorder(t) // downstream samples everything it roots
-	_, p := tr2.Process(context.Background(), "readings", "workers", &env, Live, 1)
+	_, p := tr2.Topic("readings", "workers").Process(context.Background(), &env, Live, 1)
 	p.End(nil)
 	if n := len(rec.Ended()) + len(rec2.Ended()); n != 0 {
 		t.Fatalf("%d spans recorded of an unsampled reading", n)
