@@ -161,6 +161,13 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			return nil, fmt.Errorf("--data-dir %s: not a directory", o.DataDir)
 		}
 	}
+	if o.ProfileDir != "" {
+		// Made here, not at the first profile: a missing directory made
+		// every profile of the run fail, after the run.
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return nil, fmt.Errorf("--profile-dir: %w", err)
+		}
+	}
 	os.Setenv("SVCKIT_BIN", abs)
 	r := &runner{o: o, env: newRunEnv(abs, o.DataDir), bins: abs, res: &Results{Quick: o.Quick, Figures: map[string]float64{}, Machine: machine()}}
 	defer r.env.close()
