@@ -69,12 +69,14 @@ func TestLibraryLayers(t *testing.T) {
 	// What each lower package may import from svckit (all else is above it).
 	below := map[string][]string{
 		"envelope": {}, "durable": {}, "config": {}, "logging": {}, "metrics": {}, "health": {},
-		"retainlog":  {"durable"},
-		"deadletter": {"durable", "logging", "metrics"},
-		"ownership":  {"logging"},
-		"pubsub":     {"deadletter", "discovery", "envelope", "logging", "metrics"},
-		"replay":     {"discovery", "durable", "envelope", "logging", "metrics", "retainlog"},
-		"stage":      {"envelope", "logging", "pubsub", "replay"},
+		"retainlog":    {"durable"},
+		"deadletter":   {"durable", "logging", "metrics"},
+		"ownership":    {"logging"},
+		"tracing":      {"envelope"},
+		"tracing/otlp": {"tracing"},
+		"pubsub":       {"deadletter", "discovery", "envelope", "logging", "metrics", "tracing"},
+		"replay":       {"discovery", "durable", "envelope", "logging", "metrics", "retainlog", "tracing"},
+		"stage":        {"envelope", "logging", "pubsub", "replay", "tracing"},
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if len(lines) < 15 {

@@ -170,7 +170,8 @@ type TraceContext struct {
 func (t TraceContext) IsZero() bool { return t.TraceID == [16]byte{} }
 
 // ErrTrace: a trace context with a zero span id, which W3C trace context
-// does not allow (a zero trace id is no context).
+// does not allow, or a span id or flags without a trace id (a zero trace
+// id is no context).
 var ErrTrace = errors.New("envelope: invalid trace context")
 
 // Envelope is one message with its metadata.
@@ -244,7 +245,11 @@ func (e *Envelope) EncodedLen() int {
 // lengths), without looking up the content type's code. A batcher cutting
 // groups to fit a size limit needs a bound per envelope, not the exact size.
 func (e *Envelope) MaxEncodedLen() int {
-	return 4 + len(e.ID) + traceLen + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
+	n := 0
+	if !e.Trace.IsZero() {
+		n = traceLen
+	}
+	return n + 4 + len(e.ID) + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
 		len(e.Stream) + len(e.ContentType) + len(e.CorrelationID) + len(e.Payload)
 }
 
@@ -273,8 +278,12 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	traced := !e.Trace.IsZero()
-	if traced && e.Trace.SpanID == [8]byte{} {
+	switch {
+	case traced && e.Trace.SpanID == [8]byte{}:
 		return dst, fmt.Errorf("%w: zero span id", ErrTrace)
+	case !traced && e.Trace != TraceContext{}:
+		// It would be dropped: the decoded envelope would differ.
+		return dst, fmt.Errorf("%w: zero trace id with a span id or flags", ErrTrace)
 	}
 	var created int64
 	if !e.Created.IsZero() {

@@ -890,4 +890,13 @@ func TestTraceLayout(t *testing.T) {
 	if _, err := bad.Marshal(); !errors.Is(err, ErrTrace) {
 		t.Fatalf("Marshal with a zero span id = %v, want ErrTrace", err)
 	}
+	half := plain
+	half.Trace.SpanID, half.Trace.Flags = e.Trace.SpanID, 1
+	if _, err := half.Marshal(); !errors.Is(err, ErrTrace) {
+		t.Fatalf("Marshal with a span id and no trace id = %v, want ErrTrace", err)
+	}
+	if plain.MaxEncodedLen()+traceLen != e.MaxEncodedLen() {
+		t.Fatalf("MaxEncodedLen %d without a context, %d with: the context's %d bytes are not counted only when present",
+			plain.MaxEncodedLen(), e.MaxEncodedLen(), traceLen)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -176,8 +177,8 @@ func endSpan(span tracing.Span, done func(error)) func(error) {
 // exactly once: nil when nsqd acknowledged all of them, else the first
 // error (an envelope that cannot be encoded fails its whole MPUB's share,
 // which is then not sent). envs and their payloads must not change until
-// then. With a Tracer, an envelope in envs without a trace context gets
-// the send span's, in place.
+// then. With a Tracer, an envelope without a trace context is published
+// with the send span's (envs itself is not written).
 func (b *Batcher) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Envelope, done func(error)) {
 	if len(envs) == 0 {
 		done(nil)
@@ -186,6 +187,9 @@ func (b *Batcher) PublishEnvelopesAsync(ctx context.Context, envs []envelope.Env
 	if b.spans != nil {
 		var span tracing.Span
 		ctx, span = b.spans.Send(ctx)
+		// A copy gets the contexts: the caller's envelopes are only read
+		// (the same slice may go to several topics).
+		envs = slices.Clone(envs)
 		for i := range envs {
 			span.Created(&envs[i])
 		}

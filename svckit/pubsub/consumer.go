@@ -56,9 +56,9 @@ type ConsumerOptions struct {
 	// AutoTouch touches messages whose handler runs longer than half of
 	// nsqd's message timeout, so long handlers do not get redelivered.
 	AutoTouch bool
-	// Tracer, if set, makes a process span of every delivery, from its
-	// decoding to its outcome (an Async completion included); the
-	// handler's ctx carries it (svckit/tracing).
+	// Tracer, if set, makes a process span of every delivery it decoded,
+	// until its outcome (an Async completion included); the handler's ctx
+	// carries it (svckit/tracing).
 	Tracer *tracing.Tracer
 	// Middleware wraps the handler inside svckit's delivery policy: the
 	// first is the outermost. Each sees decoded envelopes; a panic passes
@@ -472,18 +472,25 @@ func (c *Consumer) decode(next Handler) Handler {
 }
 
 // process runs the rest in the delivery's process span, ended by its
-// outcome; without a Tracer it is not there.
+// outcome (as OnOutcome sees it: an Async completion included); without a
+// Tracer it is not there.
 func (c *Consumer) process(next Handler) Handler {
 	if c.spans == nil {
 		return next
 	}
-	end := OnOutcome(func(ctx context.Context, _ *Message, err error) error {
-		tracing.SpanFromContext(ctx).End(err)
-		return err
-	})(next)
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
-		ctx, _ = c.spans.Process(ctx, &m.Envelope, tracing.Live, m.NSQ.Attempts)
-		return end.HandleMessage(ctx, m)
+		ctx, span := c.spans.Process(ctx, &m.Envelope, tracing.Live, m.NSQ.Attempts)
+		err := next.HandleMessage(ctx, m)
+		if err == nil && m.isAsync() {
+			m.later(ctx, func(_ context.Context, _ *Message, err error) error {
+				span.End(err)
+				return err
+			})
+			return nil
+		}
+		m.returned(err)
+		span.End(err)
+		return err
 	})
 }
 

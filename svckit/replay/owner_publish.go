@@ -50,7 +50,12 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 	}
 	// The spans start before the envelopes are made: their contexts are
 	// the messages' creation contexts.
-	ctx, span := w.spans.Send(ctx)
+	var span tracing.Span
+	if len(payloads) == 1 {
+		ctx, span = w.spans.Send(ctx)
+	} else {
+		ctx, span = w.spans.SendBatch(ctx) // its messages get create spans
+	}
 	created, traces := w.createSpans(ctx, span, len(payloads))
 	first, last, appended, err := w.append(payloads, correlationID, traces)
 	if !appended {

@@ -65,9 +65,8 @@ type Service struct {
 	// Tracer makes the spans of this service's publishers and consumers;
 	// nil (tracing off) unless OTEL_EXPORTER_OTLP_ENDPOINT is set (see
 	// svckit/tracing/otlp).
-	Tracer *tracing.Tracer
-	// stopTracing flushes and stops the span exporter (nil when off).
-	stopTracing func(context.Context) error
+	Tracer  *tracing.Tracer
+	tracing *otlp.Provider // nil when off
 
 	tags []string
 	meta map[string]string
@@ -151,27 +150,34 @@ func (s *Service) startTracing(ctx context.Context) error {
 	if err != nil {
 		return UsageError{fmt.Errorf("tracing: %w", err)}
 	}
-	tp, err := otlp.New(ctx, tc)
+	p, err := otlp.New(ctx, tc)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}
-	if tp != nil {
-		s.Tracer = tracing.New(tp)
-		s.stopTracing = tp.Shutdown
+	if p != nil {
+		s.tracing, s.Tracer = p, p.Tracer()
 		s.Log.Info("tracing on: exporting spans over OTLP", "protocol", tc.Protocol)
 	}
 	return nil
 }
 
-// flushTracing exports the spans still held and stops the exporter.
-func (s *Service) flushTracing(ctx context.Context) error {
-	if s.stopTracing == nil {
-		return nil
+// TracingFlushTimeout bounds the export of the spans still held at
+// shutdown: its own budget, after the rest, so that a hung Consul does
+// not leave it none and a collector away does not hold the exit up.
+const TracingFlushTimeout = 2 * time.Second
+
+// flushTracing exports the spans still held and stops the exporter. A
+// failure is logged, not returned: spans are not what a clean shutdown
+// is judged by.
+func (s *Service) flushTracing() {
+	if s.tracing == nil {
+		return
 	}
-	if err := s.stopTracing(ctx); err != nil {
-		return fmt.Errorf("flushing spans: %w", err)
+	ctx, cancel := context.WithTimeout(context.Background(), TracingFlushTimeout)
+	defer cancel()
+	if err := s.tracing.Shutdown(ctx); err != nil {
+		s.Log.Warn("flushing spans at shutdown failed; some spans are lost", "err", err)
 	}
-	return nil
 }
 
 // waitForAgent asks the agent for its node name until it answers, backing off;
@@ -522,9 +528,7 @@ func (s *Service) teardown(stopReg context.CancelFunc, regDone chan struct{}, ht
 	if err := <-httpErr; err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.flushTracing(dctx); err != nil {
-		errs = append(errs, err)
-	}
+	s.flushTracing()
 	s.Discovery.Stop()
 	if s.unlockData == nil {
 	} else if err := s.unlockData(); err != nil {
@@ -571,9 +575,7 @@ func (s *Service) Close(ctx context.Context) error {
 	if err := s.HTTP.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing the HTTP listener: %w", err))
 	}
-	if err := s.flushTracing(ctx); err != nil {
-		errs = append(errs, err)
-	}
+	s.flushTracing()
 	if s.unlockData != nil {
 		if err := s.unlockData(); err != nil {
 			errs = append(errs, fmt.Errorf("unlocking --data-dir: %w", err))

@@ -42,6 +42,7 @@ import (
 	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // Output is one message a transform makes of its input.
@@ -229,6 +230,15 @@ func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
 	s.lag.arrived(in.Stream, in.Seq, in.Created)
+	// The outputs' creation context: in a traced delivery the send span
+	// of the stage's publisher gives them its own (left zero here); where
+	// the stage does not trace, they carry the input's on, so a reading's
+	// trace survives a stage that does not trace. (A relay always keeps
+	// the record's: see Replay.)
+	var carry envelope.TraceContext
+	if !tracing.Traced(ctx) {
+		carry = in.Trace
+	}
 	var one envelope.Envelope
 	envs, err := s.outputs(ctx, in, &one, nil)
 	if err != nil {
@@ -240,7 +250,9 @@ func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 		// consumer dead-letter the input.
 		done := m.Async()
 		stream, seq, created := in.Stream, in.Seq, in.Created
-		s.o.Out.PublishEnvelopeAsync(ctx, s.deadMarker(in, err), func(merr error) {
+		marker := s.deadMarker(in, err)
+		marker.Trace = carry
+		s.o.Out.PublishEnvelopeAsync(ctx, marker, func(merr error) {
 			if merr != nil {
 				done(merr) // the input comes again; so will the marker
 				return
@@ -253,8 +265,12 @@ func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 		return nil
 	}
 	if envs == nil {
+		one.Trace = carry
 		s.o.Out.PublishEnvelopeAsync(ctx, one, m.Async())
 		return nil
+	}
+	for i := range envs {
+		envs[i].Trace = carry
 	}
 	s.o.Out.PublishEnvelopesAsync(ctx, envs, m.Async())
 	return nil

@@ -8,8 +8,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/svckit/svckit/svckit/envelope"
+	"github.com/svckit/svckit/svckit/pubsub"
 	"github.com/svckit/svckit/svckit/replay"
 	"github.com/svckit/svckit/svckit/retainlog"
 	"github.com/svckit/svckit/svckit/tracing"
@@ -77,6 +79,42 @@ func TestTraceContextRetainedAndRelayed(t *testing.T) {
 		})
 		if err != nil || n != 4 {
 			t.Fatalf("%s: replayed %d: %v", name, n, err)
+		}
+	}
+}
+
+// Live, a stage that does not trace passes its input's creation context on
+// to every output (whole, parts, a marker), so a reading's trace survives
+// it; in a traced delivery it leaves them none, for its publisher's send
+// span to give them its own.
+func TestLiveOutputsCarryTheInputsContext(t *testing.T) {
+	tc := envelope.TraceContext{TraceID: [16]byte{9, 9}, SpanID: [8]byte{7}, Flags: 1}
+	run := func(ctx context.Context) []envelope.Envelope {
+		out := &recordingOut{}
+		st, err := New(Options{Transform: splitOdd, Out: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for v := uint64(0); v < 3; v++ { // a marker (0), a whole (2)... and two parts (1)
+			m := &pubsub.Message{Envelope: envelope.Envelope{Stream: "s", Seq: v + 1, Payload: value(v), Trace: tc}}
+			if err := st.HandleMessage(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(out.envs) != 4 {
+			t.Fatalf("%d outputs, want 4", len(out.envs))
+		}
+		return out.envs
+	}
+	for _, e := range run(context.Background()) {
+		if e.Trace != tc {
+			t.Errorf("untraced: %s/%d part %d carries %x, want the input's %x", e.Stream, e.Seq, e.Part, e.Trace, tc)
+		}
+	}
+	traced := trace.ContextWithSpanContext(context.Background(), tracing.Remote(tc))
+	for _, e := range run(traced) {
+		if !e.Trace.IsZero() {
+			t.Errorf("traced: %s/%d part %d carries %x, want none (its send span's)", e.Stream, e.Seq, e.Part, e.Trace)
 		}
 	}
 }

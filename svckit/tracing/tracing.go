@@ -43,6 +43,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -91,18 +92,25 @@ func New(tp trace.TracerProvider) *Tracer {
 		trace.WithSchemaURL("https://opentelemetry.io/schemas/"+SemconvVersion))}
 }
 
-// Span is one of svckit's spans; the zero Span (tracing off) does nothing.
+// Span is one of svckit's spans. The zero Span (tracing off) does nothing;
+// one in an unsampled trace is only that trace's context (svckit makes no
+// span there), which it passes on.
 type Span struct {
-	s trace.Span
+	s  trace.Span        // the span svckit made, or nil
+	sc trace.SpanContext // the context when svckit made no span
+}
+
+func (s Span) spanContext() trace.SpanContext {
+	if s.s != nil {
+		return s.s.SpanContext()
+	}
+	return s.sc
 }
 
 // Context is the span's context as an envelope carries it; zero when
 // tracing is off.
 func (s Span) Context() envelope.TraceContext {
-	if s.s == nil {
-		return envelope.TraceContext{}
-	}
-	sc := s.s.SpanContext()
+	sc := s.spanContext()
 	if !sc.IsValid() {
 		return envelope.TraceContext{}
 	}
@@ -124,15 +132,10 @@ func (s Span) Messages(stream string, first, last uint64) {
 	s.Batch(int(last - first + 1))
 }
 
-// SpanFromContext is the span ctx carries (one Process or Send put there);
-// a Span that does nothing when there is none.
-func SpanFromContext(ctx context.Context) Span {
-	s := trace.SpanFromContext(ctx)
-	if !s.SpanContext().IsValid() {
-		return Span{}
-	}
-	return Span{s: s}
-}
+// Traced reports whether ctx is in a trace (a span's, or a message's
+// creation context): a stage then leaves its outputs' context to its send
+// span, and otherwise passes its input's on.
+func Traced(ctx context.Context) bool { return trace.SpanContextFromContext(ctx).IsValid() }
 
 // Batch says the span is about n messages (messaging.batch.message_count).
 func (s Span) Batch(n int) {
@@ -173,15 +176,28 @@ func Remote(tc envelope.TraceContext) trace.SpanContext {
 // already has one (a message re-published or relayed keeps its own, as
 // the conventions ask), which the span then links to.
 func (s Span) Created(env *envelope.Envelope) {
-	if s.s == nil {
-		return
-	}
 	if env.Trace.IsZero() {
 		env.Trace = s.Context()
 		return
 	}
-	s.s.AddLink(trace.Link{SpanContext: Remote(env.Trace)})
+	s.Link(env.Trace)
 }
+
+// Link links the span to a message's own creation context, which it keeps.
+func (s Span) Link(tc envelope.TraceContext) {
+	if s.s != nil && s.s.IsRecording() && !tc.IsZero() {
+		s.s.AddLink(trace.Link{SpanContext: Remote(tc)})
+	}
+}
+
+// unsampled reports a context whose trace was not sampled: svckit makes
+// no span in it and asks no sampler again, so a reading unsampled where it
+// was created is unsampled at every hop. A parent-based sampler (the
+// SDK's default, and the parentbased_* ones) would decide the same; any
+// other sampler is not asked for an unsampled reading's later hops. A span
+// that does not record still cost about half a microsecond and several
+// allocations. The context still travels, so the decision does too.
+func unsampled(sc trace.SpanContext) bool { return sc.IsValid() && !sc.IsSampled() }
 
 // Delivery says how a message reached its consumer.
 type Delivery uint8
@@ -206,7 +222,11 @@ type Destination struct {
 	send, create, process string
 	// The spans' start options: kind and fixed attributes (an option is
 	// an allocation each time it is made).
-	sendOpts, createOpts, procOpts []trace.SpanStartOption
+	sendOpts, batchOpts, createOpts, procOpts []trace.SpanStartOption
+	// createAttrs are set only on a create span that records: an
+	// unsampled one (most, with a ratio sampler, and there is one per
+	// message of a batch) skips copying them.
+	createAttrs []attribute.KeyValue
 }
 
 // Topic prepares the spans of messages to or from topic, consumed on
@@ -224,10 +244,14 @@ func (t *Tracer) Topic(topic, channel string) *Destination {
 		group = append(group, keyGroup.String(channel))
 	}
 	producer, consumer := trace.WithSpanKind(trace.SpanKindProducer), trace.WithSpanKind(trace.SpanKindConsumer)
-	return &Destination{tr: t.tr, send: "send " + topic, create: "create " + topic, process: "process " + topic,
-		sendOpts:   []trace.SpanStartOption{producer, attrs("send")},
-		createOpts: []trace.SpanStartOption{trace.WithNewRoot(), producer, attrs("create")},
-		procOpts:   []trace.SpanStartOption{consumer, attrs("process", group...)},
+	// "{operation} {destination}", or the operation alone without one.
+	name := func(op string) string { return strings.TrimSpace(op + " " + topic) }
+	return &Destination{tr: t.tr, send: name("send"), create: name("create"), process: name("process"),
+		sendOpts:    []trace.SpanStartOption{producer, attrs("send")},
+		batchOpts:   []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient), attrs("send")},
+		createOpts:  []trace.SpanStartOption{trace.WithNewRoot(), producer},
+		createAttrs: append(slices.Clip(common), keyOperationName.String("create"), keyOperationType.String("create")),
+		procOpts:    []trace.SpanStartOption{consumer, attrs("process", group...)},
 	}
 }
 
@@ -238,7 +262,21 @@ func (d *Destination) Send(ctx context.Context) (context.Context, Span) {
 	if d == nil {
 		return ctx, Span{}
 	}
+	if psc := trace.SpanContextFromContext(ctx); unsampled(psc) && !trace.SpanFromContext(ctx).IsRecording() {
+		return ctx, Span{sc: psc}
+	}
 	ctx, s := d.tr.Start(ctx, d.send, d.sendOpts...)
+	return ctx, Span{s: s}
+}
+
+// SendBatch is Send for a batch whose messages get create spans (Create)
+// as their creation contexts: by the conventions its kind is then CLIENT,
+// not PRODUCER.
+func (d *Destination) SendBatch(ctx context.Context) (context.Context, Span) {
+	if d == nil {
+		return ctx, Span{}
+	}
+	ctx, s := d.tr.Start(ctx, d.send, d.batchOpts...)
 	return ctx, Span{s: s}
 }
 
@@ -257,6 +295,9 @@ func (d *Destination) Create(ctx context.Context, send Span) Span {
 		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: send.s.SpanContext()}))
 	}
 	_, s := d.tr.Start(ctx, d.create, opts...)
+	if s.IsRecording() {
+		s.SetAttributes(d.createAttrs...)
+	}
 	if send.s != nil && send.s.IsRecording() {
 		send.s.AddLink(trace.Link{SpanContext: s.SpanContext()})
 	}
@@ -273,6 +314,9 @@ func (d *Destination) Process(ctx context.Context, env *envelope.Envelope, how D
 	opts := d.procOpts
 	if created := Remote(env.Trace); created.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, created)
+		if unsampled(created) {
+			return ctx, Span{sc: created}
+		}
 		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: created}))
 	}
 	ctx, s := d.tr.Start(ctx, d.process, opts...)

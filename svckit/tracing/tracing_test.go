@@ -72,7 +72,7 @@ func TestSendCreationContext(t *testing.T) {
 	if got, want := env.Trace, send.Context(); got != want || got.IsZero() {
 		t.Fatalf("envelope's context %x, want the span's %x", got, want)
 	}
-	if SpanFromContext(ctx).Context() != send.Context() {
+	if sc := trace.SpanContextFromContext(ctx); sc.SpanID() != send.Context().SpanID || !Traced(ctx) {
 		t.Fatal("the send span is not in its context")
 	}
 	original := envelope.TraceContext{TraceID: [16]byte{1}, SpanID: [8]byte{2}, Flags: 1}
@@ -174,8 +174,10 @@ func TestCreateSpansOfABatch(t *testing.T) {
 	}
 }
 
-// An unsampled creation context travels (flags 0), and the process span
-// follows its decision: the parent-based default sampler records nothing.
+// An unsampled creation context travels (flags 0), and no later hop makes
+// a span in its trace, whatever its own sampler (here one that samples
+// every root): svckit asks no sampler again. The context passes on
+// through the process span to the next send.
 func TestSamplingFollowsTheReading(t *testing.T) {
 	tr, rec := recorder(t, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 	_, send := tr.Topic("readings", "").Send(context.Background())
@@ -185,10 +187,17 @@ func TestSamplingFollowsTheReading(t *testing.T) {
 	if env.Trace.IsZero() || env.Trace.Flags&1 != 0 {
 		t.Fatalf("an unsampled send gave %x", env.Trace)
 	}
-	tr2, rec2 := recorder(t) // downstream samples everything it roots
-	_, p := tr2.Topic("readings", "workers").Process(context.Background(), &env, Live, 1)
+	tr2, rec2 := recorder(t, sdktrace.WithSampler(sdktrace.AlwaysSample())) // downstream samples everything
+	ctx, p := tr2.Topic("readings", "workers").Process(context.Background(), &env, Live, 1)
+	_, out := tr2.Topic("results", "").Send(ctx)
+	res := envelope.Envelope{Stream: "s", Seq: 1}
+	out.Created(&res)
+	out.End(nil)
 	p.End(nil)
 	if n := len(rec.Ended()) + len(rec2.Ended()); n != 0 {
 		t.Fatalf("%d spans recorded of an unsampled reading", n)
+	}
+	if res.Trace != env.Trace {
+		t.Fatalf("the result's context %x, want the reading's unsampled %x", res.Trace, env.Trace)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -30,6 +31,8 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/svckit/svckit/svckit/tracing"
 )
 
 // Protocols the exporter speaks.
@@ -51,7 +54,10 @@ type Config struct {
 }
 
 // DefaultConfig reads the OTEL_* environment variables (see the package
-// comment) through getenv; nil is os.Getenv.
+// comment) through getenv; nil is os.Getenv. The exporter's own settings
+// are checked only when tracing is on: a shared environment that names
+// an exporter or protocol svckit does not speak does not stop a service
+// that does not trace.
 func DefaultConfig(serviceName string, getenv func(string) string) (Config, error) {
 	if getenv == nil {
 		getenv = os.Getenv
@@ -66,12 +72,16 @@ func DefaultConfig(serviceName string, getenv func(string) string) (Config, erro
 		return ""
 	}
 	endpoint := first("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-	disabled := strings.EqualFold(first("OTEL_SDK_DISABLED"), "true") ||
-		strings.EqualFold(first("OTEL_TRACES_EXPORTER"), "none")
-	if exp := first("OTEL_TRACES_EXPORTER"); exp != "" && !strings.EqualFold(exp, "none") && !strings.EqualFold(exp, "otlp") {
-		return c, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: svckit exports traces over otlp only (or none)", exp)
+	exporters := strings.Split(strings.ToLower(first("OTEL_TRACES_EXPORTER")), ",")
+	for i := range exporters {
+		exporters[i] = strings.TrimSpace(exporters[i])
 	}
-	c.Enabled = endpoint != "" && !disabled
+	if endpoint == "" || strings.EqualFold(first("OTEL_SDK_DISABLED"), "true") || slices.Contains(exporters, "none") {
+		return c, nil // off
+	}
+	if exporters[0] != "" && !slices.Contains(exporters, "otlp") {
+		return c, fmt.Errorf("OTEL_TRACES_EXPORTER=%q with an OTLP endpoint set: svckit exports traces over otlp only (or none)", first("OTEL_TRACES_EXPORTER"))
+	}
 	if p := first("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" {
 		switch p {
 		case ProtocolHTTP, ProtocolGRPC:
@@ -80,12 +90,35 @@ func DefaultConfig(serviceName string, getenv func(string) string) (Config, erro
 			return c, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: want %q or %q", p, ProtocolHTTP, ProtocolGRPC)
 		}
 	}
+	c.Enabled = true
 	return c, nil
+}
+
+// Provider exports svckit's spans. A nil *Provider is tracing off.
+type Provider struct {
+	tp *sdktrace.TracerProvider
+	tr *tracing.Tracer
+}
+
+// Tracer is what makes svckit's spans; nil (off) for a nil Provider.
+func (p *Provider) Tracer() *tracing.Tracer {
+	if p == nil {
+		return nil
+	}
+	return p.tr
+}
+
+// Shutdown exports the spans still held, within ctx, and stops.
+func (p *Provider) Shutdown(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	return p.tp.Shutdown(ctx)
 }
 
 // New makes the provider c asks for, or returns nil (tracing off) when c
 // is not Enabled. Shut it down to flush what it holds.
-func New(ctx context.Context, c Config) (*sdktrace.TracerProvider, error) {
+func New(ctx context.Context, c Config) (*Provider, error) {
 	if !c.Enabled {
 		return nil, nil
 	}
@@ -111,6 +144,9 @@ func New(ctx context.Context, c Config) (*sdktrace.TracerProvider, error) {
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, fmt.Errorf("making the trace resource: %w", err)
 	}
-	// The sampler comes from OTEL_TRACES_SAMPLER (the SDK reads it).
-	return sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res)), nil
+	// The sampler comes from OTEL_TRACES_SAMPLER (the SDK reads it). The
+	// batching processor drops spans when its queue is full: a collector
+	// away never holds a message up.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	return &Provider{tp: tp, tr: tracing.New(tp)}, nil
 }

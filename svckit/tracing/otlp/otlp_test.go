@@ -22,7 +22,10 @@ func TestDefaultConfig(t *testing.T) {
 		{name: "SDK disabled", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, protocol: ProtocolHTTP},
 		{name: "exporter none", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, protocol: ProtocolHTTP},
 		{name: "http/json", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, err: `OTEL_EXPORTER_OTLP_PROTOCOL="http/json"`},
-		{name: "zipkin", env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, err: `OTEL_TRACES_EXPORTER="zipkin"`},
+		{name: "zipkin with an endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "zipkin"}, err: `OTEL_TRACES_EXPORTER="zipkin"`},
+		{name: "zipkin, no endpoint: off, no error", env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, protocol: ProtocolHTTP},
+		{name: "http/json, no endpoint: off, no error", env: map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, protocol: ProtocolHTTP},
+		{name: "a list with otlp", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "otlp, console"}, enabled: true, protocol: ProtocolHTTP},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := DefaultConfig("worker", func(k string) string { return c.env[k] })
@@ -41,8 +44,11 @@ func TestDefaultConfig(t *testing.T) {
 
 // Off makes no provider: nothing runs, nothing is exported.
 func TestNewOff(t *testing.T) {
-	tp, err := New(context.Background(), Config{})
-	if tp != nil || err != nil {
-		t.Fatalf("New(off) = %v, %v", tp, err)
+	p, err := New(context.Background(), Config{})
+	if p != nil || err != nil {
+		t.Fatalf("New(off) = %v, %v", p, err)
+	}
+	if p.Tracer() != nil || p.Shutdown(context.Background()) != nil {
+		t.Fatal("a nil Provider is not off")
 	}
 }
