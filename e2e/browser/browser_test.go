@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -141,9 +142,13 @@ func TestConsolePageInChromium(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Where a reading's trace would be found (never fetched: the page
+	// only makes links).
+	const traceURL = "http://127.0.0.1:9/search?service=sensor&tags=%7B%22messaging.message.id%22%3A%22{id}%22%7D"
 	port := testenv.FreePort(t)
 	con := testenv.StartProcess(t, "console", testenv.Bin(t, "svckit"),
-		append([]string{"console"}, common(t.TempDir(), "--http-addr="+testenv.Addr(port), "--operator-token-file="+tokenFile, "--open-read")...), nil)
+		append([]string{"console"}, common(t.TempDir(), "--http-addr="+testenv.Addr(port), "--operator-token-file="+tokenFile, "--open-read",
+			"--trace-url="+traceURL)...), nil)
 	testenv.WaitPassing(t, st.Consul, "console", 1)
 	if !con.Running() {
 		t.Fatalf("the console exited (code %d)", con.ExitCode())
@@ -248,6 +253,35 @@ func TestConsolePageInChromium(t *testing.T) {
 	})
 	t.Logf("1. page shows the pipeline (%d nodes, %d edges) and stream %s at %d, tracker at %d, lag %d (%.1fs)",
 		len(v.Nodes), len(v.Edges), stream, v.Stream.LastSeq, v.Consumer.Position, v.Consumer.Lag, time.Since(t0).Seconds())
+
+	// 1b. --trace-url: the stream's card links to a reading's trace, the
+	// last reading's until a sequence is typed in, then that one's.
+	traceHref := func(typed string) (href, seq string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var res struct{ Href, Seq, Err string }
+		expr := fmt.Sprintf(`(() => {
+			const a = document.getElementById('trace-' + %[1]s), f = document.getElementById('trace-seq-' + %[1]s);
+			if (!a || !f) return { Err: 'no trace link or sequence field' };
+			if (%[2]s !== '') { f.value = %[2]s; f.dispatchEvent(new Event('input', { bubbles: true })); }
+			return { Href: a.href, Seq: a.dataset.seq };
+		})()`, jsString(stream), jsString(typed))
+		if err := pg.Eval(ctx, expr, &res); err != nil || res.Err != "" {
+			t.Fatalf("reading the trace link: %v %s", err, res.Err)
+		}
+		return res.Href, res.Seq
+	}
+	wantHref := func(seq string) string {
+		return strings.ReplaceAll(traceURL, "{id}", url.PathEscape(stream)+"%2F"+seq)
+	}
+	if href, seq := traceHref(""); seq == "" || seq == "0" || href != wantHref(seq) {
+		t.Fatalf("the trace link of the last reading: %q (seq %q), want %q", href, seq, wantHref(seq))
+	}
+	if href, _ := traceHref("7"); href != wantHref("7") {
+		t.Fatalf("the trace link of reading 7: %q, want %q", href, wantHref("7"))
+	}
+	t.Logf("1b. the stream's card links to a reading's trace: %s", wantHref("7"))
 
 	// 2. The tracker stops: within 2 s of its stop the page shows it down,
 	// with a lag above the one it had, then rising as the owner goes on.

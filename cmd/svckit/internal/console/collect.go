@@ -26,6 +26,8 @@ type collectorOptions struct {
 	Log         *slog.Logger
 	// RequeueEnabled: an operator token is configured.
 	RequeueEnabled bool
+	// TraceURL is --trace-url, passed on to the page.
+	TraceURL string
 }
 
 // collector builds a State every Interval and keeps the latest, encoded
@@ -100,6 +102,7 @@ func (c *collector) collect(ctx context.Context) {
 		Console:  ConsoleInfo{Instance: c.o.Instance, Version: c.o.Version},
 		Problems: []string{}}
 	st.Requeue.Enabled = c.o.RequeueEnabled
+	st.TraceURL = c.o.TraceURL
 	if !st.Requeue.Enabled {
 		st.Requeue.Why = "the console was started without --operator-token or --operator-token-file: it only reads"
 	}

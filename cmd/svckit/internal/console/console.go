@@ -42,7 +42,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -76,6 +78,11 @@ type Settings struct {
 	// owner, that left Consul stays in the state (marked down, its lag
 	// rising) before the console forgets it.
 	ForgetAfter time.Duration `flag:"forget-after" min:"1m" usage:"how long a tracking consumer or stream owner gone from Consul stays in the state, marked down"`
+	// TraceURL is where a reading's trace is found: a trace search's URL
+	// with {id} standing for the reading's messaging.message.id,
+	// <stream>/<seq> (svckit/tracing). Each stream's card then opens the
+	// trace of any of its readings.
+	TraceURL string `flag:"trace-url" usage:"a trace search's URL with {id} for a reading's messaging.message.id (<stream>/<seq>), e.g. Jaeger's http://jaeger:16686/search?service=sensor&tags=%7B%22messaging.message.id%22%3A%22{id}%22%7D: each stream's card opens a reading's trace"`
 }
 
 // DefaultSettings is the value of each of the console's flags when
@@ -161,6 +168,24 @@ func Spec(version string, deadLetters func(DeadLetterEnv) DeadLetterAccess) serv
 	}
 }
 
+// checkTraceURL refuses a --trace-url the page could not use: not an
+// absolute http(s) URL, or without {id}.
+func checkTraceURL(u string) error {
+	if u == "" {
+		return nil
+	}
+	p, err := url.Parse(strings.ReplaceAll(u, "{id}", "x"))
+	switch {
+	case err != nil:
+		return fmt.Errorf("--trace-url %q: %w", u, err)
+	case p.Scheme != "http" && p.Scheme != "https" || p.Host == "":
+		return fmt.Errorf("--trace-url %q: not an http or https URL", u)
+	case !strings.Contains(u, "{id}"):
+		return fmt.Errorf("--trace-url %q: no {id} in it, where the reading's id goes", u)
+	}
+	return nil
+}
+
 func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) DeadLetterAccess) (func(context.Context) error, error) {
 	set := DefaultSettings()
 	if err := config.Load(c, &set); err != nil {
@@ -171,6 +196,9 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 	}
 	if deadLetters == nil {
 		return nil, fmt.Errorf("console: no dead-letter access given")
+	}
+	if err := checkTraceURL(set.TraceURL); err != nil {
+		return nil, service.UsageError{Err: err}
 	}
 	if set.OperatorToken == "" && !set.OpenRead {
 		return nil, service.UsageError{Err: errors.New("no one could read the console: give the operator's token (--operator-token-file, SVCKIT_OPERATOR_TOKEN_FILE), or --open-read where only the operator reaches --http-addr (loopback)")}
@@ -184,7 +212,7 @@ func setup(c *cli.Context, s *service.Service, deadLetters func(DeadLetterEnv) D
 	col := newCollector(collectorOptions{
 		Consul: s.Consul, Secret: s.Config.ReplaySecret, StatsSecret: set.NSQDStatsSecret, DeadLetters: access, ForgetAfter: set.ForgetAfter,
 		Instance: s.Config.InstanceID, Version: s.Config.Version, Log: s.Log,
-		RequeueEnabled: set.OperatorToken != "",
+		RequeueEnabled: set.OperatorToken != "", TraceURL: set.TraceURL,
 	})
 	srv := newServer(col, access, set.OperatorToken, set.OpenRead, s.Log)
 	srv.register(s.HTTP)

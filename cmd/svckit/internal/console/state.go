@@ -50,6 +50,9 @@ type State struct {
 	// Requeue says whether POST /api/deadletters/requeue is possible
 	// (an operator token was configured).
 	Requeue RequeueInfo `json:"requeue"`
+	// TraceURL, if set, finds a reading's trace: {id} stands for its
+	// messaging.message.id, <stream>/<seq> (--trace-url).
+	TraceURL string `json:"trace_url,omitempty"`
 	// Problems are what the console could not find out, one line each.
 	Problems []string `json:"problems"`
 }

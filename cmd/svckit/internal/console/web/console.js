@@ -16,6 +16,8 @@
 //   #dl-<topic>[data-deadletter-topic, data-count, data-nsqd, data-local]
 //     letters: [data-letter-id, data-stored]; previews: code.preview
 //   buttons [data-requeue-topic, data-requeue-id]; #requeue-status[data-result]
+//   with --trace-url: #trace-<stream>[href, data-seq] (a reading's trace),
+//     #trace-seq-<stream> (its sequence; empty: the stream's last)
 'use strict';
 (function () {
   const SVGNS = document.getElementById('pipeline-svg').namespaceURI;
@@ -27,6 +29,7 @@
   let generatedChangedAt = 0;
   let current = null;
   const rendered = {}; // section → the JSON it was last drawn from
+  let traceURL = '';   // --trace-url: {id} is a reading's <stream>/<seq>
 
   // --- small helpers ---------------------------------------------------
   function el(tag, attrs, ...children) {
@@ -395,6 +398,7 @@
   const cards = new Map();      // stream → { sig, card, tbody, rows: Map(key → { sig, tr }) }
   const sparkDrawn = new Map(); // consumer key → what its sparkline was drawn from
   function renderStreams(st) {
+    traceURL = st.trace_url || '';
     const list = document.getElementById('streams-list');
     list.dataset.count = st.streams.length;
     if (st.streams.length === 0) {
@@ -409,7 +413,7 @@
       // The card's shape: what its figures (last seq, retained range,
       // rate), set in place every second, leave out.
       const head = Object.assign({}, s, { consumers: s.consumers.map(c => c.kind + ':' + c.consumer), publish_rate: 0,
-        last_seq: 0, retained_first: 0, retained_last: 0 });
+        last_seq: 0, retained_first: 0, retained_last: 0, trace_url: traceURL });
       if (s.owner) head.owner = Object.assign({}, s.owner, { down_since: s.owner.up ? '' : ago(s.owner.down_since), last_seen: '' });
       const sig = JSON.stringify(head);
       let entry = cards.get(s.stream);
@@ -464,6 +468,7 @@
       retained: item('retained', int(s.retained_first) + ' – ' + int(s.retained_last)),
       rate: item('publish rate', rate(s.publish_rate), { 'data-publish-rate': s.publish_rate.toFixed(2) }),
     };
+    if (traceURL) figures.trace = traceLink(s, card, item);
     if (o && !o.up) item('owner down', 'since ' + ago(o.down_since) + ': ' + o.error, { class: 'err' });
     if (s.damaged && s.damaged.length) item('damaged', ranges(s.damaged), { class: 'err' });
     if (s.not_accepting) item('not accepting', s.not_accepting, { class: 'err' });
@@ -479,6 +484,25 @@
     return { card, tbody, figures };
   }
 
+  // traceLink adds the link to a reading's trace (--trace-url): the
+  // sequence typed in, else the stream's last; it returns what keeps the
+  // link on the last one as the stream grows.
+  function traceLink(s, card, item) {
+    const seq = el('input', { type: 'number', min: '1', step: '1', id: 'trace-seq-' + s.stream, class: 'trace-seq',
+      placeholder: String(s.last_seq), 'aria-label': 'sequence of the reading' });
+    const link = el('a', { id: 'trace-' + s.stream, class: 'trace', target: '_blank', rel: 'noopener noreferrer' }, 'open its trace');
+    const update = () => {
+      const n = seq.value || card.dataset.lastSeq;
+      seq.placeholder = card.dataset.lastSeq;
+      link.dataset.seq = n;
+      link.href = traceURL.split('{id}').join(encodeURIComponent(s.stream + '/' + n));
+    };
+    seq.addEventListener('input', update);
+    update();
+    item('trace of reading', el('span', {}, seq, ' ', link));
+    return update;
+  }
+
   function updateStreamFigures(entry, s) {
     const { card, figures: f } = entry;
     const text = (e, t) => { if (e.textContent !== t) e.textContent = t; };
@@ -491,6 +515,7 @@
     text(f.retained, int(s.retained_first) + ' – ' + int(s.retained_last));
     f.rate.dataset.publishRate = s.publish_rate.toFixed(2);
     text(f.rate, rate(s.publish_rate));
+    if (f.trace) f.trace();
   }
 
   function consumerRow(s, c) {
