@@ -98,6 +98,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 	// One process per data directory: a second one started with it by
 	// mistake must not write the same files (two owners of one log, two
 	// checkpoints of one consumer).
+	// The OTEL_* environment is configuration: a mistake there is found
+	// before anything waits for Consul.
+	tc, err := otlp.DefaultConfig(cfg.Name, os.Getenv)
+	if err != nil {
+		return nil, UsageError{fmt.Errorf("tracing: %w", err)}
+	}
 	unlock, err := durable.LockDir(cfg.DataDir)
 	if err != nil {
 		return nil, UsageError{fmt.Errorf("--data-dir: %w", err)}
@@ -134,7 +140,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 		s.Config.InstanceID = config.DefaultInstanceID(cfg.Name, s.Advertise, s.Port)
 	}
 	s.Log = log.With("service", cfg.Name, "instance", s.Config.InstanceID)
-	if err := s.startTracing(ctx); err != nil {
+	if err := s.startTracing(ctx, tc); err != nil {
 		_ = s.HTTP.Close()
 		unlock()
 		return nil, err
@@ -145,11 +151,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 }
 
 // startTracing turns tracing on when the OTEL_* environment asks for it.
-func (s *Service) startTracing(ctx context.Context) error {
-	tc, err := otlp.DefaultConfig(s.Config.Name, os.Getenv)
-	if err != nil {
-		return UsageError{fmt.Errorf("tracing: %w", err)}
-	}
+func (s *Service) startTracing(ctx context.Context, tc otlp.Config) error {
 	p, err := otlp.New(ctx, tc)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)

@@ -431,6 +431,26 @@ func TestMainBadFlagExitsUsage(t *testing.T) {
 	}
 }
 
+// A tracing environment svckit cannot follow is a usage error, found before
+// the wait for Consul: one line naming the variable, exit 2.
+func TestMainBadTracingEnvExitsUsage(t *testing.T) {
+	clearEnv(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+	closed := testenv.Addr(testenv.FreePort(t)) // nothing listens: Consul is not asked
+	var stdout, stderr bytes.Buffer
+	var setup atomic.Bool
+	code := service.Main([]string{"svcmain", "--consul-addr=" + closed, "--consul-start-timeout=1m",
+		"--http-addr=127.0.0.1:0", "--data-dir=" + t.TempDir()}, &stdout, &stderr, mainSpec(t, &setup))
+	out := stderr.String()
+	if code != service.ExitUsage || strings.Count(out, "\n") != 1 || !strings.Contains(out, "OTEL_EXPORTER_OTLP_PROTOCOL") {
+		t.Fatalf("exit code %d, stderr %q; want %d and one line naming OTEL_EXPORTER_OTLP_PROTOCOL", code, out, service.ExitUsage)
+	}
+	if setup.Load() {
+		t.Error("Setup was called")
+	}
+}
+
 func TestMainConsulUnreachableExits3(t *testing.T) {
 	clearEnv(t)
 	closed := testenv.Addr(testenv.FreePort(t)) // free a moment ago: nothing listens
