@@ -19,7 +19,7 @@ import (
 // process under the worker's send, in that order, with the conventions'
 // attributes. A reading the app missed while it was down and recovered by
 // replay (relayed by the worker) shows the app's process in the reading's
-// original trace, marked as a replay.
+// original trace, marked as relayed.
 func TestTracingFollowsAReading(t *testing.T) {
 	j := jaegertest.Start(t)
 	e := newEnv(t)
@@ -54,10 +54,10 @@ func TestTracingFollowsAReading(t *testing.T) {
 	pipetest.WaitAppExactAt(t, appAddr, "s1", 150)
 	id := "s1/140"
 	replayed := waitReadingTrace(t, j, id, func(tr jaegertest.Trace) bool {
-		_, ok := spanOf(tr, "app", "process results", "replay")
+		_, ok := spanOf(tr, "app", "process results", "relayed")
 		return ok
 	})
-	checkReadingTrace(t, replayed, id, "replay")
+	checkReadingTrace(t, replayed, id, "relayed")
 }
 
 // waitReadingTrace polls Jaeger for the trace of the reading with the

@@ -57,7 +57,8 @@ type Applier interface {
 // on each field.
 type TrackerOptions struct {
 	// Tracer, if set, makes a process span of every replayed message the
-	// tracker applies (svckit.delivery "replay"), in the message's
+	// tracker applies (svckit.delivery "replay", or "relayed" through a
+	// stage), in the message's
 	// original trace; Topic and Channel name its destination and group,
 	// as the live deliveries' spans do (svckit/tracing).
 	Tracer         *tracing.Tracer

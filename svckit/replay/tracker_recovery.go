@@ -267,14 +267,14 @@ func (t *Tracker) recoverOnce(ctx context.Context, s *trackedStream) error {
 func (t *Tracker) fetch(ctx context.Context, s *trackedStream, from, to uint64) (uint64, error) {
 	var high uint64
 	received := t.o.Metrics.ReplayReceived.WithLabelValues(s.id)
-	res, _, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error) error {
+	res, _, err := t.fetchFrames(ctx, s.id, from, to, func(env envelope.Envelope, frame []byte, terr error, how tracing.Delivery) error {
 		high = max(high, env.Seq)
 		s.mu.Lock()
 		s.replayReceived++
 		s.mu.Unlock()
 		received.Inc()
 		if terr == nil {
-			_, span := t.spans.Process(ctx, &env, tracing.Replay, 0)
+			_, span := t.spans.Process(ctx, &env, how, 0)
 			_, terr = t.apply(s, env)
 			span.End(terr)
 		}
@@ -326,7 +326,7 @@ func (t *Tracker) park(ctx context.Context, s *trackedStream, env envelope.Envel
 // frames received, and an error (errGone-wrapped when trimmed). A Transform
 // error ends it.
 func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn func(envelope.Envelope) error) (string, uint64, error) {
-	return t.fetchFrames(ctx, stream, from, to, func(env envelope.Envelope, _ []byte, terr error) error {
+	return t.fetchFrames(ctx, stream, from, to, func(env envelope.Envelope, _ []byte, terr error, _ tracing.Delivery) error {
 		if terr != nil {
 			return terr
 		}
@@ -334,12 +334,17 @@ func (t *Tracker) Fetch(ctx context.Context, stream string, from, to uint64, fn 
 	})
 }
 
-// fetchFrames is Fetch handing fn each frame's bytes too, and the Transform
-// error instead of ending the replay with it.
-func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint64, fn func(env envelope.Envelope, frame []byte, terr error) error) (string, uint64, error) {
+// fetchFrames is Fetch handing fn each frame's bytes too, the Transform
+// error instead of ending the replay with it, and how the frames came:
+// from the stream's owner (tracing.Replay) or through a relay.
+func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint64, fn func(env envelope.Envelope, frame []byte, terr error, how tracing.Delivery) error) (string, uint64, error) {
 	in, err := t.owner(stream)
 	if err != nil {
 		return "no_owner", 0, err
+	}
+	how := tracing.Replay
+	if !in.HasTag(OwnerTag(stream)) {
+		how = tracing.Relayed
 	}
 	start := time.Now()
 	var bytes uint64
@@ -352,7 +357,7 @@ func (t *Tracker) fetchFrames(ctx context.Context, stream string, from, to uint6
 			}
 		}
 		bytes += uint64(len(frame)) + 4
-		return fn(env, frame, terr)
+		return fn(env, frame, terr, how)
 	})
 	t.o.Metrics.ReplayedMessages.Add(float64(n))
 	t.o.Metrics.ReplayedBytes.Add(float64(bytes))

@@ -24,7 +24,8 @@
 //     creation context. It ends with the send span.
 //   - process <topic> (CONSUMER): one delivery handed to a handler, until
 //     its outcome (an asynchronous handler included), or one replayed
-//     message applied by a tracking consumer (svckit.delivery "replay").
+//     message applied by a tracking consumer (svckit.delivery "replay",
+//     or "relayed" when it came through a stage's relay).
 //     It links to the message's creation context and, since it processes
 //     one message pushed to it, is also that context's child: the
 //     conventions allow the parent for a single message and require the
@@ -73,8 +74,9 @@ const (
 	keyBatchCount    = attribute.Key("messaging.batch.message_count")
 	keyAttempts      = attribute.Key("messaging.nsq.message.attempts")
 	keyErrorType     = attribute.Key("error.type")
-	// KeyDelivery is "live" for a delivery from nsqd and "replay" for a
-	// message a tracking consumer recovered by replay.
+	// KeyDelivery is "live" for a delivery from nsqd, and "replay" or
+	// "relayed" for a message a tracking consumer recovered by a replay
+	// request to the stream's owner or through a relay stage.
 	KeyDelivery = attribute.Key("svckit.delivery")
 )
 
@@ -203,13 +205,17 @@ func unsampled(sc trace.SpanContext) bool { return sc.IsValid() && !sc.IsSampled
 type Delivery uint8
 
 const (
-	Live   Delivery = iota // from nsqd
-	Replay                 // recovered by a replay request
+	Live    Delivery = iota // from nsqd
+	Replay                  // recovered by a replay request to the stream's owner
+	Relayed                 // recovered by a replay request through a relay (a stage)
 )
 
 func (d Delivery) String() string {
-	if d == Replay {
+	switch d {
+	case Replay:
 		return "replay"
+	case Relayed:
+		return "relayed"
 	}
 	return "live"
 }
