@@ -196,10 +196,22 @@ type Envelope struct {
 	// filtered it out, or dead-lettered it, then Payload says why). It has
 	// no content type.
 	Marker bool
-	// Trace, if not zero, is the context the message was created in
-	// (svckit/tracing's spans set and read it). Replay and relays keep a
-	// record's original context: it is part of the retained record.
-	Trace TraceContext
+	// Trace, if set (not nil, not zero), is the context the message was
+	// created in (svckit/tracing's spans set and read it). Replay and
+	// relays keep a record's original context: it is part of the retained
+	// record. A pointer, so that an envelope without one (tracing off)
+	// takes 8 bytes for it in memory, not 25: copies of an envelope share
+	// it, so it is replaced, never changed in place.
+	Trace *TraceContext
+}
+
+// CreationContext is e's trace context (the context it was created in),
+// zero when it has none.
+func (e *Envelope) CreationContext() TraceContext {
+	if e.Trace == nil {
+		return TraceContext{}
+	}
+	return *e.Trace
 }
 
 // ErrParts: parts or marker fields that no encoder writes.
@@ -229,7 +241,7 @@ func (e *Envelope) EncodedLen() int {
 	if e.split() {
 		n += uvarintLen(uint64(e.Part)) + uvarintLen(uint64(e.Parts))
 	}
-	if !e.Trace.IsZero() {
+	if !e.CreationContext().IsZero() {
 		n += traceLen
 	}
 	if contentTypeCode(e.ContentType) != 0 {
@@ -246,7 +258,7 @@ func (e *Envelope) EncodedLen() int {
 // groups to fit a size limit needs a bound per envelope, not the exact size.
 func (e *Envelope) MaxEncodedLen() int {
 	n := 0
-	if !e.Trace.IsZero() {
+	if !e.CreationContext().IsZero() {
 		n = traceLen
 	}
 	return n + 4 + len(e.ID) + binary.MaxVarintLen64 + 2*binary.MaxVarintLen32 + 8 + 3 + binary.MaxVarintLen32 +
@@ -277,11 +289,12 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 	if err := e.checkParts(); err != nil {
 		return dst, err
 	}
-	traced := !e.Trace.IsZero()
+	tc := e.CreationContext()
+	traced := !tc.IsZero()
 	switch {
-	case traced && e.Trace.SpanID == [8]byte{}:
+	case traced && tc.SpanID == [8]byte{}:
 		return dst, fmt.Errorf("%w: zero span id", ErrTrace)
-	case !traced && e.Trace != TraceContext{}:
+	case !traced && tc != TraceContext{}:
 		// It would be dropped: the decoded envelope would differ.
 		return dst, fmt.Errorf("%w: zero trace id with a span id or flags", ErrTrace)
 	}
@@ -314,9 +327,9 @@ func (e *Envelope) Append(dst []byte) ([]byte, error) {
 		dst = append(dst, e.ID[:]...)
 	}
 	if traced {
-		dst = append(dst, e.Trace.TraceID[:]...)
-		dst = append(dst, e.Trace.SpanID[:]...)
-		dst = append(dst, e.Trace.Flags)
+		dst = append(dst, tc.TraceID[:]...)
+		dst = append(dst, tc.SpanID[:]...)
+		dst = append(dst, tc.Flags)
 	}
 	dst = binary.AppendUvarint(dst, e.Seq)
 	if e.split() {
@@ -531,14 +544,14 @@ func (d Decoder) headerV2(e *Envelope, b []byte) ([]byte, error) {
 		if len(rest) < traceLen {
 			return nil, fmt.Errorf("trace context: %w", ErrTruncated)
 		}
-		t := &e.Trace
+		t := new(TraceContext) // only a traced message pays for it
 		copy(t.TraceID[:], rest)
 		copy(t.SpanID[:], rest[16:])
 		t.Flags = rest[24]
 		if t.TraceID == [16]byte{} || t.SpanID == [8]byte{} {
-			*t = TraceContext{}
 			return nil, fmt.Errorf("trace context: %w (zero trace or span id)", ErrMalformed)
 		}
+		e.Trace = t
 		rest = rest[traceLen:]
 	}
 	var err error

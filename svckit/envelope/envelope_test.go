@@ -65,14 +65,14 @@ func equalEnvelope(t *testing.T, got, want Envelope) {
 	if got.Part != want.Part || got.Parts != want.Parts || got.Marker != want.Marker {
 		t.Errorf("Part, Parts, Marker = %d, %d, %v, want %d, %d, %v", got.Part, got.Parts, got.Marker, want.Part, want.Parts, want.Marker)
 	}
-	if got.Trace != want.Trace {
-		t.Errorf("Trace = %x, want %x", got.Trace, want.Trace)
+	if got.CreationContext() != want.CreationContext() {
+		t.Errorf("Trace = %x, want %x", got.CreationContext(), want.CreationContext())
 	}
 }
 
 // sampleTrace is a W3C trace context with every byte set.
-func sampleTrace() TraceContext {
-	return TraceContext{TraceID: [16]byte{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
+func sampleTrace() *TraceContext {
+	return &TraceContext{TraceID: [16]byte{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36},
 		SpanID: [8]byte{0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7}, Flags: 0x01}
 }
 
@@ -112,6 +112,7 @@ func TestRoundTrip(t *testing.T) {
 		"traced":             func() Envelope { e := full; e.Trace = sampleTrace(); return e }(),
 		"traced, no id":      func() Envelope { e := full; e.ID = ID{}; e.Trace = sampleTrace(); return e }(),
 		"traced, flags 0xff": func() Envelope { e := full; e.Trace = sampleTrace(); e.Trace.Flags = 0xff; return e }(),
+		"a zero context":     func() Envelope { e := full; e.Trace = &TraceContext{}; return e }(),
 		"traced part":        {Stream: "s", Seq: 7, Part: 1, Parts: 2, Trace: sampleTrace(), Payload: []byte("p")},
 		"traced marker":      {Stream: "s", Seq: 7, Marker: true, Trace: sampleTrace()},
 		"binary fields": func() Envelope {
@@ -440,7 +441,7 @@ func TestDecodeErrors(t *testing.T) {
 			if !errors.Is(err, c.want) {
 				t.Fatalf("Decode error = %v, want %v", err, c.want)
 			}
-			if got.Stream != "" || got.Payload != nil || got.Seq != 0 || got.ID != (ID{}) || !got.Trace.IsZero() {
+			if got.Stream != "" || got.Payload != nil || got.Seq != 0 || got.ID != (ID{}) || got.Trace != nil {
 				t.Fatalf("Decode returned a partial envelope with an error: %+v", got)
 			}
 			// Exactly one class: the sentinels are distinct.
@@ -639,7 +640,7 @@ func FuzzDecode(f *testing.F) {
 			if err != nil {
 				t.Fatalf("version 1 input re-encoded does not decode: %v", err)
 			}
-			if again.ID != env.ID || again.Trace != env.Trace || again.Stream != env.Stream || again.Seq != env.Seq || !again.Created.Equal(env.Created) ||
+			if again.ID != env.ID || again.CreationContext() != env.CreationContext() || again.Stream != env.Stream || again.Seq != env.Seq || !again.Created.Equal(env.Created) ||
 				again.ContentType != env.ContentType || again.CorrelationID != env.CorrelationID || !bytes.Equal(again.Payload, env.Payload) {
 				t.Fatalf("version 1 input re-encoded decodes differently:\n %+v\n %+v", env, again)
 			}
@@ -878,7 +879,7 @@ func TestTraceLayout(t *testing.T) {
 		t.Fatalf("encoded\n got  %x\n want %s", got, want)
 	}
 	plain := e
-	plain.Trace = TraceContext{}
+	plain.Trace = nil
 	if n := len(got) - len(mustMarshal(t, &plain)); n != traceLen {
 		t.Fatalf("a trace context costs %d bytes, want %d", n, traceLen)
 	}
@@ -886,12 +887,12 @@ func TestTraceLayout(t *testing.T) {
 		t.Fatalf("an envelope without a trace context encodes as %x", b[:4])
 	}
 	bad := e
-	bad.Trace.SpanID = [8]byte{}
+	bad.Trace = &TraceContext{TraceID: e.Trace.TraceID}
 	if _, err := bad.Marshal(); !errors.Is(err, ErrTrace) {
 		t.Fatalf("Marshal with a zero span id = %v, want ErrTrace", err)
 	}
 	half := plain
-	half.Trace.SpanID, half.Trace.Flags = e.Trace.SpanID, 1
+	half.Trace = &TraceContext{SpanID: e.Trace.SpanID, Flags: 1}
 	if _, err := half.Marshal(); !errors.Is(err, ErrTrace) {
 		t.Fatalf("Marshal with a span id and no trace id = %v, want ErrTrace", err)
 	}

@@ -30,9 +30,12 @@ type Message struct {
 	// returns, and a completion that comes first (the handler's publish
 	// was acknowledged at once) waits in early until it has. completed
 	// guards the completion func against a second call, and is set when a
-	// returned error decided the outcome instead.
+	// returned error decided the outcome instead. An early completion's
+	// error is boxed (nil for success, the usual case): 8 bytes here where
+	// an error takes 16 kept a Message in its size class when the envelope
+	// grew its trace context.
 	state atomic.Uint32
-	early error
+	early *error
 	// wait holds what runs when the message is answered: the OnOutcome
 	// layers waiting for an Async completion, and cleanups. Made by the
 	// first to need it, so a message answered on return allocates nothing
@@ -113,7 +116,11 @@ func Deliver(ctx context.Context, h Handler, m *Message) {
 	if m.movePhase(phaseRunning, phaseReturned) {
 		return // the completion settles
 	}
-	m.settle(m.early, true)
+	var early error // err is nil here: the chain returned nil
+	if m.early != nil {
+		early = *m.early
+	}
+	m.settle(early, true)
 }
 
 // respondPlain answers nsqd from an outcome without a consumer's metrics.
@@ -199,7 +206,9 @@ func (m *Message) complete(err error) {
 	if !m.setFlag(completedFlag) {
 		return
 	}
-	m.early = err
+	if err != nil {
+		m.early = &err
+	}
 	if m.movePhase(phaseRunning, phaseEarly) {
 		return // the chain has not returned: Deliver settles
 	}

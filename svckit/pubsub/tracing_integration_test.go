@@ -39,7 +39,7 @@ func TestTracingTwoHops(t *testing.T) {
 
 	e.startConsumer(t, pubsub.HandlerFunc(func(ctx context.Context, m *pubsub.Message) error {
 		res := m.Envelope
-		res.Trace = envelope.TraceContext{} // a new message: its context is the stage's send
+		res.Trace = nil // a new message: its context is the stage's send
 		res.Payload = append([]byte("result of "), m.Envelope.Payload...)
 		out.PublishEnvelopeAsync(ctx, res, m.Async())
 		return nil
@@ -60,7 +60,7 @@ func TestTracingTwoHops(t *testing.T) {
 	case <-time.After(waitLong):
 		t.Fatal("no result")
 	}
-	if res.Trace.IsZero() {
+	if res.CreationContext().IsZero() {
 		t.Fatal("the result carries no trace context")
 	}
 	want := []string{"send trace-in", "process trace-in", "send trace-out", "process trace-out"}
@@ -89,7 +89,7 @@ func TestTracingTwoHops(t *testing.T) {
 	if spans["process trace-in"].EndTime().Before(spans["send trace-out"].EndTime()) {
 		t.Error("the input's process span ended before the send it waited for")
 	}
-	if got := tracing.Remote(res.Trace).SpanID(); got != spans["send trace-out"].SpanContext().SpanID() {
+	if got := tracing.Remote(res.CreationContext()).SpanID(); got != spans["send trace-out"].SpanContext().SpanID() {
 		t.Errorf("the result's creation context %s, want its send span's %s", got, spans["send trace-out"].SpanContext().SpanID())
 	}
 }

@@ -138,7 +138,7 @@ func (w *Owner) appendLocked(payloads [][]byte, correlationID string, traces []e
 		env := envelope.Envelope{Stream: w.o.Stream, Seq: seq, Created: now,
 			ContentType: w.o.ContentType, CorrelationID: correlationID, Payload: payload}
 		if traces != nil {
-			env.Trace = traces[i]
+			env.Trace = &traces[i] // encoded below, while traces lives
 		}
 		start := len(buf)
 		if buf, err = env.Append(buf); err != nil {

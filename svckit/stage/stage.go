@@ -235,7 +235,7 @@ func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 	// the stage does not trace, they carry the input's on, so a reading's
 	// trace survives a stage that does not trace. (A relay always keeps
 	// the record's: see Replay.)
-	var carry envelope.TraceContext
+	var carry *envelope.TraceContext
 	if !tracing.Traced(ctx) {
 		carry = in.Trace
 	}

@@ -72,8 +72,8 @@ func TestTraceContextRetainedAndRelayed(t *testing.T) {
 	relay := serveRelay(t, st)
 	for name, addr := range map[string]string{"owner": owner.Addr(), "relay": relay.Addr()} {
 		n, err := replay.Client{}.Replay(ctx, addr, replay.Request{Stream: "s", From: 1, To: 4}, func(env envelope.Envelope, _ int) error {
-			if env.Trace != want[env.Seq] {
-				t.Errorf("%s: s/%d carries %x, want %x", name, env.Seq, env.Trace, want[env.Seq])
+			if env.CreationContext() != want[env.Seq] {
+				t.Errorf("%s: s/%d carries %x, want %x", name, env.Seq, env.CreationContext(), want[env.Seq])
 			}
 			return nil
 		})
@@ -96,7 +96,7 @@ func TestLiveOutputsCarryTheInputsContext(t *testing.T) {
 			t.Fatal(err)
 		}
 		for v := uint64(0); v < 3; v++ { // a marker (0), a whole (2)... and two parts (1)
-			m := &pubsub.Message{Envelope: envelope.Envelope{Stream: "s", Seq: v + 1, Payload: value(v), Trace: tc}}
+			m := &pubsub.Message{Envelope: envelope.Envelope{Stream: "s", Seq: v + 1, Payload: value(v), Trace: &tc}}
 			if err := st.HandleMessage(ctx, m); err != nil {
 				t.Fatal(err)
 			}
@@ -107,14 +107,14 @@ func TestLiveOutputsCarryTheInputsContext(t *testing.T) {
 		return out.envs
 	}
 	for _, e := range run(context.Background()) {
-		if e.Trace != tc {
-			t.Errorf("untraced: %s/%d part %d carries %x, want the input's %x", e.Stream, e.Seq, e.Part, e.Trace, tc)
+		if e.CreationContext() != tc {
+			t.Errorf("untraced: %s/%d part %d carries %x, want the input's %x", e.Stream, e.Seq, e.Part, e.CreationContext(), tc)
 		}
 	}
 	traced := trace.ContextWithSpanContext(context.Background(), tracing.Remote(tc))
 	for _, e := range run(traced) {
-		if !e.Trace.IsZero() {
-			t.Errorf("traced: %s/%d part %d carries %x, want none (its send span's)", e.Stream, e.Seq, e.Part, e.Trace)
+		if e.Trace != nil {
+			t.Errorf("traced: %s/%d part %d carries %x, want none (its send span's)", e.Stream, e.Seq, e.Part, e.CreationContext())
 		}
 	}
 }

@@ -178,11 +178,16 @@ func Remote(tc envelope.TraceContext) trace.SpanContext {
 // already has one (a message re-published or relayed keeps its own, as
 // the conventions ask), which the span then links to.
 func (s Span) Created(env *envelope.Envelope) {
-	if env.Trace.IsZero() {
-		env.Trace = s.Context()
+	if env.Trace == nil || env.Trace.IsZero() {
+		if tc := s.Context(); !tc.IsZero() {
+			// Allocated here only: with tracing off nothing escapes.
+			p := new(envelope.TraceContext)
+			*p = tc
+			env.Trace = p
+		}
 		return
 	}
-	s.Link(env.Trace)
+	s.Link(*env.Trace)
 }
 
 // Link links the span to a message's own creation context, which it keeps.
@@ -318,12 +323,14 @@ func (d *Destination) Process(ctx context.Context, env *envelope.Envelope, how D
 		return ctx, Span{}
 	}
 	opts := d.procOpts
-	if created := Remote(env.Trace); created.IsValid() {
-		ctx = trace.ContextWithRemoteSpanContext(ctx, created)
-		if unsampled(created) {
-			return ctx, Span{sc: created}
+	if env.Trace != nil { // else no creation context: a trace of its own
+		if created := Remote(*env.Trace); created.IsValid() {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, created)
+			if unsampled(created) {
+				return ctx, Span{sc: created}
+			}
+			opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: created}))
 		}
-		opts = append(slices.Clip(opts), trace.WithLinks(trace.Link{SpanContext: created}))
 	}
 	ctx, s := d.tr.Start(ctx, d.process, opts...)
 	// The message's own attributes only for a span that records: an
