@@ -162,6 +162,10 @@ func (b *Batcher) PublishEnvelopeAsync(ctx context.Context, env envelope.Envelop
 	b.enqueue(ctx, batchItem{env: env, kind: kindEnv, done: done})
 }
 
+// Traces reports whether the batcher makes send spans (a Tracer was
+// given): a stage then leaves its outputs' creation context to them.
+func (b *Batcher) Traces() bool { return b.spans != nil }
+
 // endSpan is done, ending span first.
 func endSpan(span tracing.Span, done func(error)) func(error) {
 	return func(err error) {

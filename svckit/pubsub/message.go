@@ -207,7 +207,8 @@ func (m *Message) complete(err error) {
 		return
 	}
 	if err != nil {
-		m.early = &err
+		e := err // a copy: boxing the parameter itself would move it to the heap on every call
+		m.early = &e
 	}
 	if m.movePhase(phaseRunning, phaseEarly) {
 		return // the chain has not returned: Deliver settles

@@ -92,4 +92,16 @@ func TestTracingTwoHops(t *testing.T) {
 	if got := tracing.Remote(res.CreationContext()).SpanID(); got != spans["send trace-out"].SpanContext().SpanID() {
 		t.Errorf("the result's creation context %s, want its send span's %s", got, spans["send trace-out"].SpanContext().SpanID())
 	}
+
+	// A group published with tracing on: the caller's envelopes are only
+	// read (the same slice may go to several topics).
+	group := []envelope.Envelope{{Stream: "g", Seq: 1, Payload: []byte("a")}, {Stream: "g", Seq: 2, Payload: []byte("b")}}
+	done = make(chan error, 1)
+	out.PublishEnvelopesAsync(context.Background(), group, func(err error) { done <- err })
+	awaitDone(t, done, 1)
+	for _, e := range group {
+		if e.Trace != nil {
+			t.Errorf("the caller's envelope %s/%d was given a context", e.Stream, e.Seq)
+		}
+	}
 }

@@ -152,7 +152,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*Service, er
 
 // startTracing turns tracing on when the OTEL_* environment asks for it.
 func (s *Service) startTracing(ctx context.Context, tc otlp.Config) error {
-	p, err := otlp.New(ctx, tc)
+	p, err := otlp.New(ctx, tc, s.Log)
 	if err != nil {
 		return fmt.Errorf("tracing: %w", err)
 	}

@@ -146,6 +146,13 @@ func New(o Options) (*Stage, error) {
 	return s, nil
 }
 
+// traces reports whether out makes send spans that give outputs their
+// creation context (a *pubsub.Batcher with a Tracer).
+func traces(out OutputPublisher) bool {
+	t, ok := out.(interface{ Traces() bool })
+	return ok && t.Traces()
+}
+
 // errNestedSplit: a stage may keep a split input's parts 1:1, not split
 // them again (a part's outputs would need parts of their own).
 var errNestedSplit = errors.New("an input that is a part of a split message may make at most one output")
@@ -230,13 +237,13 @@ func (s *Stage) HandleMessage(ctx context.Context, m *pubsub.Message) error {
 func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 	in := m.Envelope
 	s.lag.arrived(in.Stream, in.Seq, in.Created)
-	// The outputs' creation context: in a traced delivery the send span
-	// of the stage's publisher gives them its own (left zero here); where
-	// the stage does not trace, they carry the input's on, so a reading's
-	// trace survives a stage that does not trace. (A relay always keeps
-	// the record's: see Replay.)
+	// The outputs' creation context: in a traced delivery, with a
+	// publisher that traces, its send span gives them its own (left zero
+	// here); otherwise they carry the input's on, so a reading's trace
+	// survives a stage that does not trace. (A relay always keeps the
+	// record's: see Replay.)
 	var carry *envelope.TraceContext
-	if !tracing.Traced(ctx) {
+	if !tracing.Traced(ctx) || !traces(s.o.Out) {
 		carry = in.Trace
 	}
 	var one envelope.Envelope

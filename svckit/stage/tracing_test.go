@@ -83,15 +83,24 @@ func TestTraceContextRetainedAndRelayed(t *testing.T) {
 	}
 }
 
+// tracingOut is a recordingOut that says it makes send spans.
+type tracingOut struct{ *recordingOut }
+
+func (tracingOut) Traces() bool { return true }
+
 // Live, a stage that does not trace passes its input's creation context on
 // to every output (whole, parts, a marker), so a reading's trace survives
-// it; in a traced delivery it leaves them none, for its publisher's send
-// span to give them its own.
+// it; in a traced delivery with a publisher that traces it leaves them
+// none, for the publisher's send span to give them its own.
 func TestLiveOutputsCarryTheInputsContext(t *testing.T) {
 	tc := envelope.TraceContext{TraceID: [16]byte{9, 9}, SpanID: [8]byte{7}, Flags: 1}
-	run := func(ctx context.Context) []envelope.Envelope {
+	run := func(ctx context.Context, tracingPublisher bool) []envelope.Envelope {
 		out := &recordingOut{}
-		st, err := New(Options{Transform: splitOdd, Out: out})
+		var pub OutputPublisher = out
+		if tracingPublisher {
+			pub = tracingOut{out}
+		}
+		st, err := New(Options{Transform: splitOdd, Out: pub})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,13 +115,15 @@ func TestLiveOutputsCarryTheInputsContext(t *testing.T) {
 		}
 		return out.envs
 	}
-	for _, e := range run(context.Background()) {
-		if e.CreationContext() != tc {
-			t.Errorf("untraced: %s/%d part %d carries %x, want the input's %x", e.Stream, e.Seq, e.Part, e.CreationContext(), tc)
+	traced := trace.ContextWithSpanContext(context.Background(), tracing.Remote(tc))
+	for name, ctx := range map[string]context.Context{"untraced": context.Background(), "traced, publisher not": traced} {
+		for _, e := range run(ctx, name == "untraced") {
+			if e.CreationContext() != tc {
+				t.Errorf("%s: %s/%d part %d carries %x, want the input's %x", name, e.Stream, e.Seq, e.Part, e.CreationContext(), tc)
+			}
 		}
 	}
-	traced := trace.ContextWithSpanContext(context.Background(), tracing.Remote(tc))
-	for _, e := range run(traced) {
+	for _, e := range run(traced, true) {
 		if e.Trace != nil {
 			t.Errorf("traced: %s/%d part %d carries %x, want none (its send span's)", e.Stream, e.Seq, e.Part, e.CreationContext())
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -199,5 +200,42 @@ func TestSamplingFollowsTheReading(t *testing.T) {
 	}
 	if res.CreationContext() != env.CreationContext() {
 		t.Fatalf("the result's context %x, want the reading's unsampled %x", res.CreationContext(), env.CreationContext())
+	}
+}
+
+// countingSpan is a caller's span that does not record, counting what is
+// done to it.
+type countingSpan struct {
+	trace.Span
+	sc    trace.SpanContext
+	calls int
+}
+
+func (c *countingSpan) SpanContext() trace.SpanContext      { return c.sc }
+func (c *countingSpan) IsRecording() bool                   { return false }
+func (c *countingSpan) End(...trace.SpanEndOption)          { c.calls++ }
+func (c *countingSpan) AddLink(trace.Link)                  { c.calls++ }
+func (c *countingSpan) SetAttributes(...attribute.KeyValue) { c.calls++ }
+func (c *countingSpan) SetStatus(codes.Code, string)        { c.calls++ }
+
+// In an unsampled trace svckit makes no span and touches none it does not
+// own: a publisher given the caller's span ends, links and annotates
+// nothing of it, and still passes its context on.
+func TestUnsampledCallersSpanUntouched(t *testing.T) {
+	tr, rec := recorder(t)
+	sc := Remote(envelope.TraceContext{TraceID: [16]byte{3}, SpanID: [8]byte{4}}) // flags 0: not sampled
+	caller := &countingSpan{sc: sc}
+	ctx := trace.ContextWithSpan(context.Background(), caller)
+	_, send := tr.Topic("readings", "").Send(ctx)
+	env := envelope.Envelope{Stream: "s", Seq: 1}
+	send.Created(&env)
+	send.Messages("s", 1, 1)
+	send.Link(envelope.TraceContext{TraceID: [16]byte{5}, SpanID: [8]byte{6}})
+	send.End(errors.New("refused"))
+	if caller.calls != 0 || len(rec.Ended()) != 0 {
+		t.Fatalf("the caller's span was touched %d times; %d spans made", caller.calls, len(rec.Ended()))
+	}
+	if env.CreationContext().SpanID != sc.SpanID() {
+		t.Fatalf("the envelope's context %x, want the caller's", env.CreationContext())
 	}
 }

@@ -21,9 +21,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
@@ -82,13 +84,18 @@ func DefaultConfig(serviceName string, getenv func(string) string) (Config, erro
 	if exporters[0] != "" && !slices.Contains(exporters, "otlp") {
 		return c, fmt.Errorf("OTEL_TRACES_EXPORTER=%q with an OTLP endpoint set: svckit exports traces over otlp only (or none)", first("OTEL_TRACES_EXPORTER"))
 	}
-	if p := first("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" {
+	for _, key := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
+		p := first(key)
+		if p == "" {
+			continue
+		}
 		switch p {
 		case ProtocolHTTP, ProtocolGRPC:
 			c.Protocol = p
 		default:
-			return c, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: want %q or %q", p, ProtocolHTTP, ProtocolGRPC)
+			return c, fmt.Errorf("%s=%q: want %q or %q", key, p, ProtocolHTTP, ProtocolGRPC)
 		}
+		break
 	}
 	c.Enabled = true
 	return c, nil
@@ -117,8 +124,10 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 }
 
 // New makes the provider c asks for, or returns nil (tracing off) when c
-// is not Enabled. Shut it down to flush what it holds.
-func New(ctx context.Context, c Config) (*Provider, error) {
+// is not Enabled. Shut it down to flush what it holds. A failed export is
+// logged to log (nil: discarded), once per distinct error, not to the
+// OpenTelemetry SDK's process-wide handler (the standard log package).
+func New(ctx context.Context, c Config, log *slog.Logger) (*Provider, error) {
 	if !c.Enabled {
 		return nil, nil
 	}
@@ -147,6 +156,37 @@ func New(ctx context.Context, c Config) (*Provider, error) {
 	// The sampler comes from OTEL_TRACES_SAMPLER (the SDK reads it). The
 	// batching processor drops spans when its queue is full: a collector
 	// away never holds a message up.
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(&loggingExporter{SpanExporter: exp, log: log}),
+		sdktrace.WithResource(res))
 	return &Provider{tp: tp, tr: tracing.New(tp)}, nil
+}
+
+// loggingExporter logs a failed export itself and tells the SDK it went
+// well: the SDK would hand the error to its process-wide handler, which
+// prints every one to stderr with the standard log package, outside the
+// service's structured log. The spans of a failed export are dropped
+// either way (the batching processor does not retry).
+type loggingExporter struct {
+	sdktrace.SpanExporter
+	log  *slog.Logger
+	mu   sync.Mutex
+	last string // the last error logged: one line per distinct error
+}
+
+func (e *loggingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case err != nil && err.Error() != e.last:
+		e.last = err.Error()
+		e.log.Warn("exporting spans failed; they are dropped", "spans", len(spans), "err", err)
+	case err == nil && e.last != "":
+		e.last = ""
+		e.log.Info("exporting spans again")
+	}
+	return nil
 }

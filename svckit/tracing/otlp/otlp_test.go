@@ -1,9 +1,14 @@
 package otlp
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 func TestDefaultConfig(t *testing.T) {
@@ -44,11 +49,38 @@ func TestDefaultConfig(t *testing.T) {
 
 // Off makes no provider: nothing runs, nothing is exported.
 func TestNewOff(t *testing.T) {
-	p, err := New(context.Background(), Config{})
+	p, err := New(context.Background(), Config{}, nil)
 	if p != nil || err != nil {
 		t.Fatalf("New(off) = %v, %v", p, err)
 	}
 	if p.Tracer() != nil || p.Shutdown(context.Background()) != nil {
 		t.Fatal("a nil Provider is not off")
+	}
+}
+
+type failingExporter struct {
+	sdktrace.SpanExporter
+	err error
+}
+
+func (f *failingExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return f.err }
+
+// A failed export is logged through the service's logger, once per
+// distinct error, and not handed to the SDK's process-wide handler (the
+// exporter reports success); the first success after it says so.
+func TestFailedExportsLoggedOnce(t *testing.T) {
+	var buf bytes.Buffer
+	f := &failingExporter{err: errors.New("connection refused")}
+	e := &loggingExporter{SpanExporter: f, log: slog.New(slog.NewTextHandler(&buf, nil))}
+	for range 3 {
+		if err := e.ExportSpans(context.Background(), nil); err != nil {
+			t.Fatalf("ExportSpans = %v, want nil (logged here)", err)
+		}
+	}
+	f.err = nil
+	_ = e.ExportSpans(context.Background(), nil)
+	out := buf.String()
+	if strings.Count(out, "exporting spans failed") != 1 || !strings.Contains(out, "connection refused") || !strings.Contains(out, "exporting spans again") {
+		t.Fatalf("log:\n%s", out)
 	}
 }

@@ -174,14 +174,20 @@ func checkTraceURL(u string) error {
 	if u == "" {
 		return nil
 	}
-	p, err := url.Parse(strings.ReplaceAll(u, "{id}", "x"))
+	const mark = "svckit-trace-id"
+	p, err := url.Parse(strings.ReplaceAll(u, "{id}", mark))
 	switch {
 	case err != nil:
 		return fmt.Errorf("--trace-url %q: %w", u, err)
 	case p.Scheme != "http" && p.Scheme != "https" || p.Host == "":
 		return fmt.Errorf("--trace-url %q: not an http or https URL", u)
+	case p.User != nil:
+		// Every reader of the state would get them.
+		return fmt.Errorf("--trace-url %q: credentials in the URL", u)
 	case !strings.Contains(u, "{id}"):
 		return fmt.Errorf("--trace-url %q: no {id} in it, where the reading's id goes", u)
+	case strings.Contains(p.Host, mark):
+		return fmt.Errorf("--trace-url %q: {id} in the host; it belongs in the path or the query", u)
 	}
 	return nil
 }

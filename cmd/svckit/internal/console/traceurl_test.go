@@ -17,6 +17,8 @@ func TestCheckTraceURL(t *testing.T) {
 		"javascript:alert(1)//{id}":                                                                    "not an http or https URL",
 		"/search?id={id}":                                                                              "not an http or https URL",
 		"http://[::1/search?id={id}":                                                                   "--trace-url",
+		"https://user:pass@jaeger/search?id={id}":                                                      "credentials",
+		"https://{id}.example/search":                                                                  "in the host",
 	} {
 		err := checkTraceURL(u)
 		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
