@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -82,5 +83,31 @@ func TestFailedExportsLoggedOnce(t *testing.T) {
 	out := buf.String()
 	if strings.Count(out, "exporting spans failed") != 1 || !strings.Contains(out, "connection refused") || !strings.Contains(out, "exporting spans again") {
 		t.Fatalf("log:\n%s", out)
+	}
+}
+
+// The sampler is the SDK's, from OTEL_TRACES_SAMPLER: always_off makes
+// spans that do not record; the default records.
+func TestSamplerFromEnvironment(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9") // never reached: nothing is exported here
+	for sampler, records := range map[string]bool{"": true, "always_off": false, "parentbased_always_off": false} {
+		t.Setenv("OTEL_TRACES_SAMPLER", sampler)
+		c, err := DefaultConfig("svc", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := New(context.Background(), c, nil)
+		if err != nil || p == nil {
+			t.Fatalf("New: %v, %v", p, err)
+		}
+		_, span := p.Tracer().Topic("readings", "").Send(context.Background())
+		tc := span.Context()
+		span.End(nil)
+		if sampled := tc.Flags&1 != 0; sampled != records {
+			t.Errorf("OTEL_TRACES_SAMPLER=%q: sampled %v, want %v", sampler, sampled, records)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_ = p.Shutdown(ctx) // the endpoint is not there: the export fails, logged nowhere
+		cancel()
 	}
 }
