@@ -116,6 +116,8 @@ type Options struct {
 type Stage struct {
 	o   Options
 	lag *lagBook
+	// outTraces: Out makes send spans, which give outputs their context.
+	outTraces bool
 	// h is handle inside the OnOutcome layer that moves a stream's
 	// position when an input is finished.
 	h pubsub.Handler
@@ -141,7 +143,7 @@ func New(o Options) (*Stage, error) {
 	if o.Metrics == nil {
 		o.Metrics = replay.NewMetrics(prometheus.NewRegistry())
 	}
-	s := &Stage{o: o, lag: newLagBook(o.Metrics)}
+	s := &Stage{o: o, lag: newLagBook(o.Metrics), outTraces: traces(o.Out)}
 	s.h = pubsub.OnOutcome(s.finishedHook)(pubsub.HandlerFunc(s.handle))
 	return s, nil
 }
@@ -243,7 +245,7 @@ func (s *Stage) handle(ctx context.Context, m *pubsub.Message) error {
 	// survives a stage that does not trace. (A relay always keeps the
 	// record's: see Replay.)
 	var carry *envelope.TraceContext
-	if !tracing.Traced(ctx) || !traces(s.o.Out) {
+	if !tracing.Traced(ctx) || !s.outTraces {
 		carry = in.Trace
 	}
 	var one envelope.Envelope

@@ -26,6 +26,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
@@ -83,6 +84,13 @@ func DefaultConfig(serviceName string, getenv func(string) string) (Config, erro
 	}
 	if exporters[0] != "" && !slices.Contains(exporters, "otlp") {
 		return c, fmt.Errorf("OTEL_TRACES_EXPORTER=%q with an OTLP endpoint set: svckit exports traces over otlp only (or none)", first("OTEL_TRACES_EXPORTER"))
+	}
+	// The SDK reads the sampler itself, and falls back to its default on a
+	// name it does not know, saying so only to stderr: refuse it here.
+	switch smp := first("OTEL_TRACES_SAMPLER"); smp {
+	case "", "always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio":
+	default:
+		return c, fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want always_on, always_off, traceidratio or parentbased_ one of them", smp)
 	}
 	for _, key := range []string{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"} {
 		p := first(key)
@@ -164,29 +172,55 @@ func New(ctx context.Context, c Config, log *slog.Logger) (*Provider, error) {
 	return &Provider{tp: tp, tr: tracing.New(tp)}, nil
 }
 
-// loggingExporter logs a failed export itself and tells the SDK it went
-// well: the SDK would hand the error to its process-wide handler, which
+// loggingExporter logs failed exports itself and tells the SDK they went
+// well: the SDK would hand each error to its process-wide handler, which
 // prints every one to stderr with the standard log package, outside the
 // service's structured log. The spans of a failed export are dropped
-// either way (the batching processor does not retry).
+// either way (the batching processor does not retry). While exports fail
+// it logs the first error, then at most once a minute with the spans
+// dropped so far, and once when they succeed again; Shutdown reports a
+// failure of the last export (the final flush's included).
 type loggingExporter struct {
 	sdktrace.SpanExporter
-	log  *slog.Logger
-	mu   sync.Mutex
-	last string // the last error logged: one line per distinct error
+	log *slog.Logger
+
+	mu       sync.Mutex
+	failing  error     // the last export's error, nil once one succeeded
+	dropped  int       // spans dropped since exports began failing
+	loggedAt time.Time // when the failure was last logged
 }
+
+// exportLogEvery bounds how often a lasting failure is logged.
+const exportLogEvery = time.Minute
 
 func (e *loggingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	err := e.SpanExporter.ExportSpans(ctx, spans)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
-	case err != nil && err.Error() != e.last:
-		e.last = err.Error()
-		e.log.Warn("exporting spans failed; they are dropped", "spans", len(spans), "err", err)
-	case err == nil && e.last != "":
-		e.last = ""
-		e.log.Info("exporting spans again")
+	case err != nil:
+		first := e.failing == nil
+		e.failing = err
+		e.dropped += len(spans) // at most: a partial success is an error too
+		if first || time.Since(e.loggedAt) >= exportLogEvery {
+			e.loggedAt = time.Now()
+			e.log.Warn("exporting spans failed; they are dropped", "dropped_so_far", e.dropped, "err", err)
+		}
+	case e.failing != nil:
+		e.log.Info("exporting spans again", "dropped", e.dropped)
+		e.failing, e.dropped = nil, 0
 	}
 	return nil
+}
+
+// Shutdown stops the exporter and reports a last export that failed,
+// which the flush at shutdown would otherwise not say.
+func (e *loggingExporter) Shutdown(ctx context.Context) error {
+	err := e.SpanExporter.Shutdown(ctx)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.failing != nil {
+		err = errors.Join(err, fmt.Errorf("the last export failed, %d spans dropped: %w", e.dropped, e.failing))
+	}
+	return err
 }

@@ -31,6 +31,7 @@ func TestDefaultConfig(t *testing.T) {
 		{name: "zipkin with an endpoint", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "zipkin"}, err: `OTEL_TRACES_EXPORTER="zipkin"`},
 		{name: "zipkin, no endpoint: off, no error", env: map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, protocol: ProtocolHTTP},
 		{name: "http/json, no endpoint: off, no error", env: map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, protocol: ProtocolHTTP},
+		{name: "an unknown sampler", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_SAMPLER": "parentbased_ratio"}, err: `OTEL_TRACES_SAMPLER="parentbased_ratio"`},
 		{name: "a list with otlp", env: map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "otlp, console"}, enabled: true, protocol: ProtocolHTTP},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -65,6 +66,7 @@ type failingExporter struct {
 }
 
 func (f *failingExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return f.err }
+func (f *failingExporter) Shutdown(context.Context) error                             { return nil }
 
 // A failed export is logged through the service's logger, once per
 // distinct error, and not handed to the SDK's process-wide handler (the
@@ -78,11 +80,17 @@ func TestFailedExportsLoggedOnce(t *testing.T) {
 			t.Fatalf("ExportSpans = %v, want nil (logged here)", err)
 		}
 	}
+	if err := e.Shutdown(context.Background()); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Shutdown after failed exports = %v, want the failure", err)
+	}
 	f.err = nil
 	_ = e.ExportSpans(context.Background(), nil)
 	out := buf.String()
 	if strings.Count(out, "exporting spans failed") != 1 || !strings.Contains(out, "connection refused") || !strings.Contains(out, "exporting spans again") {
 		t.Fatalf("log:\n%s", out)
+	}
+	if err := e.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown after a successful export = %v", err)
 	}
 }
 
