@@ -312,7 +312,11 @@ func TestFullDiskRetentionFreesSpace(t *testing.T) {
 	fsys.SetSpace(fsys.Used())
 	next := uint64(61)
 	var err error
-	for range 30 { // fill what is left of the active segment
+	// Fill what is left: of the active segment, and of the space the
+	// background preallocation may have set aside before the disk was
+	// declared full (the rest of the segment zero-filled, the next
+	// segment's file prepared): up to about two segments of records.
+	for range 200 {
 		if err = l.Append(mkRecs(next, 1, 200)...); err != nil {
 			break
 		}
