@@ -73,7 +73,7 @@ func TestLibraryLayers(t *testing.T) {
 		"deadletter":   {"durable", "logging", "metrics"},
 		"ownership":    {"logging"},
 		"tracing":      {"envelope"},
-		"tracing/otlp": {"tracing"},
+		"tracing/otlp": {"logging", "tracing"},
 		"pubsub":       {"deadletter", "discovery", "envelope", "logging", "metrics", "tracing"},
 		"replay":       {"discovery", "durable", "envelope", "logging", "metrics", "retainlog", "tracing"},
 		"stage":        {"envelope", "logging", "pubsub", "replay", "tracing"},

@@ -480,17 +480,11 @@ func (c *Consumer) process(next Handler) Handler {
 	}
 	return HandlerFunc(func(ctx context.Context, m *Message) error {
 		ctx, span := c.spans.Process(ctx, &m.Envelope, tracing.Live, m.NSQ.Attempts)
-		err := next.HandleMessage(ctx, m)
-		if err == nil && m.isAsync() {
-			m.later(ctx, func(_ context.Context, _ *Message, err error) error {
-				span.End(err)
-				return err
-			})
-			return nil
-		}
-		m.returned(err)
-		span.End(err)
-		return err
+		end := OnOutcome(func(_ context.Context, _ *Message, err error) error {
+			span.End(err)
+			return err
+		})
+		return end(next).HandleMessage(ctx, m)
 	})
 }
 

@@ -65,8 +65,8 @@ type Service struct {
 	// Tracer makes the spans of this service's publishers and consumers;
 	// nil (tracing off) unless OTEL_EXPORTER_OTLP_ENDPOINT is set (see
 	// svckit/tracing/otlp).
-	Tracer  *tracing.Tracer
-	tracing *otlp.Provider // nil when off
+	Tracer     *tracing.Tracer
+	spanExport *otlp.Provider // exports Tracer's spans; nil when off
 
 	tags []string
 	meta map[string]string
@@ -157,7 +157,7 @@ func (s *Service) startTracing(ctx context.Context, tc otlp.Config) error {
 		return fmt.Errorf("tracing: %w", err)
 	}
 	if p != nil {
-		s.tracing, s.Tracer = p, p.Tracer()
+		s.spanExport, s.Tracer = p, p.Tracer()
 		s.Log.Info("tracing on: exporting spans over OTLP", "protocol", tc.Protocol)
 	}
 	return nil
@@ -172,12 +172,12 @@ const TracingFlushTimeout = 2 * time.Second
 // failure is logged, not returned: spans are not what a clean shutdown
 // is judged by.
 func (s *Service) flushTracing() {
-	if s.tracing == nil {
+	if s.spanExport == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), TracingFlushTimeout)
 	defer cancel()
-	if err := s.tracing.Shutdown(ctx); err != nil {
+	if err := s.spanExport.Shutdown(ctx); err != nil {
 		s.Log.Warn("flushing spans at shutdown failed; some spans are lost", "err", err)
 	}
 }

@@ -13,8 +13,9 @@
 // version 1.43.0 (SemconvVersion), which are still in development status:
 //
 //   - send <topic> (PRODUCER): a publish. For a stream's owner it covers
-//     the wait for the durable append; for a batching publisher, the wait
-//     for nsqd's acknowledgement. Its context is the message's creation
+//     the wait for the durable append (CLIENT for a batch, whose messages
+//     get create spans as their creation contexts); for a batching
+//     publisher, the wait for nsqd's acknowledgement. Its context is the message's creation
 //     context, written into the envelope, unless the envelope already
 //     carries one (a relayed or re-published message): then the span
 //     links to that context and leaves it as it is.

@@ -35,6 +35,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/svckit/svckit/svckit/logging"
 	"github.com/svckit/svckit/svckit/tracing"
 )
 
@@ -132,8 +133,8 @@ func (p *Provider) Shutdown(ctx context.Context) error {
 }
 
 // New makes the provider c asks for, or returns nil (tracing off) when c
-// is not Enabled. Shut it down to flush what it holds. A failed export is
-// logged to log (nil: discarded), once per distinct error, not to the
+// is not Enabled. Shut it down to flush what it holds. Failed exports are
+// logged to log (nil: discarded) as loggingExporter says, not to the
 // OpenTelemetry SDK's process-wide handler (the standard log package).
 func New(ctx context.Context, c Config, log *slog.Logger) (*Provider, error) {
 	if !c.Enabled {
@@ -165,7 +166,7 @@ func New(ctx context.Context, c Config, log *slog.Logger) (*Provider, error) {
 	// batching processor drops spans when its queue is full: a collector
 	// away never holds a message up.
 	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+		log = logging.Discard()
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(&loggingExporter{SpanExporter: exp, log: log}),
 		sdktrace.WithResource(res))

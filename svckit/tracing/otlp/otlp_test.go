@@ -10,6 +10,8 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/svckit/svckit/svckit/testenv"
 )
 
 func TestDefaultConfig(t *testing.T) {
@@ -97,7 +99,8 @@ func TestFailedExportsLoggedOnce(t *testing.T) {
 // The sampler is the SDK's, from OTEL_TRACES_SAMPLER: always_off makes
 // spans that do not record; the default records.
 func TestSamplerFromEnvironment(t *testing.T) {
-	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9") // never reached: nothing is exported here
+	// Free a moment ago: nothing listens there, and the export fails.
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+testenv.Addr(testenv.FreePort(t)))
 	for sampler, records := range map[string]bool{"": true, "always_off": false, "parentbased_always_off": false} {
 		t.Setenv("OTEL_TRACES_SAMPLER", sampler)
 		c, err := DefaultConfig("svc", nil)
@@ -115,7 +118,7 @@ func TestSamplerFromEnvironment(t *testing.T) {
 			t.Errorf("OTEL_TRACES_SAMPLER=%q: sampled %v, want %v", sampler, sampled, records)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		_ = p.Shutdown(ctx) // the endpoint is not there: the export fails, logged nowhere
+		_ = p.Shutdown(ctx) // nothing listens: the export fails, logged nowhere
 		cancel()
 	}
 }
