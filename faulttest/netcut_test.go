@@ -181,7 +181,7 @@ func TestNetworkCut(t *testing.T) {
 	nsqd.Proc = testenv.StartProcess(t, "nsqd-a", h.ip, append(h.inA()[1:], testenv.Bin(t, "nsqd"),
 		"--tcp-address="+nsqd.TCPAddr, "--http-address="+nsqd.HTTPAddr, "--broadcast-address="+h.a,
 		"--data-path="+nsqd.DataDir, "--node-id="+strconv.Itoa(nTCP%1024), "--lookupd-tcp-address="+lookupd.TCPAddr,
-		"--min-output-buffer-timeout=1ms"), nil) // as testenv.StartNSQD: svckit consumers ask for a 1ms flush
+		"--min-output-buffer-timeout=1ms", "--output-buffer-timeout=100us"), nil) // as testenv.StartNSQD: svckit consumers' flush
 	keepLog(t, nsqd.Proc)
 	waitPing(t, nsqd.Proc, nsqd.HTTPAddr)
 	testenv.Register(t, c, &api.AgentServiceRegistration{

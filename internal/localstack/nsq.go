@@ -176,9 +176,13 @@ func (g *Group) StartNSQD(o NSQDOptions) (*NSQD, error) {
 				// Differs between the nsqds of a stack (nsqd derives its
 				// default from the hostname), stable across restarts.
 				"--node-id=" + strconv.Itoa(n.TCPPort%1024),
-				// svckit consumers ask for a 1ms output buffer timeout (see
-				// --nsq-output-buffer-timeout); stock nsqd allows 25ms at least.
+				// svckit consumers flush within nsqd's own
+				// --output-buffer-timeout by default (100us, below what
+				// IDENTIFY can ask for: see --nsq-output-buffer-timeout);
+				// go-nsq consumers here ask for 1ms, and stock nsqd allows
+				// 25ms at least.
 				"--min-output-buffer-timeout=1ms",
+				"--output-buffer-timeout=100us",
 			}
 			for _, a := range o.LookupdTCPAddrs {
 				args = append(args, "--lookupd-tcp-address="+a)

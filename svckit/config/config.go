@@ -97,7 +97,7 @@ type NSQConfig struct {
 	BatchDelay          time.Duration `flag:"nsq-batch-delay" min:"1ns" usage:"how long the batching publisher waits to fill a batch"`
 	MaxMsgSize          int           `flag:"nsq-max-msg-size" min:"1024" usage:"nsqd's --max-msg-size: a larger message fails alone, before it is sent (nsqd would close the connection), and a dead letter above it is kept in the data directory"`
 	OutputBufferSize    int64         `flag:"nsq-output-buffer-size" usage:"bytes nsqd buffers before writing to this consumer (one write for many messages under load); -1 = a write per message"`
-	OutputBufferTimeout time.Duration `flag:"nsq-output-buffer-timeout" usage:"longest time nsqd holds buffered messages for this consumer, in whole ms; below 25ms nsqd must run with --min-output-buffer-timeout at most this"`
+	OutputBufferTimeout time.Duration `flag:"nsq-output-buffer-timeout" usage:"longest time nsqd holds buffered messages for this consumer: below 1ms nsqd's own --output-buffer-timeout, which must be at most this; else whole ms, and below 25ms nsqd must run with --min-output-buffer-timeout at most this"`
 	AuthSecret          string        `flag:"nsq-auth-secret" file:"file holding the secret sent to nsqd's auth server (instead of --nsq-auth-secret; e.g. issued by svckit nsqauth serve --issue)" usage:"secret sent to nsqd's auth server (AUTH): this service's identity"`
 	TLS                 bool          `flag:"nsq-tls" usage:"use TLS to nsqd"`
 	TLSCACert           string        `flag:"nsq-tls-cacert" usage:"CA certificate file for TLS to nsqd"`
@@ -129,7 +129,7 @@ func DefaultConfig() Config {
 			BatchDelay:          time.Millisecond,
 			MaxMsgSize:          1 << 20,
 			OutputBufferSize:    16384,
-			OutputBufferTimeout: time.Millisecond,
+			OutputBufferTimeout: 100 * time.Microsecond,
 		},
 	}
 }
@@ -223,10 +223,10 @@ func (c Config) Validate() error {
 	if b := c.NSQ.OutputBufferSize; b != -1 && b < 64 {
 		return fmt.Errorf("--nsq-output-buffer-size %d: want -1 (unbuffered) or at least 64", b)
 	}
-	// go-nsq sends the timeout to nsqd in whole milliseconds, and 0 would
-	// mean nsqd's default (250ms).
-	if t := c.NSQ.OutputBufferTimeout; t < time.Millisecond || t%time.Millisecond != 0 {
-		return fmt.Errorf("--nsq-output-buffer-timeout %s: want a whole number of milliseconds, at least 1ms", t)
+	// go-nsq sends the timeout to nsqd in whole milliseconds; one below a
+	// millisecond goes as 0, which asks for nsqd's --output-buffer-timeout.
+	if t := c.NSQ.OutputBufferTimeout; t <= 0 || (t > time.Millisecond && t%time.Millisecond != 0) {
+		return fmt.Errorf("--nsq-output-buffer-timeout %s: want more than 0 and below 1ms (nsqd's --output-buffer-timeout), or whole milliseconds", t)
 	}
 	if c.NSQ.BatchSize > 10000 {
 		return fmt.Errorf("--nsq-batch-size %d: at most 10000", c.NSQ.BatchSize)

@@ -103,6 +103,8 @@ func TestDefaults(t *testing.T) {
 		{"NSQ.BatchSize", cfg.NSQ.BatchSize, 200},
 		{"NSQ.BatchBytes", cfg.NSQ.BatchBytes, 5 << 20},
 		{"NSQ.BatchDelay", cfg.NSQ.BatchDelay, time.Millisecond},
+		{"NSQ.OutputBufferSize", cfg.NSQ.OutputBufferSize, int64(16384)},
+		{"NSQ.OutputBufferTimeout", cfg.NSQ.OutputBufferTimeout, 100 * time.Microsecond},
 		{"NSQ.TLS", cfg.NSQ.TLS, false},
 	}
 	for _, c := range checks {
@@ -167,6 +169,10 @@ func TestInvalidValuesNameTheirFlag(t *testing.T) {
 		{"nsq-msg-timeout", "--nsq-msg-timeout=0s"},
 		{"nsq-batch-delay", "--nsq-batch-delay=0s"},
 		{"consul-start-timeout", "--consul-start-timeout=-1s"},
+		// IDENTIFY carries whole milliseconds; below one, nsqd's own flush.
+		{"nsq-output-buffer-timeout", "--nsq-output-buffer-timeout=0s"},
+		{"nsq-output-buffer-timeout", "--nsq-output-buffer-timeout=1500us"},
+		{"nsq-output-buffer-size", "--nsq-output-buffer-size=63"},
 		// Consul clamps DeregisterCriticalServiceAfter to 1m.
 		{"deregister-after", "--deregister-after=30s"},
 		// Validate: integers with bounds.
@@ -203,7 +209,7 @@ func TestInvalidValuesNameTheirFlag(t *testing.T) {
 func TestValidateBoundaries(t *testing.T) {
 	clearEnv(t)
 	cfg, err := parse(t, "--nsq-max-attempts=65535", "--nsq-batch-size=10000", "--deregister-after=1m",
-		"--consul-addr=https://consul.example:8501", "--advertise-addr=::1")
+		"--consul-addr=https://consul.example:8501", "--advertise-addr=::1", "--nsq-output-buffer-timeout=1us")
 	if err != nil {
 		t.Fatalf("values at the limits rejected: %v", err)
 	}

@@ -1223,6 +1223,64 @@ func TestConsumerStartCreatesTopicAndChannel(t *testing.T) {
 	}
 }
 
+// TestConsumerNamesNSQDSlowFlush: IDENTIFY carries whole milliseconds, so
+// a consumer asking for a flush below 1ms (svckit's default, 100µs) gets
+// nsqd's own --output-buffer-timeout. Against an nsqd flushing later than
+// asked it still consumes, and says once which flag makes nsqd flush in
+// time; against one that flushes in time it says nothing.
+func TestConsumerNamesNSQDSlowFlush(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, nsqdFlush string
+		warns           bool
+	}{{"slow", "50ms", true}, {"in time", "100us", false}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			stack := testenv.StartStackWith(t, testenv.NSQDOptions{ExtraArgs: []string{"--output-buffer-timeout=" + c.nsqdFlush}})
+			e := newEnv(t, stack, 1)
+			cfg := nsqConfig(10)
+			cfg.OutputBufferSize = 16384
+			cfg.OutputBufferTimeout = 100 * time.Microsecond
+			var logs testenv.SyncBuffer
+			got := make(chan struct{}, 1)
+			cons := e.startConsumer(t, pubsub.HandlerFunc(func(context.Context, *pubsub.Message) error {
+				select {
+				case got <- struct{}{}:
+				default:
+				}
+				return nil
+			}), pubsub.ConsumerOptions{Topic: "flush", Channel: "c", NSQ: cfg, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			testenv.WaitFor(t, 20*time.Second, "the consumer to connect", func() bool { return cons.Ready() == nil })
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			if err := e.producer(t, nil).Publish(ctx, "flush", envBody(t, "flush", 1)); err != nil {
+				t.Fatalf("publish: %v", err)
+			}
+			select {
+			case <-got:
+			case <-ctx.Done():
+				t.Fatal("no message reached the consumer")
+			}
+			const fix = "start nsqd with --output-buffer-timeout=100us"
+			if c.warns {
+				testenv.WaitFor(t, 10*time.Second, "the log to name --output-buffer-timeout", func() bool {
+					return strings.Contains(logs.String(), fix)
+				})
+				if n := strings.Count(logs.String(), fix); n != 1 {
+					t.Fatalf("named %d times, want once:\n%s", n, logs.String())
+				}
+				return
+			}
+			// The check runs before the consumer connects to nsqd itself
+			// (a connection through nsqlookupd may come first: then this
+			// proves less, but never fails wrongly).
+			if strings.Contains(logs.String(), "--output-buffer-timeout") {
+				t.Fatalf("an nsqd that flushes in time was blamed:\n%s", logs.String())
+			}
+		})
+	}
+}
+
 // TestConsumerNamesNSQDOutputBufferFloor: a stock nsqd refuses output buffer
 // timeouts below its --min-output-buffer-timeout (25ms); a consumer asking
 // for 1ms must say which flag to change instead of only failing to connect.

@@ -1011,15 +1011,19 @@ func (r *runner) replayRounds(ctx context.Context, n int, sensor, worker *locals
 // "results" (the first second is warm-up and not counted).
 func (r *runner) latency(stream string, start func() *localstack.Process, d time.Duration, during func(*localstack.Process)) [3]float64 {
 	var mu sync.Mutex
-	var samples []float64
+	// End to end, and its two parts: from the reading's creation to nsqd
+	// taking the worker's result on "results" (nsqd stamps a message when
+	// it is published), and from there to this consumer. Same clock.
+	var samples, toResults, lastHop []float64
 	// Unix nanoseconds from which results count; read by the handlers.
 	var warm atomic.Int64
 	warm.Store(math.MaxInt64)
 	cfg := nsq.NewConfig()
 	cfg.MaxInFlight = 2500
-	// As a svckit consumer asks by default (--nsq-output-buffer-*).
+	// As a svckit consumer asks by default (--nsq-output-buffer-*): below
+	// 1ms, nsqd's own --output-buffer-timeout.
 	cfg.OutputBufferSize = 16384
-	cfg.OutputBufferTimeout = time.Millisecond
+	cfg.OutputBufferTimeout = 100 * time.Microsecond
 	// A consumer connected to nsqd directly reconnects after this interval
 	// (go-nsq's default is 60 s, longer than a measurement).
 	cfg.LookupdPollInterval = time.Second
@@ -1040,8 +1044,11 @@ func (r *runner) latency(stream string, start func() *localstack.Process, d time
 		if err != nil || env.Stream != stream || now.UnixNano() < warm.Load() {
 			return nil
 		}
+		published := time.Unix(0, m.Timestamp)
 		mu.Lock()
 		samples = append(samples, float64(now.Sub(env.Created).Microseconds())/1000)
+		toResults = append(toResults, float64(published.Sub(env.Created).Microseconds())/1000)
+		lastHop = append(lastHop, float64(now.Sub(published).Microseconds())/1000)
 		mu.Unlock()
 		return nil
 	}), 2)
@@ -1071,6 +1078,12 @@ func (r *runner) latency(stream string, start func() *localstack.Process, d time
 	}
 	q := quantiles(samples, 0.5, 0.99, 0.999)
 	r.fig("latency_samples_"+stream, float64(len(samples)))
+	a, b := quantiles(toResults, 0.5, 0.99), quantiles(lastHop, 0.5, 0.99)
+	k := strings.TrimPrefix(stream, "bench-lat-")
+	r.fig("p50_ms_to_results_at_"+k, a[0])
+	r.fig("p99_ms_to_results_at_"+k, a[1])
+	r.fig("p50_ms_results_to_consumer_at_"+k, b[0])
+	r.fig("p99_ms_results_to_consumer_at_"+k, b[1])
 	return [3]float64{q[0], q[1], q[2]}
 }
 

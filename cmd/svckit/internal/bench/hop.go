@@ -229,8 +229,10 @@ const payloadSize = 200
 // many the svckit side hands its Batcher at once.
 const hopGroup = 100
 
-// hopConfig is the go-nsq configuration of both hop consumers: svckit's
-// defaults for output buffering (16 KiB, flushed within 1 ms). With go-nsq's
+// hopConfig is the go-nsq configuration of both hop consumers: a 16 KiB
+// output buffer, as svckit's, flushed within 1 ms, the shortest time
+// IDENTIFY can ask for (svckit's services flush within nsqd's own 100µs;
+// at full speed the buffer fills long before either timer). With go-nsq's
 // 250 ms flush timer a run's last messages wait for the timer and its
 // duration comes out in steps of 250 ms.
 func hopConfig() *nsq.Config {

@@ -137,21 +137,27 @@ func checkBase(t *Tree, ps *problems) {
 
 type addFunc func(h *Host, c *Container, line int, format string, a ...any)
 
-// nsqdMinFlush is nsqd's default --min-output-buffer-timeout; svckit's
+// nsqdMinFlush and nsqdFlush are nsqd's defaults for
+// --min-output-buffer-timeout and --output-buffer-timeout; svckit's
 // consumers ask for svckitFlush unless SVCKIT_NSQ_OUTPUT_BUFFER_TIMEOUT says
 // otherwise (or SVCKIT_NSQ_OUTPUT_BUFFER_SIZE=-1 turns buffering off).
 const (
 	nsqdMinFlush = 25 * time.Millisecond
-	svckitFlush  = time.Millisecond
+	nsqdFlush    = 250 * time.Millisecond
+	svckitFlush  = 100 * time.Microsecond
 )
 
-// checkNSQDFlush: nsqd refuses a consumer's IDENTIFY asking for an output
-// buffer timeout below its --min-output-buffer-timeout, and the consumer then
-// never connects. Every nsqd of a datacenter must accept the smallest flush
-// timeout that the datacenter's svckit services ask for.
+// checkNSQDFlush: a consumer asks nsqd for its flush timeout in IDENTIFY, in
+// whole milliseconds, and nsqd refuses one below its
+// --min-output-buffer-timeout (the consumer then never connects). A timeout
+// below a millisecond is sent as 0, which gets nsqd's own
+// --output-buffer-timeout: above what was asked, every lone message waits
+// for it. Every nsqd of a datacenter must serve the smallest timeouts its
+// svckit services ask for, of both kinds.
 func checkNSQDFlush(dc *Datacenter, add addFunc) {
-	want := time.Duration(0)
-	var who string
+	// The smallest timeout asked below 1ms, and at 1ms or more.
+	var sub, whole time.Duration
+	var subWho, wholeWho string
 	for _, h := range dc.Hosts {
 		for i := range h.Containers {
 			c := &h.Containers[i]
@@ -161,16 +167,20 @@ func checkNSQDFlush(dc *Datacenter, add addFunc) {
 			d := svckitFlush
 			if v, ok := c.Env["SVCKIT_NSQ_OUTPUT_BUFFER_TIMEOUT"]; ok {
 				var err error
-				if d, err = time.ParseDuration(v); err != nil {
+				if d, err = time.ParseDuration(v); err != nil || d <= 0 {
 					continue // interpolated or invalid: the service itself will say
 				}
 			}
-			if want == 0 || d < want {
-				want, who = d, fmt.Sprintf("%s on host %s", c.Name, h.Name)
+			who := fmt.Sprintf("%s on host %s", c.Name, h.Name)
+			switch {
+			case d < time.Millisecond && (sub == 0 || d < sub):
+				sub, subWho = d, who
+			case d >= time.Millisecond && (whole == 0 || d < whole):
+				whole, wholeWho = d, who
 			}
 		}
 	}
-	if want == 0 {
+	if sub == 0 && whole == 0 {
 		return
 	}
 	for _, h := range dc.Hosts {
@@ -180,18 +190,36 @@ func checkNSQDFlush(dc *Datacenter, add addFunc) {
 				continue
 			}
 			args := append(append([]string(nil), c.Entrypoint...), c.Command...)
-			floor, what := nsqdMinFlush, "nsqd's default"
-			if v := flagValue(args, "min-output-buffer-timeout"); v != "" {
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					add(h, c, 0, "--min-output-buffer-timeout %q is not a duration", v)
-					continue
+			if sub > 0 {
+				flush, what := nsqdFlush, "nsqd's default"
+				if v := flagValue(args, "output-buffer-timeout"); v != "" {
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						add(h, c, 0, "--output-buffer-timeout %q is not a duration", v)
+						continue
+					}
+					flush, what = d, "set here"
 				}
-				floor, what = d, "set here"
+				if flush > sub {
+					// "us": what a compose file can hold without µ.
+					add(h, c, 0, "--output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): every lone message would wait for it; set --output-buffer-timeout=%s",
+						flush, what, sub, subWho, strings.ReplaceAll(sub.String(), "µ", "u"))
+				}
 			}
-			if floor > want {
-				add(h, c, 0, "--min-output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): nsqd would refuse them; set --min-output-buffer-timeout=%s",
-					floor, what, want, who, want)
+			if whole > 0 {
+				floor, what := nsqdMinFlush, "nsqd's default"
+				if v := flagValue(args, "min-output-buffer-timeout"); v != "" {
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						add(h, c, 0, "--min-output-buffer-timeout %q is not a duration", v)
+						continue
+					}
+					floor, what = d, "set here"
+				}
+				if floor > whole {
+					add(h, c, 0, "--min-output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): nsqd would refuse them; set --min-output-buffer-timeout=%s",
+						floor, what, whole, wholeWho, whole)
+				}
 			}
 		}
 	}

@@ -229,6 +229,7 @@ func TestBrokenFixtures(t *testing.T) {
 		{"no data directory", "bad/nodatadir", "worker", "its data directory /data (the default --data-dir, as the image sets no SVCKIT_DATA_DIR) is not made by images/worker/Dockerfile.nodata for its user 65534:65534"},
 		{"no data directory", "bad/nodatadir", "sensor", "its data directory /var/lib/sensor (SVCKIT_DATA_DIR in the compose file) is not made by images/sensor/Dockerfile.data"},
 		{"flush floor", "flush/a", "nsqd", "--min-output-buffer-timeout is 25ms (set here), above the 1ms flush timeout svckit consumers ask for (worker on host b)"},
+		{"slow flush", "flush/a", "nsqd", "--output-buffer-timeout is 250ms (nsqd's default), above the 100µs flush timeout svckit consumers ask for (worker on host c)"},
 	}
 	found := make([]bool, len(probs))
 	for _, w := range want {

@@ -91,14 +91,14 @@ var securityProblems = []wantProblem{
 	{"nsqd/bad/docker-compose.yml", "notls", 0, "no --tls-cert or --tls-key: nsqd speaks TCP in clear"},
 	{"nsqd/bad/docker-compose.yml", "notls", 0, "no --tls-required (nsqd's default: false)"},
 	{"nsqd/bad/docker-compose.yml", "notls", 0, "no --tls-min-version (nsqd's default: tls1.0, which is broken)"},
-	{"nsqd/bad/docker-compose.yml", "weak", 35, "--tls-cert=/etc/nsqd.pem is on no volume"},
-	{"nsqd/bad/docker-compose.yml", "weak", 37, "--tls-required=false: clients may speak to nsqd in clear"},
-	{"nsqd/bad/docker-compose.yml", "weak", 38, "--tls-min-version=tls1.0: want tls1.2 or tls1.3"},
+	{"nsqd/bad/docker-compose.yml", "weak", 36, "--tls-cert=/etc/nsqd.pem is on no volume"},
+	{"nsqd/bad/docker-compose.yml", "weak", 38, "--tls-required=false: clients may speak to nsqd in clear"},
+	{"nsqd/bad/docker-compose.yml", "weak", 39, "--tls-min-version=tls1.0: want tls1.2 or tls1.3"},
 	{"nsqd/bad/docker-compose.yml", "notls", 24, "--auth-http-address over HTTPS without --tls-root-ca-file"},
 	{"nsqd/bad/docker-compose.yml", "weak", 28, "no --https-address: with a certificate nsqd serves its HTTP API over TLS on 0.0.0.0:4152"},
 	{"nsqd/bad/docker-compose.yml", "weak", 33, "--auth-http-address=nsqauth:8080: nsqd would send the clients' AUTH secrets in clear"},
-	{"nsqd/bad/docker-compose.yml", "bare", 42, "no --https-address"},
-	{"nsqd/bad/docker-compose.yml", "bare", 43, "--auth-http-address over HTTPS without --tls-root-ca-file"},
+	{"nsqd/bad/docker-compose.yml", "bare", 43, "no --https-address"},
+	{"nsqd/bad/docker-compose.yml", "bare", 44, "--auth-http-address over HTTPS without --tls-root-ca-file"},
 
 	// 4. Services of ours: HTTPS to Consul with a CA and a token file, TLS
 	// to nsqd, a replay secret, no secret in the environment.
