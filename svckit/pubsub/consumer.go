@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"strings"
 	"sync"
 	"time"
 
@@ -314,28 +313,15 @@ func (c *Consumer) prepare(ctx context.Context, set []discovery.Instance) {
 	}
 }
 
-// checkOutputBuffer compares what nsqd will do with what the consumer asks
-// for. A timeout of 1ms or more is asked for in IDENTIFY, which nsqd refuses
-// below its --min-output-buffer-timeout; go-nsq then only logs a failed
-// connection and retries forever, so the refusal is named once, and in
-// Ready. IDENTIFY carries whole milliseconds: a shorter timeout is sent as
-// 0, nsqd's own --output-buffer-timeout, and an nsqd whose flush is slower
-// than asked holds every lone message that much longer; that is named once
-// too, though the consumer works.
+// checkOutputBuffer asks nsqd for its --min-output-buffer-timeout: nsqd
+// refuses an IDENTIFY asking for less, and go-nsq then only logs a failed
+// connection and retries forever. Saying which flag to change, once, and in
+// Ready, saves an operator the search. (A timeout below 1ms goes as 0,
+// nsqd's own --output-buffer-timeout, which nsqd never refuses: the
+// connection checks what nsqd gave it, in go-nsq's IDENTIFY.)
 func (c *Consumer) checkOutputBuffer(ctx context.Context, httpAddr, tcpAddr string) {
 	want := c.o.NSQ.OutputBufferTimeout
-	if c.o.NSQ.OutputBufferSize == -1 || want <= 0 {
-		return
-	}
-	if want < time.Millisecond {
-		var flush time.Duration
-		if err := c.get(ctx, httpAddr, "/config/output_buffer_timeout", &flush); err != nil || flush <= want {
-			return
-		}
-		c.o.Logger.Error("nsqd flushes buffered messages to this consumer later than asked: a lone message waits that long",
-			"nsqd", tcpAddr, "flush", flush, "asked", want,
-			"fix", fmt.Sprintf("start nsqd with --output-buffer-timeout=%s, or set --nsq-output-buffer-timeout=1ms (nsqd then needs --min-output-buffer-timeout=1ms)",
-				strings.ReplaceAll(want.String(), "µ", "u"))) // as a flag is typed
+	if c.o.NSQ.OutputBufferSize == -1 || want < time.Millisecond {
 		return
 	}
 	var floor time.Duration

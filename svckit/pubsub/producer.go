@@ -63,9 +63,10 @@ func NewProducer(nsqds *discovery.Watcher, o ProducerOptions) *Producer {
 		o.NSQ = def
 	}
 	// Output buffering is about messages nsqd sends to a consumer; a
-	// producer receives none. Asking for a consumer's 1ms flush here would
+	// producer receives none. Asking for a consumer's flush here would
 	// only let an nsqd with a higher --min-output-buffer-timeout refuse the
-	// connection, so a producer asks for go-nsq's defaults.
+	// connection (or log a slow flush), so a producer asks for go-nsq's
+	// defaults.
 	cfg := *o.NSQ
 	cfg.OutputBufferSize, cfg.OutputBufferTimeout = def.OutputBufferSize, def.OutputBufferTimeout
 	o.NSQ = &cfg

@@ -1225,15 +1225,16 @@ func TestConsumerStartCreatesTopicAndChannel(t *testing.T) {
 
 // TestConsumerNamesNSQDSlowFlush: IDENTIFY carries whole milliseconds, so
 // a consumer asking for a flush below 1ms (svckit's default, 100µs) gets
-// nsqd's own --output-buffer-timeout. Against an nsqd flushing later than
-// asked it still consumes, and says once which flag makes nsqd flush in
-// time; against one that flushes in time it says nothing.
+// nsqd's own --output-buffer-timeout (250ms in stock nsqd). Against an
+// nsqd flushing later than asked it still consumes, and its connection
+// says which flag makes nsqd flush in time; against one that flushes in
+// time it says nothing. Both are decided at IDENTIFY, before any message.
 func TestConsumerNamesNSQDSlowFlush(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name, nsqdFlush string
 		warns           bool
-	}{{"slow", "50ms", true}, {"in time", "100us", false}} {
+	}{{"stock", "250ms", true}, {"in time", "100us", false}} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			stack := testenv.StartStackWith(t, testenv.NSQDOptions{ExtraArgs: []string{"--output-buffer-timeout=" + c.nsqdFlush}})
@@ -1261,21 +1262,10 @@ func TestConsumerNamesNSQDSlowFlush(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("no message reached the consumer")
 			}
+			// The message came over a connection past IDENTIFY.
 			const fix = "start nsqd with --output-buffer-timeout=100us"
-			if c.warns {
-				testenv.WaitFor(t, 10*time.Second, "the log to name --output-buffer-timeout", func() bool {
-					return strings.Contains(logs.String(), fix)
-				})
-				if n := strings.Count(logs.String(), fix); n != 1 {
-					t.Fatalf("named %d times, want once:\n%s", n, logs.String())
-				}
-				return
-			}
-			// The check runs before the consumer connects to nsqd itself
-			// (a connection through nsqlookupd may come first: then this
-			// proves less, but never fails wrongly).
-			if strings.Contains(logs.String(), "--output-buffer-timeout") {
-				t.Fatalf("an nsqd that flushes in time was blamed:\n%s", logs.String())
+			if named := strings.Contains(logs.String(), fix); named != c.warns {
+				t.Fatalf("nsqd flushing after %s named: %v, want %v; log:\n%s", c.nsqdFlush, named, c.warns, logs.String())
 			}
 		})
 	}

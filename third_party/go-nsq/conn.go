@@ -26,6 +26,9 @@ type IdentifyResponse struct {
 	Deflate      bool  `json:"deflate"`
 	Snappy       bool  `json:"snappy"`
 	AuthRequired bool  `json:"auth_required"`
+	// OutputBufferTimeout is the flush timeout nsqd gave this connection,
+	// in whole milliseconds (svckit patch).
+	OutputBufferTimeout int64 `json:"output_buffer_timeout"`
 }
 
 // AuthResponse represents the metadata
@@ -420,6 +423,15 @@ func (c *Conn) identify() (*IdentifyResponse, error) {
 	c.log(LogLevelDebug, "IDENTIFY response: %+v", resp)
 
 	c.maxRdyCount = resp.MaxRdyCount
+
+	// svckit patch: a flush timeout below 1ms goes to nsqd as 0 (whole
+	// milliseconds), which gets nsqd's own --output-buffer-timeout, 250ms
+	// in stock nsqd. One of 1ms or more is longer than asked, and every
+	// lone message waits for it: say so, with the flag to change.
+	if t := c.config.OutputBufferTimeout; t > 0 && t < time.Millisecond && c.config.OutputBufferSize != -1 && resp.OutputBufferTimeout > 0 {
+		c.log(LogLevelError, "nsqd flushes buffered messages after %dms (its --output-buffer-timeout), not within the %s asked: a lone message waits that long; start nsqd with --output-buffer-timeout=%s, or ask for 1ms or more (nsqd then needs --min-output-buffer-timeout at most that)",
+			resp.OutputBufferTimeout, t, strings.ReplaceAll(t.String(), "µ", "u"))
+	}
 
 	// svckit patch: upstream goes on in clear when the server does not
 	// agree to TLS, so anything answering on nsqd's address (a process

@@ -1079,7 +1079,7 @@ func (r *runner) latency(stream string, start func() *localstack.Process, d time
 	q := quantiles(samples, 0.5, 0.99, 0.999)
 	r.fig("latency_samples_"+stream, float64(len(samples)))
 	a, b := quantiles(toResults, 0.5, 0.99), quantiles(lastHop, 0.5, 0.99)
-	k := strings.TrimPrefix(stream, "bench-lat-")
+	k := strings.TrimSuffix(strings.TrimPrefix(stream, "bench-lat-"), "000") + "k" // as p99_ms_at_1k
 	r.fig("p50_ms_to_results_at_"+k, a[0])
 	r.fig("p99_ms_to_results_at_"+k, a[1])
 	r.fig("p50_ms_results_to_consumer_at_"+k, b[0])

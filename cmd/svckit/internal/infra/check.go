@@ -190,25 +190,38 @@ func checkNSQDFlush(dc *Datacenter, add addFunc) {
 				continue
 			}
 			args := append(append([]string(nil), c.Entrypoint...), c.Command...)
-			if sub > 0 {
-				flush, what := nsqdFlush, "nsqd's default"
-				if v := flagValue(args, "output-buffer-timeout"); v != "" {
-					d, err := time.ParseDuration(v)
-					if err != nil {
-						add(h, c, 0, "--output-buffer-timeout %q is not a duration", v)
-						continue
-					}
-					flush, what = d, "set here"
+			// nsqd's flags: the last of several wins.
+			last := func(name string) string {
+				v := flagValues(args, name)
+				if len(v) == 0 {
+					return ""
 				}
-				if flush > sub {
-					// "us": what a compose file can hold without µ.
-					add(h, c, 0, "--output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): every lone message would wait for it; set --output-buffer-timeout=%s",
-						flush, what, sub, subWho, strings.ReplaceAll(sub.String(), "µ", "u"))
+				return v[len(v)-1]
+			}
+			flush, flushWhat := nsqdFlush, "nsqd's default"
+			if v := last("output-buffer-timeout"); v != "" {
+				d, err := time.ParseDuration(v)
+				switch {
+				case err != nil:
+					add(h, c, 0, "--output-buffer-timeout %q is not a duration", v)
+					flush = 0
+				case d <= 0:
+					// nsqd starts every client's flush ticker with it
+					// before IDENTIFY: time.NewTicker panics.
+					add(h, c, 0, "--output-buffer-timeout=%s: nsqd would panic at its first connection; want a positive duration such as 100us", v)
+					flush = 0
+				default:
+					flush, flushWhat = d, "set here"
 				}
+			}
+			if sub > 0 && flush > sub {
+				// "us": what a compose file can hold without µ.
+				add(h, c, 0, "--output-buffer-timeout is %s (%s), above the %s flush timeout svckit consumers ask for (%s): every lone message would wait for it; set --output-buffer-timeout=%s",
+					flush, flushWhat, sub, subWho, strings.ReplaceAll(sub.String(), "µ", "u"))
 			}
 			if whole > 0 {
 				floor, what := nsqdMinFlush, "nsqd's default"
-				if v := flagValue(args, "min-output-buffer-timeout"); v != "" {
+				if v := last("min-output-buffer-timeout"); v != "" {
 					d, err := time.ParseDuration(v)
 					if err != nil {
 						add(h, c, 0, "--min-output-buffer-timeout %q is not a duration", v)

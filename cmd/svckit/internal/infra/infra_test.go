@@ -230,6 +230,8 @@ func TestBrokenFixtures(t *testing.T) {
 		{"no data directory", "bad/nodatadir", "sensor", "its data directory /var/lib/sensor (SVCKIT_DATA_DIR in the compose file) is not made by images/sensor/Dockerfile.data"},
 		{"flush floor", "flush/a", "nsqd", "--min-output-buffer-timeout is 25ms (set here), above the 1ms flush timeout svckit consumers ask for (worker on host b)"},
 		{"slow flush", "flush/a", "nsqd", "--output-buffer-timeout is 250ms (nsqd's default), above the 100µs flush timeout svckit consumers ask for (worker on host c)"},
+		{"flush zero", "flushzero/a", "nsqd", "--output-buffer-timeout=0: nsqd would panic at its first connection"},
+		{"flush twice", "flushzero/b", "nsqd", "--output-buffer-timeout is 250ms (set here), above the 100µs flush timeout svckit consumers ask for (worker on host b)"},
 	}
 	found := make([]bool, len(probs))
 	for _, w := range want {
