@@ -136,6 +136,12 @@ type Owner struct {
 
 	inflight atomic.Int64
 	wake     chan struct{} // cap 1: the pump has something to look at
+	// pumpMu is held by whoever hands records to the publisher: the pump,
+	// or a publisher whose records just became durable (handOverNow).
+	// Taken before mu, never the other way round.
+	pumpMu   sync.Mutex
+	pumpNext uint64          // under pumpMu: the next sequence to hand over
+	pumpCtx  context.Context // under pumpMu: the running pump's; nil if none
 	stopPump context.CancelFunc
 	pumpDone chan struct{}
 

@@ -3,6 +3,7 @@ package replay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 
@@ -55,69 +56,124 @@ func (w *Owner) Run(ctx context.Context) error {
 // pump hands the log's unacknowledged, durable records to the publisher,
 // oldest first, keeping at most MaxInFlight unanswered.
 func (w *Owner) pump(ctx context.Context) {
+	w.pumpMu.Lock()
 	w.mu.Lock()
-	next := w.acked.Contiguous() + 1
+	w.pumpNext = w.acked.Contiguous() + 1
 	w.mu.Unlock()
-	if n := w.log.LastSeq() - (next - 1); n > 0 {
-		w.o.Logger.Info("publishing messages not acknowledged before the last stop", "from", next, "to", w.log.LastSeq())
+	w.pumpCtx = ctx
+	if n := w.log.LastSeq() - (w.pumpNext - 1); n > 0 {
+		w.o.Logger.Info("publishing messages not acknowledged before the last stop", "from", w.pumpNext, "to", w.log.LastSeq())
 	}
+	w.pumpMu.Unlock()
+	defer func() {
+		w.pumpMu.Lock()
+		w.pumpCtx = nil
+		w.pumpMu.Unlock()
+	}()
 	retryDelay := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		w.mu.Lock()
-		if w.resend && w.inflight.Load() == 0 {
-			// Every answer is in: start again from the oldest
-			// unacknowledged message (acknowledged ones are skipped).
-			w.resend = false
-			next = w.acked.Contiguous() + 1
-		}
-		resending := w.resend
-		w.mu.Unlock()
-		last := w.log.LastSeq()
-		room := int64(w.o.MaxInFlight) - w.inflight.Load()
-		if resending || next > last || room <= 0 {
+		w.pumpMu.Lock()
+		idle, err := w.pumpStep(ctx, 0)
+		w.pumpMu.Unlock()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			w.o.Logger.Error("publishing the retained log", "err", err)
+			w.sleep(ctx, &retryDelay)
+		case idle:
 			select {
 			case <-ctx.Done():
 			case <-w.wake:
 			}
-			continue
+		default:
+			retryDelay = 100 * time.Millisecond
 		}
-		if first := w.log.FirstSeq(); next < first {
-			// Only a log restored by hand gets here (retention keeps
-			// what is unacknowledged): consumers recover the rest from a
-			// snapshot.
-			w.o.Logger.Warn("messages never acknowledged are no longer in the log; skipping them", "from", next, "to", first-1)
-			w.mu.Lock()
-			w.acked.AddRange(next, first-1) // settled: the watermark moves past them
-			w.mu.Unlock()
-			next = first
-		}
-		upTo := min(last, next+uint64(room)-1)
-		// Nobody sees a message before it is durable: one a consumer
-		// applied and a power loss then took would have its sequence
-		// number given to another message.
-		if err := w.log.WaitDurable(ctx, upTo); err != nil {
-			if ctx.Err() == nil {
-				w.o.Logger.Error("waiting for the retained log to become durable", "err", err)
-				w.sleep(ctx, &retryDelay)
-			}
-			continue
-		}
-		n, err := w.handOver(ctx, next, upTo)
-		var damaged *retainlog.DamagedError
-		if errors.As(err, &damaged) {
-			// Every intact record was handed over; the damaged ones can
-			// never be: consumers recover them through the snapshot.
-			w.skipDamaged(damaged.Ranges)
-			n, err = upTo-next+1, nil
-		}
-		next += n
-		if err != nil && ctx.Err() == nil {
-			w.o.Logger.Error("reading the retained log to publish it", "from", next, "err", err)
-			w.sleep(ctx, &retryDelay)
-			continue
-		}
-		retryDelay = 100 * time.Millisecond
 	}
+}
+
+// directHandOverMax bounds what a publisher hands over itself (see
+// handOverNow): the batcher's queue takes that many without waiting.
+const directHandOverMax = 64
+
+// handOverNow is called by a publisher whose messages just became durable.
+// When the pump is idle with nothing in flight, the publisher hands them
+// to the batcher itself: waking the pump costs each message a goroutine
+// hand-over (tens of microseconds, and far more at the tail on a busy
+// machine) between its fsync and its publish, at every rate where nothing
+// else is waiting. Otherwise, or when the pump is busy, the pump is woken.
+// Only with nothing in flight: then the batcher's queue is empty and takes
+// the messages without waiting, so that an nsqd outage never holds up a
+// publisher here.
+func (w *Owner) handOverNow() {
+	if w.inflight.Load() == 0 && w.pumpMu.TryLock() {
+		if ctx := w.pumpCtx; ctx != nil && w.inflight.Load() == 0 {
+			if _, err := w.pumpStep(ctx, directHandOverMax); err != nil {
+				w.o.Logger.Debug("handing messages over directly; the pump will retry", "err", err)
+			}
+		}
+		w.pumpMu.Unlock()
+	}
+	w.signal()
+}
+
+// pumpStep hands over what is durable from pumpNext on, at most max records
+// (0: up to MaxInFlight in flight), and reports whether there was nothing
+// to do. A step that is not the pump's own (max > 0) hands over only what
+// is already durable, never waiting. Caller holds pumpMu.
+func (w *Owner) pumpStep(ctx context.Context, max uint64) (idle bool, err error) {
+	w.mu.Lock()
+	if w.resend && w.inflight.Load() == 0 {
+		// Every answer is in: start again from the oldest
+		// unacknowledged message (acknowledged ones are skipped).
+		w.resend = false
+		w.pumpNext = w.acked.Contiguous() + 1
+	}
+	resending := w.resend
+	w.mu.Unlock()
+	next := w.pumpNext
+	last := w.log.LastSeq()
+	room := int64(w.o.MaxInFlight) - w.inflight.Load()
+	if resending || next > last || room <= 0 {
+		return true, nil
+	}
+	if first := w.log.FirstSeq(); next < first {
+		// Only a log restored by hand gets here (retention keeps
+		// what is unacknowledged): consumers recover the rest from a
+		// snapshot.
+		w.o.Logger.Warn("messages never acknowledged are no longer in the log; skipping them", "from", next, "to", first-1)
+		w.mu.Lock()
+		w.acked.AddRange(next, first-1) // settled: the watermark moves past them
+		w.mu.Unlock()
+		next = first
+		w.pumpNext = next
+	}
+	upTo := min(last, next+uint64(room)-1)
+	// Nobody sees a message before it is durable: one a consumer
+	// applied and a power loss then took would have its sequence
+	// number given to another message.
+	if max > 0 {
+		upTo = min(upTo, next+max-1, w.log.VisibleSeq())
+		if upTo < next {
+			return true, nil
+		}
+	} else if err := w.log.WaitDurable(ctx, upTo); err != nil {
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		return false, fmt.Errorf("waiting for the retained log to become durable: %w", err)
+	}
+	n, err := w.handOver(ctx, next, upTo)
+	var damaged *retainlog.DamagedError
+	if errors.As(err, &damaged) {
+		// Every intact record was handed over; the damaged ones can
+		// never be: consumers recover them through the snapshot.
+		w.skipDamaged(damaged.Ranges)
+		n, err = upTo-next+1, nil
+	}
+	w.pumpNext = next + n
+	if err != nil {
+		return false, fmt.Errorf("reading the retained log from %d to publish it: %w", w.pumpNext, err)
+	}
+	return false, nil
 }
 
 // handOver reads [from, to] and hands each record not yet acknowledged to
