@@ -91,26 +91,32 @@ func (w *Owner) pump(ctx context.Context) {
 }
 
 // directHandOverMax bounds what a publisher hands over itself (see
-// handOverNow): the batcher's queue takes that many without waiting.
+// handOverNow) in one go.
 const directHandOverMax = 64
 
 // handOverNow is called by a publisher whose messages just became durable.
-// When the pump is idle with nothing in flight, the publisher hands them
-// to the batcher itself: waking the pump costs each message a goroutine
-// hand-over (tens of microseconds, and far more at the tail on a busy
-// machine) between its fsync and its publish, at every rate where nothing
-// else is waiting. Otherwise, or when the pump is busy, the pump is woken.
-// Only with nothing in flight: then the batcher's queue is empty and takes
-// the messages without waiting, so that an nsqd outage never holds up a
-// publisher here.
+// When nothing is in flight and the hand-over is free, the publisher hands
+// what is durable to the batcher itself: waking the pump costs each message
+// a goroutine hand-over (tens of microseconds, and far more at the tail on
+// a busy machine) between its fsync and its publish. Only through
+// TryPublishAsync, which never waits: an nsqd outage, whatever the batcher's
+// queue holds, never holds a publisher up here. The pump is woken when
+// anything is left for it.
 func (w *Owner) handOverNow() {
-	if w.inflight.Load() == 0 && w.pumpMu.TryLock() {
+	if w.tryPub != nil && w.inflight.Load() == 0 && w.pumpMu.TryLock() {
+		done := false
 		if ctx := w.pumpCtx; ctx != nil && w.inflight.Load() == 0 {
 			if _, err := w.pumpStep(ctx, directHandOverMax); err != nil {
 				w.o.Logger.Debug("handing messages over directly; the pump will retry", "err", err)
 			}
+			w.mu.Lock()
+			done = !w.resend && w.pumpNext > w.log.LastSeq()
+			w.mu.Unlock()
 		}
 		w.pumpMu.Unlock()
+		if done {
+			return // a publisher appending meanwhile wakes the pump itself
+		}
 	}
 	w.signal()
 }
@@ -161,7 +167,7 @@ func (w *Owner) pumpStep(ctx context.Context, max uint64) (idle bool, err error)
 		}
 		return false, fmt.Errorf("waiting for the retained log to become durable: %w", err)
 	}
-	n, err := w.handOver(ctx, next, upTo)
+	n, err := w.handOver(ctx, next, upTo, max > 0)
 	var damaged *retainlog.DamagedError
 	if errors.As(err, &damaged) {
 		// Every intact record was handed over; the damaged ones can
@@ -176,9 +182,14 @@ func (w *Owner) pumpStep(ctx context.Context, max uint64) (idle bool, err error)
 	return false, nil
 }
 
+// errQueueFull stops a hand-over that may not wait (see handOver).
+var errQueueFull = errors.New("the publisher's queue is full")
+
 // handOver reads [from, to] and hands each record not yet acknowledged to
-// the publisher; it returns how many sequences it covered.
-func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
+// the publisher; it returns how many sequences it covered. With try, it
+// queues only through TryPublishAsync and stops, without an error, at the
+// first record the publisher cannot take at once.
+func (w *Owner) handOver(ctx context.Context, from, to uint64, try bool) (uint64, error) {
 	// The bodies go into one arena per call: the publisher keeps a body
 	// until it answers, and an arena is one allocation for many messages.
 	// Sized for the range (a few hundred bytes a message), so that a
@@ -187,11 +198,11 @@ func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
 	arena := make([]byte, 0, min(64<<10, (to-from+1)*512))
 	var n uint64
 	err := w.log.Read(ctx, from, to, func(r retainlog.Record) error {
-		n++
 		w.mu.Lock()
 		skip := w.acked.Contains(r.Seq)
 		w.mu.Unlock()
 		if skip {
+			n++
 			return nil
 		}
 		start := len(arena)
@@ -199,9 +210,19 @@ func (w *Owner) handOver(ctx context.Context, from, to uint64) (uint64, error) {
 		body := arena[start:len(arena):len(arena)]
 		seq := r.Seq
 		w.inflight.Add(1)
-		w.pub.PublishAsync(ctx, body, func(err error) { w.settle(seq, err) })
+		settle := func(err error) { w.settle(seq, err) }
+		if !try {
+			w.pub.PublishAsync(ctx, body, settle)
+		} else if !w.tryPub.TryPublishAsync(body, settle) {
+			w.inflight.Add(-1)
+			return errQueueFull
+		}
+		n++
 		return nil
 	})
+	if errors.Is(err, errQueueFull) {
+		err = nil
+	}
 	return n, err
 }
 
