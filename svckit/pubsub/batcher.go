@@ -146,23 +146,6 @@ func (b *Batcher) PublishAsync(ctx context.Context, body []byte, done func(error
 	b.enqueue(ctx, batchItem{env: envelope.Envelope{Payload: body}, kind: kindBody, done: done})
 }
 
-// TryPublishAsync is PublishAsync that never waits: it queues body and
-// reports true when the queue has room now; otherwise (full, or the batcher
-// closed) it returns false and done is never called.
-func (b *Batcher) TryPublishAsync(body []byte, done func(error)) bool {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return false
-	}
-	select {
-	case b.in <- batchItem{env: envelope.Envelope{Payload: body}, kind: kindBody, done: done}:
-		return true
-	default:
-		return false
-	}
-}
-
 // PublishEnvelopeAsync is PublishAsync for an envelope: the batcher encodes
 // it into a buffer it reuses for every batch, where PublishAsync needs a
 // body allocated per message. done is called exactly once, with the

@@ -57,14 +57,6 @@ type PumpPublisher interface {
 	Close(ctx context.Context) error
 }
 
-// tryPublisher is a PumpPublisher that can also queue without waiting
-// (pubsub.Batcher has TryPublishAsync): only to one of these does a
-// publisher hand its own durable messages (see handOverNow); true means
-// queued, and done will be called; false, nothing happened.
-type tryPublisher interface {
-	TryPublishAsync(body []byte, done func(error)) bool
-}
-
 // Fence decides whether this process may assign sequence numbers of the
 // stream: one owner per stream, enforced outside the process (a Consul
 // lease, package ownership). Hold returns nil while the stream is held and
@@ -144,13 +136,6 @@ type Owner struct {
 
 	inflight atomic.Int64
 	wake     chan struct{} // cap 1: the pump has something to look at
-	// pumpMu is held by whoever hands records to the publisher: the pump,
-	// or a publisher whose records just became durable (handOverNow).
-	// Taken before mu, never the other way round.
-	pumpMu   sync.Mutex
-	pumpNext uint64          // under pumpMu: the next sequence to hand over
-	pumpCtx  context.Context // under pumpMu: the running pump's; nil if none
-	tryPub   tryPublisher    // pub, if it can queue without waiting; else nil
 	stopPump context.CancelFunc
 	pumpDone chan struct{}
 
@@ -248,7 +233,6 @@ func OpenOwner(o OwnerOptions, pub PumpPublisher) (*Owner, error) {
 		o.Log.Durable = max(o.Log.Durable, snap.Seq)
 	}
 	w := &Owner{o: o, pub: pub, wake: make(chan struct{}, 1), spans: o.Tracer.Topic(o.Topic, "")}
-	w.tryPub, _ = pub.(tryPublisher)
 	userOnDamage := o.Log.OnDamage
 	o.Log.OnDamage = func(d retainlog.Damage) {
 		w.damageFound(d)

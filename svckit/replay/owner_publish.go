@@ -66,16 +66,13 @@ func (w *Owner) publishBatch(ctx context.Context, payloads [][]byte, correlation
 	for i, c := range created {
 		c.Messages(w.o.Stream, first+uint64(i), first+uint64(i))
 	}
+	w.signal()
 	// Once appended the messages will be published whatever happens: the
 	// wait for their fsync is not cut short by ctx (it is bounded by the
 	// fsync policy), so that an error here never means "not published".
 	if werr := w.log.WaitDurable(context.WithoutCancel(ctx), last); werr != nil {
 		err = errors.Join(err, fmt.Errorf("making messages %d-%d of stream %s durable: %w", first, last, w.o.Stream, werr))
 	}
-	// The pump learns of them only now: woken before, it would wait for
-	// the same fsync holding the hand-over, and handOverNow could not
-	// take it.
-	w.handOverNow()
 	endSpans(span, created, err)
 	if err != nil {
 		return last, err
