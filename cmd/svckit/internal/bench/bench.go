@@ -861,7 +861,8 @@ func (r *runner) pipeline(ctx context.Context) {
 	for _, rate := range []int{1000, 10000} {
 		r.step("end-to-end latency at %d/s for %d s", rate, secs)
 		stream := fmt.Sprintf("bench-lat-%d", rate)
-		lat := r.latency(stream, func() *localstack.Process {
+		k := strconv.Itoa(rate/1000) + "k"
+		lat := r.latency(stream, k, func() *localstack.Process {
 			return r.service("sensor-"+stream, "sensor", "--instance-id=bench-"+stream, "--stream-id="+stream, "--rate="+strconv.Itoa(rate))
 		}, time.Duration(secs)*time.Second, func(p *localstack.Process) {
 			if rate == 10000 {
@@ -870,10 +871,9 @@ func (r *runner) pipeline(ctx context.Context) {
 				r.fig("loaded_rss_mb_app", rssMB(app.Pid()))
 			}
 		})
-		k := strconv.Itoa(rate / 1000)
-		r.fig("p50_ms_at_"+k+"k", lat[0])
-		r.fig("p99_ms_at_"+k+"k", lat[1])
-		r.fig("p999_ms_at_"+k+"k", lat[2])
+		r.fig("p50_ms_at_"+k, lat[0])
+		r.fig("p99_ms_at_"+k, lat[1])
+		r.fig("p999_ms_at_"+k, lat[2])
 		if rate == 1000 {
 			r.res.P99MsAt1k = lat[1]
 		}
@@ -1008,8 +1008,9 @@ func (r *runner) replayRounds(ctx context.Context, n int, sensor, worker *locals
 
 // latency runs a sensor for d and returns p50, p99 and p99.9 in ms of the
 // time from a reading's creation to its result reaching a consumer of
-// "results" (the first second is warm-up and not counted).
-func (r *runner) latency(stream string, start func() *localstack.Process, d time.Duration, during func(*localstack.Process)) [3]float64 {
+// "results" (the first second is warm-up and not counted); key names its
+// split figures (1k: p99_ms_to_results_at_1k).
+func (r *runner) latency(stream, key string, start func() *localstack.Process, d time.Duration, during func(*localstack.Process)) [3]float64 {
 	var mu sync.Mutex
 	// End to end, and its two parts: from the reading's creation to nsqd
 	// taking the worker's result on "results" (nsqd stamps a message when
@@ -1079,11 +1080,10 @@ func (r *runner) latency(stream string, start func() *localstack.Process, d time
 	q := quantiles(samples, 0.5, 0.99, 0.999)
 	r.fig("latency_samples_"+stream, float64(len(samples)))
 	a, b := quantiles(toResults, 0.5, 0.99), quantiles(lastHop, 0.5, 0.99)
-	k := strings.TrimSuffix(strings.TrimPrefix(stream, "bench-lat-"), "000") + "k" // as p99_ms_at_1k
-	r.fig("p50_ms_to_results_at_"+k, a[0])
-	r.fig("p99_ms_to_results_at_"+k, a[1])
-	r.fig("p50_ms_results_to_consumer_at_"+k, b[0])
-	r.fig("p99_ms_results_to_consumer_at_"+k, b[1])
+	r.fig("p50_ms_to_results_at_"+key, a[0])
+	r.fig("p99_ms_to_results_at_"+key, a[1])
+	r.fig("p50_ms_results_to_consumer_at_"+key, b[0])
+	r.fig("p99_ms_results_to_consumer_at_"+key, b[1])
 	return [3]float64{q[0], q[1], q[2]}
 }
 

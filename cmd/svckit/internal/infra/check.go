@@ -190,16 +190,8 @@ func checkNSQDFlush(dc *Datacenter, add addFunc) {
 				continue
 			}
 			args := append(append([]string(nil), c.Entrypoint...), c.Command...)
-			// nsqd's flags: the last of several wins.
-			last := func(name string) string {
-				v := flagValues(args, name)
-				if len(v) == 0 {
-					return ""
-				}
-				return v[len(v)-1]
-			}
 			flush, flushWhat := nsqdFlush, "nsqd's default"
-			if v := last("output-buffer-timeout"); v != "" {
+			if v := flagValue(args, "output-buffer-timeout"); v != "" {
 				d, err := time.ParseDuration(v)
 				switch {
 				case err != nil:
@@ -221,7 +213,7 @@ func checkNSQDFlush(dc *Datacenter, add addFunc) {
 			}
 			if whole > 0 {
 				floor, what := nsqdMinFlush, "nsqd's default"
-				if v := last("min-output-buffer-timeout"); v != "" {
+				if v := flagValue(args, "min-output-buffer-timeout"); v != "" {
 					d, err := time.ParseDuration(v)
 					if err != nil {
 						add(h, c, 0, "--min-output-buffer-timeout %q is not a duration", v)
@@ -344,15 +336,10 @@ func dataDir(c *Container) string {
 
 // flagValue finds -name=v, --name=v, -name v or --name v in args.
 func flagValue(args []string, name string) string {
-	for i, a := range args {
-		for _, p := range []string{"-" + name, "--" + name} {
-			if v, ok := strings.CutPrefix(a, p+"="); ok {
-				return v
-			}
-			if a == p && i+1 < len(args) {
-				return args[i+1]
-			}
-		}
+	// Go's flag package (consul's, nsqd's, ours) keeps the last of several.
+	v := flagValues(args, name)
+	if len(v) == 0 {
+		return ""
 	}
-	return ""
+	return v[len(v)-1]
 }
